@@ -1,0 +1,1 @@
+//! Benchmarks for the edge: see benches/ and load/.

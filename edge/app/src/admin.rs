@@ -1,0 +1,84 @@
+//! The admin listener: health and metrics for operators and orchestrators.
+
+use bytes::Bytes;
+use edge_config::PolicySet;
+use edge_origin::Origin;
+use edge_pipeline::{EdgeRequest, EdgeResponse, Handler};
+use edge_policy::PolicyRuntime;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use prometheus::{Encoder as _, Registry, TextEncoder};
+use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+
+/// `GET /health/live` (the process answers), `/health/ready` (serving and not draining),
+/// `/health` (JSON with each component's status), `/metrics` (Prometheus text format).
+pub(crate) struct Admin {
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+    origin: Arc<dyn Origin>,
+    _runtime: PolicyRuntime,
+    policies: PolicySet,
+}
+
+impl Admin {
+    pub(crate) fn new(registry: Registry, ready: Arc<AtomicBool>, origin: Arc<dyn Origin>, runtime: PolicyRuntime, policies: PolicySet) -> Self {
+        Self { registry, ready, origin, _runtime: runtime, policies }
+    }
+
+    async fn health(&self) -> EdgeResponse {
+        let ready = self.ready.load(Ordering::SeqCst);
+        let origin = self.origin.check().await;
+        let healthy = ready && origin.is_ok();
+        let body = serde_json::json!({
+            "status": if healthy { "ok" } else { "degraded" },
+            "ready": ready,
+            "components": {
+                "origin": {
+                    "status": if origin.is_ok() { "ok" } else { "down" },
+                    "kind": self.origin.describe(),
+                    "error": origin.err().map(|e| e.to_string()),
+                },
+                "policies": {
+                    "status": "ok",
+                    "file": self.policies.source.display().to_string(),
+                    "policies": self.policies.policies.keys().collect::<Vec<_>>(),
+                    "routes": self.policies.routes.iter().map(|r| &r.name).collect::<Vec<_>>(),
+                },
+                "cache": { "status": "ok", "tiers": ["memory"] },
+            },
+        });
+        let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        respond(status, "application/json", Bytes::from(body.to_string()))
+    }
+
+    fn metrics(&self) -> EdgeResponse {
+        let mut buf = Vec::new();
+        match TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            Ok(()) => respond(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(buf)),
+            Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", Bytes::from(e.to_string())),
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> EdgeResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    EdgeResponse { status, headers, body }
+}
+
+#[async_trait::async_trait]
+impl Handler for Admin {
+    async fn handle(&self, req: EdgeRequest) -> EdgeResponse {
+        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", Bytes::from_static(b"method not allowed\n"));
+        }
+        match req.path.as_str() {
+            "/health/live" => respond(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+            "/health/ready" if self.ready.load(Ordering::SeqCst) => respond(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
+            "/health/ready" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", Bytes::from_static(b"not ready\n")),
+            "/health" => self.health().await,
+            "/metrics" => self.metrics(),
+            _ => respond(StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
+        }
+    }
+}

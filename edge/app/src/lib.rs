@@ -1,0 +1,180 @@
+//! The composition root of the edge: turns an [`EdgeConfig`] into running listeners.
+//!
+//! [`Edge::start`] loads and validates everything first (config, policies, modules, certificate)
+//! and binds every socket before serving anything, so a bad config never half-starts. The same
+//! loading code backs `edge validate` ([`validate`]). Integration tests start a whole edge
+//! in-process on port 0 through this crate.
+//!
+//! ```no_run
+//! # async fn f() -> anyhow::Result<()> {
+//! use edge_config::{EdgeConfig, ProcessEnv};
+//! let cfg = EdgeConfig::load(None, &ProcessEnv)?;
+//! let edge = edge_app::Edge::start(cfg).await?;
+//! println!("serving on {:?}", edge.addrs().http);
+//! edge.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod secrets;
+
+pub use secrets::signing_secret;
+
+use anyhow::Context as _;
+use edge_config::{EdgeConfig, PolicySet};
+use edge_http::{BoundListener, HttpApp, Listeners};
+use edge_origin::{Origin, StoreOrigin};
+use edge_pipeline::{Pipeline, PipelineConfig, PipelineMetrics};
+use edge_policy::{PolicyMetrics, PolicyRuntime, Router, SystemClock};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+/// Where a running edge listens.
+#[derive(Debug, Clone)]
+pub struct Addrs {
+    /// Plain HTTP/1.1 + h2c listeners.
+    pub http: Vec<SocketAddr>,
+    /// TLS listeners (HTTP/2 and HTTP/1.1 by ALPN).
+    pub https: Vec<SocketAddr>,
+    /// Admin listener.
+    pub admin: SocketAddr,
+}
+
+/// A running edge.
+pub struct Edge {
+    addrs: Addrs,
+    listeners: Listeners,
+    ready: Arc<AtomicBool>,
+    cfg: EdgeConfig,
+    demo_url: Option<String>,
+}
+
+/// Everything loaded from configuration, before any socket is bound.
+struct Loaded {
+    router: Router,
+    runtime: PolicyRuntime,
+    policies: PolicySet,
+    origin: Arc<dyn Origin>,
+    secret: String,
+}
+
+fn load(cfg: &EdgeConfig, registry: &prometheus::Registry) -> anyhow::Result<Loaded> {
+    let secret = signing_secret(cfg)?;
+    let vars = HashMap::from([("SIGNED_URL_SECRET".to_owned(), secret.clone())]);
+    let policies_path = cfg.resolve(&cfg.policies.file);
+    let policies = PolicySet::load(&policies_path, &vars).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine = edge_wasm::Engine::new(&edge_wasm::EngineConfig {
+        max_instances: cfg.wasm.max_instances,
+        max_memory: cfg.wasm.memory_limit.as_u64(),
+    })?;
+    let runtime = PolicyRuntime::new(engine, cfg.wasm.clone(), PolicyMetrics::new(registry)?, Arc::new(SystemClock))?;
+    let router = runtime.load(&policies).map_err(|errors| {
+        anyhow::anyhow!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    })?;
+    let origin = StoreOrigin::local(&cfg.resolve(&cfg.origin.root), cfg.origin.timeout)
+        .with_context(|| format!("{}: `origin.root`", cfg.source.display()))?;
+    Ok(Loaded { router, runtime, policies, origin: Arc::new(origin), secret })
+}
+
+/// Checks `cfg`, its policies file and every module, as `edge serve` would, without binding or
+/// serving anything. Returns a summary line on success.
+pub fn validate(cfg: &EdgeConfig) -> anyhow::Result<String> {
+    let loaded = load(cfg, &prometheus::Registry::new())?;
+    Ok(format!(
+        "{}: ok ({} policies, {} routes, origin {})",
+        cfg.source.display(),
+        loaded.policies.policies.len(),
+        loaded.router.routes().len(),
+        loaded.origin.describe()
+    ))
+}
+
+/// A signed URL path (with query) for `path`, valid for `ttl_secs`, covering the directory of
+/// `path` (a master playlist's token also covers its variants and segments).
+pub fn sign_path(cfg: &EdgeConfig, path: &str, ttl_secs: u64) -> anyhow::Result<String> {
+    let secret = signing_secret(cfg)?;
+    Ok(sign_with(&secret, &cfg.signed_url.param, path, ttl_secs))
+}
+
+fn sign_with(secret: &str, param: &str, path: &str, ttl_secs: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let grant = edge_urlsig::Grant {
+        expires: now + ttl_secs,
+        scope: edge_urlsig::directory_scope(path).to_owned(),
+        client_addr: None,
+    };
+    format!("{path}?{param}={}", edge_urlsig::Key::new(secret.as_bytes()).sign(&grant))
+}
+
+impl Edge {
+    /// Loads everything, binds every listener, then serves on the current tokio runtime.
+    pub async fn start(cfg: EdgeConfig) -> anyhow::Result<Self> {
+        let registry = prometheus::Registry::new();
+        let loaded = load(&cfg, &registry)?;
+        let tls_pem = if cfg.server.tls_listen.is_empty() { None } else { Some(secrets::tls_pem(&cfg)?) };
+        let bind = |addr: &SocketAddr, tls: bool| -> anyhow::Result<BoundListener> {
+            let settings = match (&tls_pem, tls) {
+                (Some((cert, key)), true) => Some(edge_http::tls_settings(cert, key)?),
+                _ => None,
+            };
+            BoundListener::bind(*addr, settings).with_context(|| format!("cannot listen on {addr}"))
+        };
+        let plain: Vec<_> = cfg.server.listen.iter().map(|a| bind(a, false)).collect::<anyhow::Result<_>>()?;
+        let secure: Vec<_> = cfg.server.tls_listen.iter().map(|a| bind(a, true)).collect::<anyhow::Result<_>>()?;
+        let admin = BoundListener::bind(cfg.server.admin_listen, None)
+            .with_context(|| format!("cannot listen on {}", cfg.server.admin_listen))?;
+        let addrs = Addrs {
+            http: plain.iter().map(BoundListener::local_addr).collect(),
+            https: secure.iter().map(BoundListener::local_addr).collect(),
+            admin: admin.local_addr(),
+        };
+
+        let pipeline_cfg = PipelineConfig {
+            cache: edge_cache::CacheConfig {
+                capacity: usize::try_from(cfg.cache.memory.as_u64()).unwrap_or(usize::MAX),
+                max_object: usize::try_from(cfg.cache.max_object.as_u64()).unwrap_or(usize::MAX),
+                estimated_entries: 16_384,
+            },
+            manifest_ttl: cfg.cache.manifest_ttl,
+            segment_ttl: cfg.cache.segment_ttl,
+        };
+        let pipeline = Arc::new(Pipeline::new(loaded.router, loaded.origin.clone(), pipeline_cfg, PipelineMetrics::new(&registry)?));
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin_handler = Arc::new(admin::Admin::new(registry, ready.clone(), loaded.origin.clone(), loaded.runtime, loaded.policies));
+
+        let mut listeners = Listeners::default();
+        listeners.serve("edge", HttpApp::new(pipeline), plain.into_iter().chain(secure).collect());
+        listeners.serve("admin", HttpApp::new(admin_handler), vec![admin]);
+        ready.store(true, Ordering::SeqCst);
+
+        let demo_url = (!cfg.server.demo_stream.is_empty()).then(|| {
+            let base = cfg.server.public_url.clone().unwrap_or_else(|| match addrs.http.first() {
+                Some(a) => format!("http://{a}"),
+                None => format!("https://{}", addrs.https[0]),
+            });
+            format!("{}{}", base.trim_end_matches('/'), sign_with(&loaded.secret, &cfg.signed_url.param, &cfg.server.demo_stream, cfg.signed_url.expiration))
+        });
+        Ok(Self { addrs, listeners, ready, cfg, demo_url })
+    }
+
+    /// Where this edge listens.
+    pub fn addrs(&self) -> &Addrs {
+        &self.addrs
+    }
+
+    /// A ready-to-play signed URL of the configured demo stream, if any.
+    pub fn demo_url(&self) -> Option<&str> {
+        self.demo_url.as_deref()
+    }
+
+    /// Drains: readiness turns false, listeners stop accepting, in-flight requests finish (up to
+    /// `server.drain_timeout`). Returns how many requests were cut off (0 after a clean drain).
+    pub async fn shutdown(self) -> usize {
+        self.ready.store(false, Ordering::SeqCst);
+        self.listeners.drain(self.cfg.server.drain_timeout).await
+    }
+}

@@ -1,0 +1,145 @@
+//! `edge`: the WebAssembly-extensible video edge. See `edge --help` and the README.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use edge_config::{EdgeConfig, ProcessEnv};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+#[derive(Parser)]
+#[command(name = "edge", version, about = "WebAssembly-extensible video edge")]
+struct Cli {
+    /// Edge config file (TOML). Without it, built-in defaults serve the demo stream.
+    #[arg(long, short, global = true, env = "EDGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve viewers until SIGTERM/SIGINT, then drain.
+    Serve {
+        /// Plain HTTP/1.1 + h2c listener (repeatable; replaces `server.listen`; port 0 = any free port).
+        #[arg(long)]
+        listen: Vec<SocketAddr>,
+        /// TLS listener (repeatable; replaces `server.tls_listen`).
+        #[arg(long)]
+        tls_listen: Vec<SocketAddr>,
+        /// Disable the TLS listeners.
+        #[arg(long, conflicts_with = "tls_listen")]
+        no_tls: bool,
+        /// Admin listener (health, metrics).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Check the config, the policies file and every policy module; list every problem.
+    Validate,
+    /// Print a signed URL for PATH with the configured secret.
+    SignUrl {
+        /// Path to sign, e.g. /vod/movies/demo/index.m3u8 (its directory is covered).
+        path: String,
+        /// Lifetime in seconds (default: `signed_url.expiration`).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Base URL to prefix (default: the first plain listener of the config).
+        #[arg(long)]
+        base: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = match EdgeConfig::load(cli.config.as_deref(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("edge: {} configuration error(s)", errors.len());
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Validate => edge_app::validate(&cfg).map(|summary| println!("{summary}")),
+        Command::SignUrl { path, ttl, base } => sign_url(&cfg, &path, ttl, base),
+        Command::Serve { listen, tls_listen, no_tls, admin_listen } => {
+            let mut cfg = cfg;
+            if !listen.is_empty() {
+                cfg.server.listen = listen;
+            }
+            if !tls_listen.is_empty() {
+                cfg.server.tls_listen = tls_listen;
+            }
+            if no_tls {
+                cfg.server.tls_listen.clear();
+            }
+            if let Some(a) = admin_listen {
+                cfg.server.admin_listen = a;
+            }
+            serve(cfg)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sign_url(cfg: &EdgeConfig, path: &str, ttl: Option<u64>, base: Option<String>) -> anyhow::Result<()> {
+    anyhow::ensure!(path.starts_with('/'), "PATH must start with /");
+    let signed = edge_app::sign_path(cfg, path, ttl.unwrap_or(cfg.signed_url.expiration))?;
+    let base = base.or_else(|| cfg.server.public_url.clone()).unwrap_or_else(|| match cfg.server.listen.first() {
+        Some(a) => format!("http://{a}"),
+        None => format!("https://{}", cfg.server.tls_listen[0]),
+    });
+    println!("{}{signed}", base.trim_end_matches('/'));
+    Ok(())
+}
+
+fn serve(cfg: EdgeConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.server.threads)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let edge = edge_app::Edge::start(cfg).await?;
+        let addrs = edge.addrs().clone();
+        for a in &addrs.http {
+            tracing::info!("listening on http://{a} (http/1.1, h2c)");
+        }
+        for a in &addrs.https {
+            tracing::info!("listening on https://{a} (h2, http/1.1)");
+        }
+        tracing::info!("listening on http://{} (admin)", addrs.admin);
+        if let Some(url) = edge.demo_url() {
+            tracing::info!("demo stream: {url}");
+            tracing::info!("play it: ffmpeg -i '{url}' -c copy demo.ts");
+        }
+        wait_for_signal().await?;
+        tracing::info!("draining");
+        let cut = edge.shutdown().await;
+        if cut > 0 {
+            tracing::warn!(cut, "drain timed out with requests in flight");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

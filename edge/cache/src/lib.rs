@@ -1,0 +1,253 @@
+//! The in-memory segment cache: bounded by bytes, TinyUFO admission and eviction (scan-resistant:
+//! one viewer seeking through a long stream does not flush what everyone else watches), with
+//! request coalescing.
+//!
+//! [`Cache::get_or_fetch`] returns a fresh cached value, or runs the fetch **once** for any number
+//! of concurrent callers of the same key: the first caller's fetch runs in its own task (so a
+//! viewer who hangs up does not fail the others) and every waiter gets its result.
+//!
+//! ```
+//! # tokio_test_block_on(async {
+//! use edge_cache::{Cache, CacheConfig, Status, Weighted};
+//! #[derive(Clone)] struct Obj(bytes::Bytes);
+//! impl Weighted for Obj { fn weight(&self) -> usize { self.0.len() } }
+//! let cache: Cache<Obj, String> = Cache::new(CacheConfig::default(), None);
+//! let fetch = || async { Ok::<_, String>((Obj(bytes::Bytes::from_static(b"seg")), std::time::Duration::from_secs(60))) };
+//! let (_, status) = cache.get_or_fetch("/vod/a.ts", fetch).await.unwrap();
+//! assert_eq!(status, Status::Miss);
+//! let (_, status) = cache.get_or_fetch("/vod/a.ts", fetch).await.unwrap();
+//! assert_eq!(status, Status::Hit);
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output { tokio::runtime::Runtime::new().unwrap().block_on(f) }
+//! ```
+
+mod metrics;
+
+pub use metrics::CacheMetrics;
+
+use futures::{FutureExt, future::{BoxFuture, Shared}};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tinyufo::TinyUfo;
+
+/// TinyUFO weighs entries in `u16` units; one unit is this many bytes.
+const WEIGHT_UNIT: usize = 1024;
+
+/// The size of a cached value, in bytes.
+pub trait Weighted {
+    /// Bytes this value holds.
+    fn weight(&self) -> usize;
+}
+
+/// How a value was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Served from the cache.
+    Hit,
+    /// This caller's fetch filled it.
+    Miss,
+    /// Another caller's in-flight fetch filled it.
+    Coalesced,
+}
+
+impl Status {
+    /// `HIT`, `MISS` or `COALESCED`, for the `x-cache` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Coalesced => "COALESCED",
+        }
+    }
+}
+
+/// Size limits of a cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Total bytes of values kept.
+    pub capacity: usize,
+    /// Values larger than this are returned but not kept.
+    pub max_object: usize,
+    /// Expected number of entries (sizes TinyUFO's frequency sketch).
+    pub estimated_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { capacity: 256 << 20, max_object: 64 << 20, estimated_entries: 16_384 }
+    }
+}
+
+/// Why a fetch task produced no result: it panicked or was cancelled at shutdown.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("fetch task failed: {0}")]
+pub struct TaskFailed(pub String);
+
+#[derive(Clone)]
+struct Entry<V> {
+    key: Arc<str>,
+    value: V,
+    expires: Instant,
+}
+
+type Flight<V, E> = Shared<BoxFuture<'static, Result<V, E>>>;
+
+/// A byte-bounded cache of `V` with coalesced fills that fail with `E`. Cheap to clone.
+pub struct Cache<V, E> {
+    inner: Arc<Inner<V, E>>,
+}
+
+impl<V, E> Clone for Cache<V, E> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<V, E> {
+    ufo: TinyUfo<Arc<str>, Entry<V>>,
+    flights: Mutex<HashMap<Arc<str>, Flight<V, E>>>,
+    max_object: usize,
+    metrics: Option<CacheMetrics>,
+}
+
+impl<V, E> Cache<V, E>
+where
+    V: Weighted + Clone + Send + Sync + 'static,
+    E: Clone + From<TaskFailed> + Send + Sync + 'static,
+{
+    /// An empty cache.
+    pub fn new(cfg: CacheConfig, metrics: Option<CacheMetrics>) -> Self {
+        let units = (cfg.capacity / WEIGHT_UNIT).max(1);
+        let max_object = cfg.max_object.min(u16::MAX as usize * WEIGHT_UNIT);
+        Self {
+            inner: Arc::new(Inner {
+                ufo: TinyUfo::new(units, cfg.estimated_entries.max(16)),
+                flights: Mutex::new(HashMap::new()),
+                max_object,
+                metrics,
+            }),
+        }
+    }
+
+    /// The fresh value of `key`, if cached.
+    pub fn get(&self, key: &str) -> Option<V> {
+        let key: Arc<str> = Arc::from(key);
+        self.inner.fresh(&key)
+    }
+
+    /// The fresh cached value of `key`, or the result of `fetch` — run once however many callers
+    /// ask for `key` at the same time. `fetch` returns the value and how long it stays fresh.
+    pub async fn get_or_fetch<F, Fut>(&self, key: &str, fetch: F) -> Result<(V, Status), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(V, Duration), E>> + Send + 'static,
+    {
+        let key: Arc<str> = Arc::from(key);
+        if let Some(v) = self.inner.fresh(&key) {
+            self.inner.count(Status::Hit);
+            return Ok((v, Status::Hit));
+        }
+        let (flight, status) = {
+            let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
+            match flights.get(&key) {
+                Some(f) => (f.clone(), Status::Coalesced),
+                None => {
+                    // Checked again under the lock: a flight may have filled it meanwhile.
+                    if let Some(v) = self.inner.fresh(&key) {
+                        drop(flights);
+                        self.inner.count(Status::Hit);
+                        return Ok((v, Status::Hit));
+                    }
+                    let flight = Inner::launch(self.inner.clone(), key.clone(), fetch());
+                    flights.insert(key, flight.clone());
+                    (flight, Status::Miss)
+                }
+            }
+        };
+        self.inner.count(status);
+        flight.await.map(|v| (v, status))
+    }
+
+    /// Removes `key`; returns whether it was cached.
+    pub fn purge(&self, key: &str) -> bool {
+        let key: Arc<str> = Arc::from(key);
+        match self.inner.ufo.remove(&key) {
+            Some(e) => {
+                if let Some(m) = &self.inner.metrics {
+                    m.stored(-(e.value.weight() as i64));
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl<V, E> Inner<V, E>
+where
+    V: Weighted + Clone + Send + Sync + 'static,
+    E: Clone + From<TaskFailed> + Send + Sync + 'static,
+{
+    fn fresh(&self, key: &Arc<str>) -> Option<V> {
+        self.ufo.get(key).filter(|e| e.key == *key && e.expires > Instant::now()).map(|e| e.value)
+    }
+
+    fn count(&self, status: Status) {
+        if let Some(m) = &self.metrics {
+            m.lookup(status);
+        }
+    }
+
+    fn launch<Fut>(this: Arc<Self>, key: Arc<str>, fut: Fut) -> Flight<V, E>
+    where
+        Fut: Future<Output = Result<(V, Duration), E>> + Send + 'static,
+    {
+        let task = tokio::spawn(async move {
+            // Lands the flight when dropped, even if `fut` panics; only after the store below, so a
+            // caller arriving in between finds the value.
+            let landing = Landing { inner: this, key };
+            let result = fut.await;
+            if let Ok((value, ttl)) = &result {
+                landing.inner.store(&landing.key, value.clone(), *ttl);
+            }
+            drop(landing);
+            result.map(|(v, _)| v)
+        });
+        task.map(|joined| joined.unwrap_or_else(|e| Err(E::from(TaskFailed(e.to_string()))))).boxed().shared()
+    }
+
+    fn store(&self, key: &Arc<str>, value: V, ttl: Duration) {
+        let bytes = value.weight();
+        if bytes > self.max_object || ttl.is_zero() {
+            return;
+        }
+        let units = bytes.div_ceil(WEIGHT_UNIT).clamp(1, u16::MAX as usize) as u16;
+        let entry = Entry { key: key.clone(), value, expires: Instant::now() + ttl };
+        let replaced = self.ufo.remove(key);
+        let evicted = self.ufo.put(key.clone(), entry, units);
+        if let Some(m) = &self.metrics {
+            let freed: i64 = evicted.iter().map(|kv| kv.data.value.weight() as i64).sum::<i64>()
+                + replaced.map_or(0, |e| e.value.weight() as i64);
+            m.stored(bytes as i64 - freed);
+            m.evicted(evicted.len() as u64);
+        }
+    }
+}
+
+struct Landing<V, E> {
+    inner: Arc<Inner<V, E>>,
+    key: Arc<str>,
+}
+
+impl<V, E> Drop for Landing<V, E> {
+    fn drop(&mut self) {
+        self.inner.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests;

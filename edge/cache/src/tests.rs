@@ -1,0 +1,113 @@
+use super::*;
+use bytes::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[derive(Clone, Debug)]
+struct Obj(Bytes);
+
+impl Weighted for Obj {
+    fn weight(&self) -> usize {
+        self.0.len()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Err {
+    Origin(&'static str),
+    Task(String),
+}
+
+impl From<TaskFailed> for Err {
+    fn from(e: TaskFailed) -> Self {
+        Self::Task(e.0)
+    }
+}
+
+fn cache() -> Cache<Obj, Err> {
+    Cache::new(CacheConfig { capacity: 1 << 20, max_object: 64 << 10, estimated_entries: 64 }, None)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_fetch_once() {
+    let cache = cache();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (cache, fetches, gate) = (cache.clone(), fetches.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_fetch("/k", move || async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    gate.notified().await;
+                    Ok((Obj(Bytes::from_static(b"v")), Duration::from_secs(60)))
+                })
+                .await
+        }));
+    }
+    // Every caller has either started the one fetch or is waiting on it once the fetch is running.
+    while fetches.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    gate.notify_one();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let (v, s) = t.await.unwrap().unwrap();
+        assert_eq!(v.0, "v");
+        statuses.push(s);
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == Status::Miss).count(), 1);
+}
+
+#[tokio::test]
+async fn errors_are_shared_and_not_cached() {
+    let cache = cache();
+    let r = cache.get_or_fetch("/k", || async { Err::<(Obj, Duration), _>(Err::Origin("down")) }).await;
+    assert_eq!(r.unwrap_err(), Err::Origin("down"));
+    let (_, s) = cache.get_or_fetch("/k", || async { Ok((Obj(Bytes::from_static(b"v")), Duration::from_secs(1))) }).await.unwrap();
+    assert_eq!(s, Status::Miss);
+}
+
+#[tokio::test]
+async fn expired_entries_are_refetched() {
+    let cache = cache();
+    let fill = |ttl| move || async move { Ok((Obj(Bytes::from_static(b"v")), ttl)) };
+    cache.get_or_fetch("/k", fill(Duration::from_millis(1))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (_, s) = cache.get_or_fetch("/k", fill(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(s, Status::Miss);
+    let (_, s) = cache.get_or_fetch("/k", fill(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(s, Status::Hit);
+}
+
+#[tokio::test]
+async fn oversize_objects_are_served_not_kept() {
+    let cache = cache();
+    let big = Bytes::from(vec![0u8; 128 << 10]);
+    let fill = move || {
+        let big = big.clone();
+        async move { Ok((Obj(big), Duration::from_secs(60))) }
+    };
+    cache.get_or_fetch("/big", fill.clone()).await.unwrap();
+    let (_, s) = cache.get_or_fetch("/big", fill).await.unwrap();
+    assert_eq!(s, Status::Miss);
+}
+
+#[tokio::test]
+async fn a_panicking_fetch_fails_its_waiters_cleanly() {
+    let cache = cache();
+    let r = cache.get_or_fetch("/k", || async { panic!("boom") }).await;
+    assert!(matches!(r, Err(Err::Task(_))));
+    let (_, s) = cache.get_or_fetch("/k", || async { Ok((Obj(Bytes::from_static(b"v")), Duration::from_secs(1))) }).await.unwrap();
+    assert_eq!(s, Status::Miss);
+}
+
+#[tokio::test]
+async fn purge_removes() {
+    let cache = cache();
+    cache.get_or_fetch("/k", || async { Ok((Obj(Bytes::from_static(b"v")), Duration::from_secs(60))) }).await.unwrap();
+    assert!(cache.get("/k").is_some());
+    assert!(cache.purge("/k"));
+    assert!(cache.get("/k").is_none());
+}

@@ -1,0 +1,278 @@
+use crate::{ConfigError, Env, Errors, section};
+use bytesize::ByteSize;
+use serde::Deserialize;
+use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
+
+/// The edge file (`edge.toml`). Every section and field is optional; the defaults run the embedded
+/// single-machine edge from the repository root: demo origin on disk, signed-URL policy, no external
+/// service.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeConfig {
+    /// The file this was loaded from (`<defaults>` when none).
+    pub source: PathBuf,
+    /// Listeners, data directory, draining.
+    pub server: ServerConfig,
+    /// TLS certificate for the TLS listeners.
+    pub tls: TlsConfig,
+    /// Where objects come from.
+    pub origin: OriginConfig,
+    /// The in-memory segment cache.
+    pub cache: CacheConfig,
+    /// The WebAssembly policy runtime.
+    pub wasm: WasmConfig,
+    /// Which policies file binds routes to policy chains.
+    pub policies: PoliciesRef,
+    /// The key and defaults used to sign URLs (`edge sign-url`, the start-up demo URL).
+    pub signed_url: SignedUrlConfig,
+}
+
+/// `[server]`: listeners and process behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Plain-text listeners: HTTP/1.1 and HTTP/2 with prior knowledge (h2c). Env `EDGE_LISTEN`
+    /// (comma-separated). Default `["127.0.0.1:8080"]`. Port 0 picks a free port.
+    pub listen: Vec<SocketAddr>,
+    /// TLS listeners: HTTP/1.1 and HTTP/2 by ALPN. Env `EDGE_TLS_LISTEN`. Default `["127.0.0.1:8443"]`.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Admin listener: `/health`, `/health/live`, `/health/ready`, `/metrics`. Env
+    /// `EDGE_ADMIN_LISTEN`. Default `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// Worker threads per listener. Default 2.
+    pub threads: usize,
+    /// Where the edge keeps its state: development secret, generated certificate. Env
+    /// `EDGE_DATA_DIR`. Default `.edge-data`.
+    pub data_dir: PathBuf,
+    /// How long a draining edge (SIGTERM) waits for in-flight requests. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Base URL viewers use to reach this edge, for the URLs it prints and hands out
+    /// (`https://edge.example.com`). Env `EDGE_PUBLIC_URL`. Default: the first plain listener.
+    pub public_url: Option<String>,
+    /// A manifest path whose signed URL is logged at start, ready to play; empty for none.
+    /// Default `/vod/movies/demo/index.m3u8`.
+    pub demo_stream: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            tls_listen: vec![SocketAddr::from(([127, 0, 0, 1], 8443))],
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            threads: 2,
+            data_dir: PathBuf::from(".edge-data"),
+            drain_timeout: Duration::from_secs(10),
+            public_url: None,
+            demo_stream: "/vod/movies/demo/index.m3u8".into(),
+        }
+    }
+}
+
+/// `[tls]`: certificate and key (PEM). When both are absent a self-signed certificate for
+/// `localhost` and `127.0.0.1` is generated into the data directory, for development only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: Option<PathBuf>,
+    /// Private key, PEM.
+    pub key: Option<PathBuf>,
+}
+
+/// `[origin]`: the object store behind the edge. Objects are looked up at their public path
+/// (`/vod/movies/{id}/index.m3u8` is the object `vod/movies/{id}/index.m3u8`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct OriginConfig {
+    /// Directory of the local-filesystem origin. Env `EDGE_ORIGIN_ROOT`. Default
+    /// `deploy/demo/origin` (the committed demo stream).
+    pub root: PathBuf,
+    /// Timeout of one origin read. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        Self { root: PathBuf::from("deploy/demo/origin"), timeout: Duration::from_secs(10) }
+    }
+}
+
+/// `[cache]`: the in-memory segment cache (TinyUFO admission and eviction, bounded by bytes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct CacheConfig {
+    /// Bytes of object bodies kept in memory (`"256 MiB"`). Env `EDGE_CACHE_MEMORY`. Default 256 MiB.
+    pub memory: ByteSize,
+    /// Largest single object admitted to the cache; larger objects are served uncached. Default 64 MiB.
+    pub max_object: ByteSize,
+    /// How long a cached manifest (`.m3u8`, `.mpd`) is fresh; live playlists change. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub manifest_ttl: Duration,
+    /// How long a cached segment is fresh; segments are immutable. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub segment_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            memory: ByteSize::mib(256),
+            max_object: ByteSize::mib(64),
+            manifest_ttl: Duration::from_secs(2),
+            segment_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[wasm]`: limits shared by every policy instance (a policy may lower its own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WasmConfig {
+    /// Wall-clock budget of one `decide` call, enforced by epoch interruption. Default `5ms`.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Most linear memory one policy instance may grow to. Default 16 MiB.
+    pub memory_limit: ByteSize,
+    /// Most policy instances alive at once across all policies (pooling allocator slots). Default 1000.
+    pub max_instances: u32,
+    /// How many requests one instance serves before it is replaced, in `isolation = "pooled"` mode.
+    /// Default 10000.
+    pub max_reuse: u32,
+}
+
+impl Default for WasmConfig {
+    fn default() -> Self {
+        Self { deadline: Duration::from_millis(5), memory_limit: ByteSize::mib(16), max_instances: 1000, max_reuse: 10_000 }
+    }
+}
+
+/// `[policies]`: where the route → policy chain bindings are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PoliciesRef {
+    /// The policies file. Env `EDGE_POLICIES`. Default `policies/default.toml`.
+    pub file: PathBuf,
+}
+
+impl Default for PoliciesRef {
+    fn default() -> Self {
+        Self { file: PathBuf::from("policies/default.toml") }
+    }
+}
+
+/// `[signed_url]`: the URL-signing key and defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SignedUrlConfig {
+    /// HMAC key, at least 16 bytes. Env `SIGNED_URL_SECRET`. When unset, a random development key
+    /// is generated once and kept in the data directory (and a warning is logged).
+    pub secret: Option<String>,
+    /// Lifetime of a signed URL in seconds. Env `SIGNED_URL_EXPIRATION`. Default 3600.
+    pub expiration: u64,
+    /// Query parameter that carries the token. Default `token`.
+    pub param: String,
+}
+
+impl Default for SignedUrlConfig {
+    fn default() -> Self {
+        Self { secret: None, expiration: 3600, param: "token".into() }
+    }
+}
+
+impl EdgeConfig {
+    /// Loads `path` (or the defaults when `None`), applies environment overrides and validates.
+    pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Self, Errors> {
+        match path {
+            None => Self::from_toml_str("<defaults>", "", env),
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(text) => Self::from_toml_str(p, &text, env),
+                Err(e) => Err(Errors(vec![ConfigError::new(p, "", format!("cannot read: {e}"))])),
+            },
+        }
+    }
+
+    /// Parses `text` as if read from `file`, applies environment overrides and validates.
+    pub fn from_toml_str(file: impl AsRef<Path>, text: &str, env: &dyn Env) -> Result<Self, Errors> {
+        let file = file.as_ref();
+        let mut errors = Errors::default();
+        let mut table = section::parse_table(file, text, &mut errors).unwrap_or_default();
+        crate::env::apply(env, &mut table, &mut errors);
+        let cfg = Self {
+            source: file.to_path_buf(),
+            server: section::take(file, &mut table, "server", &mut errors),
+            tls: section::take(file, &mut table, "tls", &mut errors),
+            origin: section::take(file, &mut table, "origin", &mut errors),
+            cache: section::take(file, &mut table, "cache", &mut errors),
+            wasm: section::take(file, &mut table, "wasm", &mut errors),
+            policies: section::take(file, &mut table, "policies", &mut errors),
+            signed_url: section::take(file, &mut table, "signed_url", &mut errors),
+        };
+        section::reject_rest(file, table, &mut errors);
+        cfg.validate(&mut errors);
+        errors.into_result(cfg)
+    }
+
+    fn validate(&self, errors: &mut Errors) {
+        let mut bad = |field: &str, msg: &str| errors.push(ConfigError::new(&self.source, field, msg));
+        if self.server.listen.is_empty() && self.server.tls_listen.is_empty() {
+            bad("server.listen", "no listener: set `listen` or `tls_listen`");
+        }
+        if self.server.threads == 0 {
+            bad("server.threads", "must be at least 1");
+        }
+        if let Some(url) = &self.server.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bad("server.public_url", "must start with http:// or https://");
+        }
+        if !self.server.demo_stream.is_empty() && !self.server.demo_stream.starts_with('/') {
+            bad("server.demo_stream", "must be an absolute path starting with /");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            bad("tls", "set both `cert` and `key`, or neither");
+        }
+        for (field, p) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+            if let Some(p) = p
+                && !p.is_file()
+            {
+                bad(field, &format!("file {} does not exist", p.display()));
+            }
+        }
+        if self.cache.max_object > self.cache.memory {
+            bad("cache.max_object", "larger than cache.memory");
+        }
+        if self.wasm.deadline < Duration::from_millis(1) || self.wasm.deadline > Duration::from_secs(10) {
+            bad("wasm.deadline", "must be between 1ms and 10s");
+        }
+        if self.wasm.memory_limit < ByteSize::kib(64) || self.wasm.memory_limit > ByteSize::gib(1) {
+            bad("wasm.memory_limit", "must be between 64 KiB and 1 GiB");
+        }
+        if self.wasm.max_instances == 0 {
+            bad("wasm.max_instances", "must be at least 1");
+        }
+        if self.wasm.max_reuse == 0 {
+            bad("wasm.max_reuse", "must be at least 1");
+        }
+        if let Some(s) = &self.signed_url.secret
+            && s.len() < 16
+        {
+            bad("signed_url.secret", "must be at least 16 bytes");
+        }
+        if self.signed_url.expiration == 0 {
+            bad("signed_url.expiration", "must be at least 1 second");
+        }
+        if self.signed_url.param.is_empty() || !self.signed_url.param.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            bad("signed_url.param", "must be a non-empty name of letters, digits, `_` or `-`");
+        }
+    }
+
+    /// Resolves `path` relative to the directory of the edge file (or the working directory).
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        match self.source.parent() {
+            Some(dir) if path.is_relative() && self.source.is_file() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+}

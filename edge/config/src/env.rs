@@ -1,0 +1,84 @@
+use std::collections::HashMap;
+
+/// Where environment overrides come from. Tests pass a [`MapEnv`] so they never touch the process
+/// environment.
+pub trait Env {
+    /// The value of variable `name`, if set and non-empty.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+/// A fixed set of variables.
+#[derive(Debug, Clone, Default)]
+pub struct MapEnv(pub HashMap<String, String>);
+
+impl MapEnv {
+    /// Adds a variable.
+    pub fn with(mut self, name: &str, value: &str) -> Self {
+        self.0.insert(name.to_owned(), value.to_owned());
+        self
+    }
+}
+
+impl Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+/// How a variable's text becomes a TOML value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Str,
+    Int,
+    /// Comma-separated list of strings.
+    List,
+}
+
+/// Environment variables that override fields of the edge file: (variable, section, key, kind).
+/// Names follow the deployments the edge replaces where one existed.
+pub(crate) const OVERRIDES: &[(&str, &str, &str, Kind)] = &[
+    ("EDGE_LISTEN", "server", "listen", Kind::List),
+    ("EDGE_TLS_LISTEN", "server", "tls_listen", Kind::List),
+    ("EDGE_ADMIN_LISTEN", "server", "admin_listen", Kind::Str),
+    ("EDGE_DATA_DIR", "server", "data_dir", Kind::Str),
+    ("EDGE_PUBLIC_URL", "server", "public_url", Kind::Str),
+    ("EDGE_ORIGIN_ROOT", "origin", "root", Kind::Str),
+    ("EDGE_CACHE_MEMORY", "cache", "memory", Kind::Str),
+    ("EDGE_POLICIES", "policies", "file", Kind::Str),
+    ("SIGNED_URL_SECRET", "signed_url", "secret", Kind::Str),
+    ("SIGNED_URL_EXPIRATION", "signed_url", "expiration", Kind::Int),
+];
+
+/// Writes every set override into `table`, recording variables whose text has the wrong type.
+pub(crate) fn apply(env: &dyn Env, table: &mut toml::Table, errors: &mut crate::Errors) {
+    for &(name, section, key, kind) in OVERRIDES {
+        let Some(text) = env.var(name) else { continue };
+        let value = match kind {
+            Kind::Str => toml::Value::String(text),
+            Kind::List => toml::Value::Array(
+                text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+            ),
+            Kind::Int => match text.trim().parse::<i64>() {
+                Ok(n) => toml::Value::Integer(n),
+                Err(_) => {
+                    errors.push(crate::ConfigError::new("<environment>", name, format!("expected an integer, got {text:?}")));
+                    continue;
+                }
+            },
+        };
+        let entry = table.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = entry {
+            t.insert(key.to_owned(), value);
+        }
+    }
+}

@@ -1,0 +1,265 @@
+use crate::{ConfigError, Errors, section};
+use bytesize::ByteSize;
+use serde::Deserialize;
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// A policies file: named policies (a WebAssembly module plus its config and limits) and the routes
+/// that bind path patterns to ordered chains of them.
+///
+/// ```toml
+/// [policies.signed-url]
+/// module = "../guests/target/wasm32-wasip2/release/signed_url.wasm"  # relative to this file
+/// fail = "closed"                         # what a trap or timeout means: "closed" (deny) | "open" (allow)
+/// [policies.signed-url.config]             # handed to the guest; `${VAR}` is resolved by the edge
+/// secret = "${SIGNED_URL_SECRET}"
+///
+/// [[routes]]
+/// name = "vod"
+/// paths = ["/vod/**"]                      # glob patterns on the normalised path
+/// chain = ["signed-url"]                   # run in order; the first deny ends the chain
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    /// The file this was loaded from.
+    pub source: PathBuf,
+    /// Policies by name.
+    pub policies: BTreeMap<String, PolicySpec>,
+    /// Routes, matched in file order; the first whose pattern matches wins.
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One `[policies.NAME]` entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PolicySpec {
+    /// Name (the table key).
+    #[serde(skip)]
+    pub name: String,
+    /// The component (`.wasm`), resolved against the policies file's directory.
+    pub module: PathBuf,
+    /// What the request gets when the guest traps, runs past its deadline or exceeds its memory.
+    #[serde(default)]
+    pub fail: FailMode,
+    /// Status of a fail-closed answer. Default 503.
+    #[serde(default = "default_fail_status")]
+    pub fail_status: u16,
+    /// Overrides `[wasm].deadline` for this policy (it can only be lower or equal).
+    #[serde(default, with = "humantime_serde")]
+    pub deadline: Option<Duration>,
+    /// Overrides `[wasm].memory_limit` for this policy (it can only be lower or equal).
+    #[serde(default)]
+    pub memory_limit: Option<ByteSize>,
+    /// Instance reuse strategy. Default `pooled`.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Request headers (lower-case) the guest may see; others are never passed.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Key/value config the guest reads with `config.get`. Scalars become strings; `${VAR}`
+    /// placeholders are resolved from the variables the edge provides.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+    /// The resolved config (placeholders replaced), filled in by [`PolicySet::load`].
+    #[serde(skip)]
+    pub resolved_config: BTreeMap<String, String>,
+}
+
+const fn default_fail_status() -> u16 {
+    503
+}
+
+/// A policy's fail mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// A failing policy denies the request with its `fail_status`.
+    #[default]
+    Closed,
+    /// A failing policy lets the request through (counted in metrics and logged).
+    Open,
+}
+
+/// How policy instances are reused between requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Instances are kept in a pool and reused for up to `[wasm].max_reuse` requests; an instance
+    /// that trapped is discarded. Guests must be stateless (see `wit/decide.wit`).
+    #[default]
+    Pooled,
+    /// A fresh instance for every request: nothing can leak between requests, at ~18 µs each.
+    Fresh,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RouteSpec {
+    /// Route name, reported to policies and in metrics.
+    pub name: String,
+    /// Glob patterns on the normalised request path (`/vod/**`).
+    pub paths: Vec<String>,
+    /// Policy names run in order for matching requests (may be empty: no policy).
+    #[serde(default)]
+    pub chain: Vec<String>,
+}
+
+impl PolicySet {
+    /// Loads and validates a policies file. `vars` provides the values of `${VAR}` placeholders.
+    /// Module files are checked to exist here; whether they are valid components is checked by the
+    /// policy runtime.
+    pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Self, Errors> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml_str(path, &text, vars),
+            Err(e) => Err(Errors(vec![ConfigError::new(path, "", format!("cannot read: {e}"))])),
+        }
+    }
+
+    /// Parses `text` as if read from `file`.
+    pub fn from_toml_str(file: &Path, text: &str, vars: &HashMap<String, String>) -> Result<Self, Errors> {
+        let mut errors = Errors::default();
+        let mut table = section::parse_table(file, text, &mut errors).unwrap_or_default();
+        let mut set = Self { source: file.to_path_buf(), ..Self::default() };
+        match table.remove("policies") {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (name, v) in t {
+                    let field = format!("policies.{name}");
+                    if let Some(mut spec) = section::decode::<PolicySpec>(file, &field, v, &mut errors) {
+                        spec.name = name.clone();
+                        set.policies.insert(name, spec);
+                    }
+                }
+            }
+            Some(_) => errors.push(ConfigError::new(file, "policies", "must be a table of policies")),
+        }
+        match table.remove("routes") {
+            None => {}
+            Some(toml::Value::Array(items)) => {
+                for (i, v) in items.into_iter().enumerate() {
+                    if let Some(r) = section::decode::<RouteSpec>(file, &format!("routes[{i}]"), v, &mut errors) {
+                        set.routes.push(r);
+                    }
+                }
+            }
+            Some(_) => errors.push(ConfigError::new(file, "routes", "must be an array of tables ([[routes]])")),
+        }
+        section::reject_rest(file, table, &mut errors);
+        set.validate(vars, &mut errors);
+        errors.into_result(set)
+    }
+
+    /// The module path of `spec`, resolved against this file's directory.
+    pub fn module_path(&self, spec: &PolicySpec) -> PathBuf {
+        match self.source.parent() {
+            Some(dir) if spec.module.is_relative() => dir.join(&spec.module),
+            _ => spec.module.clone(),
+        }
+    }
+
+    fn validate(&mut self, vars: &HashMap<String, String>, errors: &mut Errors) {
+        let file = self.source.clone();
+        let mut bad = |field: String, msg: String| errors.push(ConfigError::new(&file, field, msg));
+        let paths: Vec<(String, PathBuf)> =
+            self.policies.values().map(|s| (s.name.clone(), self.module_path(s))).collect();
+        for (name, path) in paths {
+            if !path.is_file() {
+                bad(format!("policies.{name}.module"), format!("module file {} does not exist", path.display()));
+            }
+        }
+        for (name, spec) in &mut self.policies {
+            if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                bad(format!("policies.{name}"), "name must be letters, digits, `-` or `_`".into());
+            }
+            if !(400..=599).contains(&spec.fail_status) {
+                bad(format!("policies.{name}.fail_status"), "must be a 4xx or 5xx status".into());
+            }
+            if spec.deadline.is_some_and(|d| d.is_zero()) {
+                bad(format!("policies.{name}.deadline"), "must be greater than zero".into());
+            }
+            for h in &spec.headers {
+                if h.is_empty() || h.bytes().any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')) {
+                    bad(format!("policies.{name}.headers"), format!("{h:?} is not a lower-case header name"));
+                }
+            }
+            for (key, value) in &spec.config {
+                let field = format!("policies.{name}.config.{key}");
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => value.to_string(),
+                    _ => {
+                        bad(field, "must be a string, number or boolean".into());
+                        continue;
+                    }
+                };
+                match interpolate(&text, vars) {
+                    Ok(v) => {
+                        spec.resolved_config.insert(key.clone(), v);
+                    }
+                    Err(msg) => bad(field, msg),
+                }
+            }
+        }
+        let mut seen = HashMap::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Some(j) = seen.insert(r.name.clone(), i) {
+                bad(format!("routes[{i}].name"), format!("duplicate route name {:?} (also routes[{j}])", r.name));
+            }
+            if r.paths.is_empty() {
+                bad(format!("routes[{i}].paths"), "needs at least one pattern".into());
+            }
+            for p in &r.paths {
+                if !p.starts_with('/') {
+                    bad(format!("routes[{i}].paths"), format!("pattern {p:?} must start with /"));
+                } else if let Err(e) = globset::Glob::new(p) {
+                    bad(format!("routes[{i}].paths"), format!("bad pattern {p:?}: {e}"));
+                }
+            }
+            for name in &r.chain {
+                if !self.policies.contains_key(name) {
+                    bad(format!("routes[{i}].chain"), format!("unknown policy {name:?}"));
+                }
+            }
+        }
+    }
+}
+
+/// Replaces each `${NAME}` in `text` with `vars[NAME]`; `$$` is a literal `$`.
+fn interpolate(text: &str, vars: &HashMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = after.strip_prefix('{') {
+            let end = r.find('}').ok_or_else(|| format!("unterminated placeholder in {text:?}"))?;
+            let name = &r[..end];
+            let value = vars.get(name).ok_or_else(|| format!("unknown variable ${{{name}}}"))?;
+            out.push_str(value);
+            rest = &r[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation() {
+        let vars = HashMap::from([("A".to_string(), "x".to_string())]);
+        assert_eq!(interpolate("${A}-$$-$b", &vars).unwrap(), "x-$-$b");
+        assert!(interpolate("${B}", &vars).unwrap_err().contains("unknown variable ${B}"));
+        assert!(interpolate("${A", &vars).is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! Strict, error-collecting deserialisation of TOML sections.
+
+use crate::{ConfigError, Errors};
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// Parses `text` as a TOML table, or records the syntax error.
+pub(crate) fn parse_table(file: &Path, text: &str, errors: &mut Errors) -> Option<toml::Table> {
+    match text.parse::<toml::Table>() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            errors.push(ConfigError::new(file, "", format!("invalid TOML: {at}{}", e.message())));
+            None
+        }
+    }
+}
+
+/// Deserialises `value` (found at `field`) into `T`, recording every unknown key and the first type
+/// error. Returns `None` when a type error was found.
+pub(crate) fn decode<T: DeserializeOwned>(file: &Path, field: &str, value: toml::Value, errors: &mut Errors) -> Option<T> {
+    let mut unknown = Vec::new();
+    let result: Result<T, _> = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
+    for key in unknown {
+        let full = if field.is_empty() { key } else { format!("{field}.{key}") };
+        errors.push(ConfigError::new(file, full, "unknown field"));
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.push(ConfigError::new(file, field, e.to_string()));
+            None
+        }
+    }
+}
+
+/// Deserialises each known top-level section of `table` separately, so that a type error in one
+/// section does not hide the errors of the others; unknown top-level sections are errors.
+pub(crate) fn take<T: DeserializeOwned + Default>(
+    file: &Path,
+    table: &mut toml::Table,
+    key: &str,
+    errors: &mut Errors,
+) -> T {
+    match table.remove(key) {
+        None => T::default(),
+        Some(v) => decode(file, key, v, errors).unwrap_or_default(),
+    }
+}
+
+/// Records each key left in `table` as unknown.
+pub(crate) fn reject_rest(file: &Path, table: toml::Table, errors: &mut Errors) {
+    for key in table.keys() {
+        errors.push(ConfigError::new(file, key.clone(), "unknown section"));
+    }
+}

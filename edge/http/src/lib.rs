@@ -1,0 +1,107 @@
+//! HTTP/1.1 and HTTP/2 listeners on pingora, in front of any [`Handler`].
+//!
+//! [`HttpApp`] implements pingora's `HttpServerApp`: it turns each pingora session (h1, h2c or
+//! h2 over TLS with ALPN) into an [`EdgeRequest`], awaits the handler, and writes the
+//! [`EdgeResponse`] back without copying its body. [`Listeners`] binds sockets itself (so port 0
+//! works and the bound address is known before anything is served), hands them to pingora's
+//! listening service, and drains on shutdown.
+//!
+//! Pingora's `Server` is deliberately not used: it owns signals and process exit, sleeps its whole
+//! grace period on shutdown, and cannot report bound ports; the edge runs pingora's services on its
+//! own runtime instead and drains by counting requests in flight.
+
+mod app;
+mod tls;
+
+pub use app::{HttpApp, MAX_REQUEST_BODY};
+pub use tls::{TlsError, tls_settings};
+
+use pingora_core::{
+    listeners::tls::TlsSettings,
+    server::{Fds, ListenFds},
+    services::{Service as _, listening::Service},
+};
+use std::{
+    net::SocketAddr,
+    os::fd::IntoRawFd,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+use tokio::{sync::watch, task::JoinHandle};
+
+/// A socket bound by the edge, with its TLS settings if it is a TLS listener.
+pub struct BoundListener {
+    listener: std::net::TcpListener,
+    tls: Option<TlsSettings>,
+}
+
+impl BoundListener {
+    /// Binds `addr` (port 0 picks a free port). `tls` makes it a TLS listener.
+    pub fn bind(addr: SocketAddr, tls: Option<TlsSettings>) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        Ok(Self { listener, tls })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound socket has an address")
+    }
+
+    /// Whether this is a TLS listener.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// Running listening services and the switch that drains them.
+pub struct Listeners {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    apps: Vec<Arc<app::InFlight>>,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self { shutdown: watch::channel(false).0, tasks: Vec::new(), apps: Vec::new() }
+    }
+}
+
+impl Listeners {
+    /// Serves `app` on `listeners` (on the current tokio runtime) until [`Listeners::drain`].
+    pub fn serve<H: edge_pipeline::Handler>(&mut self, name: &str, app: HttpApp<H>, listeners: Vec<BoundListener>) {
+        self.apps.push(app.in_flight());
+        let mut service = Service::new(name.to_owned(), app);
+        let mut fds = Fds::new();
+        for l in listeners {
+            let key = l.local_addr().to_string();
+            let tls = l.tls;
+            fds.add(key.clone(), l.listener.into_raw_fd());
+            match tls {
+                Some(settings) => service.add_tls_with_settings(&key, None, settings),
+                None => service.add_tcp(&key),
+            }
+        }
+        let fds: ListenFds = Arc::new(parking_lot::Mutex::new(fds));
+        let shutdown = self.shutdown.subscribe();
+        self.tasks.push(tokio::spawn(async move {
+            service.start_service(Some(fds), shutdown, 1).await;
+        }));
+    }
+
+    /// Stops accepting connections, waits until no request is in flight or `timeout` passes, and
+    /// returns how many requests were still running when it gave up (0 after a clean drain).
+    pub async fn drain(self, timeout: Duration) -> usize {
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + timeout;
+        let busy = || self.apps.iter().map(|a| a.0.load(Ordering::SeqCst)).sum::<usize>();
+        while busy() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = busy();
+        for t in &self.tasks {
+            t.abort();
+        }
+        left
+    }
+}

@@ -1,0 +1,75 @@
+use crate::{Error, with_params};
+use quick_xml::{
+    Reader, Writer,
+    events::{BytesStart, Event},
+};
+
+/// Elements whose URI attributes are rewritten, and those attributes.
+const URI_ATTRS: &[(&[u8], &[&[u8]])] = &[
+    (b"SegmentTemplate", &[b"media", b"initialization", b"index"]),
+    (b"SegmentURL", &[b"media", b"index"]),
+    (b"Initialization", &[b"sourceURL"]),
+    (b"RepresentationIndex", &[b"sourceURL"]),
+];
+
+pub(crate) fn propagate(body: &[u8], params: &[(String, String)]) -> Result<Vec<u8>, Error> {
+    let mut reader = Reader::from_reader(body);
+    let mut writer = Writer::new(Vec::with_capacity(body.len() + 256));
+    let mut buf = Vec::new();
+    loop {
+        let event = reader.read_event_into(&mut buf).map_err(|e| Error::Dash(e.to_string()))?;
+        let out = match event {
+            Event::Eof => break,
+            Event::Start(e) => Event::Start(rewrite(&e, params)?),
+            Event::Empty(e) => Event::Empty(rewrite(&e, params)?),
+            other => other,
+        };
+        writer.write_event(out).map_err(|e| Error::Dash(e.to_string()))?;
+        buf.clear();
+    }
+    Ok(writer.into_inner())
+}
+
+fn rewrite(e: &BytesStart<'_>, params: &[(String, String)]) -> Result<BytesStart<'static>, Error> {
+    let local = e.local_name();
+    let Some((_, attrs)) = URI_ATTRS.iter().find(|(name, _)| *name == local.as_ref()) else {
+        return Ok(e.to_owned().into_owned());
+    };
+    let mut out = BytesStart::new(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+    for a in e.attributes() {
+        let a = a.map_err(|err| Error::Dash(err.to_string()))?;
+        let value = a.unescape_value().map_err(|err| Error::Dash(err.to_string()))?;
+        let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
+        if attrs.contains(&a.key.local_name().as_ref()) {
+            out.push_attribute((key.as_str(), with_params(&value, params).as_str()));
+        } else {
+            out.push_attribute((key.as_str(), value.as_ref()));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_templates_and_urls() {
+        let mpd = r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static"><Period><AdaptationSet mimeType="video/mp4">
+<SegmentTemplate media="chunk-$RepresentationID$-$Number%05d$.m4s" initialization="init-$RepresentationID$.m4s" startNumber="1"/>
+<Representation id="0" bandwidth="800000"><SegmentList><SegmentURL media="s1.m4s"/><SegmentURL media="https://x.example/s2.m4s"/></SegmentList></Representation>
+</AdaptationSet></Period></MPD>"#;
+        let out = String::from_utf8(propagate(mpd.as_bytes(), &[("token".into(), "T".into())]).unwrap()).unwrap();
+        assert!(out.contains(r#"media="chunk-$RepresentationID$-$Number%05d$.m4s?token=T""#), "{out}");
+        assert!(out.contains(r#"initialization="init-$RepresentationID$.m4s?token=T""#), "{out}");
+        assert!(out.contains(r#"media="s1.m4s?token=T""#), "{out}");
+        assert!(out.contains(r#"media="https://x.example/s2.m4s""#), "{out}");
+        assert!(out.contains(r#"bandwidth="800000""#), "{out}");
+    }
+
+    #[test]
+    fn broken_xml_is_an_error() {
+        assert!(propagate(b"<MPD><Period></MPD>", &[("t".into(), "v".into())]).is_err());
+    }
+}

@@ -1,0 +1,96 @@
+use crate::{Error, with_params};
+
+/// `m3u8-rs` decides whether `body` is a playlist at all; the rewrite itself is done line by line
+/// so that it is lossless: `m3u8-rs`'s writer drops tags it attaches to no segment (a trailing
+/// LL-HLS `EXT-X-PRELOAD-HINT`) and renormalises others, and a player must get back exactly what
+/// the origin wrote, plus the parameters.
+pub(crate) fn propagate(body: &[u8], params: &[(String, String)]) -> Result<Vec<u8>, Error> {
+    m3u8_rs::parse_playlist_res(body).map_err(|e| Error::Hls(e.to_string().chars().take(120).collect()))?;
+    let text = std::str::from_utf8(body).map_err(|e| Error::Hls(e.to_string()))?;
+    let mut out = String::with_capacity(body.len() + 64);
+    for line in text.split_inclusive('\n') {
+        let (content, eol) = split_eol(line);
+        if content.starts_with('#') {
+            out.push_str(&tag_uri(content, params));
+        } else if content.trim().is_empty() {
+            out.push_str(content);
+        } else {
+            out.push_str(&with_params(content, params));
+        }
+        out.push_str(eol);
+    }
+    Ok(out.into_bytes())
+}
+
+fn split_eol(line: &str) -> (&str, &str) {
+    let content = line.trim_end_matches(['\r', '\n']);
+    (content, &line[content.len()..])
+}
+
+/// Rewrites the `URI="..."` attribute of a tag (`EXT-X-MEDIA`, `EXT-X-KEY`, `EXT-X-MAP`,
+/// `EXT-X-I-FRAME-STREAM-INF`, `EXT-X-PART`, `EXT-X-PRELOAD-HINT`, ...). Comments are kept as is.
+fn tag_uri(line: &str, params: &[(String, String)]) -> String {
+    if !line.starts_with("#EXT") {
+        return line.to_owned();
+    }
+    let Some(start) = find_attr(line, "URI=\"") else { return line.to_owned() };
+    let Some(len) = line[start..].find('"') else { return line.to_owned() };
+    format!("{}{}{}", &line[..start], with_params(&line[start..start + len], params), &line[start + len..])
+}
+
+/// Start of the value of attribute `key` (which ends with `="`): only at the start of the
+/// attribute list or after a comma, so `XURI="` does not match `URI="`.
+fn find_attr(line: &str, key: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = line[from..].find(key).map(|i| i + from) {
+        if matches!(line.as_bytes().get(i.wrapping_sub(1)), Some(b':' | b',')) {
+            return Some(i + key.len());
+        }
+        from = i + key.len();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> Vec<(String, String)> {
+        vec![("token".into(), "T".into())]
+    }
+
+    #[test]
+    fn master_playlist() {
+        let m = "#EXTM3U\n#EXT-X-VERSION:3\n\
+            #EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",NAME=\"en\",URI=\"audio/index.m3u8\"\n\
+            #EXT-X-STREAM-INF:BANDWIDTH=800000,RESOLUTION=640x360,CODECS=\"avc1.64001e,mp4a.40.2\",AUDIO=\"a\"\n\
+            v0/index.m3u8\n\
+            #EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=90000,URI=\"v0/iframes.m3u8\"\n\
+            #EXT-X-STREAM-INF:BANDWIDTH=300000\nhttps://other.example/v1/index.m3u8\n";
+        let out = String::from_utf8(propagate(m.as_bytes(), &p()).unwrap()).unwrap();
+        assert!(out.contains("\nv0/index.m3u8?token=T\n"), "{out}");
+        assert!(out.contains("URI=\"audio/index.m3u8?token=T\""), "{out}");
+        assert!(out.contains("URI=\"v0/iframes.m3u8?token=T\""), "{out}");
+        assert!(out.contains("\nhttps://other.example/v1/index.m3u8\n"), "{out}");
+        assert!(out.contains("RESOLUTION=640x360"), "{out}");
+    }
+
+    #[test]
+    fn media_playlist() {
+        let m = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+            #EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-MAP:URI=\"init.mp4\"\n\
+            #EXT-X-KEY:METHOD=AES-128,URI=\"key.bin\",IV=0x00000000000000000000000000000001\n\
+            #EXTINF:2.000000,\nseg_000.m4s\n#EXTINF:2.000000,\nseg_001.m4s\n\
+            #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg_002.part0.m4s\"\n#EXT-X-ENDLIST\n";
+        let out = String::from_utf8(propagate(m.as_bytes(), &p()).unwrap()).unwrap();
+        for want in ["seg_000.m4s?token=T", "seg_001.m4s?token=T", "URI=\"init.mp4?token=T\"", "URI=\"key.bin?token=T\"", "URI=\"seg_002.part0.m4s?token=T\"", "#EXT-X-ENDLIST"] {
+            assert!(out.contains(want), "missing {want} in\n{out}");
+        }
+        assert_eq!(out.replace("?token=T", ""), m, "nothing else changes");
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(propagate(b"<html>", &p()).is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! Token propagation into manifests.
+//!
+//! Players resolve the URIs inside a manifest against the manifest's URL but drop its query
+//! string, so a token on the master playlist URL would not reach variant playlists or segments.
+//! When a policy allows a request and asks for query parameters to be propagated, the edge serves
+//! the manifest with those parameters appended to every **relative** URI it references:
+//!
+//! - HLS (`.m3u8`, validated with `m3u8-rs`, rewritten losslessly line by line): variant and
+//!   i-frame playlists, `EXT-X-MEDIA`,
+//!   segments, `EXT-X-KEY`/`EXT-X-SESSION-KEY`, `EXT-X-MAP`, `EXT-X-SESSION-DATA`, and `URI`
+//!   attributes of tags `m3u8-rs` does not model (LL-HLS parts, preload hints, rendition reports).
+//! - DASH (`.mpd`, rewritten with `quick-xml`): `media`, `initialization`, `index`, `sourceURL`
+//!   attributes of `SegmentTemplate`, `SegmentURL`, `Initialization` and `RepresentationIndex`.
+//!
+//! Absolute URIs (`https://…`, `//host/…`) and `data:` URIs are left alone: the token belongs to
+//! this edge and is never handed to another host. A URI that already carries the parameter keeps
+//! its own value.
+//!
+//! ```
+//! use edge_manifest::{Kind, propagate};
+//! let m = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nseg_000.ts\n#EXT-X-ENDLIST\n";
+//! let out = propagate(Kind::Hls, m.as_bytes(), &[("token".into(), "abc".into())]).unwrap();
+//! assert!(String::from_utf8(out).unwrap().contains("seg_000.ts?token=abc"));
+//! ```
+
+mod dash;
+mod hls;
+
+/// Manifest formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// HLS playlist (`.m3u8`).
+    Hls,
+    /// DASH MPD (`.mpd`).
+    Dash,
+}
+
+impl Kind {
+    /// The manifest kind of `path`, by extension.
+    pub fn of(path: &str) -> Option<Self> {
+        let ext = path.rsplit_once('.')?.1;
+        if ext.eq_ignore_ascii_case("m3u8") {
+            Some(Self::Hls)
+        } else if ext.eq_ignore_ascii_case("mpd") {
+            Some(Self::Dash)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a manifest could not be rewritten.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not a playlist `m3u8-rs` can parse.
+    #[error("invalid HLS playlist: {0}")]
+    Hls(String),
+    /// Not well-formed XML.
+    #[error("invalid DASH manifest: {0}")]
+    Dash(String),
+}
+
+/// Returns `body` with `params` appended to every relative URI it references.
+pub fn propagate(kind: Kind, body: &[u8], params: &[(String, String)]) -> Result<Vec<u8>, Error> {
+    if params.is_empty() {
+        return Ok(body.to_vec());
+    }
+    match kind {
+        Kind::Hls => hls::propagate(body, params),
+        Kind::Dash => dash::propagate(body, params),
+    }
+}
+
+/// `uri` with `params` appended, unless it is absolute or already has a parameter.
+pub fn with_params(uri: &str, params: &[(String, String)]) -> String {
+    let trimmed = uri.trim();
+    if trimmed.is_empty() || trimmed.starts_with("//") || trimmed.starts_with("data:") || has_scheme(trimmed) {
+        return uri.to_owned();
+    }
+    let (before_fragment, fragment) = match uri.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (uri, None),
+    };
+    let existing: Vec<String> = before_fragment
+        .split_once('?')
+        .map(|(_, q)| form_urlencoded::parse(q.as_bytes()).map(|(k, _)| k.into_owned()).collect())
+        .unwrap_or_default();
+    let mut out = before_fragment.to_owned();
+    for (k, v) in params {
+        if existing.iter().any(|e| e == k) {
+            continue;
+        }
+        out.push(if out.contains('?') { '&' } else { '?' });
+        out.extend(form_urlencoded::byte_serialize(k.as_bytes()));
+        out.push('=');
+        out.extend(form_urlencoded::byte_serialize(v.as_bytes()));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+/// RFC 3986 scheme: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":"
+fn has_scheme(uri: &str) -> bool {
+    let Some((scheme, _)) = uri.split_once(':') else { return false };
+    let mut bytes = scheme.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic()) && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> Vec<(String, String)> {
+        vec![("token".into(), "1.a/b+c".into())]
+    }
+
+    #[test]
+    fn appends_to_relative_uris_only() {
+        assert_eq!(with_params("seg.ts", &p()), "seg.ts?token=1.a%2Fb%2Bc");
+        assert_eq!(with_params("v0/index.m3u8?x=1", &p()), "v0/index.m3u8?x=1&token=1.a%2Fb%2Bc");
+        assert_eq!(with_params("/abs/seg.ts#t=1", &p()), "/abs/seg.ts?token=1.a%2Fb%2Bc#t=1");
+        assert_eq!(with_params("seg.ts?token=mine", &p()), "seg.ts?token=mine");
+        for keep in ["https://cdn.example/seg.ts", "//cdn.example/seg.ts", "data:text/plain,x", "skd://key"] {
+            assert_eq!(with_params(keep, &p()), keep);
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(Kind::of("/a/index.M3U8"), Some(Kind::Hls));
+        assert_eq!(Kind::of("/a/manifest.mpd"), Some(Kind::Dash));
+        assert_eq!(Kind::of("/a/seg.ts"), None);
+    }
+}

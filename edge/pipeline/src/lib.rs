@@ -1,0 +1,264 @@
+//! The protocol-neutral request pipeline of the edge:
+//!
+//! ```text
+//! EdgeRequest ─► method ─► path normalisation ─► route ─► policy chain ─► cache ─► origin
+//!                                                             │             │
+//!                                          deny / redirect ◄──┘   HIT ◄─────┘ (coalesced MISS)
+//!                                 ─► representation (token propagation) ─► conditional / range ─► EdgeResponse
+//! ```
+//!
+//! Listeners (pingora for HTTP/1.1 and HTTP/2, later quinn for HTTP/3) only translate their
+//! session into an [`EdgeRequest`] and write the [`EdgeResponse`] back; everything a viewer can
+//! observe is decided here, once, for every protocol. See `ARCHITECTURE.md` for each phase.
+
+mod media;
+mod metrics;
+mod path;
+mod respond;
+
+pub use media::{MediaKind, classify};
+pub use metrics::PipelineMetrics;
+pub use path::{MAX_PATH, PathError, normalize};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use edge_cache::{Cache, CacheConfig, TaskFailed, Weighted};
+use edge_origin::{Origin, OriginError};
+use edge_policy::{Outcome, RequestInfo, Router};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use std::{net::IpAddr, sync::Arc, time::{Duration, Instant, SystemTime}};
+
+/// The protocol a request arrived on, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.x
+    Http1,
+    /// HTTP/2
+    Http2,
+    /// HTTP/3
+    Http3,
+}
+
+/// A request as every listener hands it to a [`Handler`].
+#[derive(Debug, Clone)]
+pub struct EdgeRequest {
+    /// Method.
+    pub method: Method,
+    /// Raw path, still percent-encoded.
+    pub path: String,
+    /// Raw query string without `?` (empty when absent).
+    pub query: String,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// The viewer's address.
+    pub client_addr: IpAddr,
+    /// Protocol of the connection.
+    pub protocol: Protocol,
+    /// Request body (bounded by the listener).
+    pub body: Bytes,
+}
+
+/// A complete response. `body` is the whole body; for HEAD the listener sends the headers only
+/// (with the `Content-Length` of the body a GET would get).
+#[derive(Debug, Clone)]
+pub struct EdgeResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers, without `Content-Length` (the listener sets it from `body`).
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Anything that answers requests: the viewer pipeline, the admin endpoints.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request. Must not panic; every failure is a response.
+    async fn handle(&self, req: EdgeRequest) -> EdgeResponse;
+}
+
+/// An object as cached: body and validators.
+#[derive(Debug, Clone)]
+pub struct Object {
+    /// Whole body.
+    pub body: Bytes,
+    /// Strong entity tag, quoted (`"abc"`).
+    pub etag: Option<String>,
+    /// Last modification time.
+    pub last_modified: Option<SystemTime>,
+}
+
+impl Weighted for Object {
+    fn weight(&self) -> usize {
+        self.body.len()
+    }
+}
+
+/// Why an object could not be had; cloneable so one failure answers every coalesced waiter.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// From the origin.
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// The fetch task died.
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
+}
+
+/// Freshness and size settings of the pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Cache limits.
+    pub cache: CacheConfig,
+    /// Freshness of cached manifests.
+    pub manifest_ttl: Duration,
+    /// Freshness of cached segments.
+    pub segment_ttl: Duration,
+}
+
+/// The viewer-facing pipeline. Routes can be swapped at run time ([`Pipeline::set_router`]):
+/// requests in flight finish on the router they started with.
+pub struct Pipeline {
+    router: ArcSwap<Router>,
+    cache: Cache<Object, FetchError>,
+    origin: Arc<dyn Origin>,
+    cfg: PipelineConfig,
+    metrics: PipelineMetrics,
+}
+
+impl Pipeline {
+    /// A pipeline over `origin`, running the chains of `router`.
+    pub fn new(router: Router, origin: Arc<dyn Origin>, cfg: PipelineConfig, metrics: PipelineMetrics) -> Self {
+        let cache = Cache::new(cfg.cache.clone(), Some(metrics.cache.clone()));
+        Self { router: ArcSwap::from_pointee(router), cache, origin, cfg, metrics }
+    }
+
+    /// Replaces the routes and policy chains for new requests.
+    pub fn set_router(&self, router: Router) {
+        self.router.store(Arc::new(router));
+    }
+
+    /// The origin.
+    pub fn origin(&self) -> &Arc<dyn Origin> {
+        &self.origin
+    }
+
+    async fn serve(&self, req: &EdgeRequest) -> (String, EdgeResponse) {
+        if req.method != Method::GET && req.method != Method::HEAD {
+            let mut r = respond::error(405, "method_not_allowed", &[]);
+            r.headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return (String::new(), r);
+        }
+        let path = match normalize(&req.path) {
+            Ok(p) => p,
+            Err(e) => return (String::new(), respond::error(400, e.reason(), &[])),
+        };
+        let router = self.router.load_full();
+        let Some(route) = router.route(&path) else {
+            return (String::new(), respond::error(404, "no_route", &[]));
+        };
+        let route_name = route.name().to_owned();
+        let Some((content_type, kind)) = classify(&path) else {
+            return (route_name, respond::error(404, "unsupported_media_type", &[]));
+        };
+        let info = RequestInfo {
+            method: req.method.as_str(),
+            path: &path,
+            query: &req.query,
+            headers: &req.headers,
+            client_addr: req.client_addr,
+        };
+        let (response_headers, propagate) = match route.run(&info).await {
+            Outcome::Allow { response_headers, propagate_query, .. } => (response_headers, propagate_query),
+            Outcome::Deny { status, reason, headers, .. } => return (route_name, respond::error(status, &reason, &headers)),
+            Outcome::Redirect { status, location, .. } => {
+                let mut r = EdgeResponse { status: StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND), headers: HeaderMap::new(), body: Bytes::new() };
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r.headers.insert(header::LOCATION, v);
+                }
+                return (route_name, r);
+            }
+        };
+        let protected = !route.is_open();
+        drop(router);
+
+        let ttl = match kind {
+            MediaKind::Manifest => self.cfg.manifest_ttl,
+            MediaKind::Segment => self.cfg.segment_ttl,
+        };
+        let origin = self.origin.clone();
+        let key = path.clone();
+        let fetched = self
+            .cache
+            .get_or_fetch(&path, move || async move {
+                let o = origin.get(&key).await?;
+                let obj = Object { body: o.body, etag: o.etag.map(|e| format!("\"{}\"", e.trim_matches('"'))), last_modified: o.last_modified };
+                Ok((obj, ttl))
+            })
+            .await;
+        let (obj, status) = match fetched {
+            Ok(v) => v,
+            Err(e) => return (route_name, origin_error(&e)),
+        };
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert("x-cache", HeaderValue::from_static(match status {
+            edge_cache::Status::Hit => "HIT memory",
+            edge_cache::Status::Miss => "MISS",
+            edge_cache::Status::Coalesced => "MISS coalesced",
+        }));
+        let cache_control = format!("{}max-age={}", if protected { "private, " } else { "public, " }, ttl.as_secs());
+        if let Ok(v) = HeaderValue::from_str(&cache_control) {
+            headers.insert(header::CACHE_CONTROL, v);
+        }
+        respond::add_headers(&mut headers, &response_headers);
+
+        let rewrite = kind == MediaKind::Manifest && !propagate.is_empty();
+        let (body, etag) = if rewrite {
+            let mkind = edge_manifest::Kind::of(&path).unwrap_or(edge_manifest::Kind::Hls);
+            match edge_manifest::propagate(mkind, &obj.body, &propagate) {
+                Ok(b) => (Bytes::from(b), obj.etag.as_ref().map(|e| format!("W/{e}"))),
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "cannot propagate the token into a manifest");
+                    return (route_name, respond::error(502, "invalid_manifest", &[]));
+                }
+            }
+        } else {
+            (obj.body.clone(), obj.etag.clone())
+        };
+        (route_name, respond::object(&req.headers, &obj, body, etag.as_deref(), headers))
+    }
+}
+
+fn origin_error(e: &FetchError) -> EdgeResponse {
+    match e {
+        FetchError::Origin(OriginError::NotFound) => respond::error(404, "not_found", &[]),
+        FetchError::Origin(OriginError::InvalidPath(_)) => respond::error(400, "invalid_path", &[]),
+        FetchError::Origin(OriginError::Timeout(_)) => respond::error(504, "origin_timeout", &[]),
+        FetchError::Origin(OriginError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "origin failed");
+            respond::error(502, "origin_unavailable", &[])
+        }
+        FetchError::Task(e) => {
+            tracing::error!(error = %e, "origin fetch task failed");
+            respond::error(502, "origin_unavailable", &[])
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for Pipeline {
+    async fn handle(&self, req: EdgeRequest) -> EdgeResponse {
+        let start = Instant::now();
+        self.metrics.in_flight.inc();
+        let (route, response) = self.serve(&req).await;
+        self.metrics.in_flight.dec();
+        self.metrics.record(&route, response.status, response.body.len(), start.elapsed());
+        tracing::debug!(method = %req.method, path = %req.path, status = response.status.as_u16(), route, "served");
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests;

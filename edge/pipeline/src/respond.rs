@@ -1,0 +1,102 @@
+//! Building responses: errors, conditional requests, single ranges.
+
+use crate::{EdgeResponse, Object};
+use bytes::Bytes;
+use headers::{ETag, HeaderMapExt, IfModifiedSince, IfNoneMatch, IfRange, LastModified};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+
+/// A JSON error response: `{"error": "<status text>", "reason": "<reason>"}`, with the reason
+/// also in `x-edge-reason` for logs and players that do not read bodies.
+pub(crate) fn error(status: u16, reason: &str, extra: &[(String, String)]) -> EdgeResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json_like(status.canonical_reason().unwrap_or("error"), reason);
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(reason) {
+        headers.insert("x-edge-reason", v);
+    }
+    add_headers(&mut headers, extra);
+    EdgeResponse { status, headers, body: Bytes::from(body) }
+}
+
+/// Reasons are short ASCII codes chosen by the edge or a policy; anything else is escaped.
+fn serde_json_like(error: &str, reason: &str) -> String {
+    let esc = |s: &str| s.chars().flat_map(|c| match c {
+        '"' => vec!['\\', '"'],
+        '\\' => vec!['\\', '\\'],
+        c if c.is_control() => format!("\\u{:04x}", c as u32).chars().collect(),
+        c => vec![c],
+    }).collect::<String>();
+    format!("{{\"error\":\"{}\",\"reason\":\"{}\"}}", esc(&error.to_ascii_lowercase().replace(' ', "_")), esc(reason))
+}
+
+/// Appends policy-provided headers, skipping any that are not valid or that would break framing.
+pub(crate) fn add_headers(headers: &mut HeaderMap, extra: &[(String, String)]) {
+    for (k, v) in extra {
+        let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) else { continue };
+        if matches!(name, header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION | header::CONTENT_RANGE) {
+            continue;
+        }
+        headers.append(name, value);
+    }
+}
+
+/// The response to a GET/HEAD of `obj` (whose representation is `body`), honouring
+/// `If-None-Match`, `If-Modified-Since`, `If-Range` and a single `Range`.
+pub(crate) fn object(req: &HeaderMap, obj: &Object, body: Bytes, etag: Option<&str>, mut headers: HeaderMap) -> EdgeResponse {
+    let etag = etag.and_then(|e| e.parse::<ETag>().ok());
+    let last_modified = obj.last_modified.map(LastModified::from);
+    if let Some(e) = &etag {
+        headers.typed_insert(e.clone());
+    }
+    if let Some(lm) = last_modified {
+        headers.typed_insert(lm);
+    }
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+
+    let not_modified = match (req.typed_get::<IfNoneMatch>(), &etag) {
+        (Some(inm), Some(e)) => !inm.precondition_passes(e),
+        (Some(_), None) => false,
+        (None, _) => match (req.typed_get::<IfModifiedSince>(), obj.last_modified) {
+            (Some(ims), Some(lm)) => !ims.is_modified(lm),
+            _ => false,
+        },
+    };
+    if not_modified {
+        headers.remove(header::CONTENT_TYPE);
+        return EdgeResponse { status: StatusCode::NOT_MODIFIED, headers, body: Bytes::new() };
+    }
+
+    let len = body.len() as u64;
+    let range = req.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let if_range_ok = req
+        .typed_get::<IfRange>()
+        .is_none_or(|ir| !ir.is_modified(etag.as_ref(), last_modified.as_ref()));
+    if let (Some(range), true) = (range, if_range_ok) {
+        // Malformed ranges and other units are ignored, as RFC 9110 allows; so are multiple
+        // ranges (the whole representation is simpler for players than multipart).
+        if let Ok(parsed) = http_range_header::parse_range_header(range) {
+            match parsed.validate(len) {
+                Ok(ranges) if ranges.len() == 1 && len > 0 => {
+                    let (start, end) = (*ranges[0].start(), *ranges[0].end());
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+                        headers.insert(header::CONTENT_RANGE, v);
+                    }
+                    let part = body.slice(start as usize..=end as usize);
+                    return EdgeResponse { status: StatusCode::PARTIAL_CONTENT, headers, body: part };
+                }
+                Ok(ranges) if ranges.len() > 1 => {}
+                Err(http_range_header::RangeUnsatisfiableError::FileSuffixOutOfBounds) if len > 0 => {}
+                _ => {
+                    let mut r = error(416, "range_not_satisfiable", &[]);
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                        r.headers.insert(header::CONTENT_RANGE, v);
+                    }
+                    return r;
+                }
+            }
+        }
+    }
+    EdgeResponse { status: StatusCode::OK, headers, body }
+}

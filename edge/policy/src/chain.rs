@@ -1,0 +1,199 @@
+//! Routes and chains: which policies run for a path, and how their decisions combine.
+
+use crate::{Error, LoadedPolicy, instance::Failure};
+use edge_config::{FailMode, RouteSpec};
+use edge_wit::types::{Decision, Request};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
+
+/// What the chain needs to know about a request, independent of the protocol it came in on.
+#[derive(Debug, Clone)]
+pub struct RequestInfo<'a> {
+    /// Upper-case method.
+    pub method: &'a str,
+    /// Normalised, decoded path.
+    pub path: &'a str,
+    /// Raw query string without `?`.
+    pub query: &'a str,
+    /// All request headers; each policy sees only those it selected.
+    pub headers: &'a http::HeaderMap,
+    /// The viewer's address.
+    pub client_addr: IpAddr,
+}
+
+/// The combined verdict of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every policy allowed (or failed open).
+    Allow {
+        /// Headers to add to the response.
+        response_headers: Vec<(String, String)>,
+        /// Query parameters to propagate into manifest URIs.
+        propagate_query: Vec<(String, String)>,
+        /// Context accumulated along the chain.
+        context: Vec<(String, String)>,
+    },
+    /// A policy denied, or failed closed.
+    Deny {
+        /// The policy that decided.
+        policy: String,
+        /// 4xx/5xx status.
+        status: u16,
+        /// Short machine-readable reason.
+        reason: String,
+        /// Headers for the error response.
+        headers: Vec<(String, String)>,
+    },
+    /// A policy redirected.
+    Redirect {
+        /// The policy that decided.
+        policy: String,
+        /// 3xx status.
+        status: u16,
+        /// Target.
+        location: String,
+    },
+}
+
+/// A route and its policy chain.
+#[derive(Debug)]
+pub struct Route {
+    name: String,
+    chain: Vec<Arc<LoadedPolicy>>,
+}
+
+impl Route {
+    /// The route's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether no policy guards this route.
+    pub fn is_open(&self) -> bool {
+        self.chain.is_empty()
+    }
+
+    /// Runs the chain in order. The first deny or redirect ends it.
+    pub async fn run(&self, req: &RequestInfo<'_>) -> Outcome {
+        let mut response_headers = Vec::new();
+        let mut propagate_query = Vec::new();
+        let mut context: Vec<(String, String)> = Vec::new();
+        for policy in &self.chain {
+            let request = Request {
+                method: req.method.to_owned(),
+                path: req.path.to_owned(),
+                query: req.query.to_owned(),
+                headers: selected_headers(req.headers, policy.headers()),
+                client_addr: req.client_addr.to_string(),
+                route: self.name.clone(),
+                context: context.clone(),
+            };
+            let metrics = policy.metrics();
+            let decision = policy.decide(&request).await.and_then(validate);
+            match decision {
+                Ok(Decision::Allow(a)) => {
+                    metrics.decision(policy.name(), "allow");
+                    response_headers.extend(a.response_headers);
+                    propagate_query.extend(a.propagate_query);
+                    for (k, v) in a.context {
+                        context.retain(|(old, _)| *old != k);
+                        context.push((k, v));
+                    }
+                }
+                Ok(Decision::Deny(d)) => {
+                    metrics.decision(policy.name(), "deny");
+                    return Outcome::Deny { policy: policy.name().to_owned(), status: d.status, reason: d.reason, headers: d.headers };
+                }
+                Ok(Decision::Redirect(r)) => {
+                    metrics.decision(policy.name(), "redirect");
+                    return Outcome::Redirect { policy: policy.name().to_owned(), status: r.status, location: r.location };
+                }
+                Err(failure) => match policy.fail_mode() {
+                    FailMode::Open => {
+                        metrics.decision(policy.name(), "fail_open");
+                        tracing::warn!(policy = policy.name(), route = %self.name, %failure, "policy failed open");
+                    }
+                    FailMode::Closed => {
+                        metrics.decision(policy.name(), "fail_closed");
+                        tracing::warn!(policy = policy.name(), route = %self.name, %failure, "policy failed closed");
+                        return Outcome::Deny {
+                            policy: policy.name().to_owned(),
+                            status: policy.fail_status(),
+                            reason: format!("policy_{}", failure.kind()),
+                            headers: Vec::new(),
+                        };
+                    }
+                },
+            }
+        }
+        Outcome::Allow { response_headers, propagate_query, context }
+    }
+}
+
+fn selected_headers(headers: &http::HeaderMap, names: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for name in names {
+        for v in headers.get_all(name.as_str()) {
+            if let Ok(v) = v.to_str() {
+                out.push((name.clone(), v.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// Guests may not answer with statuses the edge cannot honour.
+fn validate(d: Decision) -> Result<Decision, Failure> {
+    match &d {
+        Decision::Deny(x) if !(400..=599).contains(&x.status) => Err(Failure::Invalid(format!("deny with status {}", x.status))),
+        Decision::Redirect(x) if !matches!(x.status, 301..=303 | 307 | 308) => {
+            Err(Failure::Invalid(format!("redirect with status {}", x.status)))
+        }
+        Decision::Redirect(x) if x.location.is_empty() || x.location.contains(['\r', '\n']) => {
+            Err(Failure::Invalid("redirect with an empty or multi-line location".into()))
+        }
+        _ => Ok(d),
+    }
+}
+
+/// Maps paths to routes. Routes are tried in file order.
+#[derive(Debug)]
+pub struct Router {
+    set: GlobSet,
+    /// For each glob (in set order), the index of its route.
+    owner: Vec<usize>,
+    routes: Vec<Route>,
+}
+
+impl Router {
+    pub(crate) fn new(specs: &[RouteSpec], policies: &HashMap<String, Arc<LoadedPolicy>>) -> Result<Self, Error> {
+        let mut builder = GlobSetBuilder::new();
+        let mut owner = Vec::new();
+        let mut routes = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            for p in &spec.paths {
+                let glob = GlobBuilder::new(p).literal_separator(true).build().map_err(|e| Error::Route { route: spec.name.clone(), reason: e.to_string() })?;
+                builder.add(glob);
+                owner.push(i);
+            }
+            let chain = spec
+                .chain
+                .iter()
+                .map(|n| policies.get(n).cloned().ok_or_else(|| Error::Route { route: spec.name.clone(), reason: format!("unknown policy {n:?}") }))
+                .collect::<Result<_, _>>()?;
+            routes.push(Route { name: spec.name.clone(), chain });
+        }
+        let set = builder.build().map_err(|e| Error::Route { route: String::new(), reason: e.to_string() })?;
+        Ok(Self { set, owner, routes })
+    }
+
+    /// The first route (in file order) with a pattern matching `path`.
+    pub fn route(&self, path: &str) -> Option<&Route> {
+        self.set.matches(path).into_iter().map(|g| self.owner[g]).min().map(|i| &self.routes[i])
+    }
+
+    /// All routes.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}

@@ -1,0 +1,153 @@
+//! Per-store host state and the host side of every import interface.
+
+use crate::metrics::PolicyMetrics;
+use edge_wit::host::{clock, config, log, metrics};
+use std::{collections::BTreeMap, sync::Arc};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Most log lines one call may emit; later lines are dropped (and counted).
+const MAX_LOGS_PER_CALL: u32 = 32;
+/// Longest log message kept; longer ones are cut.
+const MAX_LOG_LEN: usize = 1024;
+/// Most distinct custom counter names one policy may create.
+pub(crate) const MAX_CUSTOM_COUNTERS: usize = 64;
+
+/// The time source policies see through the `clock` import.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_millis(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_millis(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// What a policy's stores share: its name, config and metrics.
+pub(crate) struct PolicyInfo {
+    pub(crate) name: String,
+    pub(crate) config: BTreeMap<String, String>,
+    pub(crate) metrics: PolicyMetrics,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) custom_counters: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// The data of one policy store.
+pub(crate) struct PolicyState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) info: Arc<PolicyInfo>,
+    pub(crate) limiter: MemoryLimiter,
+    logs_this_call: u32,
+}
+
+impl PolicyState {
+    pub(crate) fn new(info: Arc<PolicyInfo>, memory_limit: usize) -> Self {
+        Self {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            info,
+            limiter: MemoryLimiter { limit: memory_limit, exceeded: false },
+            logs_this_call: 0,
+        }
+    }
+
+    pub(crate) fn begin_call(&mut self) {
+        self.logs_this_call = 0;
+    }
+}
+
+/// Refuses memory growth past the policy's limit by trapping, and remembers that it did so the
+/// failure can be reported as a memory failure rather than a generic trap.
+pub(crate) struct MemoryLimiter {
+    limit: usize,
+    pub(crate) exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            return Err(wasmtime::Error::msg(format!("memory limit of {} bytes exceeded", self.limit)));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl WasiView for PolicyState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl edge_wit::types::Host for PolicyState {}
+
+impl config::Host for PolicyState {
+    async fn get(&mut self, key: String) -> Option<String> {
+        self.info.config.get(&key).cloned()
+    }
+}
+
+impl clock::Host for PolicyState {
+    async fn now_millis(&mut self) -> u64 {
+        self.info.clock.now_millis()
+    }
+}
+
+impl log::Host for PolicyState {
+    async fn log(&mut self, level: log::Level, mut message: String) {
+        self.logs_this_call += 1;
+        if self.logs_this_call > MAX_LOGS_PER_CALL {
+            self.info.metrics.logs_dropped(&self.info.name);
+            return;
+        }
+        if message.len() > MAX_LOG_LEN {
+            let mut cut = MAX_LOG_LEN;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let policy = self.info.name.as_str();
+        match level {
+            log::Level::Trace => tracing::trace!(target: "edge::guest", policy, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "edge::guest", policy, "{message}"),
+            log::Level::Info => tracing::info!(target: "edge::guest", policy, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "edge::guest", policy, "{message}"),
+            log::Level::Error => tracing::error!(target: "edge::guest", policy, "{message}"),
+        }
+    }
+}
+
+impl metrics::Host for PolicyState {
+    async fn counter_add(&mut self, name: String, value: u64) {
+        let valid = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            self.info.metrics.logs_dropped(&self.info.name);
+            return;
+        }
+        {
+            let mut known = self.info.custom_counters.lock().unwrap_or_else(|e| e.into_inner());
+            if !known.contains(&name) {
+                if known.len() >= MAX_CUSTOM_COUNTERS {
+                    return;
+                }
+                known.insert(name.clone());
+            }
+        }
+        self.info.metrics.custom(&self.info.name, &name, value);
+    }
+}
