@@ -53,6 +53,18 @@ pub struct Edge {
     demo_url: Option<String>,
 }
 
+/// Every problem found while loading, one per line (file and field first).
+#[derive(Debug)]
+pub struct Problems(pub Vec<String>);
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for Problems {}
+
 /// Everything loaded from configuration, before any socket is bound.
 struct Loaded {
     router: Router,
@@ -66,15 +78,13 @@ fn load(cfg: &EdgeConfig, registry: &prometheus::Registry) -> anyhow::Result<Loa
     let secret = signing_secret(cfg)?;
     let vars = HashMap::from([("SIGNED_URL_SECRET".to_owned(), secret.clone())]);
     let policies_path = cfg.resolve(&cfg.policies.file);
-    let policies = PolicySet::load(&policies_path, &vars).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policies = PolicySet::load(&policies_path, &vars).map_err(|e| Problems(e.iter().map(ToString::to_string).collect()))?;
     let engine = edge_wasm::Engine::new(&edge_wasm::EngineConfig {
         max_instances: cfg.wasm.max_instances,
         max_memory: cfg.wasm.memory_limit.as_u64(),
     })?;
     let runtime = PolicyRuntime::new(engine, cfg.wasm.clone(), PolicyMetrics::new(registry)?, Arc::new(SystemClock))?;
-    let router = runtime.load(&policies).map_err(|errors| {
-        anyhow::anyhow!("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
-    })?;
+    let router = runtime.load(&policies).map_err(|e| Problems(e.iter().map(ToString::to_string).collect()))?;
     let origin = StoreOrigin::local(&cfg.resolve(&cfg.origin.root), cfg.origin.timeout)
         .with_context(|| format!("{}: `origin.root`", cfg.source.display()))?;
     Ok(Loaded { router, runtime, policies, origin: Arc::new(origin), secret })

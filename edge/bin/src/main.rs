@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("edge: {} configuration error(s)", errors.len());
+            eprintln!("edge: {} error(s)", errors.len());
             return ExitCode::from(2);
         }
     };
@@ -85,7 +85,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("edge: {e:#}");
+            match e.downcast_ref::<edge_app::Problems>() {
+                Some(p) => {
+                    eprintln!("{p}");
+                    eprintln!("edge: {} error(s)", p.0.len());
+                }
+                None => eprintln!("edge: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

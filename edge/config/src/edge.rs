@@ -38,7 +38,7 @@ pub struct ServerConfig {
     /// Admin listener: `/health`, `/health/live`, `/health/ready`, `/metrics`. Env
     /// `EDGE_ADMIN_LISTEN`. Default `127.0.0.1:9090`.
     pub admin_listen: SocketAddr,
-    /// Worker threads per listener. Default 2.
+    /// Worker threads of the runtime serving every listener. Env `EDGE_THREADS`. Default 2.
     pub threads: usize,
     /// Where the edge keeps its state: development secret, generated certificate. Env
     /// `EDGE_DATA_DIR`. Default `.edge-data`.

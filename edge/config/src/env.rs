@@ -51,6 +51,7 @@ pub(crate) const OVERRIDES: &[(&str, &str, &str, Kind)] = &[
     ("EDGE_TLS_LISTEN", "server", "tls_listen", Kind::List),
     ("EDGE_ADMIN_LISTEN", "server", "admin_listen", Kind::Str),
     ("EDGE_DATA_DIR", "server", "data_dir", Kind::Str),
+    ("EDGE_THREADS", "server", "threads", Kind::Int),
     ("EDGE_PUBLIC_URL", "server", "public_url", Kind::Str),
     ("EDGE_ORIGIN_ROOT", "origin", "root", Kind::Str),
     ("EDGE_CACHE_MEMORY", "cache", "memory", Kind::Str),

@@ -122,9 +122,13 @@ impl PolicySet {
         let mut errors = Errors::default();
         let mut table = section::parse_table(file, text, &mut errors).unwrap_or_default();
         let mut set = Self { source: file.to_path_buf(), ..Self::default() };
+        // Names of every policy table, even those that failed to decode, so that routes naming
+        // them are not reported a second time.
+        let mut declared = std::collections::BTreeSet::new();
         match table.remove("policies") {
             None => {}
             Some(toml::Value::Table(t)) => {
+                declared.extend(t.keys().cloned());
                 for (name, v) in t {
                     let field = format!("policies.{name}");
                     if let Some(mut spec) = section::decode::<PolicySpec>(file, &field, v, &mut errors) {
@@ -147,7 +151,7 @@ impl PolicySet {
             Some(_) => errors.push(ConfigError::new(file, "routes", "must be an array of tables ([[routes]])")),
         }
         section::reject_rest(file, table, &mut errors);
-        set.validate(vars, &mut errors);
+        set.validate(vars, &declared, &mut errors);
         errors.into_result(set)
     }
 
@@ -159,7 +163,7 @@ impl PolicySet {
         }
     }
 
-    fn validate(&mut self, vars: &HashMap<String, String>, errors: &mut Errors) {
+    fn validate(&mut self, vars: &HashMap<String, String>, declared: &std::collections::BTreeSet<String>, errors: &mut Errors) {
         let file = self.source.clone();
         let mut bad = |field: String, msg: String| errors.push(ConfigError::new(&file, field, msg));
         let paths: Vec<(String, PathBuf)> =
@@ -218,7 +222,7 @@ impl PolicySet {
                 }
             }
             for name in &r.chain {
-                if !self.policies.contains_key(name) {
+                if !declared.contains(name) {
                     bad(format!("routes[{i}].chain"), format!("unknown policy {name:?}"));
                 }
             }

@@ -16,7 +16,8 @@ pub(crate) fn parse_table(file: &Path, text: &str, errors: &mut Errors) -> Optio
                     format!("line {line}: ")
                 })
                 .unwrap_or_default();
-            errors.push(ConfigError::new(file, "", format!("invalid TOML: {at}{}", e.message())));
+            let message = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+            errors.push(ConfigError::new(file, "", format!("invalid TOML: {at}{message}")));
             None
         }
     }
@@ -34,7 +35,8 @@ pub(crate) fn decode<T: DeserializeOwned>(file: &Path, field: &str, value: toml:
     match result {
         Ok(v) => Some(v),
         Err(e) => {
-            errors.push(ConfigError::new(file, field, e.to_string()));
+            let (field, message) = split_serde_error(field, &e.to_string());
+            errors.push(ConfigError::new(file, field, message));
             None
         }
     }
@@ -59,4 +61,19 @@ pub(crate) fn reject_rest(file: &Path, table: toml::Table, errors: &mut Errors) 
     for key in table.keys() {
         errors.push(ConfigError::new(file, key.clone(), "unknown section"));
     }
+}
+
+/// TOML's deserialisation errors end with "in `key`" lines naming the nested field: move that
+/// into the field path and keep the message on one line.
+fn split_serde_error(field: &str, message: &str) -> (String, String) {
+    let mut path = field.to_owned();
+    let mut text = Vec::new();
+    for line in message.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match line.strip_prefix("in `").and_then(|l| l.strip_suffix('`')) {
+            Some(key) if path.is_empty() => path = key.to_owned(),
+            Some(key) => path = format!("{path}.{key}"),
+            None => text.push(line),
+        }
+    }
+    (path, text.join("; "))
 }

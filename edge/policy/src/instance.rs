@@ -79,7 +79,7 @@ impl LoadedPolicy {
         let rt = &rt.inner;
         let path = set.module_path(spec);
         let component = rt.engine.load_component(&path)?;
-        let world = |e: wasmtime::Error| Error::World { policy: spec.name.clone(), path: path.clone(), reason: format!("{e:#}") };
+        let world = |e: wasmtime::Error| Error::World { policy: spec.name.clone(), path: path.clone(), reason: edge_wasm::one_line(&format!("{e:#}")) };
         let pre = PolicyPre::new(rt.linker.instantiate_pre(&component).map_err(world)?).map_err(world)?;
         let deadline = spec.deadline.map_or(rt.wasm.deadline, |d| d.min(rt.wasm.deadline));
         let memory_limit = spec.memory_limit.map_or(rt.wasm.memory_limit, |m| m.min(rt.wasm.memory_limit));

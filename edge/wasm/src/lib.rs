@@ -123,6 +123,9 @@ impl Engine {
 
     /// Compiles component `bytes`; `path` names it in errors.
     pub fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, Error> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(Error::InvalidComponent { path: path.to_owned(), reason: "not a WebAssembly file (no \\0asm header)".into() });
+        }
         if wasmparser_is_core_module(bytes) {
             return Err(Error::InvalidComponent {
                 path: path.to_owned(),
@@ -130,13 +133,18 @@ impl Engine {
             });
         }
         Component::new(&self.inner, bytes)
-            .map_err(|e| Error::InvalidComponent { path: path.to_owned(), reason: format!("{e:#}") })
+            .map_err(|e| Error::InvalidComponent { path: path.to_owned(), reason: one_line(&format!("{e:#}")) })
     }
 
     /// Converts a wall-clock budget into epoch ticks (at least one).
     pub fn ticks(budget: Duration) -> u64 {
         (budget.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
     }
+}
+
+/// Collapses wasmtime's multi-line messages into one line.
+pub fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Core modules start with `\0asm` and version 1; components use layer 1 in the same header.
@@ -152,7 +160,7 @@ mod tests {
     fn rejects_garbage_and_core_modules() {
         let engine = Engine::new(&EngineConfig { max_instances: 4, max_memory: 1 << 20 }).unwrap();
         let err = engine.compile(Path::new("x.wasm"), b"not wasm").unwrap_err().to_string();
-        assert!(err.starts_with("x.wasm: not a valid WebAssembly component"), "{err}");
+        assert_eq!(err, "x.wasm: not a valid WebAssembly component: not a WebAssembly file (no \\0asm header)");
         let core = b"\0asm\x01\0\0\0";
         let err = engine.compile(Path::new("core.wasm"), core).unwrap_err().to_string();
         assert!(err.contains("core WebAssembly module"), "{err}");

@@ -1,0 +1,162 @@
+//! The real `edge` binary, as an operator runs it: validate, sign-url, serve on port 0, SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+const SECRET: &str = "cli-test-secret-0123456789abcdef";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// `edge` run from the repository root with a private data directory and a known secret.
+fn edge(data: &Path) -> Command {
+    edge_guest_artifacts::path(edge_guest_artifacts::SIGNED_URL);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge"));
+    cmd.current_dir(root())
+        .env("SIGNED_URL_SECRET", SECRET)
+        .env("EDGE_DATA_DIR", data)
+        .env("RUST_LOG", "info")
+        .env_remove("EDGE_CONFIG")
+        .env_remove("EDGE_POLICIES");
+    cmd
+}
+
+#[test]
+fn validate_accepts_the_default_config() {
+    let data = tempfile::tempdir().unwrap();
+    let out = edge(data.path()).arg("validate").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 policies, 1 routes"));
+}
+
+/// Golden files: `policies/tests/invalid/NAME.toml` must fail `edge validate` with exactly
+/// `NAME.err` on stderr (every problem, each with file and field).
+#[test]
+fn invalid_policies_match_their_golden_errors() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = root().join("policies/tests/invalid");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let rel = format!("policies/tests/invalid/{name}.toml");
+        let out = edge(data.path()).env("EDGE_POLICIES", &rel).arg("validate").output().unwrap();
+        assert!(!out.status.success(), "{rel} was accepted");
+        let want = std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stderr), want, "{rel}");
+        // `serve` refuses the same file before binding anything.
+        let out = edge(data.path()).env("EDGE_POLICIES", &rel).args(["serve", "--listen", "127.0.0.1:0", "--no-tls", "--admin-listen", "127.0.0.1:0"]).output().unwrap();
+        assert!(!out.status.success(), "serve started with {rel}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("listening on"), "{rel}");
+        checked += 1;
+    }
+    assert!(checked >= 4, "golden files missing in {}", dir.display());
+}
+
+#[test]
+fn every_config_error_is_listed_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let cfg = data.path().join("edge.toml");
+    std::fs::write(&cfg, "[server]\nlisen = [\"127.0.0.1:1\"]\nthreads = \"many\"\n[cache]\nmemory = \"lots\"\n[nope]\nx = 1\n").unwrap();
+    let out = edge(data.path()).env("SIGNED_URL_EXPIRATION", "soon").arg("validate").arg("--config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = cfg.display().to_string();
+    for want in [
+        "<environment>: `SIGNED_URL_EXPIRATION`: expected an integer".to_string(),
+        format!("{file}: `server.lisen`: unknown field"),
+        format!("{file}: `server.threads`: invalid type"),
+        format!("{file}: `cache.memory`: invalid value"),
+        format!("{file}: `nope`: unknown section"),
+        "edge: 5 error(s)".to_string(),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in\n{err}");
+    }
+}
+
+struct Served {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Served {
+    fn start(data: &Path) -> (Self, String) {
+        let mut child = edge(data)
+            .args(["serve", "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut served = Self { child, lines };
+        let http = served.wait_for("listening on http://").split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+        (served, http)
+    }
+
+    fn wait_for(&mut self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("edge never logged {needle:?}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn get(base: &str, target: &str) -> (u16, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, text)
+}
+
+#[test]
+fn serve_logs_its_listeners_answers_signed_urls_and_drains_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut served, http) = Served::start(data.path());
+    let demo = served.wait_for("demo stream: ");
+    let demo_url = demo.split("demo stream: ").nth(1).unwrap().trim().to_owned();
+    assert!(demo_url.starts_with(&http), "{demo_url}");
+
+    let out = edge(data.path()).args(["sign-url", "/vod/movies/demo/v1/index.m3u8", "--ttl", "60", "--base", &http]).output().unwrap();
+    assert!(out.status.success());
+    let signed = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (status, body) = get(&http, signed.trim_start_matches(&http));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("seg_000.ts?token="), "{body}");
+    assert_eq!(get(&http, "/vod/movies/demo/v1/index.m3u8").0, 403);
+    assert_eq!(get(&http, demo_url.trim_start_matches(&http)).0, 200);
+
+    let pid = served.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    served.wait_for("stopped");
+    let status = served.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "edge must exit 0 after draining");
+}
