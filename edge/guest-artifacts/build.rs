@@ -12,17 +12,42 @@ const GUESTS: &[(&str, &str)] = &[
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.join("../..").canonicalize().expect("repository root");
+    let root = manifest_dir
+        .join("../..")
+        .canonicalize()
+        .expect("repository root");
     let guests = root.join("guests");
-    for watched in ["guests/Cargo.toml", "guests/Cargo.lock", "guests/signed-url", "guests/fixtures", "wit", "edge/urlsig/src"] {
+    for watched in [
+        "guests/Cargo.toml",
+        "guests/Cargo.lock",
+        "guests/signed-url",
+        "guests/fixtures",
+        "wit",
+        "edge/urlsig/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&guests)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+        ])
         .env("CARGO_TARGET_DIR", guests.join("target"));
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
         cmd.env_remove(var);
     }
     let failure = match cmd.output() {
@@ -31,15 +56,26 @@ fn main() {
         Err(e) => format!("cannot run cargo: {e}"),
     };
     if !failure.is_empty() {
-        println!("cargo:warning=building guests/ for wasm32-wasip2 failed; guest tests will fail (run `rustup target add wasm32-wasip2`)");
+        println!(
+            "cargo:warning=building guests/ for wasm32-wasip2 failed; guest tests will fail (run `rustup target add wasm32-wasip2`)"
+        );
     }
     let dir = guests.join("target/wasm32-wasip2/release");
     let mut src = String::new();
     for (constant, file) in GUESTS {
         let path = dir.join(format!("{file}.wasm"));
-        writeln!(src, "/// Path of the `{file}` component.\npub const {constant}: &str = {:?};", path.display().to_string()).unwrap();
+        writeln!(
+            src,
+            "/// Path of the `{file}` component.\npub const {constant}: &str = {:?};",
+            path.display().to_string()
+        )
+        .unwrap();
     }
-    writeln!(src, "/// Every guest component: (constant name, path).\npub const ALL: &[(&str, &str)] = &[").unwrap();
+    writeln!(
+        src,
+        "/// Every guest component: (constant name, path).\npub const ALL: &[(&str, &str)] = &["
+    )
+    .unwrap();
     for (constant, _) in GUESTS {
         writeln!(src, "    ({constant:?}, {constant}),").unwrap();
     }

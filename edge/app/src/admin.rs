@@ -7,7 +7,10 @@ use edge_pipeline::{EdgeRequest, EdgeResponse, Handler};
 use edge_policy::PolicyRuntime;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use prometheus::{Encoder as _, Registry, TextEncoder};
-use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 /// `GET /health/live` (the process answers), `/health/ready` (serving and not draining),
 /// `/health` (JSON with each component's status), `/metrics` (Prometheus text format).
@@ -20,8 +23,20 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
-    pub(crate) fn new(registry: Registry, ready: Arc<AtomicBool>, origin: Arc<dyn Origin>, runtime: PolicyRuntime, policies: PolicySet) -> Self {
-        Self { registry, ready, origin, _runtime: runtime, policies }
+    pub(crate) fn new(
+        registry: Registry,
+        ready: Arc<AtomicBool>,
+        origin: Arc<dyn Origin>,
+        runtime: PolicyRuntime,
+        policies: PolicySet,
+    ) -> Self {
+        Self {
+            registry,
+            ready,
+            origin,
+            _runtime: runtime,
+            policies,
+        }
     }
 
     async fn health(&self) -> EdgeResponse {
@@ -46,15 +61,27 @@ impl Admin {
                 "cache": { "status": "ok", "tiers": ["memory"] },
             },
         });
-        let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let status = if healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         respond(status, "application/json", Bytes::from(body.to_string()))
     }
 
     fn metrics(&self) -> EdgeResponse {
         let mut buf = Vec::new();
         match TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            Ok(()) => respond(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(buf)),
-            Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", Bytes::from(e.to_string())),
+            Ok(()) => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                Bytes::from(buf),
+            ),
+            Err(e) => respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                Bytes::from(e.to_string()),
+            ),
         }
     }
 }
@@ -63,22 +90,40 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> EdgeR
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    EdgeResponse { status, headers, body }
+    EdgeResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 #[async_trait::async_trait]
 impl Handler for Admin {
     async fn handle(&self, req: EdgeRequest) -> EdgeResponse {
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
-            return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", Bytes::from_static(b"method not allowed\n"));
+            return respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                Bytes::from_static(b"method not allowed\n"),
+            );
         }
         match req.path.as_str() {
             "/health/live" => respond(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-            "/health/ready" if self.ready.load(Ordering::SeqCst) => respond(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n")),
-            "/health/ready" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", Bytes::from_static(b"not ready\n")),
+            "/health/ready" if self.ready.load(Ordering::SeqCst) => {
+                respond(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+            }
+            "/health/ready" => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                Bytes::from_static(b"not ready\n"),
+            ),
             "/health" => self.health().await,
             "/metrics" => self.metrics(),
-            _ => respond(StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(b"not found\n")),
+            _ => respond(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                Bytes::from_static(b"not found\n"),
+            ),
         }
     }
 }

@@ -29,7 +29,10 @@ use edge_policy::{PolicyMetrics, PolicyRuntime, Router, SystemClock};
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -78,16 +81,30 @@ fn load(cfg: &EdgeConfig, registry: &prometheus::Registry) -> anyhow::Result<Loa
     let secret = signing_secret(cfg)?;
     let vars = HashMap::from([("SIGNED_URL_SECRET".to_owned(), secret.clone())]);
     let policies_path = cfg.resolve(&cfg.policies.file);
-    let policies = PolicySet::load(&policies_path, &vars).map_err(|e| Problems(e.iter().map(ToString::to_string).collect()))?;
+    let policies = PolicySet::load(&policies_path, &vars)
+        .map_err(|e| Problems(e.iter().map(ToString::to_string).collect()))?;
     let engine = edge_wasm::Engine::new(&edge_wasm::EngineConfig {
         max_instances: cfg.wasm.max_instances,
         max_memory: cfg.wasm.memory_limit.as_u64(),
     })?;
-    let runtime = PolicyRuntime::new(engine, cfg.wasm.clone(), PolicyMetrics::new(registry)?, Arc::new(SystemClock))?;
-    let router = runtime.load(&policies).map_err(|e| Problems(e.iter().map(ToString::to_string).collect()))?;
+    let runtime = PolicyRuntime::new(
+        engine,
+        cfg.wasm.clone(),
+        PolicyMetrics::new(registry)?,
+        Arc::new(SystemClock),
+    )?;
+    let router = runtime
+        .load(&policies)
+        .map_err(|e| Problems(e.iter().map(ToString::to_string).collect()))?;
     let origin = StoreOrigin::local(&cfg.resolve(&cfg.origin.root), cfg.origin.timeout)
         .with_context(|| format!("{}: `origin.root`", cfg.source.display()))?;
-    Ok(Loaded { router, runtime, policies, origin: Arc::new(origin), secret })
+    Ok(Loaded {
+        router,
+        runtime,
+        policies,
+        origin: Arc::new(origin),
+        secret,
+    })
 }
 
 /// Checks `cfg`, its policies file and every module, as `edge serve` would, without binding or
@@ -111,13 +128,19 @@ pub fn sign_path(cfg: &EdgeConfig, path: &str, ttl_secs: u64) -> anyhow::Result<
 }
 
 fn sign_with(secret: &str, param: &str, path: &str, ttl_secs: u64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let grant = edge_urlsig::Grant {
         expires: now + ttl_secs,
         scope: edge_urlsig::directory_scope(path).to_owned(),
         client_addr: None,
     };
-    format!("{path}?{param}={}", edge_urlsig::Key::new(secret.as_bytes()).sign(&grant))
+    format!(
+        "{path}?{param}={}",
+        edge_urlsig::Key::new(secret.as_bytes()).sign(&grant)
+    )
 }
 
 impl Edge {
@@ -125,7 +148,11 @@ impl Edge {
     pub async fn start(cfg: EdgeConfig) -> anyhow::Result<Self> {
         let registry = prometheus::Registry::new();
         let loaded = load(&cfg, &registry)?;
-        let tls_pem = if cfg.server.tls_listen.is_empty() { None } else { Some(secrets::tls_pem(&cfg)?) };
+        let tls_pem = if cfg.server.tls_listen.is_empty() {
+            None
+        } else {
+            Some(secrets::tls_pem(&cfg)?)
+        };
         let bind = |addr: &SocketAddr, tls: bool| -> anyhow::Result<BoundListener> {
             let settings = match (&tls_pem, tls) {
                 (Some((cert, key)), true) => Some(edge_http::tls_settings(cert, key)?),
@@ -133,8 +160,18 @@ impl Edge {
             };
             BoundListener::bind(*addr, settings).with_context(|| format!("cannot listen on {addr}"))
         };
-        let plain: Vec<_> = cfg.server.listen.iter().map(|a| bind(a, false)).collect::<anyhow::Result<_>>()?;
-        let secure: Vec<_> = cfg.server.tls_listen.iter().map(|a| bind(a, true)).collect::<anyhow::Result<_>>()?;
+        let plain: Vec<_> = cfg
+            .server
+            .listen
+            .iter()
+            .map(|a| bind(a, false))
+            .collect::<anyhow::Result<_>>()?;
+        let secure: Vec<_> = cfg
+            .server
+            .tls_listen
+            .iter()
+            .map(|a| bind(a, true))
+            .collect::<anyhow::Result<_>>()?;
         let admin = BoundListener::bind(cfg.server.admin_listen, None)
             .with_context(|| format!("cannot listen on {}", cfg.server.admin_listen))?;
         let addrs = Addrs {
@@ -152,23 +189,57 @@ impl Edge {
             manifest_ttl: cfg.cache.manifest_ttl,
             segment_ttl: cfg.cache.segment_ttl,
         };
-        let pipeline = Arc::new(Pipeline::new(loaded.router, loaded.origin.clone(), pipeline_cfg, PipelineMetrics::new(&registry)?));
+        let pipeline = Arc::new(Pipeline::new(
+            loaded.router,
+            loaded.origin.clone(),
+            pipeline_cfg,
+            PipelineMetrics::new(&registry)?,
+        ));
         let ready = Arc::new(AtomicBool::new(false));
-        let admin_handler = Arc::new(admin::Admin::new(registry, ready.clone(), loaded.origin.clone(), loaded.runtime, loaded.policies));
+        let admin_handler = Arc::new(admin::Admin::new(
+            registry,
+            ready.clone(),
+            loaded.origin.clone(),
+            loaded.runtime,
+            loaded.policies,
+        ));
 
         let mut listeners = Listeners::default();
-        listeners.serve("edge", HttpApp::new(pipeline), plain.into_iter().chain(secure).collect());
+        listeners.serve(
+            "edge",
+            HttpApp::new(pipeline),
+            plain.into_iter().chain(secure).collect(),
+        );
         listeners.serve("admin", HttpApp::new(admin_handler), vec![admin]);
         ready.store(true, Ordering::SeqCst);
 
         let demo_url = (!cfg.server.demo_stream.is_empty()).then(|| {
-            let base = cfg.server.public_url.clone().unwrap_or_else(|| match addrs.http.first() {
-                Some(a) => format!("http://{a}"),
-                None => format!("https://{}", addrs.https[0]),
-            });
-            format!("{}{}", base.trim_end_matches('/'), sign_with(&loaded.secret, &cfg.signed_url.param, &cfg.server.demo_stream, cfg.signed_url.expiration))
+            let base = cfg
+                .server
+                .public_url
+                .clone()
+                .unwrap_or_else(|| match addrs.http.first() {
+                    Some(a) => format!("http://{a}"),
+                    None => format!("https://{}", addrs.https[0]),
+                });
+            format!(
+                "{}{}",
+                base.trim_end_matches('/'),
+                sign_with(
+                    &loaded.secret,
+                    &cfg.signed_url.param,
+                    &cfg.server.demo_stream,
+                    cfg.signed_url.expiration
+                )
+            )
         });
-        Ok(Self { addrs, listeners, ready, cfg, demo_url })
+        Ok(Self {
+            addrs,
+            listeners,
+            ready,
+            cfg,
+            demo_url,
+        })
     }
 
     /// Where this edge listens.

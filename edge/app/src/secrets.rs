@@ -28,7 +28,9 @@ pub fn signing_secret(cfg: &EdgeConfig) -> anyhow::Result<String> {
 /// certificate for `localhost` and `127.0.0.1`, generated once into `<data_dir>/tls/`.
 pub(crate) fn tls_pem(cfg: &EdgeConfig) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     if let (Some(cert), Some(key)) = (&cfg.tls.cert, &cfg.tls.key) {
-        let read = |p: &Path| std::fs::read(cfg.resolve(p)).with_context(|| format!("cannot read {}", p.display()));
+        let read = |p: &Path| {
+            std::fs::read(cfg.resolve(p)).with_context(|| format!("cannot read {}", p.display()))
+        };
         return Ok((read(cert)?, read(key)?));
     }
     let dir = cfg.resolve(&cfg.server.data_dir).join("tls");
@@ -36,8 +38,12 @@ pub(crate) fn tls_pem(cfg: &EdgeConfig) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     if let (Ok(c), Ok(k)) = (std::fs::read(&cert_path), std::fs::read(&key_path)) {
         return Ok((c, k));
     }
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()])
-        .context("cannot generate a development certificate")?;
+    let generated = rcgen::generate_simple_self_signed(vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+    ])
+    .context("cannot generate a development certificate")?;
     let (cert, key) = (generated.cert.pem(), generated.key_pair.serialize_pem());
     write_private(&key_path, key.as_bytes())?;
     write_private(&cert_path, cert.as_bytes())?;

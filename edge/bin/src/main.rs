@@ -50,7 +50,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -65,7 +67,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate => edge_app::validate(&cfg).map(|summary| println!("{summary}")),
         Command::SignUrl { path, ttl, base } => sign_url(&cfg, &path, ttl, base),
-        Command::Serve { listen, tls_listen, no_tls, admin_listen } => {
+        Command::Serve {
+            listen,
+            tls_listen,
+            no_tls,
+            admin_listen,
+        } => {
             let mut cfg = cfg;
             if !listen.is_empty() {
                 cfg.server.listen = listen;
@@ -97,13 +104,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn sign_url(cfg: &EdgeConfig, path: &str, ttl: Option<u64>, base: Option<String>) -> anyhow::Result<()> {
+fn sign_url(
+    cfg: &EdgeConfig,
+    path: &str,
+    ttl: Option<u64>,
+    base: Option<String>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(path.starts_with('/'), "PATH must start with /");
     let signed = edge_app::sign_path(cfg, path, ttl.unwrap_or(cfg.signed_url.expiration))?;
-    let base = base.or_else(|| cfg.server.public_url.clone()).unwrap_or_else(|| match cfg.server.listen.first() {
-        Some(a) => format!("http://{a}"),
-        None => format!("https://{}", cfg.server.tls_listen[0]),
-    });
+    let base = base
+        .or_else(|| cfg.server.public_url.clone())
+        .unwrap_or_else(|| match cfg.server.listen.first() {
+            Some(a) => format!("http://{a}"),
+            None => format!("https://{}", cfg.server.tls_listen[0]),
+        });
     println!("{}{signed}", base.trim_end_matches('/'));
     Ok(())
 }

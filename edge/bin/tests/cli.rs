@@ -12,7 +12,10 @@ use std::{
 const SECRET: &str = "cli-test-secret-0123456789abcdef";
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// `edge` run from the repository root with a private data directory and a known secret.
@@ -32,7 +35,11 @@ fn edge(data: &Path) -> Command {
 fn validate_accepts_the_default_config() {
     let data = tempfile::tempdir().unwrap();
     let out = edge(data.path()).arg("validate").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 policies, 1 routes"));
 }
 
@@ -50,14 +57,32 @@ fn invalid_policies_match_their_golden_errors() {
         }
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         let rel = format!("policies/tests/invalid/{name}.toml");
-        let out = edge(data.path()).env("EDGE_POLICIES", &rel).arg("validate").output().unwrap();
+        let out = edge(data.path())
+            .env("EDGE_POLICIES", &rel)
+            .arg("validate")
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{rel} was accepted");
         let want = std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stderr), want, "{rel}");
         // `serve` refuses the same file before binding anything.
-        let out = edge(data.path()).env("EDGE_POLICIES", &rel).args(["serve", "--listen", "127.0.0.1:0", "--no-tls", "--admin-listen", "127.0.0.1:0"]).output().unwrap();
+        let out = edge(data.path())
+            .env("EDGE_POLICIES", &rel)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-tls",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "serve started with {rel}");
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("listening on"), "{rel}");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("listening on"),
+            "{rel}"
+        );
         checked += 1;
     }
     assert!(checked >= 4, "golden files missing in {}", dir.display());
@@ -68,7 +93,13 @@ fn every_config_error_is_listed_at_once() {
     let data = tempfile::tempdir().unwrap();
     let cfg = data.path().join("edge.toml");
     std::fs::write(&cfg, "[server]\nlisen = [\"127.0.0.1:1\"]\nthreads = \"many\"\n[cache]\nmemory = \"lots\"\n[nope]\nx = 1\n").unwrap();
-    let out = edge(data.path()).env("SIGNED_URL_EXPIRATION", "soon").arg("validate").arg("--config").arg(&cfg).output().unwrap();
+    let out = edge(data.path())
+        .env("SIGNED_URL_EXPIRATION", "soon")
+        .arg("validate")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     let file = cfg.display().to_string();
@@ -92,7 +123,15 @@ struct Served {
 impl Served {
     fn start(data: &Path) -> (Self, String) {
         let mut child = edge(data)
-            .args(["serve", "--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -106,7 +145,12 @@ impl Served {
             }
         });
         let mut served = Self { child, lines };
-        let http = served.wait_for("listening on http://").split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+        let http = served
+            .wait_for("listening on http://")
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap()
+            .to_owned();
         (served, http)
     }
 
@@ -130,7 +174,11 @@ impl Drop for Served {
 fn get(base: &str, target: &str) -> (u16, String) {
     let addr = base.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -142,10 +190,25 @@ fn serve_logs_its_listeners_answers_signed_urls_and_drains_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let (mut served, http) = Served::start(data.path());
     let demo = served.wait_for("demo stream: ");
-    let demo_url = demo.split("demo stream: ").nth(1).unwrap().trim().to_owned();
+    let demo_url = demo
+        .split("demo stream: ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
     assert!(demo_url.starts_with(&http), "{demo_url}");
 
-    let out = edge(data.path()).args(["sign-url", "/vod/movies/demo/v1/index.m3u8", "--ttl", "60", "--base", &http]).output().unwrap();
+    let out = edge(data.path())
+        .args([
+            "sign-url",
+            "/vod/movies/demo/v1/index.m3u8",
+            "--ttl",
+            "60",
+            "--base",
+            &http,
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let signed = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let (status, body) = get(&http, signed.trim_start_matches(&http));
@@ -155,7 +218,13 @@ fn serve_logs_its_listeners_answers_signed_urls_and_drains_on_sigterm() {
     assert_eq!(get(&http, demo_url.trim_start_matches(&http)).0, 200);
 
     let pid = served.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     served.wait_for("stopped");
     let status = served.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "edge must exit 0 after draining");

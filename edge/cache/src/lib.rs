@@ -8,11 +8,13 @@
 //!
 //! ```
 //! # tokio_test_block_on(async {
-//! use edge_cache::{Cache, CacheConfig, Status, Weighted};
+//! use edge_cache::{Cache, CacheConfig, Status, TaskFailed, Weighted};
 //! #[derive(Clone)] struct Obj(bytes::Bytes);
 //! impl Weighted for Obj { fn weight(&self) -> usize { self.0.len() } }
-//! let cache: Cache<Obj, String> = Cache::new(CacheConfig::default(), None);
-//! let fetch = || async { Ok::<_, String>((Obj(bytes::Bytes::from_static(b"seg")), std::time::Duration::from_secs(60))) };
+//! #[derive(Clone, Debug)] struct Failed;
+//! impl From<TaskFailed> for Failed { fn from(_: TaskFailed) -> Self { Failed } }
+//! let cache: Cache<Obj, Failed> = Cache::new(CacheConfig::default(), None);
+//! let fetch = || async { Ok::<_, Failed>((Obj(bytes::Bytes::from_static(b"seg")), std::time::Duration::from_secs(60))) };
 //! let (_, status) = cache.get_or_fetch("/vod/a.ts", fetch).await.unwrap();
 //! assert_eq!(status, Status::Miss);
 //! let (_, status) = cache.get_or_fetch("/vod/a.ts", fetch).await.unwrap();
@@ -25,7 +27,10 @@ mod metrics;
 
 pub use metrics::CacheMetrics;
 
-use futures::{FutureExt, future::{BoxFuture, Shared}};
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
 use std::{
     collections::HashMap,
     future::Future,
@@ -78,7 +83,11 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { capacity: 256 << 20, max_object: 64 << 20, estimated_entries: 16_384 }
+        Self {
+            capacity: 256 << 20,
+            max_object: 64 << 20,
+            estimated_entries: 16_384,
+        }
     }
 }
 
@@ -103,7 +112,9 @@ pub struct Cache<V, E> {
 
 impl<V, E> Clone for Cache<V, E> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -193,7 +204,10 @@ where
     E: Clone + From<TaskFailed> + Send + Sync + 'static,
 {
     fn fresh(&self, key: &Arc<str>) -> Option<V> {
-        self.ufo.get(key).filter(|e| e.key == *key && e.expires > Instant::now()).map(|e| e.value)
+        self.ufo
+            .get(key)
+            .filter(|e| e.key == *key && e.expires > Instant::now())
+            .map(|e| e.value)
     }
 
     fn count(&self, status: Status) {
@@ -217,7 +231,9 @@ where
             drop(landing);
             result.map(|(v, _)| v)
         });
-        task.map(|joined| joined.unwrap_or_else(|e| Err(E::from(TaskFailed(e.to_string()))))).boxed().shared()
+        task.map(|joined| joined.unwrap_or_else(|e| Err(E::from(TaskFailed(e.to_string())))))
+            .boxed()
+            .shared()
     }
 
     fn store(&self, key: &Arc<str>, value: V, ttl: Duration) {
@@ -226,11 +242,18 @@ where
             return;
         }
         let units = bytes.div_ceil(WEIGHT_UNIT).clamp(1, u16::MAX as usize) as u16;
-        let entry = Entry { key: key.clone(), value, expires: Instant::now() + ttl };
+        let entry = Entry {
+            key: key.clone(),
+            value,
+            expires: Instant::now() + ttl,
+        };
         let replaced = self.ufo.remove(key);
         let evicted = self.ufo.put(key.clone(), entry, units);
         if let Some(m) = &self.metrics {
-            let freed: i64 = evicted.iter().map(|kv| kv.data.value.weight() as i64).sum::<i64>()
+            let freed: i64 = evicted
+                .iter()
+                .map(|kv| kv.data.value.weight() as i64)
+                .sum::<i64>()
                 + replaced.map_or(0, |e| e.value.weight() as i64);
             m.stored(bytes as i64 - freed);
             m.evicted(evicted.len() as u64);
@@ -245,7 +268,11 @@ struct Landing<V, E> {
 
 impl<V, E> Drop for Landing<V, E> {
     fn drop(&mut self) {
-        self.inner.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+        self.inner
+            .flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
     }
 }
 

@@ -20,10 +20,18 @@ pub struct CacheMetrics {
 impl CacheMetrics {
     /// Registers the metrics of cache tier `tier` (e.g. `memory`) into `registry`.
     pub fn new(registry: &Registry, tier: &str) -> Result<Self, prometheus::Error> {
-        let lookups = IntCounterVec::new(Opts::new("edge_cache_lookups_total", "Cache lookups by result"), &["tier", "result"])?;
-        let bytes = IntGauge::with_opts(Opts::new("edge_cache_stored_bytes", "Bytes held by the cache").const_label("tier", tier))?;
-        let evictions =
-            IntCounter::with_opts(Opts::new("edge_cache_evictions_total", "Entries evicted for space").const_label("tier", tier))?;
+        let lookups = IntCounterVec::new(
+            Opts::new("edge_cache_lookups_total", "Cache lookups by result"),
+            &["tier", "result"],
+        )?;
+        let bytes = IntGauge::with_opts(
+            Opts::new("edge_cache_stored_bytes", "Bytes held by the cache")
+                .const_label("tier", tier),
+        )?;
+        let evictions = IntCounter::with_opts(
+            Opts::new("edge_cache_evictions_total", "Entries evicted for space")
+                .const_label("tier", tier),
+        )?;
         registry.register(Box::new(lookups.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(evictions.clone()))?;

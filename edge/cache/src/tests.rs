@@ -24,7 +24,14 @@ impl From<TaskFailed> for Err {
 }
 
 fn cache() -> Cache<Obj, Err> {
-    Cache::new(CacheConfig { capacity: 1 << 20, max_object: 64 << 10, estimated_entries: 64 }, None)
+    Cache::new(
+        CacheConfig {
+            capacity: 1 << 20,
+            max_object: 64 << 10,
+            estimated_entries: 64,
+        },
+        None,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,9 +70,18 @@ async fn concurrent_misses_fetch_once() {
 #[tokio::test]
 async fn errors_are_shared_and_not_cached() {
     let cache = cache();
-    let r = cache.get_or_fetch("/k", || async { Err::<(Obj, Duration), _>(Err::Origin("down")) }).await;
+    let r = cache
+        .get_or_fetch("/k", || async {
+            Err::<(Obj, Duration), _>(Err::Origin("down"))
+        })
+        .await;
     assert_eq!(r.unwrap_err(), Err::Origin("down"));
-    let (_, s) = cache.get_or_fetch("/k", || async { Ok((Obj(Bytes::from_static(b"v")), Duration::from_secs(1))) }).await.unwrap();
+    let (_, s) = cache
+        .get_or_fetch("/k", || async {
+            Ok((Obj(Bytes::from_static(b"v")), Duration::from_secs(1)))
+        })
+        .await
+        .unwrap();
     assert_eq!(s, Status::Miss);
 }
 
@@ -73,11 +89,20 @@ async fn errors_are_shared_and_not_cached() {
 async fn expired_entries_are_refetched() {
     let cache = cache();
     let fill = |ttl| move || async move { Ok((Obj(Bytes::from_static(b"v")), ttl)) };
-    cache.get_or_fetch("/k", fill(Duration::from_millis(1))).await.unwrap();
+    cache
+        .get_or_fetch("/k", fill(Duration::from_millis(1)))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let (_, s) = cache.get_or_fetch("/k", fill(Duration::from_secs(60))).await.unwrap();
+    let (_, s) = cache
+        .get_or_fetch("/k", fill(Duration::from_secs(60)))
+        .await
+        .unwrap();
     assert_eq!(s, Status::Miss);
-    let (_, s) = cache.get_or_fetch("/k", fill(Duration::from_secs(60))).await.unwrap();
+    let (_, s) = cache
+        .get_or_fetch("/k", fill(Duration::from_secs(60)))
+        .await
+        .unwrap();
     assert_eq!(s, Status::Hit);
 }
 
@@ -99,14 +124,24 @@ async fn a_panicking_fetch_fails_its_waiters_cleanly() {
     let cache = cache();
     let r = cache.get_or_fetch("/k", || async { panic!("boom") }).await;
     assert!(matches!(r, Err(Err::Task(_))));
-    let (_, s) = cache.get_or_fetch("/k", || async { Ok((Obj(Bytes::from_static(b"v")), Duration::from_secs(1))) }).await.unwrap();
+    let (_, s) = cache
+        .get_or_fetch("/k", || async {
+            Ok((Obj(Bytes::from_static(b"v")), Duration::from_secs(1)))
+        })
+        .await
+        .unwrap();
     assert_eq!(s, Status::Miss);
 }
 
 #[tokio::test]
 async fn purge_removes() {
     let cache = cache();
-    cache.get_or_fetch("/k", || async { Ok((Obj(Bytes::from_static(b"v")), Duration::from_secs(60))) }).await.unwrap();
+    cache
+        .get_or_fetch("/k", || async {
+            Ok((Obj(Bytes::from_static(b"v")), Duration::from_secs(60)))
+        })
+        .await
+        .unwrap();
     assert!(cache.get("/k").is_some());
     assert!(cache.purge("/k"));
     assert!(cache.get("/k").is_none());

@@ -1,7 +1,11 @@
 use crate::{ConfigError, Env, Errors, section};
 use bytesize::ByteSize;
 use serde::Deserialize;
-use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 /// The edge file (`edge.toml`). Every section and field is optional; the defaults run the embedded
 /// single-machine edge from the repository root: demo origin on disk, signed-URL policy, no external
@@ -95,7 +99,10 @@ pub struct OriginConfig {
 
 impl Default for OriginConfig {
     fn default() -> Self {
-        Self { root: PathBuf::from("deploy/demo/origin"), timeout: Duration::from_secs(10) }
+        Self {
+            root: PathBuf::from("deploy/demo/origin"),
+            timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -144,7 +151,12 @@ pub struct WasmConfig {
 
 impl Default for WasmConfig {
     fn default() -> Self {
-        Self { deadline: Duration::from_millis(5), memory_limit: ByteSize::mib(16), max_instances: 1000, max_reuse: 10_000 }
+        Self {
+            deadline: Duration::from_millis(5),
+            memory_limit: ByteSize::mib(16),
+            max_instances: 1000,
+            max_reuse: 10_000,
+        }
     }
 }
 
@@ -158,7 +170,9 @@ pub struct PoliciesRef {
 
 impl Default for PoliciesRef {
     fn default() -> Self {
-        Self { file: PathBuf::from("policies/default.toml") }
+        Self {
+            file: PathBuf::from("policies/default.toml"),
+        }
     }
 }
 
@@ -177,7 +191,11 @@ pub struct SignedUrlConfig {
 
 impl Default for SignedUrlConfig {
     fn default() -> Self {
-        Self { secret: None, expiration: 3600, param: "token".into() }
+        Self {
+            secret: None,
+            expiration: 3600,
+            param: "token".into(),
+        }
     }
 }
 
@@ -188,13 +206,21 @@ impl EdgeConfig {
             None => Self::from_toml_str("<defaults>", "", env),
             Some(p) => match std::fs::read_to_string(p) {
                 Ok(text) => Self::from_toml_str(p, &text, env),
-                Err(e) => Err(Errors(vec![ConfigError::new(p, "", format!("cannot read: {e}"))])),
+                Err(e) => Err(Errors(vec![ConfigError::new(
+                    p,
+                    "",
+                    format!("cannot read: {e}"),
+                )])),
             },
         }
     }
 
     /// Parses `text` as if read from `file`, applies environment overrides and validates.
-    pub fn from_toml_str(file: impl AsRef<Path>, text: &str, env: &dyn Env) -> Result<Self, Errors> {
+    pub fn from_toml_str(
+        file: impl AsRef<Path>,
+        text: &str,
+        env: &dyn Env,
+    ) -> Result<Self, Errors> {
         let file = file.as_ref();
         let mut errors = Errors::default();
         let mut table = section::parse_table(file, text, &mut errors).unwrap_or_default();
@@ -215,7 +241,8 @@ impl EdgeConfig {
     }
 
     fn validate(&self, errors: &mut Errors) {
-        let mut bad = |field: &str, msg: &str| errors.push(ConfigError::new(&self.source, field, msg));
+        let mut bad =
+            |field: &str, msg: &str| errors.push(ConfigError::new(&self.source, field, msg));
         if self.server.listen.is_empty() && self.server.tls_listen.is_empty() {
             bad("server.listen", "no listener: set `listen` or `tls_listen`");
         }
@@ -228,7 +255,10 @@ impl EdgeConfig {
             bad("server.public_url", "must start with http:// or https://");
         }
         if !self.server.demo_stream.is_empty() && !self.server.demo_stream.starts_with('/') {
-            bad("server.demo_stream", "must be an absolute path starting with /");
+            bad(
+                "server.demo_stream",
+                "must be an absolute path starting with /",
+            );
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bad("tls", "set both `cert` and `key`, or neither");
@@ -243,7 +273,9 @@ impl EdgeConfig {
         if self.cache.max_object > self.cache.memory {
             bad("cache.max_object", "larger than cache.memory");
         }
-        if self.wasm.deadline < Duration::from_millis(1) || self.wasm.deadline > Duration::from_secs(10) {
+        if self.wasm.deadline < Duration::from_millis(1)
+            || self.wasm.deadline > Duration::from_secs(10)
+        {
             bad("wasm.deadline", "must be between 1ms and 10s");
         }
         if self.wasm.memory_limit < ByteSize::kib(64) || self.wasm.memory_limit > ByteSize::gib(1) {
@@ -263,8 +295,17 @@ impl EdgeConfig {
         if self.signed_url.expiration == 0 {
             bad("signed_url.expiration", "must be at least 1 second");
         }
-        if self.signed_url.param.is_empty() || !self.signed_url.param.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            bad("signed_url.param", "must be a non-empty name of letters, digits, `_` or `-`");
+        if self.signed_url.param.is_empty()
+            || !self
+                .signed_url
+                .param
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            bad(
+                "signed_url.param",
+                "must be a non-empty name of letters, digits, `_` or `-`",
+            );
         }
     }
 

@@ -57,7 +57,12 @@ pub(crate) const OVERRIDES: &[(&str, &str, &str, Kind)] = &[
     ("EDGE_CACHE_MEMORY", "cache", "memory", Kind::Str),
     ("EDGE_POLICIES", "policies", "file", Kind::Str),
     ("SIGNED_URL_SECRET", "signed_url", "secret", Kind::Str),
-    ("SIGNED_URL_EXPIRATION", "signed_url", "expiration", Kind::Int),
+    (
+        "SIGNED_URL_EXPIRATION",
+        "signed_url",
+        "expiration",
+        Kind::Int,
+    ),
 ];
 
 /// Writes every set override into `table`, recording variables whose text has the wrong type.
@@ -67,17 +72,27 @@ pub(crate) fn apply(env: &dyn Env, table: &mut toml::Table, errors: &mut crate::
         let value = match kind {
             Kind::Str => toml::Value::String(text),
             Kind::List => toml::Value::Array(
-                text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.into()))
+                    .collect(),
             ),
             Kind::Int => match text.trim().parse::<i64>() {
                 Ok(n) => toml::Value::Integer(n),
                 Err(_) => {
-                    errors.push(crate::ConfigError::new("<environment>", name, format!("expected an integer, got {text:?}")));
+                    errors.push(crate::ConfigError::new(
+                        "<environment>",
+                        name,
+                        format!("expected an integer, got {text:?}"),
+                    ));
                     continue;
                 }
             },
         };
-        let entry = table.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if let toml::Value::Table(t) = entry {
             t.insert(key.to_owned(), value);
         }

@@ -14,8 +14,16 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// A problem with `field` of `file`.
-    pub fn new(file: impl Into<PathBuf>, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { file: file.into(), field: field.into(), message: message.into() }
+    pub fn new(
+        file: impl Into<PathBuf>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            file: file.into(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -24,7 +32,13 @@ impl fmt::Display for ConfigError {
         if self.field.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}: `{}`: {}", self.file.display(), self.field, self.message)
+            write!(
+                f,
+                "{}: `{}`: {}",
+                self.file.display(),
+                self.field,
+                self.message
+            )
         }
     }
 }
@@ -43,7 +57,11 @@ impl Errors {
 
     /// `Ok(value)` when nothing was found, otherwise every problem.
     pub fn into_result<T>(self, value: T) -> Result<T, Errors> {
-        if self.0.is_empty() { Ok(value) } else { Err(self) }
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
     }
 
     /// Number of problems.

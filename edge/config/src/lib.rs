@@ -20,7 +20,8 @@ mod policies;
 mod section;
 
 pub use edge::{
-    CacheConfig, EdgeConfig, OriginConfig, PoliciesRef, ServerConfig, SignedUrlConfig, TlsConfig, WasmConfig,
+    CacheConfig, EdgeConfig, OriginConfig, PoliciesRef, ServerConfig, SignedUrlConfig, TlsConfig,
+    WasmConfig,
 };
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use error::{ConfigError, Errors};

@@ -113,15 +113,26 @@ impl PolicySet {
     pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Self, Errors> {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::from_toml_str(path, &text, vars),
-            Err(e) => Err(Errors(vec![ConfigError::new(path, "", format!("cannot read: {e}"))])),
+            Err(e) => Err(Errors(vec![ConfigError::new(
+                path,
+                "",
+                format!("cannot read: {e}"),
+            )])),
         }
     }
 
     /// Parses `text` as if read from `file`.
-    pub fn from_toml_str(file: &Path, text: &str, vars: &HashMap<String, String>) -> Result<Self, Errors> {
+    pub fn from_toml_str(
+        file: &Path,
+        text: &str,
+        vars: &HashMap<String, String>,
+    ) -> Result<Self, Errors> {
         let mut errors = Errors::default();
         let mut table = section::parse_table(file, text, &mut errors).unwrap_or_default();
-        let mut set = Self { source: file.to_path_buf(), ..Self::default() };
+        let mut set = Self {
+            source: file.to_path_buf(),
+            ..Self::default()
+        };
         // Names of every policy table, even those that failed to decode, so that routes naming
         // them are not reported a second time.
         let mut declared = std::collections::BTreeSet::new();
@@ -131,24 +142,36 @@ impl PolicySet {
                 declared.extend(t.keys().cloned());
                 for (name, v) in t {
                     let field = format!("policies.{name}");
-                    if let Some(mut spec) = section::decode::<PolicySpec>(file, &field, v, &mut errors) {
+                    if let Some(mut spec) =
+                        section::decode::<PolicySpec>(file, &field, v, &mut errors)
+                    {
                         spec.name = name.clone();
                         set.policies.insert(name, spec);
                     }
                 }
             }
-            Some(_) => errors.push(ConfigError::new(file, "policies", "must be a table of policies")),
+            Some(_) => errors.push(ConfigError::new(
+                file,
+                "policies",
+                "must be a table of policies",
+            )),
         }
         match table.remove("routes") {
             None => {}
             Some(toml::Value::Array(items)) => {
                 for (i, v) in items.into_iter().enumerate() {
-                    if let Some(r) = section::decode::<RouteSpec>(file, &format!("routes[{i}]"), v, &mut errors) {
+                    if let Some(r) =
+                        section::decode::<RouteSpec>(file, &format!("routes[{i}]"), v, &mut errors)
+                    {
                         set.routes.push(r);
                     }
                 }
             }
-            Some(_) => errors.push(ConfigError::new(file, "routes", "must be an array of tables ([[routes]])")),
+            Some(_) => errors.push(ConfigError::new(
+                file,
+                "routes",
+                "must be an array of tables ([[routes]])",
+            )),
         }
         section::reject_rest(file, table, &mut errors);
         set.validate(vars, &declared, &mut errors);
@@ -163,36 +186,67 @@ impl PolicySet {
         }
     }
 
-    fn validate(&mut self, vars: &HashMap<String, String>, declared: &std::collections::BTreeSet<String>, errors: &mut Errors) {
+    fn validate(
+        &mut self,
+        vars: &HashMap<String, String>,
+        declared: &std::collections::BTreeSet<String>,
+        errors: &mut Errors,
+    ) {
         let file = self.source.clone();
         let mut bad = |field: String, msg: String| errors.push(ConfigError::new(&file, field, msg));
-        let paths: Vec<(String, PathBuf)> =
-            self.policies.values().map(|s| (s.name.clone(), self.module_path(s))).collect();
+        let paths: Vec<(String, PathBuf)> = self
+            .policies
+            .values()
+            .map(|s| (s.name.clone(), self.module_path(s)))
+            .collect();
         for (name, path) in paths {
             if !path.is_file() {
-                bad(format!("policies.{name}.module"), format!("module file {} does not exist", path.display()));
+                bad(
+                    format!("policies.{name}.module"),
+                    format!("module file {} does not exist", path.display()),
+                );
             }
         }
         for (name, spec) in &mut self.policies {
-            if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                bad(format!("policies.{name}"), "name must be letters, digits, `-` or `_`".into());
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                bad(
+                    format!("policies.{name}"),
+                    "name must be letters, digits, `-` or `_`".into(),
+                );
             }
             if !(400..=599).contains(&spec.fail_status) {
-                bad(format!("policies.{name}.fail_status"), "must be a 4xx or 5xx status".into());
+                bad(
+                    format!("policies.{name}.fail_status"),
+                    "must be a 4xx or 5xx status".into(),
+                );
             }
             if spec.deadline.is_some_and(|d| d.is_zero()) {
-                bad(format!("policies.{name}.deadline"), "must be greater than zero".into());
+                bad(
+                    format!("policies.{name}.deadline"),
+                    "must be greater than zero".into(),
+                );
             }
             for h in &spec.headers {
-                if h.is_empty() || h.bytes().any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')) {
-                    bad(format!("policies.{name}.headers"), format!("{h:?} is not a lower-case header name"));
+                if h.is_empty()
+                    || h.bytes()
+                        .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+                {
+                    bad(
+                        format!("policies.{name}.headers"),
+                        format!("{h:?} is not a lower-case header name"),
+                    );
                 }
             }
             for (key, value) in &spec.config {
                 let field = format!("policies.{name}.config.{key}");
                 let text = match value {
                     toml::Value::String(s) => s.clone(),
-                    toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => value.to_string(),
+                    toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                        value.to_string()
+                    }
                     _ => {
                         bad(field, "must be a string, number or boolean".into());
                         continue;
@@ -209,21 +263,36 @@ impl PolicySet {
         let mut seen = HashMap::new();
         for (i, r) in self.routes.iter().enumerate() {
             if let Some(j) = seen.insert(r.name.clone(), i) {
-                bad(format!("routes[{i}].name"), format!("duplicate route name {:?} (also routes[{j}])", r.name));
+                bad(
+                    format!("routes[{i}].name"),
+                    format!("duplicate route name {:?} (also routes[{j}])", r.name),
+                );
             }
             if r.paths.is_empty() {
-                bad(format!("routes[{i}].paths"), "needs at least one pattern".into());
+                bad(
+                    format!("routes[{i}].paths"),
+                    "needs at least one pattern".into(),
+                );
             }
             for p in &r.paths {
                 if !p.starts_with('/') {
-                    bad(format!("routes[{i}].paths"), format!("pattern {p:?} must start with /"));
+                    bad(
+                        format!("routes[{i}].paths"),
+                        format!("pattern {p:?} must start with /"),
+                    );
                 } else if let Err(e) = globset::Glob::new(p) {
-                    bad(format!("routes[{i}].paths"), format!("bad pattern {p:?}: {e}"));
+                    bad(
+                        format!("routes[{i}].paths"),
+                        format!("bad pattern {p:?}: {e}"),
+                    );
                 }
             }
             for name in &r.chain {
                 if !declared.contains(name) {
-                    bad(format!("routes[{i}].chain"), format!("unknown policy {name:?}"));
+                    bad(
+                        format!("routes[{i}].chain"),
+                        format!("unknown policy {name:?}"),
+                    );
                 }
             }
         }
@@ -241,9 +310,13 @@ fn interpolate(text: &str, vars: &HashMap<String, String>) -> Result<String, Str
             out.push('$');
             rest = r;
         } else if let Some(r) = after.strip_prefix('{') {
-            let end = r.find('}').ok_or_else(|| format!("unterminated placeholder in {text:?}"))?;
+            let end = r
+                .find('}')
+                .ok_or_else(|| format!("unterminated placeholder in {text:?}"))?;
             let name = &r[..end];
-            let value = vars.get(name).ok_or_else(|| format!("unknown variable ${{{name}}}"))?;
+            let value = vars
+                .get(name)
+                .ok_or_else(|| format!("unknown variable ${{{name}}}"))?;
             out.push_str(value);
             rest = &r[end + 1..];
         } else {
@@ -263,7 +336,11 @@ mod tests {
     fn interpolation() {
         let vars = HashMap::from([("A".to_string(), "x".to_string())]);
         assert_eq!(interpolate("${A}-$$-$b", &vars).unwrap(), "x-$-$b");
-        assert!(interpolate("${B}", &vars).unwrap_err().contains("unknown variable ${B}"));
+        assert!(
+            interpolate("${B}", &vars)
+                .unwrap_err()
+                .contains("unknown variable ${B}")
+        );
         assert!(interpolate("${A", &vars).is_err());
     }
 }

@@ -16,8 +16,18 @@ pub(crate) fn parse_table(file: &Path, text: &str, errors: &mut Errors) -> Optio
                     format!("line {line}: ")
                 })
                 .unwrap_or_default();
-            let message = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
-            errors.push(ConfigError::new(file, "", format!("invalid TOML: {at}{message}")));
+            let message = e
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            errors.push(ConfigError::new(
+                file,
+                "",
+                format!("invalid TOML: {at}{message}"),
+            ));
             None
         }
     }
@@ -25,11 +35,21 @@ pub(crate) fn parse_table(file: &Path, text: &str, errors: &mut Errors) -> Optio
 
 /// Deserialises `value` (found at `field`) into `T`, recording every unknown key and the first type
 /// error. Returns `None` when a type error was found.
-pub(crate) fn decode<T: DeserializeOwned>(file: &Path, field: &str, value: toml::Value, errors: &mut Errors) -> Option<T> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    file: &Path,
+    field: &str,
+    value: toml::Value,
+    errors: &mut Errors,
+) -> Option<T> {
     let mut unknown = Vec::new();
-    let result: Result<T, _> = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
+    let result: Result<T, _> =
+        serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
     for key in unknown {
-        let full = if field.is_empty() { key } else { format!("{field}.{key}") };
+        let full = if field.is_empty() {
+            key
+        } else {
+            format!("{field}.{key}")
+        };
         errors.push(ConfigError::new(file, full, "unknown field"));
     }
     match result {

@@ -11,7 +11,11 @@ include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 /// otherwise, so a missing wasm target fails the tests that need it, with the reason.
 pub fn path(guest: &str) -> std::path::PathBuf {
     let p = std::path::PathBuf::from(guest);
-    assert!(p.is_file(), "guest component {} is missing; the guest build said:\n{BUILD_ERROR}", p.display());
+    assert!(
+        p.is_file(),
+        "guest component {} is missing; the guest build said:\n{BUILD_ERROR}",
+        p.display()
+    );
     p
 }
 
@@ -20,7 +24,11 @@ mod tests {
     #[test]
     fn every_guest_was_built() {
         for (name, path) in super::ALL {
-            assert!(std::path::Path::new(path).is_file(), "{name}: {path} missing\n{}", super::BUILD_ERROR);
+            assert!(
+                std::path::Path::new(path).is_file(),
+                "{name}: {path} missing\n{}",
+                super::BUILD_ERROR
+            );
         }
     }
 }

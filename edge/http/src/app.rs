@@ -10,7 +10,10 @@ use pingora_core::{
 use pingora_http::ResponseHeader;
 use std::{
     net::{IpAddr, Ipv4Addr},
-    sync::{Arc, atomic::{AtomicUsize, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 /// Largest request body read; larger requests get 413.
@@ -34,7 +37,11 @@ impl<H: Handler> HttpApp<H> {
     pub fn new(handler: Arc<H>) -> Self {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
-        Self { handler, options, in_flight: Arc::new(InFlight(AtomicUsize::new(0))) }
+        Self {
+            handler,
+            options,
+            in_flight: Arc::new(InFlight(AtomicUsize::new(0))),
+        }
     }
 
     pub(crate) fn in_flight(&self) -> Arc<InFlight> {
@@ -52,7 +59,11 @@ impl Drop for Busy<'_> {
 
 #[async_trait]
 impl<H: Handler> HttpServerApp for HttpApp<H> {
-    async fn process_new_http(self: &Arc<Self>, mut session: ServerSession, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
         match session.read_request().await {
             Ok(true) => {}
             Ok(false) | Err(_) => return None,
@@ -92,7 +103,11 @@ async fn read_request(session: &mut ServerSession) -> Result<EdgeRequest, Status
         .client_addr()
         .and_then(|a| a.as_inet())
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-    let protocol = if session.is_http2() { Protocol::Http2 } else { Protocol::Http1 };
+    let protocol = if session.is_http2() {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
     let mut body = Vec::new();
     loop {
         match session.read_request_body().await {
@@ -106,31 +121,64 @@ async fn read_request(session: &mut ServerSession) -> Result<EdgeRequest, Status
             Err(_) => return Err(StatusCode::BAD_REQUEST),
         }
     }
-    Ok(EdgeRequest { method, path, query, headers, client_addr, protocol, body: Bytes::from(body) })
+    Ok(EdgeRequest {
+        method,
+        path,
+        query,
+        headers,
+        client_addr,
+        protocol,
+        body: Bytes::from(body),
+    })
 }
 
 fn error(status: StatusCode) -> EdgeResponse {
     let mut headers = http::HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let reason = status.canonical_reason().unwrap_or("error").to_ascii_lowercase().replace(' ', "_");
-    let body = Bytes::from(format!("{{\"error\":\"{reason}\",\"reason\":\"{reason}\"}}"));
-    EdgeResponse { status, headers, body }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let reason = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace(' ', "_");
+    let body = Bytes::from(format!(
+        "{{\"error\":\"{reason}\",\"reason\":\"{reason}\"}}"
+    ));
+    EdgeResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
-async fn write_response(session: &mut ServerSession, response: EdgeResponse, head: bool) -> Option<()> {
-    let EdgeResponse { status, headers, body } = response;
+async fn write_response(
+    session: &mut ServerSession,
+    response: EdgeResponse,
+    head: bool,
+) -> Option<()> {
+    let EdgeResponse {
+        status,
+        headers,
+        body,
+    } = response;
     let mut resp = ResponseHeader::build(status, Some(headers.len() + 2)).ok()?;
     for (name, value) in &headers {
         resp.append_header(name.clone(), value.clone()).ok()?;
     }
-    let bodyless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let bodyless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
     if !bodyless {
-        resp.insert_header(header::CONTENT_LENGTH, body.len()).ok()?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len())
+            .ok()?;
     }
-    if status.is_client_error() || status.is_server_error() {
-        if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::BAD_REQUEST {
-            session.set_keepalive(None);
-        }
+    // The listener's own 400/413 answers leave the connection in an unknown state: close it.
+    if status == StatusCode::PAYLOAD_TOO_LARGE
+        || status == StatusCode::BAD_REQUEST && headers.is_empty()
+    {
+        session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp)).await.ok()?;
     if !head && !bodyless && !body.is_empty() {

@@ -45,7 +45,9 @@ impl BoundListener {
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound socket has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound socket has an address")
     }
 
     /// Whether this is a TLS listener.
@@ -63,13 +65,22 @@ pub struct Listeners {
 
 impl Default for Listeners {
     fn default() -> Self {
-        Self { shutdown: watch::channel(false).0, tasks: Vec::new(), apps: Vec::new() }
+        Self {
+            shutdown: watch::channel(false).0,
+            tasks: Vec::new(),
+            apps: Vec::new(),
+        }
     }
 }
 
 impl Listeners {
     /// Serves `app` on `listeners` (on the current tokio runtime) until [`Listeners::drain`].
-    pub fn serve<H: edge_pipeline::Handler>(&mut self, name: &str, app: HttpApp<H>, listeners: Vec<BoundListener>) {
+    pub fn serve<H: edge_pipeline::Handler>(
+        &mut self,
+        name: &str,
+        app: HttpApp<H>,
+        listeners: Vec<BoundListener>,
+    ) {
         self.apps.push(app.in_flight());
         let mut service = Service::new(name.to_owned(), app);
         let mut fds = Fds::new();
@@ -94,7 +105,12 @@ impl Listeners {
     pub async fn drain(self, timeout: Duration) -> usize {
         let _ = self.shutdown.send(true);
         let deadline = Instant::now() + timeout;
-        let busy = || self.apps.iter().map(|a| a.0.load(Ordering::SeqCst)).sum::<usize>();
+        let busy = || {
+            self.apps
+                .iter()
+                .map(|a| a.0.load(Ordering::SeqCst))
+                .sum::<usize>()
+        };
         while busy() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -1,6 +1,10 @@
 use pingora_core::{
     listeners::tls::TlsSettings,
-    tls::{pkey::PKey, ssl::{SslAcceptor, SslMethod}, x509::X509},
+    tls::{
+        pkey::PKey,
+        ssl::{SslAcceptor, SslMethod},
+        x509::X509,
+    },
 };
 
 /// Why TLS settings could not be built.
@@ -14,16 +18,25 @@ pub fn tls_settings(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsSettings, TlsE
     fn err(what: &'static str) -> impl Fn(pingora_core::tls::error::ErrorStack) -> TlsError {
         move |e| TlsError(format!("{what}: {e}"))
     }
-    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(err("acceptor"))?;
-    let mut chain = X509::stack_from_pem(cert_pem).map_err(err("certificate"))?.into_iter();
-    let leaf = chain.next().ok_or_else(|| TlsError("certificate: no certificate in PEM".into()))?;
+    let mut builder =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(err("acceptor"))?;
+    let mut chain = X509::stack_from_pem(cert_pem)
+        .map_err(err("certificate"))?
+        .into_iter();
+    let leaf = chain
+        .next()
+        .ok_or_else(|| TlsError("certificate: no certificate in PEM".into()))?;
     builder.set_certificate(&leaf).map_err(err("certificate"))?;
     for extra in chain {
-        builder.add_extra_chain_cert(extra).map_err(err("certificate chain"))?;
+        builder
+            .add_extra_chain_cert(extra)
+            .map_err(err("certificate chain"))?;
     }
     let key = PKey::private_key_from_pem(key_pem).map_err(err("private key"))?;
     builder.set_private_key(&key).map_err(err("private key"))?;
-    builder.check_private_key().map_err(err("key does not match certificate"))?;
+    builder
+        .check_private_key()
+        .map_err(err("key does not match certificate"))?;
     let mut settings: TlsSettings = builder.into();
     settings.enable_h2();
     Ok(settings)

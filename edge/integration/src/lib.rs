@@ -9,7 +9,10 @@ pub const SECRET: &str = "integration-test-secret-0123456789";
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
 }
 
 /// A running test edge and the temporary directory holding its state.
@@ -35,7 +38,8 @@ impl TestEdge {
             policies = root.join("policies/default.toml").display().to_string(),
         );
         let env = MapEnv::default().with("SIGNED_URL_SECRET", SECRET);
-        let cfg = EdgeConfig::from_toml_str("test-edge.toml", &toml, &env).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cfg = EdgeConfig::from_toml_str("test-edge.toml", &toml, &env)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let edge = edge_app::Edge::start(cfg).await?;
         Ok(Self { edge, data })
     }
@@ -58,12 +62,22 @@ impl TestEdge {
 
 /// A token for `scope` valid for `ttl` seconds (negative: already expired).
 pub fn token(scope: &str, ttl: i64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
-    let grant = edge_urlsig::Grant { expires: (now + ttl) as u64, scope: scope.into(), client_addr: None };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let grant = edge_urlsig::Grant {
+        expires: (now + ttl) as u64,
+        scope: scope.into(),
+        client_addr: None,
+    };
     edge_urlsig::Key::new(SECRET.as_bytes()).sign(&grant)
 }
 
 /// An HTTP/1.1 client.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().http1_only().build().expect("client")
+    reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .expect("client")
 }

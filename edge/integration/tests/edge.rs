@@ -15,23 +15,64 @@ async fn ffmpeg_downloads_the_demo_stream_through_a_signed_url() {
     let file = out.path().join("out.ts");
     let status = tokio::task::spawn_blocking({
         let (url, file) = (url.clone(), file.clone());
-        move || Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-i", &url, "-map", "0", "-c", "copy"]).arg(&file).status()
+        move || {
+            Command::new("ffmpeg")
+                .args([
+                    "-hide_banner",
+                    "-loglevel",
+                    "error",
+                    "-i",
+                    &url,
+                    "-map",
+                    "0",
+                    "-c",
+                    "copy",
+                ])
+                .arg(&file)
+                .status()
+        }
     })
     .await
     .unwrap()
     .expect("ffmpeg must be installed (the README test command installs it)");
     assert!(status.success(), "ffmpeg failed on {url}");
     let probe = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "default=nw=1:nk=1",
+        ])
         .arg(&file)
         .output()
         .unwrap();
-    let seconds: f64 = String::from_utf8_lossy(&probe.stdout).trim().parse().unwrap();
-    assert!((7.5..9.0).contains(&seconds), "downloaded {seconds} s of an 8 s stream");
+    let seconds: f64 = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (7.5..9.0).contains(&seconds),
+        "downloaded {seconds} s of an 8 s stream"
+    );
 
-    let metrics = client().get(format!("{}/metrics", t.admin())).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"edge_policy_decisions_total{outcome="allow",policy="signed-url"}"#), "{metrics}");
-    assert!(metrics.contains(r#"edge_cache_lookups_total{result="hit",tier="memory"}"#), "{metrics}");
+    let metrics = client()
+        .get(format!("{}/metrics", t.admin()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"edge_policy_decisions_total{outcome="allow",policy="signed-url"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"edge_cache_lookups_total{result="hit",tier="memory"}"#),
+        "{metrics}"
+    );
     assert_eq!(t.edge.shutdown().await, 0);
 }
 
@@ -40,13 +81,33 @@ async fn tokens_propagate_into_manifests_and_bad_tokens_are_refused() {
     let t = TestEdge::start("").await.unwrap();
     let good = token("/vod/movies/demo/", 60);
     let c = client();
-    let r = c.get(format!("{}{MASTER}?token={good}", t.http())).send().await.unwrap();
+    let r = c
+        .get(format!("{}{MASTER}?token={good}", t.http()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/vnd.apple.mpegurl");
     let body = r.text().await.unwrap();
-    assert!(body.contains(&format!("v0/index.m3u8?token={good}")), "{body}");
-    let seg = c.get(format!("{}/vod/movies/demo/v1/seg_000.ts?token={good}", t.http())).send().await.unwrap();
-    assert_eq!((seg.status().as_u16(), seg.headers()["content-type"].to_str().unwrap()), (200, "video/mp2t"));
+    assert!(
+        body.contains(&format!("v0/index.m3u8?token={good}")),
+        "{body}"
+    );
+    let seg = c
+        .get(format!(
+            "{}/vod/movies/demo/v1/seg_000.ts?token={good}",
+            t.http()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            seg.status().as_u16(),
+            seg.headers()["content-type"].to_str().unwrap()
+        ),
+        (200, "video/mp2t")
+    );
 
     let mut tampered = good.clone().into_bytes();
     let i = tampered.len() - 6;
@@ -54,13 +115,23 @@ async fn tokens_propagate_into_manifests_and_bad_tokens_are_refused() {
     let tampered = String::from_utf8(tampered).unwrap();
     for (query, reason) in [
         (String::new(), "missing_token"),
-        (format!("token={}", token("/vod/movies/demo/", -5)), "expired_token"),
+        (
+            format!("token={}", token("/vod/movies/demo/", -5)),
+            "expired_token",
+        ),
         (format!("token={tampered}"), "bad_signature"),
-        (format!("token={}", token("/vod/movies/other/", 60)), "scope_mismatch"),
+        (
+            format!("token={}", token("/vod/movies/other/", 60)),
+            "scope_mismatch",
+        ),
         ("token=%%zz&&==".to_string(), "malformed_token"),
         (format!("token={good}&token=again"), "malformed_token"),
     ] {
-        let r = c.get(format!("{}{MASTER}?{query}", t.http())).send().await.unwrap();
+        let r = c
+            .get(format!("{}{MASTER}?{query}", t.http()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 403, "{query}");
         assert_eq!(r.headers()["x-edge-reason"], reason, "{query}");
     }
@@ -70,11 +141,18 @@ async fn tokens_propagate_into_manifests_and_bad_tokens_are_refused() {
 /// Raw request line, so no client library normalises the path first.
 async fn raw_status(addr: std::net::SocketAddr, target: &str) -> u16 {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(
+        format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +168,11 @@ async fn path_traversal_is_refused_before_any_policy_or_origin() {
         "/vod/movies/demo/%00.ts",
         "/vod/movies/demo/..%5c..%5cx.ts",
     ] {
-        assert_eq!(raw_status(addr, &format!("{target}?token={tok}")).await, 400, "{target}");
+        assert_eq!(
+            raw_status(addr, &format!("{target}?token={tok}")).await,
+            400,
+            "{target}"
+        );
     }
     t.edge.shutdown().await;
 }
@@ -99,17 +181,40 @@ async fn path_traversal_is_refused_before_any_policy_or_origin() {
 async fn http2_over_tls_and_h2c() {
     let t = TestEdge::start("").await.unwrap();
     let url = format!("{MASTER}?token={}", token("/vod/movies/demo/", 60));
-    let h2c = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let r = h2c.get(format!("{}{url}", t.http())).send().await.unwrap();
-    assert_eq!((r.version(), r.status().as_u16()), (reqwest::Version::HTTP_2, 200));
-    let tls = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (reqwest::Version::HTTP_2, 200)
+    );
+    let tls = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
     let r = tls.get(format!("{}{url}", t.https())).send().await.unwrap();
-    assert_eq!((r.version(), r.status().as_u16()), (reqwest::Version::HTTP_2, 200));
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (reqwest::Version::HTTP_2, 200)
+    );
     let body = r.text().await.unwrap();
     assert!(body.starts_with("#EXTM3U"));
-    let tls1 = reqwest::Client::builder().danger_accept_invalid_certs(true).http1_only().build().unwrap();
-    let r = tls1.head(format!("{}{url}", t.https())).send().await.unwrap();
-    assert_eq!((r.version(), r.status().as_u16()), (reqwest::Version::HTTP_11, 200));
+    let tls1 = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .http1_only()
+        .build()
+        .unwrap();
+    let r = tls1
+        .head(format!("{}{url}", t.https()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (reqwest::Version::HTTP_11, 200)
+    );
     t.edge.shutdown().await;
 }
 
@@ -117,37 +222,91 @@ async fn http2_over_tls_and_h2c() {
 async fn admin_health_and_metrics() {
     let t = TestEdge::start("").await.unwrap();
     let c = client();
-    assert_eq!(c.get(format!("{}/health/live", t.admin())).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(format!("{}/health/ready", t.admin())).send().await.unwrap().status(), 200);
-    let health: serde_json::Value =
-        serde_json::from_str(&c.get(format!("{}/health", t.admin())).send().await.unwrap().text().await.unwrap()).unwrap();
+    assert_eq!(
+        c.get(format!("{}/health/live", t.admin()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{}/health/ready", t.admin()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let health: serde_json::Value = serde_json::from_str(
+        &c.get(format!("{}/health", t.admin()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["components"]["origin"]["status"], "ok", "{health}");
-    assert_eq!(health["components"]["policies"]["routes"][0], "vod", "{health}");
-    let metrics = c.get(format!("{}/metrics", t.admin())).send().await.unwrap();
-    assert_eq!(metrics.headers()["content-type"], "text/plain; version=0.0.4");
+    assert_eq!(
+        health["components"]["policies"]["routes"][0], "vod",
+        "{health}"
+    );
+    let metrics = c
+        .get(format!("{}/metrics", t.admin()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        metrics.headers()["content-type"],
+        "text/plain; version=0.0.4"
+    );
     t.edge.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_viewers_cause_one_origin_read_per_object() {
     let t = TestEdge::start("").await.unwrap();
-    let url = format!("{}/vod/movies/demo/v0/seg_003.ts?token={}", t.http(), token("/vod/movies/demo/", 60));
+    let url = format!(
+        "{}/vod/movies/demo/v0/seg_003.ts?token={}",
+        t.http(),
+        token("/vod/movies/demo/", 60)
+    );
     let c = client();
     let responses = futures::future::join_all((0..64).map(|_| {
         let (c, url) = (c.clone(), url.clone());
         async move {
             let r = c.get(url).send().await.unwrap();
-            (r.status().as_u16(), r.headers()["x-cache"].to_str().unwrap().to_owned(), r.bytes().await.unwrap().len())
+            (
+                r.status().as_u16(),
+                r.headers()["x-cache"].to_str().unwrap().to_owned(),
+                r.bytes().await.unwrap().len(),
+            )
         }
     }))
     .await;
     let sizes: std::collections::HashSet<_> = responses.iter().map(|r| r.2).collect();
     assert_eq!(sizes.len(), 1, "every viewer got the same bytes");
     assert!(responses.iter().all(|r| r.0 == 200));
-    assert_eq!(responses.iter().filter(|r| r.1 == "MISS").count(), 1, "{responses:?}");
-    let metrics = client().get(format!("{}/metrics", t.admin())).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"edge_cache_lookups_total{result="miss",tier="memory"} 1"#), "{metrics}");
+    assert_eq!(
+        responses.iter().filter(|r| r.1 == "MISS").count(),
+        1,
+        "{responses:?}"
+    );
+    let metrics = client()
+        .get(format!("{}/metrics", t.admin()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"edge_cache_lookups_total{result="miss",tier="memory"} 1"#),
+        "{metrics}"
+    );
     t.edge.shutdown().await;
 }
 
@@ -157,6 +316,12 @@ async fn drain_stops_accepting_and_reports_readiness() {
     let (http, admin) = (t.edge.addrs().http[0], t.edge.addrs().admin);
     assert_eq!(t.edge.shutdown().await, 0);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(tokio::net::TcpStream::connect(http).await.is_err(), "still accepting after drain");
-    assert!(tokio::net::TcpStream::connect(admin).await.is_err(), "admin still accepting after drain");
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "still accepting after drain"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "admin still accepting after drain"
+    );
 }

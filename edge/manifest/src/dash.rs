@@ -17,14 +17,18 @@ pub(crate) fn propagate(body: &[u8], params: &[(String, String)]) -> Result<Vec<
     let mut writer = Writer::new(Vec::with_capacity(body.len() + 256));
     let mut buf = Vec::new();
     loop {
-        let event = reader.read_event_into(&mut buf).map_err(|e| Error::Dash(e.to_string()))?;
+        let event = reader
+            .read_event_into(&mut buf)
+            .map_err(|e| Error::Dash(e.to_string()))?;
         let out = match event {
             Event::Eof => break,
             Event::Start(e) => Event::Start(rewrite(&e, params)?),
             Event::Empty(e) => Event::Empty(rewrite(&e, params)?),
             other => other,
         };
-        writer.write_event(out).map_err(|e| Error::Dash(e.to_string()))?;
+        writer
+            .write_event(out)
+            .map_err(|e| Error::Dash(e.to_string()))?;
         buf.clear();
     }
     Ok(writer.into_inner())
@@ -38,7 +42,9 @@ fn rewrite(e: &BytesStart<'_>, params: &[(String, String)]) -> Result<BytesStart
     let mut out = BytesStart::new(String::from_utf8_lossy(e.name().as_ref()).into_owned());
     for a in e.attributes() {
         let a = a.map_err(|err| Error::Dash(err.to_string()))?;
-        let value = a.unescape_value().map_err(|err| Error::Dash(err.to_string()))?;
+        let value = a
+            .unescape_value()
+            .map_err(|err| Error::Dash(err.to_string()))?;
         let key = String::from_utf8_lossy(a.key.as_ref()).into_owned();
         if attrs.contains(&a.key.local_name().as_ref()) {
             out.push_attribute((key.as_str(), with_params(&value, params).as_str()));
@@ -60,9 +66,17 @@ mod tests {
 <SegmentTemplate media="chunk-$RepresentationID$-$Number%05d$.m4s" initialization="init-$RepresentationID$.m4s" startNumber="1"/>
 <Representation id="0" bandwidth="800000"><SegmentList><SegmentURL media="s1.m4s"/><SegmentURL media="https://x.example/s2.m4s"/></SegmentList></Representation>
 </AdaptationSet></Period></MPD>"#;
-        let out = String::from_utf8(propagate(mpd.as_bytes(), &[("token".into(), "T".into())]).unwrap()).unwrap();
-        assert!(out.contains(r#"media="chunk-$RepresentationID$-$Number%05d$.m4s?token=T""#), "{out}");
-        assert!(out.contains(r#"initialization="init-$RepresentationID$.m4s?token=T""#), "{out}");
+        let out =
+            String::from_utf8(propagate(mpd.as_bytes(), &[("token".into(), "T".into())]).unwrap())
+                .unwrap();
+        assert!(
+            out.contains(r#"media="chunk-$RepresentationID$-$Number%05d$.m4s?token=T""#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"initialization="init-$RepresentationID$.m4s?token=T""#),
+            "{out}"
+        );
         assert!(out.contains(r#"media="s1.m4s?token=T""#), "{out}");
         assert!(out.contains(r#"media="https://x.example/s2.m4s""#), "{out}");
         assert!(out.contains(r#"bandwidth="800000""#), "{out}");

@@ -5,7 +5,8 @@ use crate::{Error, with_params};
 /// LL-HLS `EXT-X-PRELOAD-HINT`) and renormalises others, and a player must get back exactly what
 /// the origin wrote, plus the parameters.
 pub(crate) fn propagate(body: &[u8], params: &[(String, String)]) -> Result<Vec<u8>, Error> {
-    m3u8_rs::parse_playlist_res(body).map_err(|e| Error::Hls(e.to_string().chars().take(120).collect()))?;
+    m3u8_rs::parse_playlist_res(body)
+        .map_err(|e| Error::Hls(e.to_string().chars().take(120).collect()))?;
     let text = std::str::from_utf8(body).map_err(|e| Error::Hls(e.to_string()))?;
     let mut out = String::with_capacity(body.len() + 64);
     for line in text.split_inclusive('\n') {
@@ -33,9 +34,18 @@ fn tag_uri(line: &str, params: &[(String, String)]) -> String {
     if !line.starts_with("#EXT") {
         return line.to_owned();
     }
-    let Some(start) = find_attr(line, "URI=\"") else { return line.to_owned() };
-    let Some(len) = line[start..].find('"') else { return line.to_owned() };
-    format!("{}{}{}", &line[..start], with_params(&line[start..start + len], params), &line[start + len..])
+    let Some(start) = find_attr(line, "URI=\"") else {
+        return line.to_owned();
+    };
+    let Some(len) = line[start..].find('"') else {
+        return line.to_owned();
+    };
+    format!(
+        "{}{}{}",
+        &line[..start],
+        with_params(&line[start..start + len], params),
+        &line[start + len..]
+    )
 }
 
 /// Start of the value of attribute `key` (which ends with `="`): only at the start of the
@@ -71,7 +81,10 @@ mod tests {
         assert!(out.contains("\nv0/index.m3u8?token=T\n"), "{out}");
         assert!(out.contains("URI=\"audio/index.m3u8?token=T\""), "{out}");
         assert!(out.contains("URI=\"v0/iframes.m3u8?token=T\""), "{out}");
-        assert!(out.contains("\nhttps://other.example/v1/index.m3u8\n"), "{out}");
+        assert!(
+            out.contains("\nhttps://other.example/v1/index.m3u8\n"),
+            "{out}"
+        );
         assert!(out.contains("RESOLUTION=640x360"), "{out}");
     }
 
@@ -83,7 +96,14 @@ mod tests {
             #EXTINF:2.000000,\nseg_000.m4s\n#EXTINF:2.000000,\nseg_001.m4s\n\
             #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg_002.part0.m4s\"\n#EXT-X-ENDLIST\n";
         let out = String::from_utf8(propagate(m.as_bytes(), &p()).unwrap()).unwrap();
-        for want in ["seg_000.m4s?token=T", "seg_001.m4s?token=T", "URI=\"init.mp4?token=T\"", "URI=\"key.bin?token=T\"", "URI=\"seg_002.part0.m4s?token=T\"", "#EXT-X-ENDLIST"] {
+        for want in [
+            "seg_000.m4s?token=T",
+            "seg_001.m4s?token=T",
+            "URI=\"init.mp4?token=T\"",
+            "URI=\"key.bin?token=T\"",
+            "URI=\"seg_002.part0.m4s?token=T\"",
+            "#EXT-X-ENDLIST",
+        ] {
             assert!(out.contains(want), "missing {want} in\n{out}");
         }
         assert_eq!(out.replace("?token=T", ""), m, "nothing else changes");

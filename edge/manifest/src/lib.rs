@@ -74,7 +74,11 @@ pub fn propagate(kind: Kind, body: &[u8], params: &[(String, String)]) -> Result
 /// `uri` with `params` appended, unless it is absolute or already has a parameter.
 pub fn with_params(uri: &str, params: &[(String, String)]) -> String {
     let trimmed = uri.trim();
-    if trimmed.is_empty() || trimmed.starts_with("//") || trimmed.starts_with("data:") || has_scheme(trimmed) {
+    if trimmed.is_empty()
+        || trimmed.starts_with("//")
+        || trimmed.starts_with("data:")
+        || has_scheme(trimmed)
+    {
         return uri.to_owned();
     }
     let (before_fragment, fragment) = match uri.split_once('#') {
@@ -83,7 +87,11 @@ pub fn with_params(uri: &str, params: &[(String, String)]) -> String {
     };
     let existing: Vec<String> = before_fragment
         .split_once('?')
-        .map(|(_, q)| form_urlencoded::parse(q.as_bytes()).map(|(k, _)| k.into_owned()).collect())
+        .map(|(_, q)| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, _)| k.into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     let mut out = before_fragment.to_owned();
     for (k, v) in params {
@@ -104,9 +112,12 @@ pub fn with_params(uri: &str, params: &[(String, String)]) -> String {
 
 /// RFC 3986 scheme: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":"
 fn has_scheme(uri: &str) -> bool {
-    let Some((scheme, _)) = uri.split_once(':') else { return false };
+    let Some((scheme, _)) = uri.split_once(':') else {
+        return false;
+    };
     let mut bytes = scheme.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphabetic()) && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
 }
 
 #[cfg(test)]
@@ -120,10 +131,21 @@ mod tests {
     #[test]
     fn appends_to_relative_uris_only() {
         assert_eq!(with_params("seg.ts", &p()), "seg.ts?token=1.a%2Fb%2Bc");
-        assert_eq!(with_params("v0/index.m3u8?x=1", &p()), "v0/index.m3u8?x=1&token=1.a%2Fb%2Bc");
-        assert_eq!(with_params("/abs/seg.ts#t=1", &p()), "/abs/seg.ts?token=1.a%2Fb%2Bc#t=1");
+        assert_eq!(
+            with_params("v0/index.m3u8?x=1", &p()),
+            "v0/index.m3u8?x=1&token=1.a%2Fb%2Bc"
+        );
+        assert_eq!(
+            with_params("/abs/seg.ts#t=1", &p()),
+            "/abs/seg.ts?token=1.a%2Fb%2Bc#t=1"
+        );
         assert_eq!(with_params("seg.ts?token=mine", &p()), "seg.ts?token=mine");
-        for keep in ["https://cdn.example/seg.ts", "//cdn.example/seg.ts", "data:text/plain,x", "skd://key"] {
+        for keep in [
+            "https://cdn.example/seg.ts",
+            "//cdn.example/seg.ts",
+            "data:text/plain,x",
+            "skd://key",
+        ] {
             assert_eq!(with_params(keep, &p()), keep);
         }
     }

@@ -14,7 +14,11 @@
 
 use bytes::Bytes;
 use object_store::{ObjectStore, ObjectStoreExt, local::LocalFileSystem, path::Path as ObjectPath};
-use std::{path::Path, sync::Arc, time::{Duration, SystemTime}};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 /// Why an origin read failed. Cloneable so one failure can answer every coalesced waiter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,15 +72,25 @@ pub struct StoreOrigin {
 impl StoreOrigin {
     /// A local-filesystem origin rooted at `root` (which must exist).
     pub fn local(root: &Path, timeout: Duration) -> Result<Self, OriginError> {
-        let canonical = std::fs::canonicalize(root)
-            .map_err(|e| OriginError::Unavailable(format!("origin root {}: {e}", root.display())))?;
-        let store = LocalFileSystem::new_with_prefix(&canonical).map_err(|e| OriginError::Unavailable(e.to_string()))?;
-        Ok(Self { store: Arc::new(store), timeout, description: format!("fs:{}", canonical.display()) })
+        let canonical = std::fs::canonicalize(root).map_err(|e| {
+            OriginError::Unavailable(format!("origin root {}: {e}", root.display()))
+        })?;
+        let store = LocalFileSystem::new_with_prefix(&canonical)
+            .map_err(|e| OriginError::Unavailable(e.to_string()))?;
+        Ok(Self {
+            store: Arc::new(store),
+            timeout,
+            description: format!("fs:{}", canonical.display()),
+        })
     }
 
     /// An origin over any `object_store` backend.
     pub fn new(store: Arc<dyn ObjectStore>, timeout: Duration, description: String) -> Self {
-        Self { store, timeout, description }
+        Self {
+            store,
+            timeout,
+            description,
+        }
     }
 }
 
@@ -101,9 +115,15 @@ impl Origin for StoreOrigin {
             let etag = result.meta.e_tag.clone();
             let last_modified = Some(SystemTime::from(result.meta.last_modified));
             let body = result.bytes().await.map_err(map_err)?;
-            Ok(Object { body, etag, last_modified })
+            Ok(Object {
+                body,
+                etag,
+                last_modified,
+            })
         };
-        tokio::time::timeout(self.timeout, read).await.map_err(|_| OriginError::Timeout(self.timeout))?
+        tokio::time::timeout(self.timeout, read)
+            .await
+            .map_err(|_| OriginError::Timeout(self.timeout))?
     }
 
     async fn check(&self) -> Result<(), OriginError> {
@@ -115,7 +135,9 @@ impl Origin for StoreOrigin {
                 _ => Ok(()),
             }
         };
-        tokio::time::timeout(self.timeout, probe).await.map_err(|_| OriginError::Timeout(self.timeout))?
+        tokio::time::timeout(self.timeout, probe)
+            .await
+            .map_err(|_| OriginError::Timeout(self.timeout))?
     }
 
     fn describe(&self) -> String {
@@ -136,8 +158,14 @@ mod tests {
         let obj = origin.get("/vod/m1/index.m3u8").await.unwrap();
         assert_eq!(obj.body, "#EXTM3U\n");
         assert!(obj.etag.is_some() && obj.last_modified.is_some());
-        assert_eq!(origin.get("/vod/m1/nope.ts").await.unwrap_err(), OriginError::NotFound);
-        assert!(matches!(origin.get("/vod/../etc/passwd").await, Err(OriginError::InvalidPath(_))));
+        assert_eq!(
+            origin.get("/vod/m1/nope.ts").await.unwrap_err(),
+            OriginError::NotFound
+        );
+        assert!(matches!(
+            origin.get("/vod/../etc/passwd").await,
+            Err(OriginError::InvalidPath(_))
+        ));
         origin.check().await.unwrap();
     }
 }

@@ -26,7 +26,11 @@ use edge_cache::{Cache, CacheConfig, TaskFailed, Weighted};
 use edge_origin::{Origin, OriginError};
 use edge_policy::{Outcome, RequestInfo, Router};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use std::{net::IpAddr, sync::Arc, time::{Duration, Instant, SystemTime}};
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 /// The protocol a request arrived on, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,9 +132,20 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// A pipeline over `origin`, running the chains of `router`.
-    pub fn new(router: Router, origin: Arc<dyn Origin>, cfg: PipelineConfig, metrics: PipelineMetrics) -> Self {
+    pub fn new(
+        router: Router,
+        origin: Arc<dyn Origin>,
+        cfg: PipelineConfig,
+        metrics: PipelineMetrics,
+    ) -> Self {
         let cache = Cache::new(cfg.cache.clone(), Some(metrics.cache.clone()));
-        Self { router: ArcSwap::from_pointee(router), cache, origin, cfg, metrics }
+        Self {
+            router: ArcSwap::from_pointee(router),
+            cache,
+            origin,
+            cfg,
+            metrics,
+        }
     }
 
     /// Replaces the routes and policy chains for new requests.
@@ -146,7 +161,8 @@ impl Pipeline {
     async fn serve(&self, req: &EdgeRequest) -> (String, EdgeResponse) {
         if req.method != Method::GET && req.method != Method::HEAD {
             let mut r = respond::error(405, "method_not_allowed", &[]);
-            r.headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r.headers
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return (String::new(), r);
         }
         let path = match normalize(&req.path) {
@@ -159,7 +175,10 @@ impl Pipeline {
         };
         let route_name = route.name().to_owned();
         let Some((content_type, kind)) = classify(&path) else {
-            return (route_name, respond::error(404, "unsupported_media_type", &[]));
+            return (
+                route_name,
+                respond::error(404, "unsupported_media_type", &[]),
+            );
         };
         let info = RequestInfo {
             method: req.method.as_str(),
@@ -169,10 +188,25 @@ impl Pipeline {
             client_addr: req.client_addr,
         };
         let (response_headers, propagate) = match route.run(&info).await {
-            Outcome::Allow { response_headers, propagate_query, .. } => (response_headers, propagate_query),
-            Outcome::Deny { status, reason, headers, .. } => return (route_name, respond::error(status, &reason, &headers)),
-            Outcome::Redirect { status, location, .. } => {
-                let mut r = EdgeResponse { status: StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND), headers: HeaderMap::new(), body: Bytes::new() };
+            Outcome::Allow {
+                response_headers,
+                propagate_query,
+                ..
+            } => (response_headers, propagate_query),
+            Outcome::Deny {
+                status,
+                reason,
+                headers,
+                ..
+            } => return (route_name, respond::error(status, &reason, &headers)),
+            Outcome::Redirect {
+                status, location, ..
+            } => {
+                let mut r = EdgeResponse {
+                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
+                    headers: HeaderMap::new(),
+                    body: Bytes::new(),
+                };
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     r.headers.insert(header::LOCATION, v);
                 }
@@ -192,7 +226,11 @@ impl Pipeline {
             .cache
             .get_or_fetch(&path, move || async move {
                 let o = origin.get(&key).await?;
-                let obj = Object { body: o.body, etag: o.etag.map(|e| format!("\"{}\"", e.trim_matches('"'))), last_modified: o.last_modified };
+                let obj = Object {
+                    body: o.body,
+                    etag: o.etag.map(|e| format!("\"{}\"", e.trim_matches('"'))),
+                    last_modified: o.last_modified,
+                };
                 Ok((obj, ttl))
             })
             .await;
@@ -203,12 +241,19 @@ impl Pipeline {
 
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        headers.insert("x-cache", HeaderValue::from_static(match status {
-            edge_cache::Status::Hit => "HIT memory",
-            edge_cache::Status::Miss => "MISS",
-            edge_cache::Status::Coalesced => "MISS coalesced",
-        }));
-        let cache_control = format!("{}max-age={}", if protected { "private, " } else { "public, " }, ttl.as_secs());
+        headers.insert(
+            "x-cache",
+            HeaderValue::from_static(match status {
+                edge_cache::Status::Hit => "HIT memory",
+                edge_cache::Status::Miss => "MISS",
+                edge_cache::Status::Coalesced => "MISS coalesced",
+            }),
+        );
+        let cache_control = format!(
+            "{}max-age={}",
+            if protected { "private, " } else { "public, " },
+            ttl.as_secs()
+        );
         if let Ok(v) = HeaderValue::from_str(&cache_control) {
             headers.insert(header::CACHE_CONTROL, v);
         }
@@ -227,7 +272,10 @@ impl Pipeline {
         } else {
             (obj.body.clone(), obj.etag.clone())
         };
-        (route_name, respond::object(&req.headers, &obj, body, etag.as_deref(), headers))
+        (
+            route_name,
+            respond::object(&req.headers, &obj, body, etag.as_deref(), headers),
+        )
     }
 }
 
@@ -254,7 +302,12 @@ impl Handler for Pipeline {
         self.metrics.in_flight.inc();
         let (route, response) = self.serve(&req).await;
         self.metrics.in_flight.dec();
-        self.metrics.record(&route, response.status, response.body.len(), start.elapsed());
+        self.metrics.record(
+            &route,
+            response.status,
+            response.body.len(),
+            start.elapsed(),
+        );
         tracing::debug!(method = %req.method, path = %req.path, status = response.status.as_u16(), route, "served");
         response
     }

@@ -29,7 +29,10 @@ mod tests {
 
     #[test]
     fn known_and_unknown() {
-        assert_eq!(classify("/a/index.M3U8"), Some(("application/vnd.apple.mpegurl", MediaKind::Manifest)));
+        assert_eq!(
+            classify("/a/index.M3U8"),
+            Some(("application/vnd.apple.mpegurl", MediaKind::Manifest))
+        );
         assert_eq!(classify("/a/seg_001.ts").unwrap().1, MediaKind::Segment);
         assert_eq!(classify("/a/passwd"), None);
         assert_eq!(classify("/a/x.php"), None);

@@ -25,19 +25,38 @@ pub struct PipelineMetrics {
 impl PipelineMetrics {
     /// Registers the metrics into `registry`.
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let requests = IntCounterVec::new(Opts::new("edge_requests_total", "Viewer requests"), &["route", "status"])?;
+        let requests = IntCounterVec::new(
+            Opts::new("edge_requests_total", "Viewer requests"),
+            &["route", "status"],
+        )?;
         let duration = HistogramVec::new(
-            HistogramOpts::new("edge_request_duration_seconds", "Viewer request latency")
-                .buckets(vec![1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            HistogramOpts::new("edge_request_duration_seconds", "Viewer request latency").buckets(
+                vec![
+                    1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5,
+                    1.0, 2.5,
+                ],
+            ),
             &["route"],
         )?;
-        let bytes = IntCounterVec::new(Opts::new("edge_response_body_bytes_total", "Body bytes sent to viewers"), &["route"])?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "edge_response_body_bytes_total",
+                "Body bytes sent to viewers",
+            ),
+            &["route"],
+        )?;
         let in_flight = IntGauge::new("edge_requests_in_flight", "Viewer requests being handled")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
-        Ok(Self { requests, duration, bytes, in_flight, cache: CacheMetrics::new(registry, "memory")? })
+        Ok(Self {
+            requests,
+            duration,
+            bytes,
+            in_flight,
+            cache: CacheMetrics::new(registry, "memory")?,
+        })
     }
 
     pub(crate) fn record(&self, route: &str, status: StatusCode, body: usize, elapsed: Duration) {
@@ -49,7 +68,9 @@ impl PipelineMetrics {
             _ => "5xx",
         };
         self.requests.with_label_values(&[route, class]).inc();
-        self.duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+        self.duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
         self.bytes.with_label_values(&[route]).inc_by(body as u64);
     }
 }

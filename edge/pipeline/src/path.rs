@@ -54,7 +54,9 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
     if lower.contains("%2f") || lower.contains("%5c") {
         return Err(PathError::EncodedSeparator);
     }
-    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8().map_err(|_| PathError::InvalidEncoding)?;
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| PathError::InvalidEncoding)?;
     if decoded.chars().any(char::is_control) {
         return Err(PathError::ControlCharacter);
     }
@@ -81,7 +83,10 @@ mod tests {
 
     #[test]
     fn normal_paths() {
-        assert_eq!(normalize("/vod/movies/m1/index.m3u8").unwrap(), "/vod/movies/m1/index.m3u8");
+        assert_eq!(
+            normalize("/vod/movies/m1/index.m3u8").unwrap(),
+            "/vod/movies/m1/index.m3u8"
+        );
         assert_eq!(normalize("//vod///movies/m1/").unwrap(), "/vod/movies/m1/");
         assert_eq!(normalize("/vod/a%20b.ts").unwrap(), "/vod/a b.ts");
         assert_eq!(normalize("/").unwrap(), "/");
@@ -108,6 +113,9 @@ mod tests {
         ] {
             assert_eq!(normalize(raw), Err(err), "{raw}");
         }
-        assert_eq!(normalize(&format!("/{}", "a".repeat(MAX_PATH))), Err(PathError::TooLong));
+        assert_eq!(
+            normalize(&format!("/{}", "a".repeat(MAX_PATH))),
+            Err(PathError::TooLong)
+        );
     }
 }

@@ -11,31 +11,57 @@ pub(crate) fn error(status: u16, reason: &str, extra: &[(String, String)]) -> Ed
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json_like(status.canonical_reason().unwrap_or("error"), reason);
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(reason) {
         headers.insert("x-edge-reason", v);
     }
     add_headers(&mut headers, extra);
-    EdgeResponse { status, headers, body: Bytes::from(body) }
+    EdgeResponse {
+        status,
+        headers,
+        body: Bytes::from(body),
+    }
 }
 
 /// Reasons are short ASCII codes chosen by the edge or a policy; anything else is escaped.
 fn serde_json_like(error: &str, reason: &str) -> String {
-    let esc = |s: &str| s.chars().flat_map(|c| match c {
-        '"' => vec!['\\', '"'],
-        '\\' => vec!['\\', '\\'],
-        c if c.is_control() => format!("\\u{:04x}", c as u32).chars().collect(),
-        c => vec![c],
-    }).collect::<String>();
-    format!("{{\"error\":\"{}\",\"reason\":\"{}\"}}", esc(&error.to_ascii_lowercase().replace(' ', "_")), esc(reason))
+    let esc = |s: &str| {
+        s.chars()
+            .flat_map(|c| match c {
+                '"' => vec!['\\', '"'],
+                '\\' => vec!['\\', '\\'],
+                c if c.is_control() => format!("\\u{:04x}", c as u32).chars().collect(),
+                c => vec![c],
+            })
+            .collect::<String>()
+    };
+    format!(
+        "{{\"error\":\"{}\",\"reason\":\"{}\"}}",
+        esc(&error.to_ascii_lowercase().replace(' ', "_")),
+        esc(reason)
+    )
 }
 
 /// Appends policy-provided headers, skipping any that are not valid or that would break framing.
 pub(crate) fn add_headers(headers: &mut HeaderMap, extra: &[(String, String)]) {
     for (k, v) in extra {
-        let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) else { continue };
-        if matches!(name, header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION | header::CONTENT_RANGE) {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) else {
+            continue;
+        };
+        if matches!(
+            name,
+            header::CONTENT_LENGTH
+                | header::TRANSFER_ENCODING
+                | header::CONNECTION
+                | header::CONTENT_RANGE
+        ) {
             continue;
         }
         headers.append(name, value);
@@ -44,7 +70,13 @@ pub(crate) fn add_headers(headers: &mut HeaderMap, extra: &[(String, String)]) {
 
 /// The response to a GET/HEAD of `obj` (whose representation is `body`), honouring
 /// `If-None-Match`, `If-Modified-Since`, `If-Range` and a single `Range`.
-pub(crate) fn object(req: &HeaderMap, obj: &Object, body: Bytes, etag: Option<&str>, mut headers: HeaderMap) -> EdgeResponse {
+pub(crate) fn object(
+    req: &HeaderMap,
+    obj: &Object,
+    body: Bytes,
+    etag: Option<&str>,
+    mut headers: HeaderMap,
+) -> EdgeResponse {
     let etag = etag.and_then(|e| e.parse::<ETag>().ok());
     let last_modified = obj.last_modified.map(LastModified::from);
     if let Some(e) = &etag {
@@ -65,7 +97,11 @@ pub(crate) fn object(req: &HeaderMap, obj: &Object, body: Bytes, etag: Option<&s
     };
     if not_modified {
         headers.remove(header::CONTENT_TYPE);
-        return EdgeResponse { status: StatusCode::NOT_MODIFIED, headers, body: Bytes::new() };
+        return EdgeResponse {
+            status: StatusCode::NOT_MODIFIED,
+            headers,
+            body: Bytes::new(),
+        };
     }
 
     let len = body.len() as u64;
@@ -84,10 +120,15 @@ pub(crate) fn object(req: &HeaderMap, obj: &Object, body: Bytes, etag: Option<&s
                         headers.insert(header::CONTENT_RANGE, v);
                     }
                     let part = body.slice(start as usize..=end as usize);
-                    return EdgeResponse { status: StatusCode::PARTIAL_CONTENT, headers, body: part };
+                    return EdgeResponse {
+                        status: StatusCode::PARTIAL_CONTENT,
+                        headers,
+                        body: part,
+                    };
                 }
                 Ok(ranges) if ranges.len() > 1 => {}
-                Err(http_range_header::RangeUnsatisfiableError::FileSuffixOutOfBounds) if len > 0 => {}
+                Err(http_range_header::RangeUnsatisfiableError::FileSuffixOutOfBounds)
+                    if len > 0 => {}
                 _ => {
                     let mut r = error(416, "range_not_satisfiable", &[]);
                     if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
@@ -98,5 +139,9 @@ pub(crate) fn object(req: &HeaderMap, obj: &Object, body: Bytes, etag: Option<&s
             }
         }
     }
-    EdgeResponse { status: StatusCode::OK, headers, body }
+    EdgeResponse {
+        status: StatusCode::OK,
+        headers,
+        body,
+    }
 }

@@ -30,19 +30,36 @@ struct Fixture {
     pipeline: Pipeline,
 }
 
-const MANIFEST: &str = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nseg_000.ts\n#EXT-X-ENDLIST\n";
+const MANIFEST: &str =
+    "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nseg_000.ts\n#EXT-X-ENDLIST\n";
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let movie = dir.path().join("vod/movies/m1");
     std::fs::create_dir_all(&movie).unwrap();
     std::fs::write(movie.join("index.m3u8"), MANIFEST).unwrap();
-    std::fs::write(movie.join("seg_000.ts"), (0..=255u8).cycle().take(4096).collect::<Vec<_>>()).unwrap();
+    std::fs::write(
+        movie.join("seg_000.ts"),
+        (0..=255u8).cycle().take(4096).collect::<Vec<_>>(),
+    )
+    .unwrap();
     std::fs::write(movie.join("notes.txt"), "x").unwrap();
-    let origin = Arc::new(Counting { inner: StoreOrigin::local(dir.path(), Duration::from_secs(5)).unwrap(), reads: AtomicUsize::new(0) });
-    let set = PolicySet::from_toml_str("p.toml".as_ref(), "[[routes]]\nname = \"vod\"\npaths = [\"/vod/**\"]\n", &Default::default()).unwrap();
+    let origin = Arc::new(Counting {
+        inner: StoreOrigin::local(dir.path(), Duration::from_secs(5)).unwrap(),
+        reads: AtomicUsize::new(0),
+    });
+    let set = PolicySet::from_toml_str(
+        "p.toml".as_ref(),
+        "[[routes]]\nname = \"vod\"\npaths = [\"/vod/**\"]\n",
+        &Default::default(),
+    )
+    .unwrap();
     let registry = prometheus::Registry::new();
-    let engine = edge_wasm::Engine::new(&edge_wasm::EngineConfig { max_instances: 4, max_memory: 1 << 20 }).unwrap();
+    let engine = edge_wasm::Engine::new(&edge_wasm::EngineConfig {
+        max_instances: 4,
+        max_memory: 1 << 20,
+    })
+    .unwrap();
     let runtime = edge_policy::PolicyRuntime::new(
         engine,
         WasmConfig::default(),
@@ -51,9 +68,22 @@ fn fixture() -> Fixture {
     )
     .unwrap();
     let router = runtime.load(&set).unwrap();
-    let cfg = PipelineConfig { cache: CacheConfig::default(), manifest_ttl: Duration::from_secs(2), segment_ttl: Duration::from_secs(60) };
-    let pipeline = Pipeline::new(router, origin.clone(), cfg, PipelineMetrics::new(&registry).unwrap());
-    Fixture { _dir: dir, origin, pipeline }
+    let cfg = PipelineConfig {
+        cache: CacheConfig::default(),
+        manifest_ttl: Duration::from_secs(2),
+        segment_ttl: Duration::from_secs(60),
+    };
+    let pipeline = Pipeline::new(
+        router,
+        origin.clone(),
+        cfg,
+        PipelineMetrics::new(&registry).unwrap(),
+    );
+    Fixture {
+        _dir: dir,
+        origin,
+        pipeline,
+    }
 }
 
 fn get(path: &str, headers: &[(&'static str, &str)]) -> EdgeRequest {
@@ -62,13 +92,24 @@ fn get(path: &str, headers: &[(&'static str, &str)]) -> EdgeRequest {
         h.insert(*k, HeaderValue::from_str(v).unwrap());
     }
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
-    EdgeRequest { method: Method::GET, path: path.into(), query: query.into(), headers: h, client_addr: IpAddr::from([127, 0, 0, 1]), protocol: Protocol::Http1, body: Bytes::new() }
+    EdgeRequest {
+        method: Method::GET,
+        path: path.into(),
+        query: query.into(),
+        headers: h,
+        client_addr: IpAddr::from([127, 0, 0, 1]),
+        protocol: Protocol::Http1,
+        body: Bytes::new(),
+    }
 }
 
 #[tokio::test]
 async fn serves_objects_with_validators() {
     let f = fixture();
-    let r = f.pipeline.handle(get("/vod/movies/m1/index.m3u8", &[])).await;
+    let r = f
+        .pipeline
+        .handle(get("/vod/movies/m1/index.m3u8", &[]))
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, MANIFEST);
     assert_eq!(r.headers["content-type"], "application/vnd.apple.mpegurl");
@@ -78,30 +119,96 @@ async fn serves_objects_with_validators() {
     let lm = r.headers["last-modified"].to_str().unwrap().to_owned();
     assert!(etag.starts_with('"'));
 
-    let r = f.pipeline.handle(get("/vod/movies/m1/index.m3u8", &[])).await;
+    let r = f
+        .pipeline
+        .handle(get("/vod/movies/m1/index.m3u8", &[]))
+        .await;
     assert_eq!(r.headers["x-cache"], "HIT memory");
-    assert_eq!(f.pipeline.handle(get("/vod/movies/m1/index.m3u8", &[("if-none-match", &etag)])).await.status, 304);
-    assert_eq!(f.pipeline.handle(get("/vod/movies/m1/index.m3u8", &[("if-none-match", "\"other\"")])).await.status, 200);
-    assert_eq!(f.pipeline.handle(get("/vod/movies/m1/index.m3u8", &[("if-modified-since", &lm)])).await.status, 304);
-    assert_eq!(f.pipeline.handle(get("/vod/movies/m1/index.m3u8", &[("if-modified-since", "Mon, 01 Jan 2001 00:00:00 GMT")])).await.status, 200);
+    assert_eq!(
+        f.pipeline
+            .handle(get(
+                "/vod/movies/m1/index.m3u8",
+                &[("if-none-match", &etag)]
+            ))
+            .await
+            .status,
+        304
+    );
+    assert_eq!(
+        f.pipeline
+            .handle(get(
+                "/vod/movies/m1/index.m3u8",
+                &[("if-none-match", "\"other\"")]
+            ))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        f.pipeline
+            .handle(get(
+                "/vod/movies/m1/index.m3u8",
+                &[("if-modified-since", &lm)]
+            ))
+            .await
+            .status,
+        304
+    );
+    assert_eq!(
+        f.pipeline
+            .handle(get(
+                "/vod/movies/m1/index.m3u8",
+                &[("if-modified-since", "Mon, 01 Jan 2001 00:00:00 GMT")]
+            ))
+            .await
+            .status,
+        200
+    );
     assert_eq!(f.origin.reads.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
 async fn single_ranges() {
     let f = fixture();
-    let r = f.pipeline.handle(get("/vod/movies/m1/seg_000.ts", &[("range", "bytes=10-19")])).await;
+    let r = f
+        .pipeline
+        .handle(get(
+            "/vod/movies/m1/seg_000.ts",
+            &[("range", "bytes=10-19")],
+        ))
+        .await;
     assert_eq!(r.status, 206);
     assert_eq!(r.headers["content-range"], "bytes 10-19/4096");
     assert_eq!(&r.body[..], &(10..20u8).collect::<Vec<_>>()[..]);
-    let r = f.pipeline.handle(get("/vod/movies/m1/seg_000.ts", &[("range", "bytes=-16")])).await;
+    let r = f
+        .pipeline
+        .handle(get("/vod/movies/m1/seg_000.ts", &[("range", "bytes=-16")]))
+        .await;
     assert_eq!((r.status.as_u16(), r.body.len()), (206, 16));
-    let r = f.pipeline.handle(get("/vod/movies/m1/seg_000.ts", &[("range", "bytes=5000-")])).await;
+    let r = f
+        .pipeline
+        .handle(get(
+            "/vod/movies/m1/seg_000.ts",
+            &[("range", "bytes=5000-")],
+        ))
+        .await;
     assert_eq!(r.status, 416);
     assert_eq!(r.headers["content-range"], "bytes */4096");
-    let r = f.pipeline.handle(get("/vod/movies/m1/seg_000.ts", &[("range", "bytes=0-1,5-6")])).await;
+    let r = f
+        .pipeline
+        .handle(get(
+            "/vod/movies/m1/seg_000.ts",
+            &[("range", "bytes=0-1,5-6")],
+        ))
+        .await;
     assert_eq!((r.status.as_u16(), r.body.len()), (200, 4096));
-    let r = f.pipeline.handle(get("/vod/movies/m1/seg_000.ts", &[("range", "bytes=0-9"), ("if-range", "\"stale\"")])).await;
+    let r = f
+        .pipeline
+        .handle(get(
+            "/vod/movies/m1/seg_000.ts",
+            &[("range", "bytes=0-9"), ("if-range", "\"stale\"")],
+        ))
+        .await;
     assert_eq!(r.status, 200);
 }
 
@@ -111,7 +218,10 @@ async fn refuses_what_it_does_not_serve() {
     let mut post = get("/vod/movies/m1/index.m3u8", &[]);
     post.method = Method::POST;
     let r = f.pipeline.handle(post).await;
-    assert_eq!((r.status.as_u16(), r.headers["allow"].to_str().unwrap()), (405, "GET, HEAD"));
+    assert_eq!(
+        (r.status.as_u16(), r.headers["allow"].to_str().unwrap()),
+        (405, "GET, HEAD")
+    );
     for (path, status, reason) in [
         ("/vod/movies/m1/missing.ts", 404, "not_found"),
         ("/vod/movies/m1/notes.txt", 404, "unsupported_media_type"),
@@ -134,7 +244,11 @@ async fn concurrent_misses_read_the_origin_once() {
     let mut tasks = Vec::new();
     for _ in 0..100 {
         let f = f.clone();
-        tasks.push(tokio::spawn(async move { f.pipeline.handle(get("/vod/movies/m1/seg_000.ts", &[])).await }));
+        tasks.push(tokio::spawn(async move {
+            f.pipeline
+                .handle(get("/vod/movies/m1/seg_000.ts", &[]))
+                .await
+        }));
     }
     for t in tasks {
         let r = t.await.unwrap();

@@ -102,11 +102,20 @@ impl Route {
                 }
                 Ok(Decision::Deny(d)) => {
                     metrics.decision(policy.name(), "deny");
-                    return Outcome::Deny { policy: policy.name().to_owned(), status: d.status, reason: d.reason, headers: d.headers };
+                    return Outcome::Deny {
+                        policy: policy.name().to_owned(),
+                        status: d.status,
+                        reason: d.reason,
+                        headers: d.headers,
+                    };
                 }
                 Ok(Decision::Redirect(r)) => {
                     metrics.decision(policy.name(), "redirect");
-                    return Outcome::Redirect { policy: policy.name().to_owned(), status: r.status, location: r.location };
+                    return Outcome::Redirect {
+                        policy: policy.name().to_owned(),
+                        status: r.status,
+                        location: r.location,
+                    };
                 }
                 Err(failure) => match policy.fail_mode() {
                     FailMode::Open => {
@@ -126,7 +135,11 @@ impl Route {
                 },
             }
         }
-        Outcome::Allow { response_headers, propagate_query, context }
+        Outcome::Allow {
+            response_headers,
+            propagate_query,
+            context,
+        }
     }
 }
 
@@ -145,13 +158,15 @@ fn selected_headers(headers: &http::HeaderMap, names: &[String]) -> Vec<(String,
 /// Guests may not answer with statuses the edge cannot honour.
 fn validate(d: Decision) -> Result<Decision, Failure> {
     match &d {
-        Decision::Deny(x) if !(400..=599).contains(&x.status) => Err(Failure::Invalid(format!("deny with status {}", x.status))),
-        Decision::Redirect(x) if !matches!(x.status, 301..=303 | 307 | 308) => {
-            Err(Failure::Invalid(format!("redirect with status {}", x.status)))
+        Decision::Deny(x) if !(400..=599).contains(&x.status) => {
+            Err(Failure::Invalid(format!("deny with status {}", x.status)))
         }
-        Decision::Redirect(x) if x.location.is_empty() || x.location.contains(['\r', '\n']) => {
-            Err(Failure::Invalid("redirect with an empty or multi-line location".into()))
-        }
+        Decision::Redirect(x) if !matches!(x.status, 301..=303 | 307 | 308) => Err(
+            Failure::Invalid(format!("redirect with status {}", x.status)),
+        ),
+        Decision::Redirect(x) if x.location.is_empty() || x.location.contains(['\r', '\n']) => Err(
+            Failure::Invalid("redirect with an empty or multi-line location".into()),
+        ),
         _ => Ok(d),
     }
 }
@@ -166,30 +181,55 @@ pub struct Router {
 }
 
 impl Router {
-    pub(crate) fn new(specs: &[RouteSpec], policies: &HashMap<String, Arc<LoadedPolicy>>) -> Result<Self, Error> {
+    pub(crate) fn new(
+        specs: &[RouteSpec],
+        policies: &HashMap<String, Arc<LoadedPolicy>>,
+    ) -> Result<Self, Error> {
         let mut builder = GlobSetBuilder::new();
         let mut owner = Vec::new();
         let mut routes = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             for p in &spec.paths {
-                let glob = GlobBuilder::new(p).literal_separator(true).build().map_err(|e| Error::Route { route: spec.name.clone(), reason: e.to_string() })?;
+                let glob = GlobBuilder::new(p)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| Error::Route {
+                        route: spec.name.clone(),
+                        reason: e.to_string(),
+                    })?;
                 builder.add(glob);
                 owner.push(i);
             }
             let chain = spec
                 .chain
                 .iter()
-                .map(|n| policies.get(n).cloned().ok_or_else(|| Error::Route { route: spec.name.clone(), reason: format!("unknown policy {n:?}") }))
+                .map(|n| {
+                    policies.get(n).cloned().ok_or_else(|| Error::Route {
+                        route: spec.name.clone(),
+                        reason: format!("unknown policy {n:?}"),
+                    })
+                })
                 .collect::<Result<_, _>>()?;
-            routes.push(Route { name: spec.name.clone(), chain });
+            routes.push(Route {
+                name: spec.name.clone(),
+                chain,
+            });
         }
-        let set = builder.build().map_err(|e| Error::Route { route: String::new(), reason: e.to_string() })?;
+        let set = builder.build().map_err(|e| Error::Route {
+            route: String::new(),
+            reason: e.to_string(),
+        })?;
         Ok(Self { set, owner, routes })
     }
 
     /// The first route (in file order) with a pattern matching `path`.
     pub fn route(&self, path: &str) -> Option<&Route> {
-        self.set.matches(path).into_iter().map(|g| self.owner[g]).min().map(|i| &self.routes[i])
+        self.set
+            .matches(path)
+            .into_iter()
+            .map(|g| self.owner[g])
+            .min()
+            .map(|i| &self.routes[i])
     }
 
     /// All routes.

@@ -70,19 +70,34 @@ pub struct LoadedPolicy {
 
 impl std::fmt::Debug for LoadedPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPolicy").field("name", &self.spec.name).finish_non_exhaustive()
+        f.debug_struct("LoadedPolicy")
+            .field("name", &self.spec.name)
+            .finish_non_exhaustive()
     }
 }
 
 impl LoadedPolicy {
-    pub(crate) fn load(rt: &PolicyRuntime, set: &PolicySet, spec: &PolicySpec) -> Result<Self, Error> {
+    pub(crate) fn load(
+        rt: &PolicyRuntime,
+        set: &PolicySet,
+        spec: &PolicySpec,
+    ) -> Result<Self, Error> {
         let rt = &rt.inner;
         let path = set.module_path(spec);
         let component = rt.engine.load_component(&path)?;
-        let world = |e: wasmtime::Error| Error::World { policy: spec.name.clone(), path: path.clone(), reason: edge_wasm::one_line(&format!("{e:#}")) };
-        let pre = PolicyPre::new(rt.linker.instantiate_pre(&component).map_err(world)?).map_err(world)?;
-        let deadline = spec.deadline.map_or(rt.wasm.deadline, |d| d.min(rt.wasm.deadline));
-        let memory_limit = spec.memory_limit.map_or(rt.wasm.memory_limit, |m| m.min(rt.wasm.memory_limit));
+        let world = |e: wasmtime::Error| Error::World {
+            policy: spec.name.clone(),
+            path: path.clone(),
+            reason: edge_wasm::one_line(&format!("{e:#}")),
+        };
+        let pre =
+            PolicyPre::new(rt.linker.instantiate_pre(&component).map_err(world)?).map_err(world)?;
+        let deadline = spec
+            .deadline
+            .map_or(rt.wasm.deadline, |d| d.min(rt.wasm.deadline));
+        let memory_limit = spec
+            .memory_limit
+            .map_or(rt.wasm.memory_limit, |m| m.min(rt.wasm.memory_limit));
         let max_reuse = match spec.isolation {
             Isolation::Pooled => rt.wasm.max_reuse,
             Isolation::Fresh => 1,
@@ -151,7 +166,12 @@ impl LoadedPolicy {
         };
         slot.store.data_mut().begin_call();
         slot.store.set_epoch_deadline(self.ticks);
-        match slot.policy.edge_policy_decide().call_decide(&mut slot.store, request).await {
+        match slot
+            .policy
+            .edge_policy_decide()
+            .call_decide(&mut slot.store, request)
+            .await
+        {
             Ok(decision) => {
                 slot.uses += 1;
                 if slot.uses < self.max_reuse {
@@ -169,15 +189,24 @@ impl LoadedPolicy {
 
     async fn instantiate(&self) -> Result<Slot, Failure> {
         let engine = self.pre.engine();
-        let mut store = Store::new(engine, PolicyState::new(self.info.clone(), self.memory_limit));
+        let mut store = Store::new(
+            engine,
+            PolicyState::new(self.info.clone(), self.memory_limit),
+        );
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.ticks);
-        let policy = self.pre.instantiate_async(&mut store).await.map_err(|e| match classify(&e, store.data()) {
-            Failure::Trap(msg) => Failure::Capacity(msg),
-            other => other,
+        let policy = self.pre.instantiate_async(&mut store).await.map_err(|e| {
+            match classify(&e, store.data()) {
+                Failure::Trap(msg) => Failure::Capacity(msg),
+                other => other,
+            }
         })?;
         self.info.metrics.instance_created(&self.spec.name);
-        Ok(Slot { store, policy, uses: 0 })
+        Ok(Slot {
+            store,
+            policy,
+            uses: 0,
+        })
     }
 }
 
@@ -187,6 +216,12 @@ fn classify(e: &wasmtime::Error, state: &PolicyState) -> Failure {
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Failure::Timeout,
-        _ => Failure::Trap(format!("{e:#}").lines().next().unwrap_or_default().to_owned()),
+        _ => Failure::Trap(
+            format!("{e:#}")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
     }
 }

@@ -20,6 +20,10 @@ pub use instance::{Failure, LoadedPolicy};
 pub use metrics::PolicyMetrics;
 pub use state::{Clock, SystemClock};
 
+/// Re-exported so embedders need not name these crates to build a runtime or a request.
+pub use http::HeaderMap;
+pub use prometheus::Registry;
+
 use edge_config::{PolicySet, WasmConfig};
 use edge_wasm::Engine;
 use std::{path::PathBuf, sync::Arc};
@@ -70,12 +74,26 @@ struct RuntimeInner {
 
 impl PolicyRuntime {
     /// A runtime on `engine` with the limits of `wasm`, reporting into `metrics`.
-    pub fn new(engine: Engine, wasm: WasmConfig, metrics: PolicyMetrics, clock: Arc<dyn Clock>) -> Result<Self, Error> {
+    pub fn new(
+        engine: Engine,
+        wasm: WasmConfig,
+        metrics: PolicyMetrics,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
         let mut linker = Linker::new(engine.wasmtime());
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| Error::Linker(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| Error::Linker(format!("{e:#}")))?;
         edge_wit::Policy::add_to_linker::<_, HasSelf<state::PolicyState>>(&mut linker, |s| s)
             .map_err(|e| Error::Linker(format!("{e:#}")))?;
-        Ok(Self { inner: Arc::new(RuntimeInner { engine, linker, wasm, metrics, clock }) })
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                wasm,
+                metrics,
+                clock,
+            }),
+        })
     }
 
     /// Compiles every policy of `set` and binds its routes. All problems are returned at once.

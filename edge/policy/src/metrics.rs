@@ -25,25 +25,52 @@ pub struct PolicyMetrics {
 impl PolicyMetrics {
     /// Creates the metrics and registers them into `registry`.
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         let duration = HistogramVec::new(
             HistogramOpts::new("edge_policy_duration_seconds", "Latency of one policy call")
-                .buckets(vec![5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2]),
+                .buckets(vec![
+                    5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2,
+                ]),
             &["policy"],
         )?;
         registry.register(Box::new(duration.clone()))?;
         Ok(Self {
-            calls: counter("edge_policy_calls_total", "Policy decide calls", &["policy"])?,
-            decisions: counter("edge_policy_decisions_total", "Policy decisions by outcome", &["policy", "outcome"])?,
-            failures: counter("edge_policy_failures_total", "Policy failures by kind", &["policy", "kind"])?,
+            calls: counter(
+                "edge_policy_calls_total",
+                "Policy decide calls",
+                &["policy"],
+            )?,
+            decisions: counter(
+                "edge_policy_decisions_total",
+                "Policy decisions by outcome",
+                &["policy", "outcome"],
+            )?,
+            failures: counter(
+                "edge_policy_failures_total",
+                "Policy failures by kind",
+                &["policy", "kind"],
+            )?,
             duration,
-            instances: counter("edge_policy_instances_total", "Policy instances created", &["policy"])?,
-            dropped: counter("edge_policy_guest_dropped_total", "Guest log lines or counters dropped", &["policy"])?,
-            custom: counter("edge_policy_custom_total", "Counters added by policy guests", &["policy", "name"])?,
+            instances: counter(
+                "edge_policy_instances_total",
+                "Policy instances created",
+                &["policy"],
+            )?,
+            dropped: counter(
+                "edge_policy_guest_dropped_total",
+                "Guest log lines or counters dropped",
+                &["policy"],
+            )?,
+            custom: counter(
+                "edge_policy_custom_total",
+                "Counters added by policy guests",
+                &["policy", "name"],
+            )?,
         })
     }
 

@@ -56,7 +56,10 @@ impl PolicyState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             info,
-            limiter: MemoryLimiter { limit: memory_limit, exceeded: false },
+            limiter: MemoryLimiter {
+                limit: memory_limit,
+                exceeded: false,
+            },
             logs_this_call: 0,
         }
     }
@@ -74,22 +77,38 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.exceeded = true;
-            return Err(wasmtime::Error::msg(format!("memory limit of {} bytes exceeded", self.limit)));
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} bytes exceeded",
+                self.limit
+            )));
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
 
 impl WasiView for PolicyState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -134,13 +153,19 @@ impl log::Host for PolicyState {
 
 impl metrics::Host for PolicyState {
     async fn counter_add(&mut self, name: String, value: u64) {
-        let valid = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid {
             self.info.metrics.logs_dropped(&self.info.name);
             return;
         }
         {
-            let mut known = self.info.custom_counters.lock().unwrap_or_else(|e| e.into_inner());
+            let mut known = self
+                .info
+                .custom_counters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if !known.contains(&name) {
                 if known.len() >= MAX_CUSTOM_COUNTERS {
                     return;

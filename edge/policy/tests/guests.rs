@@ -5,14 +5,32 @@ use edge_config::{PolicySet, WasmConfig};
 use edge_guest_artifacts::{FIXTURE_HOSTILE, SIGNED_URL, path};
 use edge_policy::{Outcome, PolicyMetrics, PolicyRuntime, RequestInfo, SystemClock};
 use edge_wasm::{Engine, EngineConfig};
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::{Duration, Instant}};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 const SECRET: &str = "test-secret-0123456789abcdef";
 
 fn runtime(registry: &prometheus::Registry) -> PolicyRuntime {
-    let wasm = WasmConfig { deadline: Duration::from_millis(20), ..WasmConfig::default() };
-    let engine = Engine::new(&EngineConfig { max_instances: 64, max_memory: wasm.memory_limit.as_u64() }).unwrap();
-    PolicyRuntime::new(engine, wasm, PolicyMetrics::new(registry).unwrap(), Arc::new(SystemClock)).unwrap()
+    let wasm = WasmConfig {
+        deadline: Duration::from_millis(20),
+        ..WasmConfig::default()
+    };
+    let engine = Engine::new(&EngineConfig {
+        max_instances: 64,
+        max_memory: wasm.memory_limit.as_u64(),
+    })
+    .unwrap();
+    PolicyRuntime::new(
+        engine,
+        wasm,
+        PolicyMetrics::new(registry).unwrap(),
+        Arc::new(SystemClock),
+    )
+    .unwrap()
 }
 
 fn policies(extra: &str) -> PolicySet {
@@ -55,17 +73,30 @@ chain = ["hostile-open"]
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 async fn run(router: &edge_policy::Router, path: &str, query: &str) -> Outcome {
     let headers = http::HeaderMap::new();
-    let req = RequestInfo { method: "GET", path, query, headers: &headers, client_addr: IpAddr::from([127, 0, 0, 1]) };
+    let req = RequestInfo {
+        method: "GET",
+        path,
+        query,
+        headers: &headers,
+        client_addr: IpAddr::from([127, 0, 0, 1]),
+    };
     router.route(path).expect("route").run(&req).await
 }
 
 fn token(scope: &str, expires: u64) -> String {
-    edge_urlsig::Key::new(SECRET.as_bytes()).sign(&edge_urlsig::Grant { expires, scope: scope.into(), client_addr: None })
+    edge_urlsig::Key::new(SECRET.as_bytes()).sign(&edge_urlsig::Grant {
+        expires,
+        scope: scope.into(),
+        client_addr: None,
+    })
 }
 
 fn denied(o: &Outcome) -> (u16, &str) {
@@ -80,8 +111,16 @@ async fn signed_url_policy() {
     let registry = prometheus::Registry::new();
     let router = runtime(&registry).load(&policies("")).unwrap();
     let good = token("/vod/movies/m1/", now() + 60);
-    match run(&router, "/vod/movies/m1/v0/seg_000.ts", &format!("token={good}")).await {
-        Outcome::Allow { propagate_query, .. } => assert_eq!(propagate_query, vec![("token".to_string(), good.clone())]),
+    match run(
+        &router,
+        "/vod/movies/m1/v0/seg_000.ts",
+        &format!("token={good}"),
+    )
+    .await
+    {
+        Outcome::Allow {
+            propagate_query, ..
+        } => assert_eq!(propagate_query, vec![("token".to_string(), good.clone())]),
         other => panic!("{other:?}"),
     }
     let cases = [
@@ -90,12 +129,25 @@ async fn signed_url_policy() {
         ("token=garbage", "malformed_token"),
         ("token=%zz%%", "malformed_token"),
         (&format!("token={good}&token=other"), "malformed_token"),
-        (&format!("token={}", token("/vod/movies/m1/", now() - 1)), "expired_token"),
-        (&format!("token={}", good.replacen('.', "9.", 1)), "bad_signature"),
-        (&format!("token={}", token("/vod/movies/m2/", now() + 60)), "scope_mismatch"),
+        (
+            &format!("token={}", token("/vod/movies/m1/", now() - 1)),
+            "expired_token",
+        ),
+        (
+            &format!("token={}", good.replacen('.', "9.", 1)),
+            "bad_signature",
+        ),
+        (
+            &format!("token={}", token("/vod/movies/m2/", now() + 60)),
+            "scope_mismatch",
+        ),
     ];
     for (query, reason) in cases {
-        assert_eq!(denied(&run(&router, "/vod/movies/m1/index.m3u8", query).await), (403, reason), "query {query:?}");
+        assert_eq!(
+            denied(&run(&router, "/vod/movies/m1/index.m3u8", query).await),
+            (403, reason),
+            "query {query:?}"
+        );
     }
 }
 
@@ -105,21 +157,49 @@ async fn hostile_guests_are_contained() {
     let router = runtime(&registry).load(&policies("")).unwrap();
 
     let start = Instant::now();
-    assert_eq!(denied(&run(&router, "/hostile/loop", "").await), (503, "policy_timeout"));
-    assert!(start.elapsed() < Duration::from_secs(2), "a looping guest was cut off late: {:?}", start.elapsed());
-    assert_eq!(denied(&run(&router, "/hostile/oom", "").await), (503, "policy_memory"));
-    assert_eq!(denied(&run(&router, "/hostile/panic", "").await), (503, "policy_trap"));
-    assert_eq!(denied(&run(&router, "/hostile/bad-status", "").await), (503, "policy_invalid"));
+    assert_eq!(
+        denied(&run(&router, "/hostile/loop", "").await),
+        (503, "policy_timeout")
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "a looping guest was cut off late: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        denied(&run(&router, "/hostile/oom", "").await),
+        (503, "policy_memory")
+    );
+    assert_eq!(
+        denied(&run(&router, "/hostile/panic", "").await),
+        (503, "policy_trap")
+    );
+    assert_eq!(
+        denied(&run(&router, "/hostile/bad-status", "").await),
+        (503, "policy_invalid")
+    );
     // A flood of guest logs is capped, and the call still succeeds.
-    assert!(matches!(run(&router, "/hostile/log-flood", "").await, Outcome::Allow { .. }));
+    assert!(matches!(
+        run(&router, "/hostile/log-flood", "").await,
+        Outcome::Allow { .. }
+    ));
 
     // While one request loops, others on the same policy are served.
-    let looping = { let r = &router; async move { run(r, "/hostile/loop", "").await } };
+    let looping = {
+        let r = &router;
+        async move { run(r, "/hostile/loop", "").await }
+    };
     let calm = async {
         let mut n = 0;
         for _ in 0..20 {
-            if let Outcome::Allow { response_headers, .. } = run(&router, "/hostile/calm", "").await {
-                assert_eq!(response_headers, vec![("x-hostile".to_string(), "calm".to_string())]);
+            if let Outcome::Allow {
+                response_headers, ..
+            } = run(&router, "/hostile/calm", "").await
+            {
+                assert_eq!(
+                    response_headers,
+                    vec![("x-hostile".to_string(), "calm".to_string())]
+                );
                 n += 1;
             }
         }
@@ -129,9 +209,14 @@ async fn hostile_guests_are_contained() {
     assert_eq!(served, 20);
 
     // Fail open lets the request through.
-    assert!(matches!(run(&router, "/open/panic", "").await, Outcome::Allow { .. }));
+    assert!(matches!(
+        run(&router, "/open/panic", "").await,
+        Outcome::Allow { .. }
+    ));
 
-    let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
     for want in [
         r#"edge_policy_failures_total{kind="timeout",policy="hostile"} 2"#,
         r#"edge_policy_failures_total{kind="memory",policy="hostile"} 1"#,
@@ -148,10 +233,17 @@ async fn invalid_modules_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("not-a-component.wasm");
     std::fs::write(&bad, b"definitely not wasm").unwrap();
-    let text = format!("[policies.broken]\nmodule = {:?}\n[[routes]]\nname = \"r\"\npaths = [\"/**\"]\nchain = [\"broken\"]\n", bad.display().to_string());
+    let text = format!(
+        "[policies.broken]\nmodule = {:?}\n[[routes]]\nname = \"r\"\npaths = [\"/**\"]\nchain = [\"broken\"]\n",
+        bad.display().to_string()
+    );
     let set = PolicySet::from_toml_str("p.toml".as_ref(), &text, &HashMap::new()).unwrap();
-    let errors = runtime(&prometheus::Registry::new()).load(&set).unwrap_err();
+    let errors = runtime(&prometheus::Registry::new())
+        .load(&set)
+        .unwrap_err();
     let msg = errors[0].to_string();
-    assert!(msg.contains("not-a-component.wasm") && msg.contains("not a valid WebAssembly component"), "{msg}");
+    assert!(
+        msg.contains("not-a-component.wasm") && msg.contains("not a valid WebAssembly component"),
+        "{msg}"
+    );
 }
-

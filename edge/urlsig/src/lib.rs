@@ -106,13 +106,28 @@ impl Key {
     /// Signs `grant` and returns the token.
     pub fn sign(&self, grant: &Grant) -> String {
         let tag = self.tag(grant.expires, &grant.scope, grant.client_addr.as_deref());
-        let bind = if grant.client_addr.is_some() { 'i' } else { 'a' };
-        format!("{}.{}.{bind}.{}", grant.expires, B64.encode(&grant.scope), B64.encode(tag))
+        let bind = if grant.client_addr.is_some() {
+            'i'
+        } else {
+            'a'
+        };
+        format!(
+            "{}.{}.{bind}.{}",
+            grant.expires,
+            B64.encode(&grant.scope),
+            B64.encode(tag)
+        )
     }
 
     /// Checks `token` for a request of `path` from `client_addr` at `now` (Unix seconds).
     /// The signature is checked first, in constant time, so a forged token learns nothing else.
-    pub fn verify(&self, token: &str, path: &str, client_addr: &str, now: u64) -> Result<Grant, Rejection> {
+    pub fn verify(
+        &self,
+        token: &str,
+        path: &str,
+        client_addr: &str,
+        now: u64,
+    ) -> Result<Grant, Rejection> {
         if token.is_empty() {
             return Err(Rejection::Missing);
         }
@@ -120,9 +135,13 @@ impl Key {
             return Err(Rejection::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(exp), Some(scope), Some(bind), Some(tag), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(exp), Some(scope), Some(bind), Some(tag), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(Rejection::Malformed);
         };
         if exp.is_empty() || !exp.bytes().all(|b| b.is_ascii_digit()) {
@@ -139,14 +158,19 @@ impl Key {
         };
         let mut mac = self.mac.clone();
         feed(&mut mac, expires, &scope, bound);
-        mac.verify_slice(&tag).map_err(|_| Rejection::BadSignature)?;
+        mac.verify_slice(&tag)
+            .map_err(|_| Rejection::BadSignature)?;
         if now >= expires {
             return Err(Rejection::Expired);
         }
         if !covers(&scope, path) {
             return Err(Rejection::ScopeMismatch);
         }
-        Ok(Grant { expires, scope, client_addr: bound.map(String::from) })
+        Ok(Grant {
+            expires,
+            scope,
+            client_addr: bound.map(String::from),
+        })
     }
 
     fn tag(&self, expires: u64, scope: &str, client_addr: Option<&str>) -> Vec<u8> {
@@ -157,13 +181,23 @@ impl Key {
 }
 
 fn feed(mac: &mut Hmac<Sha256>, expires: u64, scope: &str, client_addr: Option<&str>) {
-    mac.update(format!("{DOMAIN}\n{expires}\n{scope}\n{}", client_addr.unwrap_or("")).as_bytes());
+    mac.update(
+        format!(
+            "{DOMAIN}\n{expires}\n{scope}\n{}",
+            client_addr.unwrap_or("")
+        )
+        .as_bytes(),
+    );
 }
 
 /// Whether a token for `scope` covers `path`: a directory scope (ending in `/`) covers everything
 /// below it, any other scope only itself.
 pub fn covers(scope: &str, path: &str) -> bool {
-    if scope.ends_with('/') { path.starts_with(scope) } else { path == scope }
+    if scope.ends_with('/') {
+        path.starts_with(scope)
+    } else {
+        path == scope
+    }
 }
 
 /// The directory scope for `path`: everything up to and including its last `/`. A token for a
@@ -181,54 +215,102 @@ mod tests {
     }
 
     fn grant(client: Option<&str>) -> Grant {
-        Grant { expires: 100, scope: "/vod/movies/m1/".into(), client_addr: client.map(String::from) }
+        Grant {
+            expires: 100,
+            scope: "/vod/movies/m1/".into(),
+            client_addr: client.map(String::from),
+        }
     }
 
     #[test]
     fn round_trip_covers_directory() {
         let t = key().sign(&grant(None));
-        assert_eq!(key().verify(&t, "/vod/movies/m1/v1/seg_001.ts", "1.2.3.4", 99), Ok(grant(None)));
-        assert_eq!(key().verify(&t, "/vod/movies/m10/index.m3u8", "1.2.3.4", 99), Err(Rejection::ScopeMismatch));
+        assert_eq!(
+            key().verify(&t, "/vod/movies/m1/v1/seg_001.ts", "1.2.3.4", 99),
+            Ok(grant(None))
+        );
+        assert_eq!(
+            key().verify(&t, "/vod/movies/m10/index.m3u8", "1.2.3.4", 99),
+            Err(Rejection::ScopeMismatch)
+        );
     }
 
     #[test]
     fn rejects_tampering_and_other_keys() {
         let t = key().sign(&grant(None));
         let longer = t.replacen("100.", "200.", 1);
-        assert_eq!(key().verify(&longer, "/vod/movies/m1/a.ts", "x", 99), Err(Rejection::BadSignature));
+        assert_eq!(
+            key().verify(&longer, "/vod/movies/m1/a.ts", "x", 99),
+            Err(Rejection::BadSignature)
+        );
         let wider = t.replacen(&B64.encode("/vod/movies/m1/"), &B64.encode("/vod/"), 1);
-        assert_eq!(key().verify(&wider, "/vod/movies/m1/a.ts", "x", 99), Err(Rejection::BadSignature));
+        assert_eq!(
+            key().verify(&wider, "/vod/movies/m1/a.ts", "x", 99),
+            Err(Rejection::BadSignature)
+        );
         let other = Key::new(b"another key entirely, 32 bytes!!");
-        assert_eq!(other.verify(&t, "/vod/movies/m1/a.ts", "x", 99), Err(Rejection::BadSignature));
+        assert_eq!(
+            other.verify(&t, "/vod/movies/m1/a.ts", "x", 99),
+            Err(Rejection::BadSignature)
+        );
     }
 
     #[test]
     fn expiry_is_exclusive() {
         let t = key().sign(&grant(None));
         assert!(key().verify(&t, "/vod/movies/m1/a.ts", "x", 99).is_ok());
-        assert_eq!(key().verify(&t, "/vod/movies/m1/a.ts", "x", 100), Err(Rejection::Expired));
+        assert_eq!(
+            key().verify(&t, "/vod/movies/m1/a.ts", "x", 100),
+            Err(Rejection::Expired)
+        );
     }
 
     #[test]
     fn client_binding() {
         let t = key().sign(&grant(Some("10.1.1.1")));
-        assert!(key().verify(&t, "/vod/movies/m1/a.ts", "10.1.1.1", 1).is_ok());
+        assert!(
+            key()
+                .verify(&t, "/vod/movies/m1/a.ts", "10.1.1.1", 1)
+                .is_ok()
+        );
         // A bound token presented from elsewhere fails its signature: the address is signed.
-        assert_eq!(key().verify(&t, "/vod/movies/m1/a.ts", "10.1.1.2", 1), Err(Rejection::BadSignature));
+        assert_eq!(
+            key().verify(&t, "/vod/movies/m1/a.ts", "10.1.1.2", 1),
+            Err(Rejection::BadSignature)
+        );
     }
 
     #[test]
     fn malformed_inputs() {
-        for bad in ["x", "1.2.3", "1.a.a.a.a", "-1.Lw.a.AA", "1.!!.a.AA", "1.Lw.z.AA", "1.Lw.a.@@", "99999999999999999999999.Lw.a.AA"] {
-            assert_eq!(key().verify(bad, "/", "x", 0), Err(Rejection::Malformed), "{bad}");
+        for bad in [
+            "x",
+            "1.2.3",
+            "1.a.a.a.a",
+            "-1.Lw.a.AA",
+            "1.!!.a.AA",
+            "1.Lw.z.AA",
+            "1.Lw.a.@@",
+            "99999999999999999999999.Lw.a.AA",
+        ] {
+            assert_eq!(
+                key().verify(bad, "/", "x", 0),
+                Err(Rejection::Malformed),
+                "{bad}"
+            );
         }
         assert_eq!(key().verify("", "/", "x", 0), Err(Rejection::Missing));
-        assert_eq!(key().verify(&"1".repeat(MAX_TOKEN_LEN + 1), "/", "x", 0), Err(Rejection::Malformed));
+        assert_eq!(
+            key().verify(&"1".repeat(MAX_TOKEN_LEN + 1), "/", "x", 0),
+            Err(Rejection::Malformed)
+        );
     }
 
     #[test]
     fn scopes() {
-        assert_eq!(directory_scope("/vod/movies/m1/index.m3u8"), "/vod/movies/m1/");
+        assert_eq!(
+            directory_scope("/vod/movies/m1/index.m3u8"),
+            "/vod/movies/m1/"
+        );
         assert!(covers("/a/b.ts", "/a/b.ts"));
         assert!(!covers("/a/b.ts", "/a/b.tsx"));
     }

@@ -59,7 +59,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { max_instances: 1000, max_memory: 16 << 20 }
+        Self {
+            max_instances: 1000,
+            max_memory: 16 << 20,
+        }
     }
 }
 
@@ -107,7 +110,10 @@ impl Engine {
                 }
             })
             .map_err(|e| Error::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Self { inner, _ticker: Arc::new(Ticker(stop)) })
+        Ok(Self {
+            inner,
+            _ticker: Arc::new(Ticker(stop)),
+        })
     }
 
     /// The wasmtime engine.
@@ -117,14 +123,20 @@ impl Engine {
 
     /// Reads and compiles a component from `path`.
     pub fn load_component(&self, path: &Path) -> Result<Component, Error> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         self.compile(path, &bytes)
     }
 
     /// Compiles component `bytes`; `path` names it in errors.
     pub fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, Error> {
         if !bytes.starts_with(b"\0asm") {
-            return Err(Error::InvalidComponent { path: path.to_owned(), reason: "not a WebAssembly file (no \\0asm header)".into() });
+            return Err(Error::InvalidComponent {
+                path: path.to_owned(),
+                reason: "not a WebAssembly file (no \\0asm header)".into(),
+            });
         }
         if wasmparser_is_core_module(bytes) {
             return Err(Error::InvalidComponent {
@@ -132,8 +144,10 @@ impl Engine {
                 reason: "this is a core WebAssembly module; policies must be components (build for wasm32-wasip2)".into(),
             });
         }
-        Component::new(&self.inner, bytes)
-            .map_err(|e| Error::InvalidComponent { path: path.to_owned(), reason: one_line(&format!("{e:#}")) })
+        Component::new(&self.inner, bytes).map_err(|e| Error::InvalidComponent {
+            path: path.to_owned(),
+            reason: one_line(&format!("{e:#}")),
+        })
     }
 
     /// Converts a wall-clock budget into epoch ticks (at least one).
@@ -158,11 +172,24 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_core_modules() {
-        let engine = Engine::new(&EngineConfig { max_instances: 4, max_memory: 1 << 20 }).unwrap();
-        let err = engine.compile(Path::new("x.wasm"), b"not wasm").unwrap_err().to_string();
-        assert_eq!(err, "x.wasm: not a valid WebAssembly component: not a WebAssembly file (no \\0asm header)");
+        let engine = Engine::new(&EngineConfig {
+            max_instances: 4,
+            max_memory: 1 << 20,
+        })
+        .unwrap();
+        let err = engine
+            .compile(Path::new("x.wasm"), b"not wasm")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "x.wasm: not a valid WebAssembly component: not a WebAssembly file (no \\0asm header)"
+        );
         let core = b"\0asm\x01\0\0\0";
-        let err = engine.compile(Path::new("core.wasm"), core).unwrap_err().to_string();
+        let err = engine
+            .compile(Path::new("core.wasm"), core)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("core WebAssembly module"), "{err}");
     }
 

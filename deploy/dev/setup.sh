@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Idempotent set-up shared by run.sh and test.sh: Debian packages, the wasm target, the guests.
+# Usage: deploy/dev/setup.sh [--test]   (--test also installs what the test suite drives: ffmpeg)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+packages=(pkg-config libssl-dev)
+[[ "${1:-}" == "--test" ]] && packages+=(ffmpeg)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# rust-toolchain.toml pins the toolchain and lists the target; this makes sure it is there.
+rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+echo "setup: building policy guests (guests/, wasm32-wasip2)" >&2
+cargo build --quiet --locked --release --target wasm32-wasip2 --manifest-path guests/Cargo.toml
