@@ -16,6 +16,7 @@
 #      EDGE_BIN   edge binary (default target/release/edge, relative to the repo root)
 #      SKIP_EDGE  1 = measure nginx only
 #      SERVER_CPU / LOAD_CPU  cores for servers / wrk (default 0 / 1)
+#      EDGE_THREADS  edge runtime threads (default 1, like nginx worker_processes 1)
 set -euo pipefail
 
 DURATION=${DURATION:-10} CONNS=${CONNS:-32} SKIP_EDGE=${SKIP_EDGE:-0}
@@ -100,7 +101,7 @@ EXPIRES=$(($(date +%s) + 3600))
 # --- edge ----------------------------------------------------------------------------------
 if [[ $SKIP_EDGE != 1 ]]; then
     export SIGNED_URL_SECRET=$SECRET$SECRET EDGE_ORIGIN_ROOT=$ORIGIN EDGE_DATA_DIR=$WORK/edge-data
-    export RUST_LOG=warn,edge=info
+    export RUST_LOG=warn,edge=info EDGE_THREADS=${EDGE_THREADS:-1}   # one worker thread, like nginx
     (cd "$ROOT" && exec taskset -c "$SERVER_CPU" "$EDGE_BIN" serve --listen 127.0.0.1:0 --no-tls \
         --admin-listen 127.0.0.1:0) 2>"$WORK/edge.log" &
     EDGE_PID=$!

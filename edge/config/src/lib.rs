@@ -26,3 +26,56 @@ pub use edge::{
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use error::{ConfigError, Errors};
 pub use policies::{FailMode, Isolation, PolicySet, PolicySpec, RouteSpec};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// `deploy/edge.example.toml` documents every field with its default: it must parse, and
+    /// parse to the defaults.
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/edge.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let example =
+            EdgeConfig::from_toml_str("edge.example.toml", &text, &MapEnv::default()).unwrap();
+        let defaults =
+            EdgeConfig::from_toml_str("edge.example.toml", "", &MapEnv::default()).unwrap();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = MapEnv::default()
+            .with("SIGNED_URL_EXPIRATION", "60")
+            .with("EDGE_LISTEN", "127.0.0.1:1, 127.0.0.1:2");
+        let cfg =
+            EdgeConfig::from_toml_str("e.toml", "[signed_url]\nexpiration = 5\n", &env).unwrap();
+        assert_eq!(cfg.signed_url.expiration, 60);
+        assert_eq!(cfg.server.listen.len(), 2);
+    }
+
+    #[test]
+    fn every_error_at_once() {
+        let text = "[server]\nlisen = 1\nthreads = 0\n[cache]\nmemory = \"lots\"\n[wasm]\ndeadline = \"1h\"\n[nope]\n";
+        let errs = EdgeConfig::from_toml_str(
+            "e.toml",
+            text,
+            &MapEnv::default().with("SIGNED_URL_EXPIRATION", "x"),
+        )
+        .unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "SIGNED_URL_EXPIRATION",
+                "server.lisen",
+                "cache.memory",
+                "nope",
+                "server.threads",
+                "wasm.deadline"
+            ]
+        );
+    }
+}

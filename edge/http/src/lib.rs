@@ -115,8 +115,19 @@ impl Listeners {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let left = busy();
-        for t in &self.tasks {
-            t.abort();
+        // The services return once their accept loops have seen the shutdown and closed their
+        // sockets; whatever is still running at the deadline is aborted.
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        let mut tasks = self.tasks;
+        if tokio::time::timeout(remaining, futures::future::join_all(tasks.iter_mut()))
+            .await
+            .is_err()
+        {
+            for t in &tasks {
+                t.abort();
+            }
         }
         left
     }

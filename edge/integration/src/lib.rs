@@ -27,6 +27,11 @@ impl TestEdge {
     /// Starts an edge on 127.0.0.1 port 0 (plain, TLS and admin) with `extra` TOML appended to the
     /// config. Guests are built first (by `edge-guest-artifacts`).
     pub async fn start(extra: &str) -> anyhow::Result<Self> {
+        Self::start_with_policies(&repo_root().join("policies/default.toml"), extra).await
+    }
+
+    /// Like [`TestEdge::start`], with another policies file.
+    pub async fn start_with_policies(policies: &Path, extra: &str) -> anyhow::Result<Self> {
         edge_guest_artifacts::path(edge_guest_artifacts::SIGNED_URL);
         let data = tempfile::tempdir()?;
         let root = repo_root();
@@ -35,7 +40,7 @@ impl TestEdge {
              data_dir = {data:?}\ndrain_timeout = \"5s\"\n[origin]\nroot = {origin:?}\n[policies]\nfile = {policies:?}\n{extra}",
             data = data.path().display().to_string(),
             origin = root.join("deploy/demo/origin").display().to_string(),
-            policies = root.join("policies/default.toml").display().to_string(),
+            policies = policies.display().to_string(),
         );
         let env = MapEnv::default().with("SIGNED_URL_SECRET", SECRET);
         let cfg = EdgeConfig::from_toml_str("test-edge.toml", &toml, &env)

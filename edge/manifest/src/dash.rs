@@ -12,6 +12,21 @@ const URI_ATTRS: &[(&[u8], &[&[u8]])] = &[
     (b"RepresentationIndex", &[b"sourceURL"]),
 ];
 
+/// Checks that `body` is well-formed XML.
+pub(crate) fn check(body: &[u8]) -> Result<(), Error> {
+    let mut reader = Reader::from_reader(body);
+    let mut buf = Vec::new();
+    loop {
+        match reader
+            .read_event_into(&mut buf)
+            .map_err(|e| Error::Dash(e.to_string()))?
+        {
+            Event::Eof => return Ok(()),
+            _ => buf.clear(),
+        }
+    }
+}
+
 pub(crate) fn propagate(body: &[u8], params: &[(String, String)]) -> Result<Vec<u8>, Error> {
     let mut reader = Reader::from_reader(body);
     let mut writer = Writer::new(Vec::with_capacity(body.len() + 256));

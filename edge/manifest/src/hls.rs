@@ -1,51 +1,33 @@
-use crate::{Error, with_params};
+use crate::{Error, Splice};
 
-/// `m3u8-rs` decides whether `body` is a playlist at all; the rewrite itself is done line by line
-/// so that it is lossless: `m3u8-rs`'s writer drops tags it attaches to no segment (a trailing
-/// LL-HLS `EXT-X-PRELOAD-HINT`) and renormalises others, and a player must get back exactly what
-/// the origin wrote, plus the parameters.
-pub(crate) fn propagate(body: &[u8], params: &[(String, String)]) -> Result<Vec<u8>, Error> {
+/// `m3u8-rs` decides whether `body` is a playlist at all; the splice points are found line by
+/// line so that rendering is lossless: `m3u8-rs`'s writer drops tags it attaches to no segment (a
+/// trailing LL-HLS `EXT-X-PRELOAD-HINT`) and renormalises others, and a player must get back
+/// exactly what the origin wrote, plus the parameters.
+pub(crate) fn prepare(body: &[u8]) -> Result<Vec<Splice>, Error> {
     m3u8_rs::parse_playlist_res(body)
         .map_err(|e| Error::Hls(e.to_string().chars().take(120).collect()))?;
     let text = std::str::from_utf8(body).map_err(|e| Error::Hls(e.to_string()))?;
-    let mut out = String::with_capacity(body.len() + 64);
+    let mut splices = Vec::new();
+    let mut offset = 0;
     for line in text.split_inclusive('\n') {
-        let (content, eol) = split_eol(line);
-        if content.starts_with('#') {
-            out.push_str(&tag_uri(content, params));
-        } else if content.trim().is_empty() {
-            out.push_str(content);
-        } else {
-            out.push_str(&with_params(content, params));
+        let content = line.trim_end_matches(['\r', '\n']);
+        if content.starts_with("#EXT") {
+            if let Some(start) = find_attr(content, "URI=\"")
+                && let Some(len) = content[start..].find('"')
+            {
+                splices.extend(Splice::for_uri(
+                    offset + start,
+                    &content[start..start + len],
+                ));
+            }
+        } else if !content.starts_with('#') && !content.trim().is_empty() {
+            let start = content.len() - content.trim_start().len();
+            splices.extend(Splice::for_uri(offset + start, content.trim()));
         }
-        out.push_str(eol);
+        offset += line.len();
     }
-    Ok(out.into_bytes())
-}
-
-fn split_eol(line: &str) -> (&str, &str) {
-    let content = line.trim_end_matches(['\r', '\n']);
-    (content, &line[content.len()..])
-}
-
-/// Rewrites the `URI="..."` attribute of a tag (`EXT-X-MEDIA`, `EXT-X-KEY`, `EXT-X-MAP`,
-/// `EXT-X-I-FRAME-STREAM-INF`, `EXT-X-PART`, `EXT-X-PRELOAD-HINT`, ...). Comments are kept as is.
-fn tag_uri(line: &str, params: &[(String, String)]) -> String {
-    if !line.starts_with("#EXT") {
-        return line.to_owned();
-    }
-    let Some(start) = find_attr(line, "URI=\"") else {
-        return line.to_owned();
-    };
-    let Some(len) = line[start..].find('"') else {
-        return line.to_owned();
-    };
-    format!(
-        "{}{}{}",
-        &line[..start],
-        with_params(&line[start..start + len], params),
-        &line[start + len..]
-    )
+    Ok(splices)
 }
 
 /// Start of the value of attribute `key` (which ends with `="`): only at the start of the
@@ -77,7 +59,9 @@ mod tests {
             v0/index.m3u8\n\
             #EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=90000,URI=\"v0/iframes.m3u8\"\n\
             #EXT-X-STREAM-INF:BANDWIDTH=300000\nhttps://other.example/v1/index.m3u8\n";
-        let out = String::from_utf8(propagate(m.as_bytes(), &p()).unwrap()).unwrap();
+        let out =
+            String::from_utf8(crate::propagate(crate::Kind::Hls, m.as_bytes(), &p()).unwrap())
+                .unwrap();
         assert!(out.contains("\nv0/index.m3u8?token=T\n"), "{out}");
         assert!(out.contains("URI=\"audio/index.m3u8?token=T\""), "{out}");
         assert!(out.contains("URI=\"v0/iframes.m3u8?token=T\""), "{out}");
@@ -95,7 +79,9 @@ mod tests {
             #EXT-X-KEY:METHOD=AES-128,URI=\"key.bin\",IV=0x00000000000000000000000000000001\n\
             #EXTINF:2.000000,\nseg_000.m4s\n#EXTINF:2.000000,\nseg_001.m4s\n\
             #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg_002.part0.m4s\"\n#EXT-X-ENDLIST\n";
-        let out = String::from_utf8(propagate(m.as_bytes(), &p()).unwrap()).unwrap();
+        let out =
+            String::from_utf8(crate::propagate(crate::Kind::Hls, m.as_bytes(), &p()).unwrap())
+                .unwrap();
         for want in [
             "seg_000.m4s?token=T",
             "seg_001.m4s?token=T",
@@ -111,6 +97,6 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        assert!(propagate(b"<html>", &p()).is_err());
+        assert!(crate::propagate(crate::Kind::Hls, b"<html>", &p()).is_err());
     }
 }

@@ -62,13 +62,91 @@ pub enum Error {
 
 /// Returns `body` with `params` appended to every relative URI it references.
 pub fn propagate(kind: Kind, body: &[u8], params: &[(String, String)]) -> Result<Vec<u8>, Error> {
-    if params.is_empty() {
-        return Ok(body.to_vec());
+    Prepared::new(kind, body)?.render(body, params)
+}
+
+/// Where a manifest's URIs end, found once per manifest (when it enters the cache) so that each
+/// response only splices the parameters in: a copy of the body, no parsing.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    kind: Kind,
+    splices: Vec<Splice>,
+}
+
+/// One relative URI: parameters go at `at` (its end, before any fragment).
+#[derive(Debug, Clone)]
+struct Splice {
+    at: usize,
+    /// The URI's existing query (byte range in the body), if it has one.
+    query: Option<(usize, usize)>,
+}
+
+impl Splice {
+    /// The splice for `uri`, found at byte `start` of the body; none for absolute URIs.
+    fn for_uri(start: usize, uri: &str) -> Option<Self> {
+        if uri.is_empty() || uri.starts_with("//") || uri.starts_with("data:") || has_scheme(uri) {
+            return None;
+        }
+        let end = uri.find('#').unwrap_or(uri.len());
+        let query = uri[..end].find('?').map(|q| (start + q + 1, start + end));
+        Some(Self {
+            at: start + end,
+            query,
+        })
     }
-    match kind {
-        Kind::Hls => hls::propagate(body, params),
-        Kind::Dash => dash::propagate(body, params),
+}
+
+impl Prepared {
+    /// Checks that `body` is a manifest of `kind` and finds its relative URIs.
+    pub fn new(kind: Kind, body: &[u8]) -> Result<Self, Error> {
+        let splices = match kind {
+            Kind::Hls => hls::prepare(body)?,
+            Kind::Dash => {
+                dash::check(body)?;
+                Vec::new()
+            }
+        };
+        Ok(Self { kind, splices })
     }
+
+    /// `body` (the one this was prepared from) with `params` appended to every relative URI.
+    pub fn render(&self, body: &[u8], params: &[(String, String)]) -> Result<Vec<u8>, Error> {
+        if params.is_empty() {
+            return Ok(body.to_vec());
+        }
+        if self.kind == Kind::Dash {
+            return dash::propagate(body, params);
+        }
+        let encoded: Vec<(&str, String)> = params
+            .iter()
+            .map(|(k, v)| (k.as_str(), format!("{}={}", encode(k), encode(v))))
+            .collect();
+        let mut out = Vec::with_capacity(
+            body.len()
+                + self.splices.len() * (encoded.iter().map(|e| e.1.len() + 1).sum::<usize>()),
+        );
+        let mut copied = 0;
+        for s in &self.splices {
+            out.extend_from_slice(&body[copied..s.at]);
+            copied = s.at;
+            let existing = s.query.map(|(a, b)| &body[a..b]);
+            let mut sep = if existing.is_some() { b'&' } else { b'?' };
+            for (key, pair) in &encoded {
+                if existing.is_some_and(|q| form_urlencoded::parse(q).any(|(k, _)| k == *key)) {
+                    continue;
+                }
+                out.push(sep);
+                out.extend_from_slice(pair.as_bytes());
+                sep = b'&';
+            }
+        }
+        out.extend_from_slice(&body[copied..]);
+        Ok(out)
+    }
+}
+
+fn encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// `uri` with `params` appended, unless it is absolute or already has a parameter.

@@ -90,6 +90,9 @@ pub struct Object {
     pub etag: Option<String>,
     /// Last modification time.
     pub last_modified: Option<SystemTime>,
+    /// For manifests: where tokens go, found once when the object was fetched (`None` for
+    /// segments, or a manifest that does not parse).
+    pub manifest: Option<Arc<edge_manifest::Prepared>>,
 }
 
 impl Weighted for Object {
@@ -226,11 +229,15 @@ impl Pipeline {
             .cache
             .get_or_fetch(&path, move || async move {
                 let o = origin.get(&key).await?;
-                let obj = Object {
-                    body: o.body,
-                    etag: o.etag.map(|e| format!("\"{}\"", e.trim_matches('"'))),
-                    last_modified: o.last_modified,
-                };
+                let manifest = edge_manifest::Kind::of(&key).and_then(|kind| match edge_manifest::Prepared::new(kind, &o.body) {
+                    Ok(p) => Some(Arc::new(p)),
+                    Err(e) => {
+                        tracing::warn!(path = key, error = %e, "origin manifest does not parse; served without token propagation");
+                        None
+                    }
+                });
+                let etag = o.etag.map(|e| format!("\"{}\"", e.trim_matches('"')));
+                let obj = Object { body: o.body, etag, last_modified: o.last_modified, manifest };
                 Ok((obj, ttl))
             })
             .await;
@@ -261,13 +268,17 @@ impl Pipeline {
 
         let rewrite = kind == MediaKind::Manifest && !propagate.is_empty();
         let (body, etag) = if rewrite {
-            let mkind = edge_manifest::Kind::of(&path).unwrap_or(edge_manifest::Kind::Hls);
-            match edge_manifest::propagate(mkind, &obj.body, &propagate) {
-                Ok(b) => (Bytes::from(b), obj.etag.as_ref().map(|e| format!("W/{e}"))),
-                Err(e) => {
+            match obj
+                .manifest
+                .as_ref()
+                .map(|m| m.render(&obj.body, &propagate))
+            {
+                Some(Ok(b)) => (Bytes::from(b), obj.etag.as_ref().map(|e| format!("W/{e}"))),
+                Some(Err(e)) => {
                     tracing::warn!(path, error = %e, "cannot propagate the token into a manifest");
                     return (route_name, respond::error(502, "invalid_manifest", &[]));
                 }
+                None => return (route_name, respond::error(502, "invalid_manifest", &[])),
             }
         } else {
             (obj.body.clone(), obj.etag.clone())
