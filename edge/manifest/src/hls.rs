@@ -45,8 +45,6 @@ fn find_attr(line: &str, key: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     fn p() -> Vec<(String, String)> {
         vec![("token".into(), "T".into())]
     }
