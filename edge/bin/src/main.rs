@@ -123,8 +123,15 @@ fn sign_url(
 }
 
 fn serve(cfg: EdgeConfig) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.server.threads)
+    // One thread: a current-thread runtime has no cross-thread wake-ups (measured: see bench/RESULTS.md).
+    let mut builder = if cfg.server.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cfg.server.threads);
+        b
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
