@@ -4,7 +4,6 @@ use bytes::Bytes;
 use edge_config::PolicySet;
 use edge_origin::Origin;
 use edge_pipeline::{EdgeRequest, EdgeResponse, Handler};
-use edge_policy::PolicyRuntime;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use std::sync::{
@@ -18,7 +17,6 @@ pub(crate) struct Admin {
     registry: Registry,
     ready: Arc<AtomicBool>,
     origin: Arc<dyn Origin>,
-    _runtime: PolicyRuntime,
     policies: PolicySet,
 }
 
@@ -27,14 +25,12 @@ impl Admin {
         registry: Registry,
         ready: Arc<AtomicBool>,
         origin: Arc<dyn Origin>,
-        runtime: PolicyRuntime,
         policies: PolicySet,
     ) -> Self {
         Self {
             registry,
             ready,
             origin,
-            _runtime: runtime,
             policies,
         }
     }

@@ -71,7 +71,6 @@ impl std::error::Error for Problems {}
 /// Everything loaded from configuration, before any socket is bound.
 struct Loaded {
     router: Router,
-    runtime: PolicyRuntime,
     policies: PolicySet,
     origin: Arc<dyn Origin>,
     secret: String,
@@ -100,7 +99,6 @@ fn load(cfg: &EdgeConfig, registry: &prometheus::Registry) -> anyhow::Result<Loa
         .with_context(|| format!("{}: `origin.root`", cfg.source.display()))?;
     Ok(Loaded {
         router,
-        runtime,
         policies,
         origin: Arc::new(origin),
         secret,
@@ -200,7 +198,6 @@ impl Edge {
             registry,
             ready.clone(),
             loaded.origin.clone(),
-            loaded.runtime,
             loaded.policies,
         ));
 

@@ -3,7 +3,8 @@ use edge_config::{PolicySet, WasmConfig};
 use edge_origin::StoreOrigin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The real local-filesystem origin, counting reads.
+/// The real local-filesystem origin, counting reads. Each read is slowed down (never relied on
+/// for correctness) so that concurrent requests really overlap the fill.
 struct Counting {
     inner: StoreOrigin,
     reads: AtomicUsize,
