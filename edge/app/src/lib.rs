@@ -186,6 +186,9 @@ impl Edge {
             },
             manifest_ttl: cfg.cache.manifest_ttl,
             segment_ttl: cfg.cache.segment_ttl,
+            cors_allow_origin: Some(cfg.server.cors_allow_origin.as_str())
+                .filter(|o| !o.is_empty())
+                .and_then(|o| http::HeaderValue::from_str(o).ok()),
         };
         let pipeline = Arc::new(Pipeline::new(
             loaded.router,

@@ -56,6 +56,10 @@ pub struct ServerConfig {
     /// A manifest path whose signed URL is logged at start, ready to play; empty for none.
     /// Default `/vod/movies/demo/index.m3u8`.
     pub demo_stream: String,
+    /// `Access-Control-Allow-Origin` sent on every viewer response (browser players such as hls.js
+    /// fetch cross-origin), with `OPTIONS` preflights answered; empty disables CORS. Tokens travel in
+    /// the query, never in cookies, so `*` is safe. Default `*`.
+    pub cors_allow_origin: String,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +73,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(10),
             public_url: None,
             demo_stream: "/vod/movies/demo/index.m3u8".into(),
+            cors_allow_origin: "*".into(),
         }
     }
 }
@@ -258,6 +263,12 @@ impl EdgeConfig {
             bad(
                 "server.demo_stream",
                 "must be an absolute path starting with /",
+            );
+        }
+        if self.server.cors_allow_origin.contains(['\r', '\n', ',']) {
+            bad(
+                "server.cors_allow_origin",
+                "must be one origin (`https://player.example`) or `*`",
             );
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {

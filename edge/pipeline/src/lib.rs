@@ -121,6 +121,8 @@ pub struct PipelineConfig {
     pub manifest_ttl: Duration,
     /// Freshness of cached segments.
     pub segment_ttl: Duration,
+    /// `Access-Control-Allow-Origin` for every response; `None` disables CORS.
+    pub cors_allow_origin: Option<HeaderValue>,
 }
 
 /// The viewer-facing pipeline. Routes can be swapped at run time ([`Pipeline::set_router`]):
@@ -162,6 +164,9 @@ impl Pipeline {
     }
 
     async fn serve(&self, req: &EdgeRequest) -> (String, EdgeResponse) {
+        if req.method == Method::OPTIONS && self.cfg.cors_allow_origin.is_some() {
+            return (String::new(), respond::preflight());
+        }
         if req.method != Method::GET && req.method != Method::HEAD {
             let mut r = respond::error(405, "method_not_allowed", &[]);
             r.headers
@@ -311,7 +316,10 @@ impl Handler for Pipeline {
     async fn handle(&self, req: EdgeRequest) -> EdgeResponse {
         let start = Instant::now();
         self.metrics.in_flight.inc();
-        let (route, response) = self.serve(&req).await;
+        let (route, mut response) = self.serve(&req).await;
+        if let Some(origin) = &self.cfg.cors_allow_origin {
+            respond::cors(&mut response.headers, origin);
+        }
         self.metrics.in_flight.dec();
         self.metrics.record(
             &route,

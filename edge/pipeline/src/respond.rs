@@ -46,6 +46,40 @@ fn serde_json_like(error: &str, reason: &str) -> String {
     )
 }
 
+/// Answers a CORS preflight: players may GET/HEAD with `Range` from any allowed origin.
+pub(crate) fn preflight() -> EdgeResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("range, if-none-match, if-modified-since"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    EdgeResponse {
+        status: StatusCode::NO_CONTENT,
+        headers,
+        body: Bytes::new(),
+    }
+}
+
+/// CORS headers of a viewer response; players may read the range and the denial reason.
+pub(crate) fn cors(headers: &mut HeaderMap, origin: &HeaderValue) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("content-length, content-range, etag, x-cache, x-edge-reason"),
+    );
+    if origin != "*" {
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+}
+
 /// Appends policy-provided headers, skipping any that are not valid or that would break framing.
 pub(crate) fn add_headers(headers: &mut HeaderMap, extra: &[(String, String)]) {
     for (k, v) in extra {

@@ -73,6 +73,7 @@ fn fixture() -> Fixture {
         cache: CacheConfig::default(),
         manifest_ttl: Duration::from_secs(2),
         segment_ttl: Duration::from_secs(60),
+        cors_allow_origin: Some(HeaderValue::from_static("*")),
     };
     let pipeline = Pipeline::new(
         router,
@@ -256,4 +257,40 @@ async fn concurrent_misses_read_the_origin_once() {
         assert_eq!((r.status.as_u16(), r.body.len()), (200, 4096));
     }
     assert_eq!(f.origin.reads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn cors_for_browser_players() {
+    let f = fixture();
+    let r = f
+        .pipeline
+        .handle(get(
+            "/vod/movies/m1/index.m3u8",
+            &[("origin", "https://player.example")],
+        ))
+        .await;
+    assert_eq!(r.headers["access-control-allow-origin"], "*");
+    let denied = f
+        .pipeline
+        .handle(get("/vod/movies/m1/missing.ts", &[]))
+        .await;
+    assert!(
+        denied.headers["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-edge-reason")
+    );
+    let mut pre = get(
+        "/vod/movies/m1/seg_000.ts",
+        &[("access-control-request-headers", "range")],
+    );
+    pre.method = Method::OPTIONS;
+    let r = f.pipeline.handle(pre).await;
+    assert_eq!(r.status, 204);
+    assert!(
+        r.headers["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("range")
+    );
 }
