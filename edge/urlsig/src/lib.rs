@@ -46,6 +46,27 @@ pub struct Grant {
     pub client_addr: Option<String>,
 }
 
+impl Grant {
+    /// Whether this grant admits a request of `path` from `client_addr` at `now` (Unix seconds).
+    pub fn authorize(&self, path: &str, client_addr: &str, now: u64) -> Result<(), Rejection> {
+        if self
+            .client_addr
+            .as_deref()
+            .is_some_and(|bound| bound != client_addr)
+        {
+            // The address is part of the signature: another client's request does not verify.
+            return Err(Rejection::BadSignature);
+        }
+        if now >= self.expires {
+            return Err(Rejection::Expired);
+        }
+        if !covers(&self.scope, path) {
+            return Err(Rejection::ScopeMismatch);
+        }
+        Ok(())
+    }
+}
+
 /// Why a token was refused. [`Rejection::reason`] is the short code viewers and logs see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -119,8 +140,8 @@ impl Key {
         )
     }
 
-    /// Checks `token` for a request of `path` from `client_addr` at `now` (Unix seconds).
-    /// The signature is checked first, in constant time, so a forged token learns nothing else.
+    /// Checks `token` for a request of `path` from `client_addr` at `now` (Unix seconds):
+    /// [`Key::authenticate`], then [`Grant::authorize`].
     pub fn verify(
         &self,
         token: &str,
@@ -128,6 +149,17 @@ impl Key {
         client_addr: &str,
         now: u64,
     ) -> Result<Grant, Rejection> {
+        let grant = self.authenticate(token, client_addr)?;
+        grant.authorize(path, client_addr, now)?;
+        Ok(grant)
+    }
+
+    /// Checks the format and the signature of `token` (in constant time) and returns what it
+    /// grants, without looking at the request. A bound token only authenticates for the
+    /// `client_addr` it was signed for. The result depends only on the key, the token and (for a
+    /// bound token) the client address, so a verifier may memoise it and call
+    /// [`Grant::authorize`] per request.
+    pub fn authenticate(&self, token: &str, client_addr: &str) -> Result<Grant, Rejection> {
         if token.is_empty() {
             return Err(Rejection::Missing);
         }
@@ -160,12 +192,6 @@ impl Key {
         feed(&mut mac, expires, &scope, bound);
         mac.verify_slice(&tag)
             .map_err(|_| Rejection::BadSignature)?;
-        if now >= expires {
-            return Err(Rejection::Expired);
-        }
-        if !covers(&scope, path) {
-            return Err(Rejection::ScopeMismatch);
-        }
         Ok(Grant {
             expires,
             scope,

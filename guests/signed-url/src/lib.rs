@@ -13,8 +13,50 @@ wit_bindgen::generate!({ world: "policy", path: "../../wit" });
 
 use edge::policy::types::{Allow, Decision, Deny, Request};
 use edge::policy::{clock, config};
-use edge_urlsig::{Key, Rejection};
-use std::sync::OnceLock;
+use edge_urlsig::{Grant, Key, Rejection};
+use std::sync::{Mutex, OnceLock};
+
+/// Tokens whose signature was already checked, with what they grant (and, for bound tokens, the
+/// address they authenticated for). Authentication is a pure function of the key, the token and
+/// that address, so remembering it keeps the policy stateless in effect: expiry, scope and client
+/// are still checked on every request. A viewer's segment requests then skip the HMAC.
+const MEMO_SLOTS: usize = 16;
+
+struct Memo {
+    slots: Vec<(String, String, Grant)>,
+    next: usize,
+}
+
+fn memo() -> &'static Mutex<Memo> {
+    static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
+    MEMO.get_or_init(|| {
+        Mutex::new(Memo {
+            slots: Vec::with_capacity(MEMO_SLOTS),
+            next: 0,
+        })
+    })
+}
+
+fn authenticate(key: &Key, token: &str, client_addr: &str) -> Result<Grant, Rejection> {
+    let mut memo = memo().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, grant)) = memo
+        .slots
+        .iter()
+        .find(|(t, c, g)| t == token && (g.client_addr.is_none() || c == client_addr))
+    {
+        return Ok(grant.clone());
+    }
+    let grant = key.authenticate(token, client_addr)?;
+    let entry = (token.to_owned(), client_addr.to_owned(), grant.clone());
+    if memo.slots.len() < MEMO_SLOTS {
+        memo.slots.push(entry);
+    } else {
+        let i = memo.next;
+        memo.slots[i] = entry;
+        memo.next = (i + 1) % MEMO_SLOTS;
+    }
+    Ok(grant)
+}
 
 struct Settings {
     key: Option<Key>,
@@ -69,7 +111,11 @@ impl exports::edge::policy::decide::Guest for SignedUrl {
             Err(r) => return deny(403, r.reason()),
         };
         let now = clock::now_millis() / 1000;
-        match key.verify(&token, &req.path, &req.client_addr, now) {
+        let verdict = authenticate(key, &token, &req.client_addr).and_then(|grant| {
+            grant.authorize(&req.path, &req.client_addr, now)?;
+            Ok(grant)
+        });
+        match verdict {
             Ok(grant) if s.require_binding && grant.client_addr.is_none() => {
                 deny(403, "client_binding_required")
             }
