@@ -247,3 +247,84 @@ async fn invalid_modules_are_named() {
         "{msg}"
     );
 }
+
+/// A clock the test moves.
+struct TestClock(std::sync::atomic::AtomicU64);
+
+impl edge_policy::Clock for TestClock {
+    fn now_millis(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The guest remembers tokens it authenticated; expiry and client binding must still hold on
+/// every later request that hits that memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memoised_tokens_still_expire_and_stay_bound() {
+    let clock = Arc::new(TestClock(std::sync::atomic::AtomicU64::new(1_000_000)));
+    let registry = prometheus::Registry::new();
+    let wasm = WasmConfig {
+        deadline: Duration::from_millis(20),
+        ..WasmConfig::default()
+    };
+    let engine = Engine::new(&EngineConfig {
+        max_instances: 8,
+        max_memory: wasm.memory_limit.as_u64(),
+    })
+    .unwrap();
+    let rt = PolicyRuntime::new(
+        engine,
+        wasm,
+        PolicyMetrics::new(&registry).unwrap(),
+        clock.clone(),
+    )
+    .unwrap();
+    let router = rt.load(&policies("")).unwrap();
+    let key = edge_urlsig::Key::new(SECRET.as_bytes());
+    let grant = |client: Option<&str>| edge_urlsig::Grant {
+        expires: 1_060,
+        scope: "/vod/m/".into(),
+        client_addr: client.map(String::from),
+    };
+    let headers = http::HeaderMap::new();
+    let ask = |query: String, client: [u8; 4]| {
+        let (router, headers) = (&router, &headers);
+        async move {
+            let req = RequestInfo {
+                method: "GET",
+                path: "/vod/m/seg.ts",
+                query: &query,
+                headers,
+                client_addr: IpAddr::from(client),
+            };
+            router.route("/vod/m/seg.ts").unwrap().run(&req).await
+        }
+    };
+    let open = format!("token={}", key.sign(&grant(None)));
+    let bound = format!("token={}", key.sign(&grant(Some("10.0.0.1"))));
+    for _ in 0..3 {
+        assert!(matches!(
+            ask(open.clone(), [10, 0, 0, 9]).await,
+            Outcome::Allow { .. }
+        ));
+        assert!(matches!(
+            ask(bound.clone(), [10, 0, 0, 1]).await,
+            Outcome::Allow { .. }
+        ));
+        assert_eq!(
+            denied(&ask(bound.clone(), [10, 0, 0, 2]).await),
+            (403, "bad_signature")
+        );
+    }
+    clock
+        .0
+        .store(1_060_000, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        denied(&ask(open, [10, 0, 0, 9]).await),
+        (403, "expired_token")
+    );
+    assert_eq!(
+        denied(&ask(bound, [10, 0, 0, 1]).await),
+        (403, "expired_token")
+    );
+}
