@@ -77,6 +77,22 @@ struct Loaded {
 }
 
 fn load(cfg: &EdgeConfig, registry: &prometheus::Registry) -> anyhow::Result<Loaded> {
+    let (policies, router, secret) = load_policies(cfg, registry)?;
+    let origin = StoreOrigin::local(&cfg.resolve(&cfg.origin.root), cfg.origin.timeout)
+        .with_context(|| format!("{}: `origin.root`", cfg.source.display()))?;
+    Ok(Loaded {
+        router,
+        policies,
+        origin: Arc::new(origin),
+        secret,
+    })
+}
+
+/// The policies file, compiled into a router, and the signing secret its placeholders use.
+fn load_policies(
+    cfg: &EdgeConfig,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<(PolicySet, Router, String)> {
     let secret = signing_secret(cfg)?;
     let vars = HashMap::from([("SIGNED_URL_SECRET".to_owned(), secret.clone())]);
     let policies_path = cfg.resolve(&cfg.policies.file);
@@ -95,14 +111,14 @@ fn load(cfg: &EdgeConfig, registry: &prometheus::Registry) -> anyhow::Result<Loa
     let router = runtime
         .load(&policies)
         .map_err(|e| Problems(e.iter().map(ToString::to_string).collect()))?;
-    let origin = StoreOrigin::local(&cfg.resolve(&cfg.origin.root), cfg.origin.timeout)
-        .with_context(|| format!("{}: `origin.root`", cfg.source.display()))?;
-    Ok(Loaded {
-        router,
-        policies,
-        origin: Arc::new(origin),
-        secret,
-    })
+    Ok((policies, router, secret))
+}
+
+/// Checks only the policies file and its modules (what `edge validate` still can check when the
+/// edge file itself has errors). Returns the number of routes.
+pub fn validate_policies(cfg: &EdgeConfig) -> anyhow::Result<usize> {
+    let (_, router, _) = load_policies(cfg, &prometheus::Registry::new())?;
+    Ok(router.routes().len())
 }
 
 /// Checks `cfg`, its policies file and every module, as `edge serve` would, without binding or

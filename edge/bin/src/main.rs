@@ -56,14 +56,23 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cfg = match EdgeConfig::load(cli.config.as_deref(), &ProcessEnv) {
-        Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("edge: {} error(s)", errors.len());
-            return ExitCode::from(2);
+    let (cfg, errors) = EdgeConfig::load_partial(cli.config.as_deref(), &ProcessEnv);
+    if !errors.is_empty() {
+        eprintln!("{errors}");
+        let mut count = errors.len();
+        // `edge validate` goes on to the policies file when the edge file names it validly.
+        let policies_named = !errors.iter().any(|e| {
+            e.field.starts_with("policies") || e.field == "EDGE_POLICIES" || e.field.is_empty()
+        });
+        if matches!(cli.command, Command::Validate)
+            && policies_named
+            && let Err(e) = edge_app::validate_policies(&cfg)
+        {
+            count += report(&e);
         }
-    };
+        eprintln!("edge: {count} error(s)");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Validate => edge_app::validate(&cfg).map(|summary| println!("{summary}")),
         Command::SignUrl { path, ttl, base } => sign_url(&cfg, &path, ttl, base),
@@ -92,14 +101,23 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            match e.downcast_ref::<edge_app::Problems>() {
-                Some(p) => {
-                    eprintln!("{p}");
-                    eprintln!("edge: {} error(s)", p.0.len());
-                }
-                None => eprintln!("edge: {e:#}"),
-            }
+            let count = report(&e);
+            eprintln!("edge: {count} error(s)");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints every problem of a failed load, one per line; returns how many.
+fn report(e: &anyhow::Error) -> usize {
+    match e.downcast_ref::<edge_app::Problems>() {
+        Some(p) => {
+            eprintln!("{p}");
+            p.0.len()
+        }
+        None => {
+            eprintln!("edge: {e:#}");
+            1
         }
     }
 }

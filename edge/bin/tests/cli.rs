@@ -95,6 +95,10 @@ fn every_config_error_is_listed_at_once() {
     std::fs::write(&cfg, "[server]\nlisen = [\"127.0.0.1:1\"]\nthreads = \"many\"\n[cache]\nmemory = \"lots\"\n[nope]\nx = 1\n").unwrap();
     let out = edge(data.path())
         .env("SIGNED_URL_EXPIRATION", "soon")
+        .env(
+            "EDGE_POLICIES",
+            "policies/tests/invalid/unknown-policy.toml",
+        )
         .arg("validate")
         .arg("--config")
         .arg(&cfg)
@@ -109,7 +113,9 @@ fn every_config_error_is_listed_at_once() {
         format!("{file}: `server.threads`: invalid type"),
         format!("{file}: `cache.memory`: invalid value"),
         format!("{file}: `nope`: unknown section"),
-        "edge: 5 error(s)".to_string(),
+        // The edge file names its policies file validly, so that is checked too.
+        "policies/tests/invalid/unknown-policy.toml: `routes[0].chain`: unknown policy \"signed-url\"".to_string(),
+        "edge: 8 error(s)".to_string(),
     ] {
         assert!(err.contains(&want), "missing {want:?} in\n{err}");
     }

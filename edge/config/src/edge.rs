@@ -207,15 +207,28 @@ impl Default for SignedUrlConfig {
 impl EdgeConfig {
     /// Loads `path` (or the defaults when `None`), applies environment overrides and validates.
     pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Self, Errors> {
+        let (cfg, errors) = Self::load_partial(path, env);
+        errors.into_result(cfg)
+    }
+
+    /// Like [`EdgeConfig::load`], but also returns the config when there are errors: every
+    /// section or field in error is left at its default. For tools that check further (the
+    /// policies file named by a valid `[policies]` section) before reporting.
+    pub fn load_partial(path: Option<&Path>, env: &dyn Env) -> (Self, Errors) {
         match path {
-            None => Self::from_toml_str("<defaults>", "", env),
+            None => Self::parse("<defaults>".as_ref(), "", env),
             Some(p) => match std::fs::read_to_string(p) {
-                Ok(text) => Self::from_toml_str(p, &text, env),
-                Err(e) => Err(Errors(vec![ConfigError::new(
-                    p,
-                    "",
-                    format!("cannot read: {e}"),
-                )])),
+                Ok(text) => Self::parse(p, &text, env),
+                Err(e) => {
+                    let errors = Errors(vec![ConfigError::new(p, "", format!("cannot read: {e}"))]);
+                    (
+                        Self {
+                            source: p.to_path_buf(),
+                            ..Self::default()
+                        },
+                        errors,
+                    )
+                }
             },
         }
     }
@@ -226,10 +239,14 @@ impl EdgeConfig {
         text: &str,
         env: &dyn Env,
     ) -> Result<Self, Errors> {
-        let file = file.as_ref();
+        let (cfg, errors) = Self::parse(file.as_ref(), text, env);
+        errors.into_result(cfg)
+    }
+
+    fn parse(file: &Path, text: &str, env: &dyn Env) -> (Self, Errors) {
         let mut errors = Errors::default();
         let mut table = section::parse_table(file, text, &mut errors).unwrap_or_default();
-        crate::env::apply(env, &mut table, &mut errors);
+        crate::env::apply(env, &mut table, &mut errors, file.is_file());
         let cfg = Self {
             source: file.to_path_buf(),
             server: section::take(file, &mut table, "server", &mut errors),
@@ -242,7 +259,7 @@ impl EdgeConfig {
         };
         section::reject_rest(file, table, &mut errors);
         cfg.validate(&mut errors);
-        errors.into_result(cfg)
+        (cfg, errors)
     }
 
     fn validate(&self, errors: &mut Errors) {

@@ -39,6 +39,8 @@ impl Env for MapEnv {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Kind {
     Str,
+    /// A path: relative paths are relative to the working directory, not to the edge file.
+    Path,
     Int,
     /// Comma-separated list of strings.
     List,
@@ -50,12 +52,12 @@ pub(crate) const OVERRIDES: &[(&str, &str, &str, Kind)] = &[
     ("EDGE_LISTEN", "server", "listen", Kind::List),
     ("EDGE_TLS_LISTEN", "server", "tls_listen", Kind::List),
     ("EDGE_ADMIN_LISTEN", "server", "admin_listen", Kind::Str),
-    ("EDGE_DATA_DIR", "server", "data_dir", Kind::Str),
+    ("EDGE_DATA_DIR", "server", "data_dir", Kind::Path),
     ("EDGE_THREADS", "server", "threads", Kind::Int),
     ("EDGE_PUBLIC_URL", "server", "public_url", Kind::Str),
-    ("EDGE_ORIGIN_ROOT", "origin", "root", Kind::Str),
+    ("EDGE_ORIGIN_ROOT", "origin", "root", Kind::Path),
     ("EDGE_CACHE_MEMORY", "cache", "memory", Kind::Str),
-    ("EDGE_POLICIES", "policies", "file", Kind::Str),
+    ("EDGE_POLICIES", "policies", "file", Kind::Path),
     ("SIGNED_URL_SECRET", "signed_url", "secret", Kind::Str),
     (
         "SIGNED_URL_EXPIRATION",
@@ -66,11 +68,27 @@ pub(crate) const OVERRIDES: &[(&str, &str, &str, Kind)] = &[
 ];
 
 /// Writes every set override into `table`, recording variables whose text has the wrong type.
-pub(crate) fn apply(env: &dyn Env, table: &mut toml::Table, errors: &mut crate::Errors) {
+/// `in_file`: the table comes from an edge file, whose relative paths resolve against its own
+/// directory, so relative paths from the environment are made absolute (against the working
+/// directory) to keep meaning what the operator typed.
+pub(crate) fn apply(
+    env: &dyn Env,
+    table: &mut toml::Table,
+    errors: &mut crate::Errors,
+    in_file: bool,
+) {
     for &(name, section, key, kind) in OVERRIDES {
         let Some(text) = env.var(name) else { continue };
         let value = match kind {
             Kind::Str => toml::Value::String(text),
+            Kind::Path => {
+                let path = std::path::Path::new(&text);
+                let absolute = match std::env::current_dir() {
+                    Ok(cwd) if in_file && path.is_relative() => cwd.join(path),
+                    _ => path.to_path_buf(),
+                };
+                toml::Value::String(absolute.display().to_string())
+            }
             Kind::List => toml::Value::Array(
                 text.split(',')
                     .map(str::trim)
