@@ -63,6 +63,19 @@ impl TestEdge {
     pub fn admin(&self) -> String {
         format!("http://{}", self.edge.addrs().admin)
     }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let url = format!("{}/metrics", self.admin());
+        client()
+            .get(url)
+            .send()
+            .await
+            .expect("admin answers")
+            .text()
+            .await
+            .expect("metrics body")
+    }
 }
 
 /// A token for `scope` valid for `ttl` seconds (negative: already expired).

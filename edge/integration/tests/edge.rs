@@ -57,14 +57,7 @@ async fn ffmpeg_downloads_the_demo_stream_through_a_signed_url() {
         "downloaded {seconds} s of an 8 s stream"
     );
 
-    let metrics = client()
-        .get(format!("{}/metrics", t.admin()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(
         metrics.contains(r#"edge_policy_decisions_total{outcome="allow",policy="signed-url"}"#),
         "{metrics}"
@@ -295,14 +288,7 @@ async fn many_concurrent_viewers_cause_one_origin_read_per_object() {
         1,
         "{responses:?}"
     );
-    let metrics = client()
-        .get(format!("{}/metrics", t.admin()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = t.metrics().await;
     assert!(
         metrics.contains(r#"edge_cache_lookups_total{result="miss",tier="memory"} 1"#),
         "{metrics}"
