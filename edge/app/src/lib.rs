@@ -79,7 +79,8 @@ struct Loaded {
 fn load(cfg: &EdgeConfig, registry: &prometheus::Registry) -> anyhow::Result<Loaded> {
     let (policies, router, secret) = load_policies(cfg, registry)?;
     let origin = StoreOrigin::local(&cfg.resolve(&cfg.origin.root), cfg.origin.timeout)
-        .with_context(|| format!("{}: `origin.root`", cfg.source.display()))?;
+        .with_context(|| format!("{}: `origin.root`", cfg.source.display()))?
+        .with_max_object(cfg.origin.max_object.as_u64());
     Ok(Loaded {
         router,
         policies,
@@ -142,13 +143,15 @@ pub fn sign_path(cfg: &EdgeConfig, path: &str, ttl_secs: u64) -> anyhow::Result<
 }
 
 fn sign_with(secret: &str, param: &str, path: &str, ttl_secs: u64) -> String {
+    // The guest compares the scope with the normalised path; sign that same spelling.
+    let normalised = edge_pipeline::normalize(path).unwrap_or_else(|_| path.to_owned());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let grant = edge_urlsig::Grant {
         expires: now + ttl_secs,
-        scope: edge_urlsig::directory_scope(path).to_owned(),
+        scope: edge_urlsig::directory_scope(&normalised).to_owned(),
         client_addr: None,
     };
     format!(

@@ -99,7 +99,9 @@ pub struct TaskFailed(pub String);
 #[derive(Clone)]
 struct Entry<V> {
     key: Arc<str>,
-    value: V,
+    /// `None` for a purged key: TinyUFO's `remove` leaves the key in its queues and skews its
+    /// weight accounting, so a purge overwrites the entry with this expired, 1-unit tombstone.
+    value: Option<V>,
     expires: Instant,
 }
 
@@ -186,15 +188,18 @@ where
     /// Removes `key`; returns whether it was cached.
     pub fn purge(&self, key: &str) -> bool {
         let key: Arc<str> = Arc::from(key);
-        match self.inner.ufo.remove(&key) {
-            Some(e) => {
-                if let Some(m) = &self.inner.metrics {
-                    m.stored(-(e.value.weight() as i64));
-                }
-                true
-            }
-            None => false,
+        let held = self.inner.held(&key);
+        if held == 0 {
+            return false;
         }
+        let tombstone = Entry {
+            key: key.clone(),
+            value: None,
+            expires: Instant::now(),
+        };
+        let evicted = self.inner.ufo.put(key, tombstone, 1);
+        self.inner.account(0, held, &evicted);
+        true
     }
 }
 
@@ -203,11 +208,34 @@ where
     V: Weighted + Clone + Send + Sync + 'static,
     E: Clone + From<TaskFailed> + Send + Sync + 'static,
 {
+    /// Bytes held for `key` (0 when absent or purged).
+    fn held(&self, key: &Arc<str>) -> usize {
+        self.ufo
+            .get(key)
+            .filter(|e| e.key == *key)
+            .and_then(|e| e.value.map(|v| v.weight()))
+            .unwrap_or(0)
+    }
+
+    /// Updates the byte gauge: `added` bytes stored, `replaced` bytes overwritten in place, and
+    /// whatever TinyUFO evicted (or refused to admit).
+    fn account(&self, added: usize, replaced: usize, evicted: &[tinyufo::KV<Entry<V>>]) {
+        if let Some(m) = &self.metrics {
+            let freed: usize = evicted
+                .iter()
+                .filter_map(|kv| kv.data.value.as_ref())
+                .map(Weighted::weight)
+                .sum();
+            m.stored(added as i64 - replaced as i64 - freed as i64);
+            m.evicted(evicted.iter().filter(|kv| kv.data.value.is_some()).count() as u64);
+        }
+    }
+
     fn fresh(&self, key: &Arc<str>) -> Option<V> {
         self.ufo
             .get(key)
             .filter(|e| e.key == *key && e.expires > Instant::now())
-            .map(|e| e.value)
+            .and_then(|e| e.value)
     }
 
     fn count(&self, status: Status) {
@@ -244,20 +272,12 @@ where
         let units = bytes.div_ceil(WEIGHT_UNIT).clamp(1, u16::MAX as usize) as u16;
         let entry = Entry {
             key: key.clone(),
-            value,
+            value: Some(value),
             expires: Instant::now() + ttl,
         };
-        let replaced = self.ufo.remove(key);
+        let replaced = self.held(key);
         let evicted = self.ufo.put(key.clone(), entry, units);
-        if let Some(m) = &self.metrics {
-            let freed: i64 = evicted
-                .iter()
-                .map(|kv| kv.data.value.weight() as i64)
-                .sum::<i64>()
-                + replaced.map_or(0, |e| e.value.weight() as i64);
-            m.stored(bytes as i64 - freed);
-            m.evicted(evicted.len() as u64);
-        }
+        self.account(bytes, replaced, &evicted);
     }
 }
 

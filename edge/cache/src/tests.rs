@@ -146,3 +146,42 @@ async fn purge_removes() {
     assert!(cache.purge("/k"));
     assert!(cache.get("/k").is_none());
 }
+
+#[tokio::test]
+async fn byte_accounting_survives_refreshes_and_purges() {
+    let registry = prometheus::Registry::new();
+    let metrics = CacheMetrics::new(&registry, "memory").unwrap();
+    let cache: Cache<Obj, Err> = Cache::new(
+        CacheConfig {
+            capacity: 1 << 20,
+            max_object: 64 << 10,
+            estimated_entries: 64,
+        },
+        Some(metrics),
+    );
+    let stored = || {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("edge_cache_stored_bytes"))
+            .unwrap()
+            .to_owned();
+        line.rsplit(' ').next().unwrap().parse::<i64>().unwrap()
+    };
+    for _ in 0..5 {
+        // Each refresh replaces the entry in place (a 1 ns lifetime makes the next call refetch).
+        cache
+            .get_or_fetch("/live.m3u8", || async {
+                Ok((Obj(Bytes::from(vec![0u8; 3000])), Duration::from_nanos(1)))
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(stored(), 3000);
+    assert!(cache.purge("/live.m3u8"));
+    assert!(!cache.purge("/live.m3u8"));
+    assert_eq!(stored(), 0);
+    assert!(cache.get("/live.m3u8").is_none());
+}

@@ -100,6 +100,9 @@ pub struct OriginConfig {
     /// Timeout of one origin read. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Largest object the edge reads from the origin; larger ones are refused (502
+    /// `object_too_large`) instead of being held in memory whole. Default 256 MiB.
+    pub max_object: ByteSize,
 }
 
 impl Default for OriginConfig {
@@ -107,6 +110,7 @@ impl Default for OriginConfig {
         Self {
             root: PathBuf::from("deploy/demo/origin"),
             timeout: Duration::from_secs(10),
+            max_object: ByteSize::mib(256),
         }
     }
 }
@@ -293,7 +297,7 @@ impl EdgeConfig {
         }
         for (field, p) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
             if let Some(p) = p
-                && !p.is_file()
+                && !self.resolve(p).is_file()
             {
                 bad(field, &format!("file {} does not exist", p.display()));
             }

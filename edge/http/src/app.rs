@@ -78,7 +78,11 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
                 let head = req.method == Method::HEAD;
                 (self.handler.handle(req).await, head)
             }
-            Err(status) => (error(status), false),
+            Err(status) => {
+                // The rest of a bad or oversized body may still be on the wire: never reuse.
+                session.set_keepalive(None);
+                (error(status), false)
+            }
         };
         write_response(&mut session, response.0, response.1).await?;
         let persistent = HttpPersistentSettings::for_session(&session);
@@ -173,12 +177,6 @@ async fn write_response(
     if !bodyless {
         resp.insert_header(header::CONTENT_LENGTH, body.len())
             .ok()?;
-    }
-    // The listener's own 400/413 answers leave the connection in an unknown state: close it.
-    if status == StatusCode::PAYLOAD_TOO_LARGE
-        || status == StatusCode::BAD_REQUEST && headers.is_empty()
-    {
-        session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp)).await.ok()?;
     if !head && !bodyless && !body.is_empty() {

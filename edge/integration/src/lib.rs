@@ -25,7 +25,8 @@ pub struct TestEdge {
 
 impl TestEdge {
     /// Starts an edge on 127.0.0.1 port 0 (plain, TLS and admin) with `extra` TOML appended to the
-    /// config. Guests are built first (by `edge-guest-artifacts`).
+    /// config. Guests are built first (by `edge-guest-artifacts`). Policy calls get a 100 ms
+    /// deadline: the deadline is wall-clock time, and tests share two cores with each other.
     pub async fn start(extra: &str) -> anyhow::Result<Self> {
         Self::start_with_policies(&repo_root().join("policies/default.toml"), extra).await
     }
@@ -37,7 +38,8 @@ impl TestEdge {
         let root = repo_root();
         let toml = format!(
             "[server]\nlisten = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
-             data_dir = {data:?}\ndrain_timeout = \"5s\"\n[origin]\nroot = {origin:?}\n[policies]\nfile = {policies:?}\n{extra}",
+             data_dir = {data:?}\ndrain_timeout = \"5s\"\n\
+             [wasm]\ndeadline = \"100ms\"\n[origin]\nroot = {origin:?}\n[policies]\nfile = {policies:?}\n{extra}",
             data = data.path().display().to_string(),
             origin = root.join("deploy/demo/origin").display().to_string(),
             policies = policies.display().to_string(),

@@ -12,18 +12,28 @@ const URI_ATTRS: &[(&[u8], &[&[u8]])] = &[
     (b"RepresentationIndex", &[b"sourceURL"]),
 ];
 
-/// Checks that `body` is well-formed XML.
-pub(crate) fn check(body: &[u8]) -> Result<(), Error> {
+/// Checks that `body` is well-formed XML and tells whether any `BaseURL` is absolute: relative
+/// segment URIs under it resolve to another host, so the token must not be added anywhere.
+pub(crate) fn check(body: &[u8]) -> Result<bool, Error> {
     let mut reader = Reader::from_reader(body);
     let mut buf = Vec::new();
+    let (mut in_base, mut foreign) = (false, false);
     loop {
         match reader
             .read_event_into(&mut buf)
             .map_err(|e| Error::Dash(e.to_string()))?
         {
-            Event::Eof => return Ok(()),
-            _ => buf.clear(),
+            Event::Eof => return Ok(foreign),
+            Event::Start(e) => in_base = e.local_name().as_ref() == b"BaseURL",
+            Event::End(_) => in_base = false,
+            Event::Text(t) if in_base => {
+                let url = t.unescape().map_err(|e| Error::Dash(e.to_string()))?;
+                let url = url.trim();
+                foreign |= url.starts_with("//") || crate::has_scheme(url);
+            }
+            _ => {}
         }
+        buf.clear();
     }
 }
 
@@ -95,6 +105,31 @@ mod tests {
         assert!(out.contains(r#"media="s1.m4s?token=T""#), "{out}");
         assert!(out.contains(r#"media="https://x.example/s2.m4s""#), "{out}");
         assert!(out.contains(r#"bandwidth="800000""#), "{out}");
+    }
+
+    #[test]
+    fn an_absolute_base_url_gets_no_token() {
+        let mpd = r#"<MPD><BaseURL>https://cdn.other.example/v/</BaseURL><Period><AdaptationSet>
+<SegmentTemplate media="s$Number$.m4s" initialization="init.m4s"/></AdaptationSet></Period></MPD>"#;
+        let out = crate::propagate(
+            crate::Kind::Dash,
+            mpd.as_bytes(),
+            &[("token".into(), "T".into())],
+        )
+        .unwrap();
+        assert_eq!(out, mpd.as_bytes());
+        let relative = mpd.replace("https://cdn.other.example/v/", "video/");
+        let out = crate::propagate(
+            crate::Kind::Dash,
+            relative.as_bytes(),
+            &[("token".into(), "T".into())],
+        )
+        .unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("s$Number$.m4s?token=T")
+        );
     }
 
     #[test]

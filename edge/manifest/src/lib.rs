@@ -12,8 +12,9 @@
 //! - DASH (`.mpd`, rewritten with `quick-xml`): `media`, `initialization`, `index`, `sourceURL`
 //!   attributes of `SegmentTemplate`, `SegmentURL`, `Initialization` and `RepresentationIndex`.
 //!
-//! Absolute URIs (`https://…`, `//host/…`) and `data:` URIs are left alone: the token belongs to
-//! this edge and is never handed to another host. A URI that already carries the parameter keeps
+//! Absolute URIs (`https://…`, `//host/…`) and `data:` URIs are left alone, and a DASH manifest
+//! with an absolute `BaseURL` gets no parameter at all: the token belongs to this edge and is never
+//! handed to another host. A URI that already carries the parameter keeps
 //! its own value.
 //!
 //! ```
@@ -71,6 +72,8 @@ pub fn propagate(kind: Kind, body: &[u8], params: &[(String, String)]) -> Result
 pub struct Prepared {
     kind: Kind,
     splices: Vec<Splice>,
+    /// The manifest points at another host (an absolute DASH `BaseURL`): propagate nothing.
+    foreign: bool,
 }
 
 /// One relative URI: parameters go at `at` (its end, before any fragment).
@@ -99,19 +102,20 @@ impl Splice {
 impl Prepared {
     /// Checks that `body` is a manifest of `kind` and finds its relative URIs.
     pub fn new(kind: Kind, body: &[u8]) -> Result<Self, Error> {
-        let splices = match kind {
-            Kind::Hls => hls::prepare(body)?,
-            Kind::Dash => {
-                dash::check(body)?;
-                Vec::new()
-            }
+        let (splices, foreign) = match kind {
+            Kind::Hls => (hls::prepare(body)?, false),
+            Kind::Dash => (Vec::new(), dash::check(body)?),
         };
-        Ok(Self { kind, splices })
+        Ok(Self {
+            kind,
+            splices,
+            foreign,
+        })
     }
 
     /// `body` (the one this was prepared from) with `params` appended to every relative URI.
     pub fn render(&self, body: &[u8], params: &[(String, String)]) -> Result<Vec<u8>, Error> {
-        if params.is_empty() {
+        if params.is_empty() || self.foreign {
             return Ok(body.to_vec());
         }
         if self.kind == Kind::Dash {

@@ -32,6 +32,9 @@ pub enum OriginError {
     /// The origin did not answer in time.
     #[error("origin timed out after {0:?}")]
     Timeout(Duration),
+    /// The object is larger than the edge reads into memory.
+    #[error("object of {0} bytes is larger than the origin's max_object")]
+    TooLarge(u64),
     /// The origin failed (I/O, network, permissions, ...).
     #[error("origin failed: {0}")]
     Unavailable(String),
@@ -66,6 +69,7 @@ pub trait Origin: Send + Sync + 'static {
 pub struct StoreOrigin {
     store: Arc<dyn ObjectStore>,
     timeout: Duration,
+    max_object: u64,
     description: String,
 }
 
@@ -80,6 +84,7 @@ impl StoreOrigin {
         Ok(Self {
             store: Arc::new(store),
             timeout,
+            max_object: u64::MAX,
             description: format!("fs:{}", canonical.display()),
         })
     }
@@ -89,8 +94,15 @@ impl StoreOrigin {
         Self {
             store,
             timeout,
+            max_object: u64::MAX,
             description,
         }
+    }
+
+    /// Refuses objects larger than `bytes` before reading their body.
+    pub fn with_max_object(mut self, bytes: u64) -> Self {
+        self.max_object = bytes;
+        self
     }
 }
 
@@ -112,6 +124,9 @@ impl Origin for StoreOrigin {
         let location = object_path(path)?;
         let read = async {
             let result = self.store.get(&location).await.map_err(map_err)?;
+            if result.meta.size > self.max_object {
+                return Err(OriginError::TooLarge(result.meta.size));
+            }
             let etag = result.meta.e_tag.clone();
             let last_modified = Some(SystemTime::from(result.meta.last_modified));
             let body = result.bytes().await.map_err(map_err)?;
@@ -167,5 +182,10 @@ mod tests {
             Err(OriginError::InvalidPath(_))
         ));
         origin.check().await.unwrap();
+        let small = origin.with_max_object(4);
+        assert_eq!(
+            small.get("/vod/m1/index.m3u8").await.unwrap_err(),
+            OriginError::TooLarge(8)
+        );
     }
 }

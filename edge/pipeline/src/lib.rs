@@ -300,6 +300,10 @@ fn origin_error(e: &FetchError) -> EdgeResponse {
         FetchError::Origin(OriginError::NotFound) => respond::error(404, "not_found", &[]),
         FetchError::Origin(OriginError::InvalidPath(_)) => respond::error(400, "invalid_path", &[]),
         FetchError::Origin(OriginError::Timeout(_)) => respond::error(504, "origin_timeout", &[]),
+        FetchError::Origin(OriginError::TooLarge(size)) => {
+            tracing::warn!(size, "object larger than origin.max_object refused");
+            respond::error(502, "object_too_large", &[])
+        }
         FetchError::Origin(OriginError::Unavailable(reason)) => {
             tracing::warn!(%reason, "origin failed");
             respond::error(502, "origin_unavailable", &[])
@@ -315,12 +319,11 @@ fn origin_error(e: &FetchError) -> EdgeResponse {
 impl Handler for Pipeline {
     async fn handle(&self, req: EdgeRequest) -> EdgeResponse {
         let start = Instant::now();
-        self.metrics.in_flight.inc();
+        let _in_flight = metrics::InFlight::enter(&self.metrics);
         let (route, mut response) = self.serve(&req).await;
         if let Some(origin) = &self.cfg.cors_allow_origin {
             respond::cors(&mut response.headers, origin);
         }
-        self.metrics.in_flight.dec();
         self.metrics.record(
             &route,
             response.status,

@@ -74,3 +74,19 @@ impl PipelineMetrics {
         self.bytes.with_label_values(&[route]).inc_by(body as u64);
     }
 }
+
+/// Counts a request in `edge_requests_in_flight` until dropped, however the request ends.
+pub(crate) struct InFlight<'a>(&'a IntGauge);
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn enter(metrics: &'a PipelineMetrics) -> Self {
+        metrics.in_flight.inc();
+        Self(&metrics.in_flight)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,6 +1,6 @@
 //! Routes and chains: which policies run for a path, and how their decisions combine.
 
-use crate::{Error, LoadedPolicy, instance::Failure};
+use crate::{Error, LoadedPolicy};
 use edge_config::{FailMode, RouteSpec};
 use edge_wit::types::{Decision, Request};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -89,7 +89,7 @@ impl Route {
                 context: context.clone(),
             };
             let metrics = policy.metrics();
-            let decision = policy.decide(&request).await.and_then(validate);
+            let decision = policy.decide(&request).await;
             match decision {
                 Ok(Decision::Allow(a)) => {
                     metrics.decision(policy.name(), "allow");
@@ -153,22 +153,6 @@ fn selected_headers(headers: &http::HeaderMap, names: &[String]) -> Vec<(String,
         }
     }
     out
-}
-
-/// Guests may not answer with statuses the edge cannot honour.
-fn validate(d: Decision) -> Result<Decision, Failure> {
-    match &d {
-        Decision::Deny(x) if !(400..=599).contains(&x.status) => {
-            Err(Failure::Invalid(format!("deny with status {}", x.status)))
-        }
-        Decision::Redirect(x) if !matches!(x.status, 301..=303 | 307 | 308) => Err(
-            Failure::Invalid(format!("redirect with status {}", x.status)),
-        ),
-        Decision::Redirect(x) if x.location.is_empty() || x.location.contains(['\r', '\n']) => Err(
-            Failure::Invalid("redirect with an empty or multi-line location".into()),
-        ),
-        _ => Ok(d),
-    }
 }
 
 /// Maps paths to routes. Routes are tried in file order.

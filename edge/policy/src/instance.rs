@@ -16,6 +16,21 @@ use wasmtime::{Store, Trap};
 /// Most idle instances a policy keeps for reuse; more are dropped when returned.
 const MAX_IDLE: usize = 64;
 
+/// Added to twice the deadline to bound a call by wall-clock time. The epoch deadline stays the
+/// precise limit on guest code; this is the backstop for a guest parked in a host call (a WASI
+/// sleep), loose enough that a busy machine does not turn host-side work into timeouts.
+const WALL_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Bound on creating an instance (host-side work, not only guest code: it is not held to the
+/// per-call deadline, which a busy machine would spuriously exceed).
+const INSTANTIATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most pairs in any list of a decision (headers, context, query parameters to propagate).
+pub(crate) const MAX_PAIRS: usize = 64;
+
+/// Most bytes of all names, values and the reason of a decision together.
+pub(crate) const MAX_DECISION_BYTES: usize = 16 * 1024;
+
 /// Why a policy call produced no decision.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
@@ -63,6 +78,9 @@ pub struct LoadedPolicy {
     info: Arc<PolicyInfo>,
     spec: PolicySpec,
     ticks: u64,
+    /// Wall-clock bound of a call (`2 × deadline + WALL_SLACK`): the epoch deadline only interrupts
+    /// running guest code, not a guest parked in a host call (a WASI sleep).
+    wall: std::time::Duration,
     memory_limit: usize,
     max_reuse: u32,
     idle: std::sync::Mutex<Vec<Slot>>,
@@ -114,6 +132,7 @@ impl LoadedPolicy {
             }),
             spec: spec.clone(),
             ticks: Engine::ticks(deadline),
+            wall: deadline * 2 + WALL_SLACK,
             memory_limit: usize::try_from(memory_limit.as_u64()).unwrap_or(usize::MAX),
             max_reuse,
             idle: std::sync::Mutex::new(Vec::new()),
@@ -166,11 +185,18 @@ impl LoadedPolicy {
         };
         slot.store.data_mut().begin_call();
         slot.store.set_epoch_deadline(self.ticks);
-        match slot
+        let call = slot
             .policy
             .edge_policy_decide()
-            .call_decide(&mut slot.store, request)
-            .await
+            .call_decide(&mut slot.store, request);
+        // A timed-out call is dropped mid-flight, which poisons the store: the slot goes with it.
+        let result = match tokio::time::timeout(self.wall, call).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(r) => r,
+        };
+        match result
+            .map_err(|e| classify(&e, slot.store.data()))
+            .and_then(validate)
         {
             Ok(decision) => {
                 slot.uses += 1;
@@ -182,8 +208,9 @@ impl LoadedPolicy {
                 }
                 Ok(decision)
             }
-            // A trap poisons the whole store: dropping `slot` discards it.
-            Err(e) => Err(classify(&e, slot.store.data())),
+            // A trap poisons the whole store, and an instance that answered nonsense is not
+            // trusted again: dropping `slot` discards both.
+            Err(failure) => Err(failure),
         }
     }
 
@@ -195,11 +222,12 @@ impl LoadedPolicy {
         );
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.ticks);
-        let policy = self.pre.instantiate_async(&mut store).await.map_err(|e| {
-            match classify(&e, store.data()) {
-                Failure::Trap(msg) => Failure::Capacity(msg),
-                other => other,
-            }
+        let instantiating =
+            tokio::time::timeout(INSTANTIATE_TIMEOUT, self.pre.instantiate_async(&mut store)).await;
+        let instantiated = instantiating.map_err(|_| Failure::Timeout)?;
+        let policy = instantiated.map_err(|e| match classify(&e, store.data()) {
+            Failure::Trap(msg) => Failure::Capacity(msg),
+            other => other,
         })?;
         self.info.metrics.instance_created(&self.spec.name);
         Ok(Slot {
@@ -223,5 +251,48 @@ fn classify(e: &wasmtime::Error, state: &PolicyState) -> Failure {
                 .unwrap_or_default()
                 .to_owned(),
         ),
+    }
+}
+
+/// Guests may not answer with statuses the edge cannot honour, nor with more than the edge will
+/// carry (a decision with 25 000 headers would otherwise reach the response builder).
+fn validate(d: Decision) -> Result<Decision, Failure> {
+    let pairs: Vec<&[(String, String)]> = match &d {
+        Decision::Allow(a) => vec![&a.response_headers, &a.context, &a.propagate_query],
+        Decision::Deny(x) => vec![&x.headers],
+        Decision::Redirect(_) => vec![],
+    };
+    if pairs.iter().any(|p| p.len() > MAX_PAIRS) {
+        return Err(Failure::Invalid(format!(
+            "more than {MAX_PAIRS} pairs in one list"
+        )));
+    }
+    let text = match &d {
+        Decision::Deny(x) => x.reason.len(),
+        Decision::Redirect(x) => x.location.len(),
+        Decision::Allow(_) => 0,
+    };
+    let bytes = text
+        + pairs
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if bytes > MAX_DECISION_BYTES {
+        return Err(Failure::Invalid(format!(
+            "decision of {bytes} bytes (at most {MAX_DECISION_BYTES})"
+        )));
+    }
+    match &d {
+        Decision::Deny(x) if !(400..=599).contains(&x.status) => {
+            Err(Failure::Invalid(format!("deny with status {}", x.status)))
+        }
+        Decision::Redirect(x) if !matches!(x.status, 301..=303 | 307 | 308) => Err(
+            Failure::Invalid(format!("redirect with status {}", x.status)),
+        ),
+        Decision::Redirect(x) if x.location.is_empty() || x.location.contains(['\r', '\n']) => Err(
+            Failure::Invalid("redirect with an empty or multi-line location".into()),
+        ),
+        _ => Ok(d),
     }
 }

@@ -168,6 +168,8 @@ impl metrics::Host for PolicyState {
                 .unwrap_or_else(|e| e.into_inner());
             if !known.contains(&name) {
                 if known.len() >= MAX_CUSTOM_COUNTERS {
+                    drop(known);
+                    self.info.metrics.logs_dropped(&self.info.name);
                     return;
                 }
                 known.insert(name.clone());

@@ -14,9 +14,12 @@ use std::{
 
 const SECRET: &str = "test-secret-0123456789abcdef";
 
+/// Wall-clock budget per call: generous, since tests share two cores with each other.
+const DEADLINE: Duration = Duration::from_millis(50);
+
 fn runtime(registry: &prometheus::Registry) -> PolicyRuntime {
     let wasm = WasmConfig {
-        deadline: Duration::from_millis(20),
+        deadline: DEADLINE,
         ..WasmConfig::default()
     };
     let engine = Engine::new(&EngineConfig {
@@ -174,6 +177,20 @@ async fn hostile_guests_are_contained() {
         denied(&run(&router, "/hostile/panic", "").await),
         (503, "policy_trap")
     );
+    let start = Instant::now();
+    assert_eq!(
+        denied(&run(&router, "/hostile/sleep", "").await),
+        (503, "policy_timeout")
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "a sleeping guest was cut off late: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        denied(&run(&router, "/hostile/header-flood", "").await),
+        (503, "policy_invalid")
+    );
     assert_eq!(
         denied(&run(&router, "/hostile/bad-status", "").await),
         (503, "policy_invalid")
@@ -218,7 +235,7 @@ async fn hostile_guests_are_contained() {
         .encode_to_string(&registry.gather())
         .unwrap();
     for want in [
-        r#"edge_policy_failures_total{kind="timeout",policy="hostile"} 2"#,
+        r#"edge_policy_failures_total{kind="timeout",policy="hostile"} 3"#,
         r#"edge_policy_failures_total{kind="memory",policy="hostile"} 1"#,
         r#"edge_policy_failures_total{kind="trap",policy="hostile"} 1"#,
         r#"edge_policy_decisions_total{outcome="fail_open",policy="hostile-open"} 1"#,
@@ -264,7 +281,7 @@ async fn memoised_tokens_still_expire_and_stay_bound() {
     let clock = Arc::new(TestClock(std::sync::atomic::AtomicU64::new(1_000_000)));
     let registry = prometheus::Registry::new();
     let wasm = WasmConfig {
-        deadline: Duration::from_millis(20),
+        deadline: DEADLINE,
         ..WasmConfig::default()
     };
     let engine = Engine::new(&EngineConfig {

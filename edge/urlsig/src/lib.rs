@@ -80,8 +80,6 @@ pub enum Rejection {
     Expired,
     /// The token is valid for another path.
     ScopeMismatch,
-    /// The token is bound to another client address.
-    ClientMismatch,
 }
 
 impl Rejection {
@@ -93,7 +91,6 @@ impl Rejection {
             Self::BadSignature => "bad_signature",
             Self::Expired => "expired_token",
             Self::ScopeMismatch => "scope_mismatch",
-            Self::ClientMismatch => "client_mismatch",
         }
     }
 }
