@@ -317,3 +317,48 @@ async fn drain_stops_accepting_and_reports_readiness() {
         "admin still accepting after drain"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_refused_and_browsers_get_cors() {
+    let t = TestEdge::start("").await.unwrap();
+    let c = client();
+    let r = c
+        .post(format!("{}/vod/movies/demo/index.m3u8", t.http()))
+        .body(vec![b'x'; edge_http_max_body() + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.headers().get("connection").map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
+
+    let pre = c
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/vod/movies/demo/v0/seg_000.ts", t.http()),
+        )
+        .header("origin", "https://player.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "range")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    assert_eq!(pre.headers()["access-control-allow-origin"], "*");
+    let denied = c
+        .get(format!("{}{MASTER}", t.http()))
+        .header("origin", "https://player.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    assert_eq!(denied.headers()["access-control-allow-origin"], "*");
+    t.edge.shutdown().await;
+}
+
+/// The listener's request-body bound (1 MiB).
+fn edge_http_max_body() -> usize {
+    1 << 20
+}
