@@ -29,7 +29,7 @@ pub(crate) fn check(body: &[u8]) -> Result<bool, Error> {
             Event::Text(t) if in_base => {
                 let url = t.unescape().map_err(|e| Error::Dash(e.to_string()))?;
                 let url = url.trim();
-                foreign |= url.starts_with("//") || crate::has_scheme(url);
+                foreign |= crate::is_absolute(url);
             }
             _ => {}
         }

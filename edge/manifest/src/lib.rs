@@ -87,7 +87,7 @@ struct Splice {
 impl Splice {
     /// The splice for `uri`, found at byte `start` of the body; none for absolute URIs.
     fn for_uri(start: usize, uri: &str) -> Option<Self> {
-        if uri.is_empty() || uri.starts_with("//") || uri.starts_with("data:") || has_scheme(uri) {
+        if uri.is_empty() || is_absolute(uri) {
             return None;
         }
         let end = uri.find('#').unwrap_or(uri.len());
@@ -156,11 +156,7 @@ fn encode(s: &str) -> String {
 /// `uri` with `params` appended, unless it is absolute or already has a parameter.
 pub fn with_params(uri: &str, params: &[(String, String)]) -> String {
     let trimmed = uri.trim();
-    if trimmed.is_empty()
-        || trimmed.starts_with("//")
-        || trimmed.starts_with("data:")
-        || has_scheme(trimmed)
-    {
+    if trimmed.is_empty() || is_absolute(trimmed) {
         return uri.to_owned();
     }
     let (before_fragment, fragment) = match uri.split_once('#') {
@@ -190,6 +186,12 @@ pub fn with_params(uri: &str, params: &[(String, String)]) -> String {
         out.push_str(f);
     }
     out
+}
+
+/// Whether `uri` leaves this edge: network-path (`//host/…`) or with a scheme (`https:`, `data:`,
+/// `skd:`, …). Such URIs never get this edge's token.
+pub(crate) fn is_absolute(uri: &str) -> bool {
+    uri.starts_with("//") || has_scheme(uri)
 }
 
 /// RFC 3986 scheme: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":"
