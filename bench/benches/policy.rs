@@ -9,7 +9,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use edge_config::{PolicySet, WasmConfig};
 use edge_guest_artifacts::{FIXTURE_ALLOW, SIGNED_URL, path};
-use edge_policy::{Outcome, PolicyMetrics, PolicyRuntime, RequestInfo, SystemClock};
+use edge_policy::{HostServices, Outcome, PolicyMetrics, PolicyRuntime, RequestInfo, TrustedKeys};
 use edge_wasm::{Engine, EngineConfig};
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
@@ -37,7 +37,8 @@ fn router() -> edge_policy::Router {
         engine,
         wasm,
         PolicyMetrics::new(&prometheus_registry()).unwrap(),
-        Arc::new(SystemClock),
+        HostServices::local(100_000),
+        TrustedKeys::default(),
     )
     .unwrap();
     runtime.load(&set).unwrap()

@@ -8,6 +8,9 @@ const GUESTS: &[(&str, &str)] = &[
     ("SIGNED_URL", "signed_url"),
     ("FIXTURE_ALLOW", "fixture_allow"),
     ("FIXTURE_HOSTILE", "fixture_hostile"),
+    ("AUTH_JWT", "auth_jwt"),
+    ("SUBSCRIPTION", "subscription"),
+    ("RATE_LIMIT", "rate_limit"),
 ];
 
 fn main() {
@@ -21,6 +24,9 @@ fn main() {
         "guests/Cargo.toml",
         "guests/Cargo.lock",
         "guests/signed-url",
+        "guests/auth-jwt",
+        "guests/subscription",
+        "guests/rate-limit",
         "guests/fixtures",
         "wit",
         "edge/urlsig/src",

@@ -1,7 +1,7 @@
 //! The admin listener: health and metrics for operators and orchestrators.
 
+use crate::policies::PolicyControl;
 use bytes::Bytes;
-use edge_config::PolicySet;
 use edge_origin::Origin;
 use edge_pipeline::{EdgeRequest, EdgeResponse, Handler};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -12,12 +12,15 @@ use std::sync::{
 };
 
 /// `GET /health/live` (the process answers), `/health/ready` (serving and not draining),
-/// `/health` (JSON with each component's status), `/metrics` (Prometheus text format).
+/// `/health` (JSON with each component's status), `/metrics` (Prometheus text format),
+/// `GET /admin/policies` (versions, canaries and their window statistics),
+/// `POST /admin/policies/reload` (reload now; 200 with the new deployments, or 422 with every
+/// problem while the running policies stay).
 pub(crate) struct Admin {
     registry: Registry,
     ready: Arc<AtomicBool>,
     origin: Arc<dyn Origin>,
-    policies: PolicySet,
+    policies: Arc<PolicyControl>,
 }
 
 impl Admin {
@@ -25,7 +28,7 @@ impl Admin {
         registry: Registry,
         ready: Arc<AtomicBool>,
         origin: Arc<dyn Origin>,
-        policies: PolicySet,
+        policies: Arc<PolicyControl>,
     ) -> Self {
         Self {
             registry,
@@ -39,6 +42,8 @@ impl Admin {
         let ready = self.ready.load(Ordering::SeqCst);
         let origin = self.origin.check().await;
         let healthy = ready && origin.is_ok();
+        let mut policies = self.policies.summary();
+        policies["status"] = "ok".into();
         let body = serde_json::json!({
             "status": if healthy { "ok" } else { "degraded" },
             "ready": ready,
@@ -48,12 +53,7 @@ impl Admin {
                     "kind": self.origin.describe(),
                     "error": origin.err().map(|e| e.to_string()),
                 },
-                "policies": {
-                    "status": "ok",
-                    "file": self.policies.source.display().to_string(),
-                    "policies": self.policies.policies.keys().collect::<Vec<_>>(),
-                    "routes": self.policies.routes.iter().map(|r| &r.name).collect::<Vec<_>>(),
-                },
+                "policies": policies,
                 "cache": { "status": "ok", "tiers": ["memory"] },
             },
         });
@@ -82,6 +82,10 @@ impl Admin {
     }
 }
 
+fn json(status: StatusCode, value: &serde_json::Value) -> EdgeResponse {
+    respond(status, "application/json", Bytes::from(value.to_string()))
+}
+
 fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> EdgeResponse {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -96,6 +100,25 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> EdgeR
 #[async_trait::async_trait]
 impl Handler for Admin {
     async fn handle(&self, req: EdgeRequest) -> EdgeResponse {
+        if req.path == "/admin/policies/reload" {
+            if req.method != http::Method::POST {
+                return respond(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "text/plain",
+                    Bytes::from_static(b"POST to reload\n"),
+                );
+            }
+            return match self.policies.reload("admin endpoint").await {
+                Ok(status) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "reloaded": true, "deployments": status }),
+                ),
+                Err(p) => json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &serde_json::json!({ "reloaded": false, "problems": p.0 }),
+                ),
+            };
+        }
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
             return respond(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -115,6 +138,7 @@ impl Handler for Admin {
             ),
             "/health" => self.health().await,
             "/metrics" => self.metrics(),
+            "/admin/policies" => json(StatusCode::OK, &self.policies.status()),
             _ => respond(
                 StatusCode::NOT_FOUND,
                 "text/plain",

@@ -16,16 +16,18 @@
 //! ```
 
 mod admin;
+mod policies;
 mod secrets;
 
 pub use secrets::signing_secret;
 
 use anyhow::Context as _;
-use edge_config::{EdgeConfig, PolicySet};
+use edge_config::EdgeConfig;
 use edge_http::{BoundListener, HttpApp, Listeners};
 use edge_origin::{Origin, StoreOrigin};
 use edge_pipeline::{Pipeline, PipelineConfig, PipelineMetrics};
-use edge_policy::{PolicyMetrics, PolicyRuntime, Router, SystemClock};
+use edge_policy::Router;
+use policies::PolicyControl;
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -71,7 +73,7 @@ impl std::error::Error for Problems {}
 /// Everything loaded from configuration, before any socket is bound.
 struct Loaded {
     router: Router,
-    policies: PolicySet,
+    policies: PolicyControl,
     origin: Arc<dyn Origin>,
     secret: String,
 }
@@ -90,29 +92,19 @@ fn load(cfg: &EdgeConfig, registry: &prometheus::Registry) -> anyhow::Result<Loa
 }
 
 /// The policies file, compiled into a router, and the signing secret its placeholders use.
+///
+/// `${VAR}` placeholders in the policies file resolve against the process environment
+/// (`JWT_SECRET_KEY`, `USER_SERVICE_URL`, ...), plus `SIGNED_URL_SECRET` set to the edge's
+/// signing secret (generated for development when unset).
 fn load_policies(
     cfg: &EdgeConfig,
     registry: &prometheus::Registry,
-) -> anyhow::Result<(PolicySet, Router, String)> {
+) -> anyhow::Result<(PolicyControl, Router, String)> {
     let secret = signing_secret(cfg)?;
-    let vars = HashMap::from([("SIGNED_URL_SECRET".to_owned(), secret.clone())]);
-    let policies_path = cfg.resolve(&cfg.policies.file);
-    let policies = PolicySet::load(&policies_path, &vars)
-        .map_err(|e| Problems(e.iter().map(ToString::to_string).collect()))?;
-    let engine = edge_wasm::Engine::new(&edge_wasm::EngineConfig {
-        max_instances: cfg.wasm.max_instances,
-        max_memory: cfg.wasm.memory_limit.as_u64(),
-    })?;
-    let runtime = PolicyRuntime::new(
-        engine,
-        cfg.wasm.clone(),
-        PolicyMetrics::new(registry)?,
-        Arc::new(SystemClock),
-    )?;
-    let router = runtime
-        .load(&policies)
-        .map_err(|e| Problems(e.iter().map(ToString::to_string).collect()))?;
-    Ok((policies, router, secret))
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    vars.insert("SIGNED_URL_SECRET".to_owned(), secret.clone());
+    let (control, router) = PolicyControl::load(cfg, vars, registry)?;
+    Ok((control, router, secret))
 }
 
 /// Checks only the policies file and its modules (what `edge validate` still can check when the
@@ -129,7 +121,7 @@ pub fn validate(cfg: &EdgeConfig) -> anyhow::Result<String> {
     Ok(format!(
         "{}: ok ({} policies, {} routes, origin {})",
         cfg.source.display(),
-        loaded.policies.policies.len(),
+        loaded.router.deployments().len(),
         loaded.router.routes().len(),
         loaded.origin.describe()
     ))
@@ -216,11 +208,16 @@ impl Edge {
             PipelineMetrics::new(&registry)?,
         ));
         let ready = Arc::new(AtomicBool::new(false));
+        let policies = Arc::new(loaded.policies);
+        policies.attach(pipeline.clone());
+        if !cfg.policies.watch_interval.is_zero() {
+            policies.clone().watch(cfg.policies.watch_interval);
+        }
         let admin_handler = Arc::new(admin::Admin::new(
             registry,
             ready.clone(),
             loaded.origin.clone(),
-            loaded.policies,
+            policies,
         ));
 
         let mut listeners = Listeners::default();

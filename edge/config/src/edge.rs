@@ -28,6 +28,8 @@ pub struct EdgeConfig {
     pub policies: PoliciesRef,
     /// The key and defaults used to sign URLs (`edge sign-url`, the start-up demo URL).
     pub signed_url: SignedUrlConfig,
+    /// Redis, shared by every edge (policy `kv` shared scope). Absent: in-process memory.
+    pub redis: RedisConfig,
 }
 
 /// `[server]`: listeners and process behaviour.
@@ -156,6 +158,12 @@ pub struct WasmConfig {
     /// How many requests one instance serves before it is replaced, in `isolation = "pooled"` mode.
     /// Default 10000.
     pub max_reuse: u32,
+    /// Ed25519 public keys (PEM files, `edge policy keygen`). When any is set, every module must
+    /// carry a signature (`MODULE.sig`, `edge policy sign`) by one of them, or it is refused at load.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Most keys each in-process key-value scope holds (policy `kv` local scope, and the shared
+    /// scope without Redis). Default 100000.
+    pub kv_max_entries: usize,
 }
 
 impl Default for WasmConfig {
@@ -165,6 +173,8 @@ impl Default for WasmConfig {
             memory_limit: ByteSize::mib(16),
             max_instances: 1000,
             max_reuse: 10_000,
+            trusted_keys: Vec::new(),
+            kv_max_entries: 100_000,
         }
     }
 }
@@ -175,12 +185,53 @@ impl Default for WasmConfig {
 pub struct PoliciesRef {
     /// The policies file. Env `EDGE_POLICIES`. Default `policies/default.toml`.
     pub file: PathBuf,
+    /// How often the policies file, its modules, signatures and config files are checked for
+    /// changes (hot reload). `0s` turns watching off (`POST /admin/policies/reload` still works).
+    /// Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
 }
 
 impl Default for PoliciesRef {
     fn default() -> Self {
         Self {
             file: PathBuf::from("policies/default.toml"),
+            watch_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `[redis]`: the Redis every edge shares (policy key-value shared scope). Without `host`, the
+/// edge needs no Redis and keeps that state in its own memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RedisConfig {
+    /// Host name or address. Env `REDIS_HOST`. Default none (no Redis).
+    pub host: Option<String>,
+    /// Port. Env `REDIS_PORT`. Default 6379.
+    pub port: u16,
+    /// Password (`AUTH`). Env `REDIS_PASSWORD`.
+    pub password: Option<String>,
+    /// Database number. Default 0.
+    pub db: i64,
+    /// Bound on one command, round trip included; a slower Redis counts as unavailable.
+    /// Default `50ms`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Bound on connecting. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: 6379,
+            password: None,
+            db: 0,
+            timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -260,6 +311,7 @@ impl EdgeConfig {
             wasm: section::take(file, &mut table, "wasm", &mut errors),
             policies: section::take(file, &mut table, "policies", &mut errors),
             signed_url: section::take(file, &mut table, "signed_url", &mut errors),
+            redis: section::take(file, &mut table, "redis", &mut errors),
         };
         section::reject_rest(file, table, &mut errors);
         cfg.validate(&mut errors);
@@ -318,6 +370,23 @@ impl EdgeConfig {
         }
         if self.wasm.max_reuse == 0 {
             bad("wasm.max_reuse", "must be at least 1");
+        }
+        for (i, k) in self.wasm.trusted_keys.iter().enumerate() {
+            if !self.resolve(k).is_file() {
+                bad(
+                    &format!("wasm.trusted_keys[{i}]"),
+                    &format!("file {} does not exist", k.display()),
+                );
+            }
+        }
+        if self.wasm.kv_max_entries == 0 {
+            bad("wasm.kv_max_entries", "must be at least 1");
+        }
+        if self.redis.host.as_deref().is_some_and(str::is_empty) {
+            bad("redis.host", "must not be empty");
+        }
+        if self.redis.timeout.is_zero() || self.redis.connect_timeout.is_zero() {
+            bad("redis", "timeouts must be greater than zero");
         }
         if let Some(s) = &self.signed_url.secret
             && s.len() < 16

@@ -59,6 +59,9 @@ pub(crate) const OVERRIDES: &[(&str, &str, &str, Kind)] = &[
     ("EDGE_CACHE_MEMORY", "cache", "memory", Kind::Str),
     ("EDGE_POLICIES", "policies", "file", Kind::Path),
     ("SIGNED_URL_SECRET", "signed_url", "secret", Kind::Str),
+    ("REDIS_HOST", "redis", "host", Kind::Str),
+    ("REDIS_PORT", "redis", "port", Kind::Int),
+    ("REDIS_PASSWORD", "redis", "password", Kind::Str),
     (
         "SIGNED_URL_EXPIRATION",
         "signed_url",

@@ -13,19 +13,21 @@
 //! assert_eq!(errs.len(), 2);
 //! ```
 
+mod canary;
 mod edge;
 mod env;
 mod error;
 mod policies;
 mod section;
 
+pub use canary::{CanaryMode, CanarySpec, RollbackSpec, Sticky};
 pub use edge::{
-    CacheConfig, EdgeConfig, OriginConfig, PoliciesRef, ServerConfig, SignedUrlConfig, TlsConfig,
-    WasmConfig,
+    CacheConfig, EdgeConfig, OriginConfig, PoliciesRef, RedisConfig, ServerConfig, SignedUrlConfig,
+    TlsConfig, WasmConfig,
 };
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use error::{ConfigError, Errors};
-pub use policies::{FailMode, Isolation, PolicySet, PolicySpec, RouteSpec};
+pub use policies::{FailMode, Isolation, PolicySet, PolicySpec, RouteSpec, signature_path};
 
 #[cfg(test)]
 mod tests {

@@ -40,6 +40,11 @@ pub struct PolicySpec {
     pub name: String,
     /// The component (`.wasm`), resolved against the policies file's directory.
     pub module: PathBuf,
+    /// Pin: `sha256:<hex>` (a prefix of at least 12 hex digits). The module file must hash to it,
+    /// or loading fails; without a pin, whatever the file holds is loaded (and reported as the
+    /// running version).
+    #[serde(default)]
+    pub version: Option<String>,
     /// What the request gets when the guest traps, runs past its deadline or exceeds its memory.
     #[serde(default)]
     pub fail: FailMode,
@@ -62,9 +67,41 @@ pub struct PolicySpec {
     /// placeholders are resolved from the variables the edge provides.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
-    /// The resolved config (placeholders replaced), filled in by [`PolicySet::load`].
+    /// Config values read from files (resolved against the policies file's directory) at load and
+    /// on every reload, e.g. `config_files = { jwks = "keys/jwks.json" }`.
+    #[serde(default)]
+    pub config_files: BTreeMap<String, PathBuf>,
+    /// Origins (`scheme://host[:port]`) the guest may call through `outbound-http`; nothing else.
+    #[serde(default)]
+    pub outbound: Vec<String>,
+    /// Longest outbound HTTP call. Default `2s`.
+    #[serde(default = "default_outbound_timeout", with = "humantime_serde")]
+    pub outbound_timeout: Duration,
+    /// Largest outbound response body. Default 1 MiB.
+    #[serde(default = "default_outbound_max_body")]
+    pub outbound_max_body: ByteSize,
+    /// Total time one `decide` call may spend waiting in host calls (kv, outbound HTTP), on top of
+    /// its `deadline` for guest code. Default `3s`.
+    #[serde(default = "default_host_budget", with = "humantime_serde")]
+    pub host_budget: Duration,
+    /// A candidate version taking part of the traffic.
+    #[serde(default)]
+    pub canary: Option<crate::CanarySpec>,
+    /// The resolved config (placeholders replaced, files read), filled in by [`PolicySet::load`].
     #[serde(skip)]
     pub resolved_config: BTreeMap<String, String>,
+}
+
+fn default_outbound_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_outbound_max_body() -> ByteSize {
+    ByteSize::mib(1)
+}
+
+fn default_host_budget() -> Duration {
+    Duration::from_secs(3)
 }
 
 const fn default_fail_status() -> u16 {
@@ -180,10 +217,33 @@ impl PolicySet {
 
     /// The module path of `spec`, resolved against this file's directory.
     pub fn module_path(&self, spec: &PolicySpec) -> PathBuf {
+        self.resolve(&spec.module)
+    }
+
+    /// `path` resolved against this file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
         match self.source.parent() {
-            Some(dir) if spec.module.is_relative() => dir.join(&spec.module),
-            _ => spec.module.clone(),
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
         }
+    }
+
+    /// Every file this set depends on: itself, modules (and their `.sig` files), config files.
+    /// Hot reload watches these.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.source.clone()];
+        for spec in self.policies.values() {
+            let mut modules = vec![self.module_path(spec)];
+            if let Some(c) = &spec.canary {
+                modules.push(self.resolve(&c.module));
+            }
+            for m in modules {
+                out.push(signature_path(&m));
+                out.push(m);
+            }
+            out.extend(spec.config_files.values().map(|p| self.resolve(p)));
+        }
+        out
     }
 
     fn validate(
@@ -207,6 +267,11 @@ impl PolicySet {
                 );
             }
         }
+        let source = self.source.clone();
+        let resolve = |p: &Path| match source.parent() {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p.to_path_buf(),
+        };
         for (name, spec) in &mut self.policies {
             if !name
                 .bytes()
@@ -238,6 +303,80 @@ impl PolicySet {
                         format!("policies.{name}.headers"),
                         format!("{h:?} is not a lower-case header name"),
                     );
+                }
+            }
+            if let Some(v) = &spec.version
+                && let Err(msg) = check_version(v)
+            {
+                bad(format!("policies.{name}.version"), msg);
+            }
+            for origin in &spec.outbound {
+                if let Err(msg) = check_origin(origin) {
+                    bad(format!("policies.{name}.outbound"), msg);
+                }
+            }
+            if spec.outbound_timeout.is_zero() || spec.host_budget.is_zero() {
+                bad(
+                    format!("policies.{name}"),
+                    "outbound_timeout and host_budget must be greater than zero".into(),
+                );
+            }
+            if let Some(c) = &spec.canary {
+                let field = format!("policies.{name}.canary");
+                if !resolve(&c.module).is_file() {
+                    bad(
+                        format!("{field}.module"),
+                        format!(
+                            "module file {} does not exist",
+                            resolve(&c.module).display()
+                        ),
+                    );
+                }
+                if let Some(v) = &c.version
+                    && let Err(msg) = check_version(v)
+                {
+                    bad(format!("{field}.version"), msg);
+                }
+                if c.weight > 100 {
+                    bad(
+                        format!("{field}.weight"),
+                        "must be a percentage, 0 to 100".into(),
+                    );
+                }
+                let r = &c.rollback;
+                if r.window < Duration::from_secs(1) {
+                    bad(
+                        format!("{field}.rollback.window"),
+                        "must be at least 1s".into(),
+                    );
+                }
+                for (k, v) in [
+                    ("trap_rate", r.trap_rate),
+                    ("error_rate", r.error_rate),
+                    ("deny_rate", r.deny_rate),
+                ] {
+                    if !(0.0..=1.0).contains(&v) {
+                        bad(
+                            format!("{field}.rollback.{k}"),
+                            "must be a fraction between 0 and 1".into(),
+                        );
+                    }
+                }
+            }
+            for (key, file) in &spec.config_files {
+                let field = format!("policies.{name}.config_files.{key}");
+                if spec.config.contains_key(key) {
+                    bad(field, "also set in `config`; set it in one place".into());
+                    continue;
+                }
+                match std::fs::read_to_string(resolve(file)) {
+                    Ok(text) => {
+                        spec.resolved_config.insert(key.clone(), text);
+                    }
+                    Err(e) => bad(
+                        field,
+                        format!("cannot read {}: {e}", resolve(file).display()),
+                    ),
                 }
             }
             for (key, value) in &spec.config {
@@ -297,6 +436,39 @@ impl PolicySet {
             }
         }
     }
+}
+
+/// Where the signature of `module` is expected: `MODULE.sig` beside it.
+pub fn signature_path(module: &Path) -> PathBuf {
+    let mut name = module.as_os_str().to_owned();
+    name.push(".sig");
+    PathBuf::from(name)
+}
+
+fn check_version(v: &str) -> Result<(), String> {
+    match v.strip_prefix("sha256:") {
+        Some(hex)
+            if hex.len() >= 12 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{v:?} is not `sha256:<hex>` with 12 to 64 hex digits (`edge policy validate` prints a module's version)"
+        )),
+    }
+}
+
+fn check_origin(origin: &str) -> Result<(), String> {
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .ok_or_else(|| format!("{origin:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{origin:?} must be an origin, scheme://host[:port], without path or credentials"
+        ));
+    }
+    Ok(())
 }
 
 /// Replaces each `${NAME}` in `text` with `vars[NAME]`; `$$` is a literal `$`.

@@ -158,6 +158,11 @@ impl Pipeline {
         self.router.store(Arc::new(router));
     }
 
+    /// The router new requests use.
+    pub fn router(&self) -> Arc<Router> {
+        self.router.load_full()
+    }
+
     /// The origin.
     pub fn origin(&self) -> &Arc<dyn Origin> {
         &self.origin

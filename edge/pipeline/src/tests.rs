@@ -65,7 +65,8 @@ fn fixture() -> Fixture {
         engine,
         WasmConfig::default(),
         edge_policy::PolicyMetrics::new(&registry).unwrap(),
-        Arc::new(edge_policy::SystemClock),
+        edge_policy::HostServices::local(1000),
+        edge_policy::TrustedKeys::default(),
     )
     .unwrap();
     let router = runtime.load(&set).unwrap();

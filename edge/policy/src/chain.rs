@@ -1,6 +1,6 @@
 //! Routes and chains: which policies run for a path, and how their decisions combine.
 
-use crate::{Error, LoadedPolicy};
+use crate::{Deployment, Error};
 use edge_config::{FailMode, RouteSpec};
 use edge_wit::types::{Decision, Request};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -59,7 +59,7 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Route {
     name: String,
-    chain: Vec<Arc<LoadedPolicy>>,
+    chain: Vec<Arc<Deployment>>,
 }
 
 impl Route {
@@ -78,7 +78,8 @@ impl Route {
         let mut response_headers = Vec::new();
         let mut propagate_query = Vec::new();
         let mut context: Vec<(String, String)> = Vec::new();
-        for policy in &self.chain {
+        for deployment in &self.chain {
+            let policy = deployment.baseline();
             let request = Request {
                 method: req.method.to_owned(),
                 path: req.path.to_owned(),
@@ -89,7 +90,7 @@ impl Route {
                 context: context.clone(),
             };
             let metrics = policy.metrics();
-            let decision = policy.decide(&request).await;
+            let decision = deployment.decide(&request).await;
             match decision {
                 Ok(Decision::Allow(a)) => {
                     metrics.decision(policy.name(), "allow");
@@ -162,12 +163,13 @@ pub struct Router {
     /// For each glob (in set order), the index of its route.
     owner: Vec<usize>,
     routes: Vec<Route>,
+    deployments: Vec<Arc<Deployment>>,
 }
 
 impl Router {
     pub(crate) fn new(
         specs: &[RouteSpec],
-        policies: &HashMap<String, Arc<LoadedPolicy>>,
+        policies: &HashMap<String, Arc<Deployment>>,
     ) -> Result<Self, Error> {
         let mut builder = GlobSetBuilder::new();
         let mut owner = Vec::new();
@@ -203,7 +205,19 @@ impl Router {
             route: String::new(),
             reason: e.to_string(),
         })?;
-        Ok(Self { set, owner, routes })
+        let mut deployments: Vec<Arc<Deployment>> = policies.values().cloned().collect();
+        deployments.sort_by(|a, b| a.name().cmp(b.name()));
+        Ok(Self {
+            set,
+            owner,
+            routes,
+            deployments,
+        })
+    }
+
+    /// Every loaded policy (bound to a route or not), by name.
+    pub fn deployments(&self) -> &[Arc<Deployment>] {
+        &self.deployments
     }
 
     /// The first route (in file order) with a pattern matching `path`.

@@ -1,17 +1,18 @@
 //! One loaded policy: its pre-linked component, limits and instance pool.
 
 use crate::{
-    Error, PolicyRuntime,
+    Error, Module, PolicyRuntime,
+    outbound::AllowedOrigin,
     state::{PolicyInfo, PolicyState},
 };
-use edge_config::{FailMode, Isolation, PolicySet, PolicySpec};
+use edge_config::{FailMode, Isolation, PolicySpec};
 use edge_wasm::Engine;
 use edge_wit::{
     Policy, PolicyPre,
     types::{Decision, Request},
 };
 use std::{sync::Arc, time::Instant};
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 /// Most idle instances a policy keeps for reuse; more are dropped when returned.
 const MAX_IDLE: usize = 64;
@@ -77,9 +78,11 @@ pub struct LoadedPolicy {
     _engine: Engine,
     info: Arc<PolicyInfo>,
     spec: PolicySpec,
+    version: String,
     ticks: u64,
-    /// Wall-clock bound of a call (`2 × deadline + WALL_SLACK`): the epoch deadline only interrupts
-    /// running guest code, not a guest parked in a host call (a WASI sleep).
+    /// Wall-clock bound of a call (`2 × deadline + WALL_SLACK`, plus the time booked to host
+    /// calls): the epoch deadline only interrupts running guest code, not a guest parked in a WASI
+    /// call (a sleep), which is not a budgeted host call.
     wall: std::time::Duration,
     memory_limit: usize,
     max_reuse: u32,
@@ -97,19 +100,31 @@ impl std::fmt::Debug for LoadedPolicy {
 impl LoadedPolicy {
     pub(crate) fn load(
         rt: &PolicyRuntime,
-        set: &PolicySet,
         spec: &PolicySpec,
+        module: &Module,
     ) -> Result<Self, Error> {
         let rt = &rt.inner;
-        let path = set.module_path(spec);
-        let component = rt.engine.load_component(&path)?;
         let world = |e: wasmtime::Error| Error::World {
             policy: spec.name.clone(),
-            path: path.clone(),
+            path: module.path.clone(),
             reason: edge_wasm::one_line(&format!("{e:#}")),
         };
-        let pre =
-            PolicyPre::new(rt.linker.instantiate_pre(&component).map_err(world)?).map_err(world)?;
+        let pre = PolicyPre::new(
+            rt.linker
+                .instantiate_pre(&module.component)
+                .map_err(world)?,
+        )
+        .map_err(world)?;
+        let allowed = spec
+            .outbound
+            .iter()
+            .map(|o| AllowedOrigin::parse(o))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| Error::World {
+                policy: spec.name.clone(),
+                path: module.path.clone(),
+                reason: format!("outbound: {reason}"),
+            })?;
         let deadline = spec
             .deadline
             .map_or(rt.wasm.deadline, |d| d.min(rt.wasm.deadline));
@@ -127,10 +142,19 @@ impl LoadedPolicy {
                 name: spec.name.clone(),
                 config: spec.resolved_config.clone(),
                 metrics: rt.metrics.clone(),
-                clock: rt.clock.clone(),
+                clock: rt.host.clock.clone(),
                 custom_counters: Default::default(),
+                kv: rt.host.kv.namespaced(format!("policy:{}:", spec.name)),
+                outbound: rt.host.outbound.clone(),
+                allowed,
+                outbound_timeout: spec.outbound_timeout,
+                outbound_max_body: usize::try_from(spec.outbound_max_body.as_u64())
+                    .unwrap_or(usize::MAX),
+                deadline,
+                host_budget: spec.host_budget,
             }),
             spec: spec.clone(),
+            version: module.sha256.clone(),
             ticks: Engine::ticks(deadline),
             wall: deadline * 2 + WALL_SLACK,
             memory_limit: usize::try_from(memory_limit.as_u64()).unwrap_or(usize::MAX),
@@ -142,6 +166,11 @@ impl LoadedPolicy {
     /// The policy's name.
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// The module's sha256 (hex): the version this runs.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// The policy's fail mode.
@@ -185,14 +214,15 @@ impl LoadedPolicy {
         };
         slot.store.data_mut().begin_call();
         slot.store.set_epoch_deadline(self.ticks);
+        let host_us = slot.store.data().host_us.clone();
         let call = slot
             .policy
             .edge_policy_decide()
             .call_decide(&mut slot.store, request);
         // A timed-out call is dropped mid-flight, which poisons the store: the slot goes with it.
-        let result = match tokio::time::timeout(self.wall, call).await {
-            Err(_) => return Err(Failure::Timeout),
-            Ok(r) => r,
+        let result = match watchdog(call, self.wall, &host_us).await {
+            None => return Err(Failure::Timeout),
+            Some(r) => r,
         };
         match result
             .map_err(|e| classify(&e, slot.store.data()))
@@ -221,7 +251,16 @@ impl LoadedPolicy {
             PolicyState::new(self.info.clone(), self.memory_limit),
         );
         store.limiter(|s| &mut s.limiter);
+        store.data_mut().begin_call();
         store.set_epoch_deadline(self.ticks);
+        store.epoch_deadline_callback(|ctx| {
+            let left = ctx.data().guest_time_left();
+            Ok(if left.is_zero() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(Engine::ticks(left))
+            })
+        });
         let instantiating =
             tokio::time::timeout(INSTANTIATE_TIMEOUT, self.pre.instantiate_async(&mut store)).await;
         let instantiated = instantiating.map_err(|_| Failure::Timeout)?;
@@ -235,6 +274,32 @@ impl LoadedPolicy {
             policy,
             uses: 0,
         })
+    }
+}
+
+/// Awaits `call` for at most `wall` plus the time booked to host calls (read from `host_us`, which
+/// grows while the call runs). `None` when it ran out.
+async fn watchdog<T>(
+    call: impl Future<Output = T>,
+    wall: std::time::Duration,
+    host_us: &std::sync::atomic::AtomicU64,
+) -> Option<T> {
+    let started = tokio::time::Instant::now();
+    let mut call = std::pin::pin!(call);
+    loop {
+        let allowed = wall
+            + std::time::Duration::from_micros(host_us.load(std::sync::atomic::Ordering::Relaxed));
+        tokio::select! {
+            r = &mut call => return Some(r),
+            () = tokio::time::sleep_until(started + allowed) => {
+                let now_allowed = wall + std::time::Duration::from_micros(
+                    host_us.load(std::sync::atomic::Ordering::Relaxed),
+                );
+                if started.elapsed() >= now_allowed {
+                    return None;
+                }
+            }
+        }
     }
 }
 

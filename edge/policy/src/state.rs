@@ -1,8 +1,15 @@
 //! Per-store host state and the host side of every import interface.
 
-use crate::metrics::PolicyMetrics;
+use crate::{
+    metrics::PolicyMetrics,
+    outbound::{AllowedOrigin, Outbound},
+};
 use edge_wit::host::{clock, config, log, metrics};
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -32,13 +39,22 @@ impl Clock for SystemClock {
     }
 }
 
-/// What a policy's stores share: its name, config and metrics.
+/// What a policy's stores share: its name, config, metrics and host services.
 pub(crate) struct PolicyInfo {
     pub(crate) name: String,
     pub(crate) config: BTreeMap<String, String>,
     pub(crate) metrics: PolicyMetrics,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) custom_counters: std::sync::Mutex<std::collections::HashSet<String>>,
+    pub(crate) kv: edge_kv::Namespaced,
+    pub(crate) outbound: Arc<dyn Outbound>,
+    pub(crate) allowed: Vec<AllowedOrigin>,
+    pub(crate) outbound_timeout: Duration,
+    pub(crate) outbound_max_body: usize,
+    /// Time guest code may run per call (host calls excluded).
+    pub(crate) deadline: Duration,
+    /// Time host calls may take per call, all together.
+    pub(crate) host_budget: Duration,
 }
 
 /// The data of one policy store.
@@ -48,6 +64,11 @@ pub(crate) struct PolicyState {
     pub(crate) info: Arc<PolicyInfo>,
     pub(crate) limiter: MemoryLimiter,
     logs_this_call: u32,
+    call_started: Instant,
+    /// Microseconds booked to host calls this call. A running host call is booked at its limit
+    /// and corrected when it returns, so the wall-clock watchdog ([`crate::LoadedPolicy`]) that
+    /// reads this from outside the store never cuts off a host call within its budget.
+    pub(crate) host_us: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PolicyState {
@@ -61,11 +82,47 @@ impl PolicyState {
                 exceeded: false,
             },
             logs_this_call: 0,
+            call_started: Instant::now(),
+            host_us: Arc::default(),
         }
     }
 
     pub(crate) fn begin_call(&mut self) {
         self.logs_this_call = 0;
+        self.call_started = Instant::now();
+        self.host_us.store(0, Ordering::Relaxed);
+    }
+
+    /// Guest time left in this call: wall time since the call began, minus time spent in host
+    /// calls. The epoch callback interrupts the guest when it reaches zero.
+    pub(crate) fn guest_time_left(&self) -> Duration {
+        let guest = self.call_started.elapsed().saturating_sub(self.host_time());
+        self.info.deadline.saturating_sub(guest)
+    }
+
+    /// Runs a host call bounded by `limit` and by what is left of the call's host budget, and
+    /// books its duration as host time. `None` when it ran out of time.
+    pub(crate) async fn host_call<T>(
+        &mut self,
+        limit: Duration,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let left = self.info.host_budget.saturating_sub(self.host_time());
+        let limit = limit.min(left);
+        if limit.is_zero() {
+            return None;
+        }
+        let booked = limit.as_micros() as u64;
+        self.host_us.fetch_add(booked, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = tokio::time::timeout(limit, work).await.ok();
+        let used = (started.elapsed().as_micros() as u64).min(booked);
+        self.host_us.fetch_sub(booked - used, Ordering::Relaxed);
+        result
+    }
+
+    fn host_time(&self) -> Duration {
+        Duration::from_micros(self.host_us.load(Ordering::Relaxed))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use edge_config::{PolicySet, WasmConfig};
 use edge_guest_artifacts::{FIXTURE_HOSTILE, SIGNED_URL, path};
-use edge_policy::{Outcome, PolicyMetrics, PolicyRuntime, RequestInfo, SystemClock};
+use edge_policy::{HostServices, Outcome, PolicyMetrics, PolicyRuntime, RequestInfo, TrustedKeys};
 use edge_wasm::{Engine, EngineConfig};
 use std::{
     collections::HashMap,
@@ -31,7 +31,8 @@ fn runtime(registry: &prometheus::Registry) -> PolicyRuntime {
         engine,
         wasm,
         PolicyMetrics::new(registry).unwrap(),
-        Arc::new(SystemClock),
+        HostServices::local(1000),
+        TrustedKeys::default(),
     )
     .unwrap()
 }
@@ -293,7 +294,11 @@ async fn memoised_tokens_still_expire_and_stay_bound() {
         engine,
         wasm,
         PolicyMetrics::new(&registry).unwrap(),
-        clock.clone(),
+        HostServices {
+            clock: clock.clone(),
+            ..HostServices::local(1000)
+        },
+        TrustedKeys::default(),
     )
     .unwrap();
     let router = rt.load(&policies("")).unwrap();

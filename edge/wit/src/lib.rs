@@ -32,5 +32,5 @@ pub mod types {
 
 /// Import interfaces the host implements.
 pub mod host {
-    pub use crate::generated::edge::policy::{clock, config, log, metrics};
+    pub use crate::generated::edge::policy::{clock, config, kv, log, metrics, outbound_http};
 }

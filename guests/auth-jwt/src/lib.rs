@@ -1,11 +1,146 @@
-//! placeholder
+//! JWT policy: admits a request only with a valid bearer token, and hands its subject (and chosen
+//! claims) to the policies after it.
+//!
+//! Config (`[policies.NAME.config]`; empty values count as unset):
+//! - `header` (default `authorization`): the request header with `Bearer <token>`; `""` disables.
+//! - `query_param` (default `access_token`): where to look when the header has no token; `""`
+//!   disables.
+//! - `algorithms` (comma list; default `HS256` when `secret` is set, plus `RS256,ES256,EdDSA` when
+//!   a public key source is set): the algorithms a token may use.
+//! - `secret`: the HS* shared secret (`${JWT_SECRET_KEY}`). HS* tokens are verified with it only.
+//! - `public_key_pem` | `jwks` (inline document) | `jwks_url` (at most one): the public keys for
+//!   RS*/PS*/ES*/EdDSA tokens. `jwks_url` is cached in kv (`jwks_ttl`, default 300 s; unknown
+//!   `kid`s refetch at most every `jwks_min_refresh`, default 30 s).
+//! - `issuer`, `audience` (comma list, any match): checked when set.
+//! - `leeway` (default 30 s), `required_claims` (comma list; `exp` always),
+//!   `max_token_bytes` (default 8192), `forward_claims` (comma list, copied to `jwt.<name>`).
+//!
+//! On success the context gets `sub` (when the token has one) and the forwarded claims. Denials
+//! are 401 with a `www-authenticate: Bearer ...` challenge and a reason code from
+//! [`reject::Reject::reason`]; 503 `jwks_unavailable` when no key could be obtained, 503
+//! `policy_misconfigured` for a config that cannot work (logged once per config text).
+
 wit_bindgen::generate!({ world: "policy", path: "../../wit" });
-use edge::policy::types::{Allow, Decision, Request};
-struct P;
-impl exports::edge::policy::decide::Guest for P {
-    fn decide(_req: Request) -> Decision {
-        Decision::Allow(Allow { response_headers: Vec::new(), context: Vec::new(), propagate_query: Vec::new() })
+
+mod jwks;
+mod keys;
+mod reject;
+mod settings;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use edge::policy::log::Level;
+use edge::policy::outbound_http::{self as http, Method};
+use edge::policy::types::{Allow, Decision, Deny, Request};
+use edge::policy::{clock, config, kv, log};
+use reject::Reject;
+use settings::{KEYS, Settings};
+use std::sync::{Arc, Mutex};
+
+type Parsed = Result<Arc<Settings>, Arc<str>>;
+/// The config values last parsed, and what they gave.
+type Memo = Option<(Vec<Option<String>>, Parsed)>;
+
+/// The settings parsed from the current config values. Parsing (PEM and JWKS included) is a pure
+/// function of that text, so it is remembered by it and redone only when the text changes.
+fn settings() -> Parsed {
+    static MEMO: Mutex<Memo> = Mutex::new(None);
+    let values: Vec<Option<String>> = KEYS.iter().map(|k| config::get(k)).collect();
+    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((seen, parsed)) = memo.as_ref()
+        && *seen == values
+    {
+        return parsed.clone();
+    }
+    let parsed: Parsed = Settings::parse(&values).map(Arc::new).map_err(|e| {
+        log::log(Level::Error, &format!("auth-jwt config: {e}"));
+        Arc::from(e)
+    });
+    *memo = Some((values, parsed.clone()));
+    parsed
+}
+
+/// The edge's imports, as the JWKS logic sees them.
+struct Edge;
+
+impl jwks::Env for Edge {
+    fn now_ms(&self) -> u64 {
+        clock::now_millis()
+    }
+
+    fn kv_get(&self, key: &str) -> Option<String> {
+        kv::get(kv::Scope::Local, key).ok().flatten()
+    }
+
+    fn kv_set(&self, key: &str, value: &str, ttl_ms: u64) {
+        if let Err(e) = kv::set(kv::Scope::Local, key, value, ttl_ms) {
+            self.warn(&format!("kv set {key}: {e:?}"));
+        }
+    }
+
+    fn kv_take(&self, key: &str, value: &str, ttl_ms: u64) -> bool {
+        kv::compare_and_set(kv::Scope::Local, key, None, value, ttl_ms).unwrap_or(true)
+    }
+
+    fn http_get(&self, url: &str) -> Result<(u16, Vec<u8>), String> {
+        let request = http::Request {
+            method: Method::Get,
+            url: url.to_owned(),
+            headers: vec![("accept".into(), "application/json".into())],
+            body: None,
+            timeout_ms: 0,
+        };
+        http::send(&request)
+            .map(|r| (r.status, r.body))
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    fn warn(&self, message: &str) {
+        log::log(Level::Warn, message);
     }
 }
-export!(P);
-pub fn f(t: &str) -> bool { jsonwebtoken::decode::<serde_json::Value>(t, &jsonwebtoken::DecodingKey::from_secret(b"x"), &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256)).is_ok() }
+
+fn deny(reject: Reject) -> Decision {
+    Decision::Deny(Deny {
+        status: reject.status(),
+        reason: reject.reason().into(),
+        headers: reject
+            .challenge()
+            .map(|c| ("www-authenticate".to_owned(), c.to_owned()))
+            .into_iter()
+            .collect(),
+    })
+}
+
+/// The context an allow adds: `sub`, then `jwt.<name>` for each forwarded claim present.
+fn context(claims: &verify::Claims, s: &Settings) -> Vec<(String, String)> {
+    let present = |name: &str| claims.get(name).filter(|v| !v.is_null());
+    let sub = present("sub").map(|v| ("sub".to_owned(), verify::claim_text(v)));
+    let forwarded = s.forward_claims.iter().filter_map(|name| {
+        let value = present(name)?;
+        Some((format!("jwt.{name}"), verify::claim_text(value)))
+    });
+    sub.into_iter().chain(forwarded).collect()
+}
+
+struct AuthJwt;
+
+impl exports::edge::policy::decide::Guest for AuthJwt {
+    fn decide(req: Request) -> Decision {
+        let Ok(s) = settings() else {
+            return deny(Reject::PolicyMisconfigured);
+        };
+        match verify::authenticate(&Edge, &s, &req.headers, &req.query) {
+            Ok(claims) => Decision::Allow(Allow {
+                response_headers: Vec::new(),
+                context: context(&claims, &s),
+                propagate_query: Vec::new(),
+            }),
+            Err(reject) => deny(reject),
+        }
+    }
+}
+
+export!(AuthJwt);

@@ -1,0 +1,234 @@
+//! The running policy set: loading, hot reload (file watch and admin endpoint) and status.
+//!
+//! A reload reads the policies file again, checks and compiles every module (unchanged ones come
+//! from the runtime's cache), and only then swaps the router: requests in flight finish on the chain
+//! they started with, new requests use the new one. A reload that fails anywhere changes nothing.
+
+use crate::Problems;
+use edge_config::{EdgeConfig, PolicySet};
+use edge_pipeline::Pipeline;
+use edge_policy::{HostServices, PolicyMetrics, PolicyRuntime, Router, TrustedKeys};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+    time::{Duration, SystemTime},
+};
+
+/// Owns the policy runtime and the current set; swaps the pipeline's router on reload.
+pub(crate) struct PolicyControl {
+    runtime: PolicyRuntime,
+    path: PathBuf,
+    vars: HashMap<String, String>,
+    current: parking_lot::Mutex<Current>,
+    pipeline: OnceLock<Arc<Pipeline>>,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+struct Current {
+    set: PolicySet,
+    router_status: serde_json::Value,
+    fingerprint: Vec<(PathBuf, Option<(SystemTime, u64)>)>,
+    reloads: u64,
+    last_error: Option<String>,
+}
+
+fn problems(e: impl IntoIterator<Item = impl ToString>) -> Problems {
+    Problems(e.into_iter().map(|e| e.to_string()).collect())
+}
+
+impl PolicyControl {
+    /// Loads the policies file named by `cfg` with `vars` for its placeholders.
+    pub(crate) fn load(
+        cfg: &EdgeConfig,
+        vars: HashMap<String, String>,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<(Self, Router)> {
+        let keys: Vec<PathBuf> = cfg
+            .wasm
+            .trusted_keys
+            .iter()
+            .map(|k| cfg.resolve(k))
+            .collect();
+        let trusted = TrustedKeys::load(&keys).map_err(problems)?;
+        let kv = match &cfg.redis.host {
+            None => edge_policy::Kv::memory(cfg.wasm.kv_max_entries),
+            Some(host) => edge_policy::Kv::with_redis(
+                cfg.wasm.kv_max_entries,
+                edge_kv::RedisSettings {
+                    host: host.clone(),
+                    port: cfg.redis.port,
+                    password: cfg.redis.password.clone(),
+                    db: cfg.redis.db,
+                    timeout: cfg.redis.timeout,
+                    connect_timeout: cfg.redis.connect_timeout,
+                    retry_after: Duration::from_secs(1),
+                },
+            )
+            .map_err(|e| problems([format!("{}: `redis`: {e}", cfg.source.display())]))?,
+        };
+        let host = HostServices {
+            kv,
+            ..HostServices::local(cfg.wasm.kv_max_entries)
+        };
+        let engine = edge_wasm::Engine::new(&edge_wasm::EngineConfig {
+            max_instances: cfg.wasm.max_instances,
+            max_memory: cfg.wasm.memory_limit.as_u64(),
+        })?;
+        let runtime = PolicyRuntime::new(
+            engine,
+            cfg.wasm.clone(),
+            PolicyMetrics::new(registry)?,
+            host,
+            trusted,
+        )?;
+        let path = cfg.resolve(&cfg.policies.file);
+        let set = PolicySet::load(&path, &vars).map_err(|e| problems(e.iter()))?;
+        let router = runtime.load(&set).map_err(problems)?;
+        let current = Current {
+            fingerprint: fingerprint(&set),
+            router_status: status_of(&router),
+            set,
+            reloads: 0,
+            last_error: None,
+        };
+        Ok((
+            Self {
+                runtime,
+                path,
+                vars,
+                current: parking_lot::Mutex::new(current),
+                pipeline: OnceLock::new(),
+                reloading: tokio::sync::Mutex::new(()),
+            },
+            router,
+        ))
+    }
+
+    /// Binds the pipeline whose router reloads replace.
+    pub(crate) fn attach(&self, pipeline: Arc<Pipeline>) {
+        let _ = self.pipeline.set(pipeline);
+    }
+
+    /// The current set's file, policy names and route names.
+    pub(crate) fn summary(&self) -> serde_json::Value {
+        let c = self.current.lock();
+        serde_json::json!({
+            "file": c.set.source.display().to_string(),
+            "policies": c.set.policies.keys().collect::<Vec<_>>(),
+            "routes": c.set.routes.iter().map(|r| &r.name).collect::<Vec<_>>(),
+            "reloads": c.reloads,
+            "last_reload_error": c.last_error,
+        })
+    }
+
+    /// Versions, canaries and their live statistics (`GET /admin/policies`).
+    pub(crate) fn status(&self) -> serde_json::Value {
+        let router = self.pipeline.get().map(|p| p.router());
+        let mut summary = self.summary();
+        summary["deployments"] = match router {
+            Some(r) => status_of(&r),
+            None => self.current.lock().router_status.clone(),
+        };
+        summary
+    }
+
+    /// Reloads now. On failure nothing changes and every problem is returned.
+    pub(crate) async fn reload(&self, why: &str) -> Result<serde_json::Value, Problems> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = PolicySet::load(&self.path, &self.vars)
+            .map_err(|e| problems(e.iter()))
+            .and_then(|set| {
+                let router = self.runtime.load(&set).map_err(problems)?;
+                Ok((set, router))
+            });
+        let mut current = self.current.lock();
+        match result {
+            Ok((set, router)) => {
+                current.fingerprint = fingerprint(&set);
+                current.router_status = status_of(&router);
+                current.set = set;
+                current.reloads += 1;
+                current.last_error = None;
+                if let Some(p) = self.pipeline.get() {
+                    p.set_router(router);
+                }
+                tracing::info!(file = %self.path.display(), trigger = why, "policies reloaded");
+                Ok(current.router_status.clone())
+            }
+            Err(p) => {
+                // Remember what failed so the watcher does not retry the same broken files.
+                current.fingerprint = fingerprint_paths(current.set.files_or(&self.path));
+                current.last_error = Some(p.to_string());
+                tracing::error!(file = %self.path.display(), trigger = why, problems = %p, "policy reload rejected; the running policies stay");
+                Err(p)
+            }
+        }
+    }
+
+    /// Polls the policy files every `interval` and reloads when any changed.
+    pub(crate) fn watch(self: Arc<Self>, interval: Duration) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let changed = {
+                    let c = self.current.lock();
+                    c.fingerprint
+                        != fingerprint_paths(c.fingerprint.iter().map(|(p, _)| p.clone()).collect())
+                };
+                if changed {
+                    let _ = self.reload("file change").await;
+                }
+            }
+        });
+    }
+}
+
+trait FilesOr {
+    fn files_or(&self, path: &std::path::Path) -> Vec<PathBuf>;
+}
+
+impl FilesOr for PolicySet {
+    /// The files of the running set (a broken new file may name others; the watcher keeps watching
+    /// these plus the policies file itself).
+    fn files_or(&self, path: &std::path::Path) -> Vec<PathBuf> {
+        let mut files = self.files();
+        if !files.iter().any(|f| f == path) {
+            files.push(path.to_path_buf());
+        }
+        files
+    }
+}
+
+fn fingerprint(set: &PolicySet) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+    fingerprint_paths(set.files())
+}
+
+fn fingerprint_paths(paths: Vec<PathBuf>) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+    paths
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            (p, meta)
+        })
+        .collect()
+}
+
+fn status_of(router: &Router) -> serde_json::Value {
+    router
+        .deployments()
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "name": d.name(),
+                "version": format!("sha256:{}", d.baseline().version()),
+                "fail": format!("{:?}", d.fail_mode()).to_lowercase(),
+                "canary": d.canary(),
+            })
+        })
+        .collect()
+}
