@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 use edge_config::{EdgeConfig, ProcessEnv};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
+mod policy;
+
 #[derive(Parser)]
 #[command(name = "edge", version, about = "WebAssembly-extensible video edge")]
 struct Cli {
@@ -45,6 +47,11 @@ enum Command {
         #[arg(long)]
         base: Option<String>,
     },
+    /// Write, build, test, validate and sign policies (needs no edge config).
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +63,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let command = match cli.command {
+        Command::Policy { command } => return policy::run(command),
+        other => other,
+    };
     let (cfg, errors) = EdgeConfig::load_partial(cli.config.as_deref(), &ProcessEnv);
     if !errors.is_empty() {
         eprintln!("{errors}");
@@ -64,7 +75,7 @@ fn main() -> ExitCode {
         let policies_named = !errors.iter().any(|e| {
             e.field.starts_with("policies") || e.field == "EDGE_POLICIES" || e.field.is_empty()
         });
-        if matches!(cli.command, Command::Validate)
+        if matches!(command, Command::Validate)
             && policies_named
             && let Err(e) = edge_app::validate_policies(&cfg)
         {
@@ -73,7 +84,7 @@ fn main() -> ExitCode {
         eprintln!("edge: {count} error(s)");
         return ExitCode::from(2);
     }
-    let result = match cli.command {
+    let result = match command {
         Command::Validate => edge_app::validate(&cfg).map(|summary| println!("{summary}")),
         Command::SignUrl { path, ttl, base } => sign_url(&cfg, &path, ttl, base),
         Command::Serve {
@@ -97,6 +108,7 @@ fn main() -> ExitCode {
             }
             serve(cfg)
         }
+        Command::Policy { .. } => unreachable!("handled before the config is loaded"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -173,6 +173,17 @@ impl LoadedPolicy {
         &self.version
     }
 
+    /// The names of the interfaces the module imports (`edge:policy/kv@0.1.0`,
+    /// `wasi:cli/environment@0.2.6`, ...), in the component's order.
+    pub fn imports(&self) -> Vec<String> {
+        let component = self.pre.instance_pre().component();
+        component
+            .component_type()
+            .imports(self.pre.engine())
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
     /// The policy's fail mode.
     pub fn fail_mode(&self) -> FailMode {
         self.spec.fail

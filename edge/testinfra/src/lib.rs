@@ -2,10 +2,17 @@
 //! reaped) when its handle drops. The binaries come from the test command's set-up
 //! (`deploy/dev/test.sh` installs them); a missing binary fails the test with that hint.
 //!
+//! [`UserService`] is different: it stands for an external system the edge does not ship (the
+//! user service that knows subscriptions), so it is a small HTTP server of the tests themselves.
+//!
 //! ```no_run
 //! let redis = edge_testinfra::Redis::start();
 //! println!("redis on port {}", redis.port());
 //! ```
+
+mod user_service;
+
+pub use user_service::UserService;
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
