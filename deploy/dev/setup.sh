@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Idempotent set-up shared by run.sh and test.sh: Debian packages, the wasm target, the guests.
-# Usage: deploy/dev/setup.sh [--test]   (--test also installs what the test suite drives: ffmpeg)
+# Usage: deploy/dev/setup.sh [--test]   (--test also installs what the test suite drives:
+# ffmpeg as an HLS client, redis-server for the shared key-value scope)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 packages=(pkg-config libssl-dev)
-[[ "${1:-}" == "--test" ]] && packages+=(ffmpeg)
+[[ "${1:-}" == "--test" ]] && packages+=(ffmpeg redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,7 +25,8 @@ pub struct TestEdge {
 
 impl TestEdge {
     /// Starts an edge on 127.0.0.1 port 0 (plain, TLS and admin) with `extra` TOML appended to the
-    /// config. Guests are built first (by `edge-guest-artifacts`). Policy calls get a 100 ms
+    /// config, right after its `[policies]` table (so bare keys such as `watch_interval = "0s"`
+    /// land in it; start `extra` with a table header for anything else). Guests are built first (by `edge-guest-artifacts`). Policy calls get a 100 ms
     /// deadline: the deadline is wall-clock time, and tests share two cores with each other.
     pub async fn start(extra: &str) -> anyhow::Result<Self> {
         Self::start_with_policies(&repo_root().join("policies/default.toml"), extra).await

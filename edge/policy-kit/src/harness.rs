@@ -134,7 +134,9 @@ impl Harness {
             headers: &map,
             client_addr: req.client_addr,
         };
-        let outcome = router.routes()[0].run(&info).await;
+        let outcome = router.routes()[0]
+            .run_with_context(&info, req.context.clone())
+            .await;
         Ok(Observed {
             outcome,
             calls: self.outbound.take_calls(),

@@ -79,7 +79,9 @@
 //! }
 //! ```
 //!
-//! A deny has `status`, `reason` and `headers`; a redirect has `status` and `location`. The files
+//! An allow's `context` is what later policies of a chain would see: the fixture's
+//! `request.context` with the pairs the policy added (a key it sets replaces the fixture's). A
+//! deny has `status`, `reason` and `headers`; a redirect has `status` and `location`. The files
 //! are compared as JSON values (formatting does not matter); `--bless` ([`Mode::Bless`]) writes
 //! them.
 //!

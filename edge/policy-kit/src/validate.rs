@@ -26,14 +26,14 @@ pub struct Validated {
 }
 
 impl fmt::Display for Validated {
-    /// `MODULE: ok, version sha256:<hex>, imports: ...`.
+    /// `MODULE: ok, version sha256:<hex>, imports: edge:policy/{clock,config}@0.1.0, ...`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{}: ok, version sha256:{}, imports: {}",
             self.module.display(),
             self.version,
-            self.imports.join(", ")
+            grouped(&self.imports)
         )?;
         if self.signature_checked {
             f.write_str(", signature ok")?;
@@ -75,4 +75,62 @@ pub fn validate(module: &Path, trusted_keys: &[PathBuf]) -> Result<Validated> {
         imports,
         signature_checked,
     })
+}
+
+/// `a:b/x@1, a:b/y@1, c:d/z@2` → `a:b/{x,y}@1, c:d/z@2`.
+fn grouped(imports: &[String]) -> String {
+    let mut groups: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for name in imports {
+        let Some((package, rest)) = name.split_once('/') else {
+            groups.push((name, "", Vec::new()));
+            continue;
+        };
+        let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
+        match groups
+            .iter_mut()
+            .find(|(p, v, i)| *p == package && *v == version && !i.is_empty())
+        {
+            Some((_, _, interfaces)) => interfaces.push(interface),
+            None => groups.push((package, version, vec![interface])),
+        }
+    }
+    let at = |v: &str| {
+        if v.is_empty() {
+            String::new()
+        } else {
+            format!("@{v}")
+        }
+    };
+    groups
+        .iter()
+        .map(
+            |(package, version, interfaces)| match interfaces.as_slice() {
+                [] => (*package).to_owned(),
+                [one] => format!("{package}/{one}{}", at(version)),
+                many => format!("{package}/{{{}}}{}", many.join(","), at(version)),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn imports_are_grouped_by_package() {
+        let imports: Vec<String> = [
+            "edge:policy/clock@0.1.0",
+            "edge:policy/config@0.1.0",
+            "wasi:cli/exit@0.2.6",
+            "wasi:io/poll@0.2.6",
+            "wasi:io/streams@0.2.6",
+            "plain",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(
+            super::grouped(&imports),
+            "edge:policy/{clock,config}@0.1.0, wasi:cli/exit@0.2.6, wasi:io/{poll,streams}@0.2.6, plain"
+        );
+    }
 }

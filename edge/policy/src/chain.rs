@@ -75,9 +75,18 @@ impl Route {
 
     /// Runs the chain in order. The first deny or redirect ends it.
     pub async fn run(&self, req: &RequestInfo<'_>) -> Outcome {
+        self.run_with_context(req, Vec::new()).await
+    }
+
+    /// Runs the chain as if earlier policies had already left `context` (the policy author kit
+    /// seeds it from a fixture); an allow's context starts from it.
+    pub async fn run_with_context(
+        &self,
+        req: &RequestInfo<'_>,
+        mut context: Vec<(String, String)>,
+    ) -> Outcome {
         let mut response_headers = Vec::new();
         let mut propagate_query = Vec::new();
-        let mut context: Vec<(String, String)> = Vec::new();
         for deployment in &self.chain {
             let policy = deployment.baseline();
             let request = Request {
