@@ -235,3 +235,161 @@ fn serve_logs_its_listeners_answers_signed_urls_and_drains_on_sigterm() {
     let status = served.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "edge must exit 0 after draining");
 }
+
+/// `edge policy ...` run in `dir`; needs no edge config.
+fn policy(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge"));
+    cmd.current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("EDGE_CONFIG")
+        .env_remove("EDGE_POLICIES")
+        .arg("policy");
+    cmd
+}
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn policy_keygen_sign_and_validate_with_a_trusted_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let module = dir.join("p.wasm");
+    std::fs::copy(
+        edge_guest_artifacts::path(edge_guest_artifacts::SIGNED_URL),
+        &module,
+    )
+    .unwrap();
+
+    let out = policy(dir)
+        .args(["keygen", "--out", "release"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let private = std::fs::metadata(dir.join("release.pem")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&private.permissions()) & 0o777,
+        0o600
+    );
+    assert!(dir.join("release.pub").is_file());
+    let out = policy(dir)
+        .args(["keygen", "--out", "release"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("release.pem already exists"),
+        "{:?}",
+        text(&out)
+    );
+
+    let validate = || {
+        policy(dir)
+            .args(["validate", "p.wasm", "--trusted-key", "release.pub"])
+            .output()
+            .unwrap()
+    };
+    let out = validate();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("unsigned module refused"),
+        "{:?}",
+        text(&out)
+    );
+
+    let out = policy(dir)
+        .args(["sign", "--key", "release.pem", "p.wasm"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (stdout, _) = text(&out);
+    let version = stdout.trim().rsplit("version ").next().unwrap().to_owned();
+    assert!(
+        version.starts_with("sha256:") && version.len() == 71,
+        "{stdout}"
+    );
+    assert!(dir.join("p.wasm.sig").is_file());
+
+    let out = validate();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with(&format!(
+            "p.wasm: ok, version {version}, imports: edge:policy/"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with(", signature ok"), "{stdout}");
+
+    // Still a valid component (a custom section appended), but not the bytes that were signed.
+    let mut bytes = std::fs::read(&module).unwrap();
+    bytes.extend_from_slice(&[0, 6, 5, b't', b'a', b'm', b'p', b'!']);
+    std::fs::write(&module, bytes).unwrap();
+    let out = validate();
+    assert_eq!(out.status.code(), Some(2));
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("p.wasm: bad signature"), "{stderr}");
+    let out = policy(dir).args(["validate", "p.wasm"]).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    let out = policy(dir)
+        .args(["validate", "release.pub"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("not a WebAssembly file"),
+        "{:?}",
+        text(&out)
+    );
+}
+
+/// The template, as an author gets it: created, built for wasm32-wasip2 outside this workspace,
+/// and passing its own fixtures. The build reuses one target directory under `target/`, so only
+/// the first run compiles wit-bindgen (about a minute on two cores).
+#[test]
+fn policy_new_build_and_test_the_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = policy(tmp.path())
+        .args(["new", "x", "--dir", "tmp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let krate = tmp.path().join("tmp/x");
+    assert!(krate.join("wit/world.wit").is_file());
+    let out = policy(tmp.path())
+        .args(["new", "x", "--dir", "tmp"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("already exists"), "{:?}", text(&out));
+
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("policy-kit-template");
+    let out = policy(tmp.path())
+        .args(["build", "tmp/x"])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_NET_OFFLINE", "true")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let line = stdout.lines().find(|l| l.starts_with("built ")).unwrap();
+    let (wasm, version) = line["built ".len()..].split_once(", version ").unwrap();
+    assert!(wasm.ends_with("wasm32-wasip2/release/x.wasm"), "{line}");
+    assert!(version.starts_with("sha256:"), "{line}");
+
+    // From the crate's directory, with its default `fixtures/`.
+    let out = policy(&krate).args(["test", wasm]).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("ok allow\n"), "{stdout}");
+    assert!(stdout.contains("ok missing-header\n"), "{stdout}");
+    assert!(
+        stdout.contains("2 fixtures: 2 passed, 0 failed"),
+        "{stdout}"
+    );
+}

@@ -304,6 +304,7 @@ impl Decoder<'_> {
             req.headers
                 .extend(values.into_iter().map(|v| (lower.clone(), v)));
         }
+        req.headers.sort_by(|a, b| a.0.cmp(&b.0));
         req.context = self.map(&mut t, "request.context", Self::scalar);
         self.rest("request.", t);
         req

@@ -85,7 +85,19 @@ impl Harness {
 
     /// Runs `fixture`: the policy's decision and the outbound requests it made.
     pub async fn run(&self, fixture: &Fixture) -> Result<Observed> {
-        let name = format!("fixture-{}", self.runs.fetch_add(1, Ordering::Relaxed));
+        // Named after the fixture (guest logs carry it), numbered for a namespace of its own.
+        let safe: String = fixture
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = format!("{safe}-{}", self.runs.fetch_add(1, Ordering::Relaxed));
         let req = &fixture.request;
         let mut headers: Vec<String> = req.headers.iter().map(|(k, _)| k.clone()).collect();
         headers.dedup();

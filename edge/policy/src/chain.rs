@@ -98,11 +98,10 @@ impl Route {
                 route: self.name.clone(),
                 context: context.clone(),
             };
-            let metrics = policy.metrics();
             let decision = deployment.decide(&request).await;
             match decision {
                 Ok(Decision::Allow(a)) => {
-                    metrics.decision(policy.name(), "allow");
+                    policy.handles.allow.inc();
                     response_headers.extend(a.response_headers);
                     propagate_query.extend(a.propagate_query);
                     for (k, v) in a.context {
@@ -111,7 +110,7 @@ impl Route {
                     }
                 }
                 Ok(Decision::Deny(d)) => {
-                    metrics.decision(policy.name(), "deny");
+                    policy.handles.deny.inc();
                     return Outcome::Deny {
                         policy: policy.name().to_owned(),
                         status: d.status,
@@ -120,7 +119,7 @@ impl Route {
                     };
                 }
                 Ok(Decision::Redirect(r)) => {
-                    metrics.decision(policy.name(), "redirect");
+                    policy.handles.redirect.inc();
                     return Outcome::Redirect {
                         policy: policy.name().to_owned(),
                         status: r.status,
@@ -129,11 +128,11 @@ impl Route {
                 }
                 Err(failure) => match policy.fail_mode() {
                     FailMode::Open => {
-                        metrics.decision(policy.name(), "fail_open");
+                        policy.handles.fail_open.inc();
                         tracing::warn!(policy = policy.name(), route = %self.name, %failure, "policy failed open");
                     }
                     FailMode::Closed => {
-                        metrics.decision(policy.name(), "fail_closed");
+                        policy.handles.fail_closed.inc();
                         tracing::warn!(policy = policy.name(), route = %self.name, %failure, "policy failed closed");
                         return Outcome::Deny {
                             policy: policy.name().to_owned(),

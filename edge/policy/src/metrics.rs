@@ -1,4 +1,19 @@
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
+
+/// One policy's hot-path metrics, resolved once at load: a label lookup per call would hash the
+/// label values every time.
+#[derive(Clone)]
+pub(crate) struct Handles {
+    pub(crate) calls: IntCounter,
+    pub(crate) duration: Histogram,
+    pub(crate) allow: IntCounter,
+    pub(crate) deny: IntCounter,
+    pub(crate) redirect: IntCounter,
+    pub(crate) fail_open: IntCounter,
+    pub(crate) fail_closed: IntCounter,
+}
 
 /// Per-policy metrics, registered into the edge's registry:
 ///
@@ -133,13 +148,17 @@ impl PolicyMetrics {
         })
     }
 
-    pub(crate) fn call(&self, policy: &str, seconds: f64) {
-        self.calls.with_label_values(&[policy]).inc();
-        self.duration.with_label_values(&[policy]).observe(seconds);
-    }
-
-    pub(crate) fn decision(&self, policy: &str, outcome: &str) {
-        self.decisions.with_label_values(&[policy, outcome]).inc();
+    pub(crate) fn handles(&self, policy: &str) -> Handles {
+        let decision = |o: &str| self.decisions.with_label_values(&[policy, o]);
+        Handles {
+            calls: self.calls.with_label_values(&[policy]),
+            duration: self.duration.with_label_values(&[policy]),
+            allow: decision("allow"),
+            deny: decision("deny"),
+            redirect: decision("redirect"),
+            fail_open: decision("fail_open"),
+            fail_closed: decision("fail_closed"),
+        }
     }
 
     pub(crate) fn failure(&self, policy: &str, kind: &str) {

@@ -172,19 +172,19 @@ impl WasiView for PolicyState {
 impl edge_wit::types::Host for PolicyState {}
 
 impl config::Host for PolicyState {
-    async fn get(&mut self, key: String) -> Option<String> {
+    fn get(&mut self, key: String) -> Option<String> {
         self.info.config.get(&key).cloned()
     }
 }
 
 impl clock::Host for PolicyState {
-    async fn now_millis(&mut self) -> u64 {
+    fn now_millis(&mut self) -> u64 {
         self.info.clock.now_millis()
     }
 }
 
 impl log::Host for PolicyState {
-    async fn log(&mut self, level: log::Level, mut message: String) {
+    fn log(&mut self, level: log::Level, mut message: String) {
         self.logs_this_call += 1;
         if self.logs_this_call > MAX_LOGS_PER_CALL {
             self.info.metrics.logs_dropped(&self.info.name);
@@ -209,7 +209,7 @@ impl log::Host for PolicyState {
 }
 
 impl metrics::Host for PolicyState {
-    async fn counter_add(&mut self, name: String, value: u64) {
+    fn counter_add(&mut self, name: String, value: u64) {
         let valid = !name.is_empty()
             && name.len() <= 64
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');

@@ -37,29 +37,23 @@ use edge::policy::types::{Allow, Decision, Deny, Request};
 use edge::policy::{clock, config, kv, log};
 use reject::Reject;
 use settings::{KEYS, Settings};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 type Parsed = Result<Arc<Settings>, Arc<str>>;
-/// The config values last parsed, and what they gave.
-type Memo = Option<(Vec<Option<String>>, Parsed)>;
 
-/// The settings parsed from the current config values. Parsing (PEM and JWKS included) is a pure
-/// function of that text, so it is remembered by it and redone only when the text changes.
+/// The settings parsed from the config. An instance's config never changes (a reload makes new
+/// instances), so it is read and parsed (PEM and JWKS included) once per instance.
 fn settings() -> Parsed {
-    static MEMO: Mutex<Memo> = Mutex::new(None);
-    let values: Vec<Option<String>> = KEYS.iter().map(|k| config::get(k)).collect();
-    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((seen, parsed)) = memo.as_ref()
-        && *seen == values
-    {
-        return parsed.clone();
-    }
-    let parsed: Parsed = Settings::parse(&values).map(Arc::new).map_err(|e| {
-        log::log(Level::Error, &format!("auth-jwt config: {e}"));
-        Arc::from(e)
-    });
-    *memo = Some((values, parsed.clone()));
-    parsed
+    static SETTINGS: OnceLock<Parsed> = OnceLock::new();
+    SETTINGS
+        .get_or_init(|| {
+            let values: Vec<Option<String>> = KEYS.iter().map(|k| config::get(k)).collect();
+            Settings::parse(&values).map(Arc::new).map_err(|e| {
+                log::log(Level::Error, &format!("auth-jwt config: {e}"));
+                Arc::from(e)
+            })
+        })
+        .clone()
 }
 
 /// The edge's imports, as the JWKS logic sees them.
@@ -125,6 +119,44 @@ fn context(claims: &verify::Claims, s: &Settings) -> Vec<(String, String)> {
     sub.into_iter().chain(forwarded).collect()
 }
 
+/// Tokens whose signature this instance already verified, with their claims. Verification is a
+/// pure function of the token and the keys, and an instance's keys never change (except a
+/// `jwks_url` document, whose tokens are therefore never remembered), so a viewer's next segment
+/// request skips the signature and JSON work. The claims (expiry, audience, ...) are still judged
+/// on every request, at the edge's time.
+const MEMO_SLOTS: usize = 64;
+
+fn authenticate(s: &Settings, req: &Request) -> Result<Arc<verify::Claims>, Reject> {
+    static MEMO: Mutex<Vec<(String, Arc<verify::Claims>)>> = Mutex::new(Vec::new());
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let memoizable = !matches!(s.public, settings::PublicKeys::Remote(_));
+    let token = verify::find_token(&req.headers, &req.query, s)?;
+    if memoizable && token.len() <= s.max_token_bytes {
+        let hit = MEMO
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(t, _)| *t == *token)
+            .map(|(_, c)| c.clone());
+        if let Some(claims) = hit {
+            verify::check_claims(&claims, s, clock::now_millis() / 1000)?;
+            return Ok(claims);
+        }
+    }
+    let claims = Arc::new(verify::authenticate(&Edge, s, &req.headers, &req.query)?);
+    if memoizable {
+        let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = (token.into_owned(), claims.clone());
+        if memo.len() < MEMO_SLOTS {
+            memo.push(entry);
+        } else {
+            let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % MEMO_SLOTS;
+            memo[i] = entry;
+        }
+    }
+    Ok(claims)
+}
+
 struct AuthJwt;
 
 impl exports::edge::policy::decide::Guest for AuthJwt {
@@ -132,7 +164,7 @@ impl exports::edge::policy::decide::Guest for AuthJwt {
         let Ok(s) = settings() else {
             return deny(Reject::PolicyMisconfigured);
         };
-        match verify::authenticate(&Edge, &s, &req.headers, &req.query) {
+        match authenticate(&s, &req) {
             Ok(claims) => Decision::Allow(Allow {
                 response_headers: Vec::new(),
                 context: context(&claims, &s),

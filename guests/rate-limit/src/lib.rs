@@ -30,7 +30,7 @@ use edge::policy::{clock, config, kv, log, metrics};
 use gcra::{Outcome, ceil_secs};
 use limiter::Failure;
 use settings::Settings;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The edge's imports, as the limiter sees them.
 struct Edge;
@@ -62,6 +62,21 @@ impl limiter::Host for Edge {
     fn warn(&self, message: &str) {
         log::log(Level::Warn, message);
     }
+}
+
+/// The settings for `route`, parsed once per route: an instance's config never changes (a reload
+/// makes new instances).
+fn settings(route: &str) -> Result<Arc<Settings>, String> {
+    static BY_ROUTE: Mutex<Vec<(String, Result<Arc<Settings>, String>)>> = Mutex::new(Vec::new());
+    let mut memo = BY_ROUTE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, s)) = memo.iter().find(|(r, _)| r == route) {
+        return s.clone();
+    }
+    let parsed = Settings::parse(config::get, route).map(Arc::new);
+    if memo.len() < 64 {
+        memo.push((route.to_owned(), parsed.clone()));
+    }
+    parsed
 }
 
 /// Logs a config error once, not on every request.
@@ -126,7 +141,7 @@ struct RateLimit;
 
 impl exports::edge::policy::decide::Guest for RateLimit {
     fn decide(req: Request) -> Decision {
-        let s = match Settings::parse(config::get, &req.route) {
+        let s = match settings(&req.route) {
             Ok(s) => s,
             Err(e) => {
                 report(&e);

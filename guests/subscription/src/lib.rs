@@ -31,29 +31,23 @@ use edge::policy::types::{Allow, Decision, Deny, Request};
 use edge::policy::{clock, config, kv, log, metrics};
 use lookup::Verdict;
 use settings::{KEYS, Settings};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 
 type Parsed = Result<Arc<Settings>, Arc<str>>;
-/// The config values last parsed, and what they gave.
-type Memo = Option<(Vec<Option<String>>, Parsed)>;
 
 /// The settings parsed from the current config values, remembered by that text so that a bad
 /// config is logged once, not on every request.
 fn settings() -> Parsed {
-    static MEMO: Mutex<Memo> = Mutex::new(None);
-    let values: Vec<Option<String>> = KEYS.iter().map(|k| config::get(k)).collect();
-    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((seen, parsed)) = memo.as_ref()
-        && *seen == values
-    {
-        return parsed.clone();
-    }
-    let parsed: Parsed = Settings::parse(&values).map(Arc::new).map_err(|e| {
-        log::log(Level::Error, &format!("subscription config: {e}"));
-        Arc::from(e)
-    });
-    *memo = Some((values, parsed.clone()));
-    parsed
+    static SETTINGS: OnceLock<Parsed> = OnceLock::new();
+    SETTINGS
+        .get_or_init(|| {
+            let values: Vec<Option<String>> = KEYS.iter().map(|k| config::get(k)).collect();
+            Settings::parse(&values).map(Arc::new).map_err(|e| {
+                log::log(Level::Error, &format!("subscription config: {e}"));
+                Arc::from(e)
+            })
+        })
+        .clone()
 }
 
 /// The edge's imports, as the lookup sees them.
