@@ -43,6 +43,40 @@ fn validate_accepts_the_default_config() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 policies, 1 routes"));
 }
 
+/// The platform chain validates once its variables are set, and names each one missing.
+#[test]
+fn validate_the_platform_policies() {
+    let data = tempfile::tempdir().unwrap();
+    let out = edge(data.path())
+        .env("EDGE_POLICIES", "policies/platform.toml")
+        .env("JWT_SECRET_KEY", "a-jwt-secret-for-the-test-0123456")
+        .env("USER_SERVICE_URL", "http://127.0.0.1:9")
+        .env("USER_SERVICE_TIMEOUT", "2")
+        .env("REDIS_SUBSCRIPTION_CACHE_TTL", "300")
+        .arg("validate")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 policies, 1 routes"));
+    let out = edge(data.path())
+        .env("EDGE_POLICIES", "policies/platform.toml")
+        .env_remove("JWT_SECRET_KEY")
+        .env_remove("USER_SERVICE_URL")
+        .arg("validate")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for needle in [
+        "platform.toml: `policies.auth.config.secret`: unknown variable ${JWT_SECRET_KEY}",
+        "platform.toml: `policies.subscription.outbound`: unknown variable ${USER_SERVICE_URL}",
+        "platform.toml: `policies.subscription.config.url`: unknown variable ${USER_SERVICE_URL}",
+    ] {
+        assert!(stderr.contains(needle), "{needle} not in:\n{stderr}");
+    }
+}
+
 /// Golden files: `policies/tests/invalid/NAME.toml` must fail `edge validate` with exactly
 /// `NAME.err` on stderr (every problem, each with file and field).
 #[test]

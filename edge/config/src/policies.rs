@@ -72,6 +72,7 @@ pub struct PolicySpec {
     #[serde(default)]
     pub config_files: BTreeMap<String, PathBuf>,
     /// Origins (`scheme://host[:port]`) the guest may call through `outbound-http`; nothing else.
+    /// `${VAR}` placeholders are resolved like config values.
     #[serde(default)]
     pub outbound: Vec<String>,
     /// Longest outbound HTTP call. Default `2s`.
@@ -310,9 +311,10 @@ impl PolicySet {
             {
                 bad(format!("policies.{name}.version"), msg);
             }
-            for origin in &spec.outbound {
-                if let Err(msg) = check_origin(origin) {
-                    bad(format!("policies.{name}.outbound"), msg);
+            for origin in &mut spec.outbound {
+                match interpolate(origin, vars).and_then(|o| check_origin(&o).map(|()| o)) {
+                    Ok(o) => *origin = o,
+                    Err(msg) => bad(format!("policies.{name}.outbound"), msg),
                 }
             }
             if spec.outbound_timeout.is_zero() || spec.host_budget.is_zero() {
