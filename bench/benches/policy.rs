@@ -11,7 +11,7 @@ use edge_config::{PolicySet, WasmConfig};
 use edge_guest_artifacts::{FIXTURE_ALLOW, SIGNED_URL, path};
 use edge_policy::{HostServices, Outcome, PolicyMetrics, PolicyRuntime, RequestInfo, TrustedKeys};
 use edge_wasm::{Engine, EngineConfig};
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{collections::HashMap, net::IpAddr};
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123";
 

@@ -66,8 +66,10 @@ impl limiter::Host for Edge {
 
 /// The settings for `route`, parsed once per route: an instance's config never changes (a reload
 /// makes new instances).
-fn settings(route: &str) -> Result<Arc<Settings>, String> {
-    static BY_ROUTE: Mutex<Vec<(String, Result<Arc<Settings>, String>)>> = Mutex::new(Vec::new());
+type Parsed = Result<Arc<Settings>, String>;
+
+fn settings(route: &str) -> Parsed {
+    static BY_ROUTE: Mutex<Vec<(String, Parsed)>> = Mutex::new(Vec::new());
     let mut memo = BY_ROUTE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, s)) = memo.iter().find(|(r, _)| r == route) {
         return s.clone();

@@ -105,7 +105,7 @@ async fn global_limit_is_one_budget_across_edges_and_falls_back_when_redis_is_do
     assert_eq!(passed, 10, "one budget across both edges");
 
     redis.stop();
-    let (passed, _) = hammer(&[ra.clone()], "/vod/other.ts", 30).await;
+    let (passed, _) = hammer(std::slice::from_ref(&ra), "/vod/other.ts", 30).await;
     assert_eq!(passed, 10, "local fallback still limits");
     assert!(
         metric(
