@@ -305,11 +305,37 @@ to_ms() {  # 812.00us | 1.23ms | 1.01s -> milliseconds
         if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
         printf "%.2f", n }'
 }
-declare -A RPS P99
+# Besides wrk's numbers: the server's own CPU time per request (utime + stime of its processes:
+# nginx master + worker, the edge process), and how busy each core was (/proc/stat; softirq
+# included), to tell a server-bound run from one bound by the load generator's core.
+CLK_TCK=$(getconf CLK_TCK)
+server_pids() {  # the processes of server $1
+    case $1 in
+        nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID" || true) ;;
+        open) echo "$OPEN_PID" ;;
+        chain) echo "$CHAIN_PID" ;;
+    esac
+}
+server_ticks() {  # utime + stime of pids $@, in clock ticks (comm has no spaces here)
+    local p t=0
+    for p in "$@"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
+    echo "$t"
+}
+core_ticks() {  # "busy total" ticks of core $1 since boot
+    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+declare -A RPS P99 CPU SBUSY LBUSY
 for r in $(seq "$ROUNDS"); do
     for s in "${SERVERS[@]}"; do
         log "round $r/$ROUNDS: ${LABEL[$s]}, ${DURATION}s"
+        pids=$(server_pids "$s")
+        t0=$(server_ticks $pids); read -r sb0 st0 < <(core_ticks "$SERVER_CPU"); read -r lb0 lt0 < <(core_ticks "$LOAD_CPU")
         out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$AUTH" "${URL[$s]}")
+        t1=$(server_ticks $pids); read -r sb1 st1 < <(core_ticks "$SERVER_CPU"); read -r lb1 lt1 < <(core_ticks "$LOAD_CPU")
+        n=$(awk '/requests in/ { print $1 }' <<<"$out")
+        CPU[$s,$r]=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="${n:-0}" 'BEGIN { printf "%.0f", n ? t * 1e6 / hz / n : 0 }')
+        SBUSY[$s,$r]=$(( 100 * (sb1 - sb0) / (st1 - st0 > 0 ? st1 - st0 : 1) ))
+        LBUSY[$s,$r]=$(( 100 * (lb1 - lb0) / (lt1 - lt0 > 0 ? lt1 - lt0 : 1) ))
         RPS[$s,$r]=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
         P99[$s,$r]=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
         bad=$(awk -F': *' '/Non-2xx or 3xx responses/ { print $2 }' <<<"$out")
@@ -326,7 +352,9 @@ metric() {  # sum of the chain edge's metric lines matching $1 (a regex on the w
 }
 DENIED=$(metric '^edge_policy_decisions_total.*outcome="(deny|redirect)"')
 FAILED=$(metric '^edge_policy_failures_total')
-FALLBACK=$(metric '^edge_policy_custom_total.*global_fallback')
+FALLBACK=$(metric '^edge_policy_custom_total.*name="global_fallback"')
+SUB_HIT=$(metric '^edge_policy_custom_total.*name="cache_hit"')
+SUB_MISS=$(metric '^edge_policy_custom_total.*name="cache_miss"')
 [[ $FAILED == 0 ]] || die "chain: $FAILED policy failures (traps, timeouts) during the run"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
@@ -338,6 +366,14 @@ for r in $(seq "$ROUNDS"); do
          "**$(ratio "${RPS[chain,$r]}" "${RPS[nginx,$r]}")** |"
 done
 echo
+echo "| CPU, same runs | chain | no-policy | nginx |"
+echo "|---|---:|---:|---:|"
+for r in $(seq "$ROUNDS"); do
+    echo "| round $r: server process CPU µs/request | ${CPU[chain,$r]} | ${CPU[open,$r]} | ${CPU[nginx,$r]} |"
+    echo "| round $r: core $SERVER_CPU (server) / core $LOAD_CPU (wrk) busy % |"\
+         "${SBUSY[chain,$r]} / ${LBUSY[chain,$r]} | ${SBUSY[open,$r]} / ${LBUSY[open,$r]} | ${SBUSY[nginx,$r]} / ${LBUSY[nginx,$r]} |"
+done
+echo
 goal() { awk -v v="$1" -v g="$2" 'BEGIN { print (v + 0 >= g + 0) ? "met" : "NOT met" }'; }
 min_np=9 min_ng=9
 for r in $(seq "$ROUNDS"); do
@@ -346,5 +382,6 @@ for r in $(seq "$ROUNDS"); do
 done
 echo "Goals (lowest round): chain/no-policy ≥ 0.90 — $(goal "$min_np" 0.90) ($min_np);"\
      "chain/nginx ≥ 1.0 — $(goal "$min_ng" 1.0) ($min_ng)."
-echo "User service: $HITS request in the run (the rest answered from kv). Chain edge: $DENIED denials"\
-     "(the 4 refusal checks), $FAILED policy failures, $FALLBACK rate-limit global fallbacks (rate-limit mode $RL_MODE, no Redis)."
+echo "User service: $HITS request in the run; subscription guest: $SUB_MISS kv misses, $SUB_HIT kv hits."\
+     "Chain edge: $DENIED denials (the 4 refusal checks), $FAILED policy failures,"\
+     "$FALLBACK rate-limit global fallbacks (mode $RL_MODE, no Redis)."

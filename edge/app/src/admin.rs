@@ -108,6 +108,14 @@ impl Handler for Admin {
                     Bytes::from_static(b"POST to reload\n"),
                 );
             }
+            // Browsers send Origin on cross-site POSTs: a page must not be able to trigger this.
+            if req.headers.contains_key(http::header::ORIGIN) {
+                return respond(
+                    StatusCode::FORBIDDEN,
+                    "text/plain",
+                    Bytes::from_static(b"cross-origin requests are refused\n"),
+                );
+            }
             return match self.policies.reload("admin endpoint").await {
                 Ok(status) => json(
                     StatusCode::OK,

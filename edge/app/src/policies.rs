@@ -28,7 +28,7 @@ pub(crate) struct PolicyControl {
 struct Current {
     set: PolicySet,
     router_status: serde_json::Value,
-    fingerprint: Vec<(PathBuf, Option<(SystemTime, u64)>)>,
+    fingerprint: Fingerprint,
     reloads: u64,
     last_error: Option<String>,
 }
@@ -83,10 +83,12 @@ impl PolicyControl {
             trusted,
         )?;
         let path = cfg.resolve(&cfg.policies.file);
+        let before = fingerprint_paths(vec![path.clone()]);
         let set = PolicySet::load(&path, &vars).map_err(|e| problems(e.iter()))?;
+        let fingerprint = fingerprint_of(&set, &before);
         let router = runtime.load(&set).map_err(problems)?;
         let current = Current {
-            fingerprint: fingerprint(&set),
+            fingerprint,
             router_status: status_of(&router),
             set,
             reloads: 0,
@@ -136,16 +138,25 @@ impl PolicyControl {
     /// Reloads now. On failure nothing changes and every problem is returned.
     pub(crate) async fn reload(&self, why: &str) -> Result<serde_json::Value, Problems> {
         let _one_at_a_time = self.reloading.lock().await;
-        let result = PolicySet::load(&self.path, &self.vars)
-            .map_err(|e| problems(e.iter()))
-            .and_then(|set| {
-                let router = self.runtime.load(&set).map_err(problems)?;
-                Ok((set, router))
-            });
+        // Fingerprints are taken before the files are read: a write that lands while a reload
+        // runs is seen by the next poll, never mistaken for what was loaded.
+        let before = fingerprint_paths(vec![self.path.clone()]);
+        let (path, vars, runtime) = (self.path.clone(), self.vars.clone(), self.runtime.clone());
+        // Compiling modules is CPU work: off the request workers.
+        let loaded = tokio::task::spawn_blocking(move || {
+            let set = PolicySet::load(&path, &vars).map_err(|e| (problems(e.iter()), None))?;
+            let fingerprint = fingerprint_of(&set, &before);
+            match runtime.load(&set) {
+                Ok(router) => Ok((set, router, fingerprint)),
+                Err(e) => Err((problems(e), Some(fingerprint))),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err((problems([format!("reload task failed: {e}")]), None)));
         let mut current = self.current.lock();
-        match result {
-            Ok((set, router)) => {
-                current.fingerprint = fingerprint(&set);
+        match loaded {
+            Ok((set, router, fingerprint)) => {
+                current.fingerprint = fingerprint;
                 current.router_status = status_of(&router);
                 current.set = set;
                 current.reloads += 1;
@@ -156,9 +167,17 @@ impl PolicyControl {
                 tracing::info!(file = %self.path.display(), trigger = why, "policies reloaded");
                 Ok(current.router_status.clone())
             }
-            Err(p) => {
-                // Remember what failed so the watcher does not retry the same broken files.
-                current.fingerprint = fingerprint_paths(current.set.files_or(&self.path));
+            Err((p, attempted)) => {
+                // Remember what failed so the watcher does not retry the same broken files, and
+                // watch the files the new set names too (a missing module or signature may come).
+                let mut watched = fingerprint_paths(current.set.files_or(&self.path));
+                for entry in attempted.unwrap_or_default() {
+                    match watched.iter_mut().find(|(p, _)| *p == entry.0) {
+                        Some(w) => *w = entry,
+                        None => watched.push(entry),
+                    }
+                }
+                current.fingerprint = watched;
                 current.last_error = Some(p.to_string());
                 tracing::error!(file = %self.path.display(), trigger = why, problems = %p, "policy reload rejected; the running policies stay");
                 Err(p)
@@ -202,11 +221,21 @@ impl FilesOr for PolicySet {
     }
 }
 
-fn fingerprint(set: &PolicySet) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
-    fingerprint_paths(set.files())
+type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64)>)>;
+
+/// The set's files as they are now, except the policies file itself, taken (`before`) when it was
+/// read.
+fn fingerprint_of(set: &PolicySet, before: &Fingerprint) -> Fingerprint {
+    let mut fp = fingerprint_paths(set.files());
+    for entry in &mut fp {
+        if let Some(b) = before.iter().find(|(p, _)| *p == entry.0) {
+            *entry = b.clone();
+        }
+    }
+    fp
 }
 
-fn fingerprint_paths(paths: Vec<PathBuf>) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+fn fingerprint_paths(paths: Vec<PathBuf>) -> Fingerprint {
     paths
         .into_iter()
         .map(|p| {

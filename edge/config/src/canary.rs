@@ -24,7 +24,7 @@ use std::{path::PathBuf, time::Duration};
 pub struct CanarySpec {
     /// The candidate component, resolved against the policies file's directory.
     pub module: PathBuf,
-    /// Pin: `sha256:<hex>` (a prefix of at least 12 hex digits) the module must hash to.
+    /// Pin: `sha256:<hex>` (a prefix of at least 32 hex digits) the module must hash to.
     #[serde(default)]
     pub version: Option<String>,
     /// Percent (0–100) of viewers sent to the candidate (shadow: also run on the candidate).

@@ -40,7 +40,7 @@ pub struct PolicySpec {
     pub name: String,
     /// The component (`.wasm`), resolved against the policies file's directory.
     pub module: PathBuf,
-    /// Pin: `sha256:<hex>` (a prefix of at least 12 hex digits). The module file must hash to it,
+    /// Pin: `sha256:<hex>` (a prefix of at least 32 hex digits). The module file must hash to it,
     /// or loading fails; without a pin, whatever the file holds is loaded (and reported as the
     /// running version).
     #[serde(default)]
@@ -447,15 +447,16 @@ pub fn signature_path(module: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// A pin needs 32 hex digits (128 bits): no second preimage of a prefix can be ground out.
 fn check_version(v: &str) -> Result<(), String> {
     match v.strip_prefix("sha256:") {
         Some(hex)
-            if hex.len() >= 12 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            if hex.len() >= 32 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
         {
             Ok(())
         }
         _ => Err(format!(
-            "{v:?} is not `sha256:<hex>` with 12 to 64 hex digits (`edge policy validate` prints a module's version)"
+            "{v:?} is not `sha256:<hex>` with 32 to 64 hex digits (`edge policy validate` prints a module's version)"
         )),
     }
 }

@@ -186,7 +186,13 @@ struct Canary {
     metrics: PolicyMetrics,
     name: String,
     ledger: Arc<RollbackLedger>,
+    /// Bounds shadow calls in flight: a slow candidate must not hold the instance slots the
+    /// baseline needs. When full, the sample is skipped (and counted).
+    shadows: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most shadow calls in flight per canary.
+const MAX_SHADOW_CALLS: usize = 32;
 
 struct CanaryInner {
     rolled_back: Option<String>,
@@ -242,6 +248,7 @@ impl Deployment {
                     metrics: metrics.clone(),
                     name: spec.name.clone(),
                     ledger: ledger.clone(),
+                    shadows: Arc::new(tokio::sync::Semaphore::new(MAX_SHADOW_CALLS)),
                 };
                 Some(Arc::new(canary))
             }
@@ -313,8 +320,13 @@ impl Deployment {
                 let started = Instant::now();
                 let result = self.baseline.decide(request).await;
                 c.record(false, &result, started.elapsed());
+                let Ok(permit) = c.shadows.clone().try_acquire_owned() else {
+                    c.metrics.shadow_skipped(&c.name);
+                    return result;
+                };
                 let (c, request, baseline) = (c.clone(), request.clone(), result.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let started = Instant::now();
                     let shadow = c.candidate.decide(&request).await;
                     c.record(true, &shadow, started.elapsed());
@@ -412,12 +424,29 @@ fn worse(r: &RollbackSpec, b: &SideStats, c: &SideStats) -> Option<(&'static str
     if c.calls < r.min_requests {
         return None;
     }
-    for (metric, cand, base, margin) in [
-        ("trap_rate", c.trap_rate, b.trap_rate, r.trap_rate),
-        ("error_rate", c.error_rate, b.error_rate, r.error_rate),
-        ("deny_rate", c.deny_rate, b.deny_rate, r.deny_rate),
+    // Traps and errors are judged against the baseline when it has enough calls, else against
+    // zero (a candidate that traps is bad whatever the baseline does); denials only against a
+    // measured baseline, since a policy's normal deny rate is unknown without one.
+    let measured = b.calls >= r.min_requests;
+    let base_or_zero = |v: f64| if measured { v } else { 0.0 };
+    for (metric, cand, base, margin, judged) in [
+        (
+            "trap_rate",
+            c.trap_rate,
+            base_or_zero(b.trap_rate),
+            r.trap_rate,
+            true,
+        ),
+        (
+            "error_rate",
+            c.error_rate,
+            base_or_zero(b.error_rate),
+            r.error_rate,
+            true,
+        ),
+        ("deny_rate", c.deny_rate, b.deny_rate, r.deny_rate, measured),
     ] {
-        if cand > base + margin {
+        if judged && cand > base + margin {
             return Some((
                 metric,
                 format!(
@@ -428,7 +457,7 @@ fn worse(r: &RollbackSpec, b: &SideStats, c: &SideStats) -> Option<(&'static str
         }
     }
     let margin = r.p99.as_micros() as u64;
-    if b.calls >= r.min_requests && c.p99_us > b.p99_us + margin {
+    if measured && c.p99_us > b.p99_us + margin {
         return Some((
             "p99",
             format!(
@@ -484,6 +513,20 @@ mod tests {
         cand.calls = 10;
         assert_eq!(worse(&r, &base, &cand).unwrap().0, "trap_rate");
         cand.trap_rate = 0.0;
+        let thin = SideStats { calls: 3, ..base };
+        cand.deny_rate = 0.9;
+        assert_eq!(
+            worse(&r, &thin, &cand),
+            None,
+            "no deny judgement without a measured baseline"
+        );
+        cand.error_rate = 0.5;
+        assert_eq!(
+            worse(&r, &thin, &cand).unwrap().0,
+            "error_rate",
+            "errors are judged against zero"
+        );
+        cand.error_rate = 0.0;
         cand.deny_rate = 0.14;
         assert_eq!(worse(&r, &base, &cand), None, "within the deny margin");
         cand.deny_rate = 0.16;

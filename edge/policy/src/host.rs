@@ -9,6 +9,18 @@ use edge_kv::{KvError, Scope};
 use edge_wit::host::{kv, outbound_http};
 use std::time::Duration;
 
+/// Request headers a guest may not set on outbound requests.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
 /// Bound on one key-value call in the host (the Redis client has its own, usually lower, one).
 const KV_LIMIT: Duration = Duration::from_millis(250);
 
@@ -154,6 +166,14 @@ impl PolicyState {
                 || http::HeaderValue::from_str(v).is_err()
             {
                 return Err(OutboundError::Denied(format!("invalid header {k:?}")));
+            }
+            // `host` would reach another virtual host behind an allowed origin; the others are the
+            // transport's business.
+            let lower = k.to_ascii_lowercase();
+            if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") {
+                return Err(OutboundError::Denied(format!(
+                    "header {k:?} is set by the edge, not by policies"
+                )));
             }
         }
         let req = OutboundRequest {

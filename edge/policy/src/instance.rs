@@ -99,10 +99,14 @@ impl std::fmt::Debug for LoadedPolicy {
 }
 
 impl LoadedPolicy {
+    /// `candidate`: a canary candidate gets its own key-value namespace
+    /// (`policy:NAME@<sha256 prefix>:`), so a shadowed or canaried version can never change the
+    /// state the baseline decides on (a subscription cache, a rate-limit budget).
     pub(crate) fn load(
         rt: &PolicyRuntime,
         spec: &PolicySpec,
         module: &Module,
+        candidate: bool,
     ) -> Result<Self, Error> {
         let rt = &rt.inner;
         let world = |e: wasmtime::Error| Error::World {
@@ -145,7 +149,11 @@ impl LoadedPolicy {
                 metrics: rt.metrics.clone(),
                 clock: rt.host.clock.clone(),
                 custom_counters: Default::default(),
-                kv: rt.host.kv.namespaced(format!("policy:{}:", spec.name)),
+                kv: rt.host.kv.namespaced(if candidate {
+                    format!("policy:{}@{}:", spec.name, &module.sha256[..16])
+                } else {
+                    format!("policy:{}:", spec.name)
+                }),
                 outbound: rt.host.outbound.clone(),
                 allowed,
                 outbound_timeout: spec.outbound_timeout,

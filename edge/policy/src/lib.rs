@@ -173,13 +173,13 @@ impl PolicyRuntime {
                 .module(spec, &set.module_path(spec), spec.version.as_deref())
                 .and_then(|m| {
                     used.insert(m.sha256.clone());
-                    LoadedPolicy::load(self, spec, &m)
+                    LoadedPolicy::load(self, spec, &m, false)
                 });
             let candidate = spec.canary.as_ref().map(|c| {
                 self.module(spec, &set.resolve(&c.module), c.version.as_deref())
                     .and_then(|m| {
                         used.insert(m.sha256.clone());
-                        LoadedPolicy::load(self, spec, &m)
+                        LoadedPolicy::load(self, spec, &m, true)
                     })
             });
             match (baseline, candidate.transpose()) {

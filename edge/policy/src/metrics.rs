@@ -31,7 +31,7 @@ pub(crate) struct Handles {
 /// | `edge_policy_canary_state` | policy | 0 no canary, 1 enforcing, 2 shadowing, 3 rolled back |
 /// | `edge_policy_canary_calls_total` | policy, side, class | `baseline`/`candidate` calls: `ok`, `deny`, `error`, `trap` |
 /// | `edge_policy_canary_rollbacks_total` | policy, reason | automatic rollbacks: `trap_rate`, `error_rate`, `deny_rate`, `p99` |
-/// | `edge_policy_shadow_total` | policy, result | shadowed calls: `same` or `different` |
+/// | `edge_policy_shadow_total` | policy, result | shadowed calls: `same`, `different`, or `skipped` (too many in flight) |
 /// | `edge_policy_shadow_diff_total` | policy, baseline, candidate | differing verdicts (`allow`, `deny:<reason>`, `fail:<kind>`) |
 #[derive(Clone)]
 pub struct PolicyMetrics {
@@ -219,5 +219,9 @@ impl PolicyMetrics {
             ("other", "other")
         };
         self.shadow_diff.with_label_values(&[policy, b, c]).inc();
+    }
+
+    pub(crate) fn shadow_skipped(&self, policy: &str) {
+        self.shadow.with_label_values(&[policy, "skipped"]).inc();
     }
 }

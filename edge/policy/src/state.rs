@@ -69,7 +69,12 @@ pub(crate) struct PolicyState {
     /// and corrected when it returns, so the wall-clock watchdog ([`crate::LoadedPolicy`]) that
     /// reads this from outside the store never cuts off a host call within its budget.
     pub(crate) host_us: Arc<std::sync::atomic::AtomicU64>,
+    host_calls: u32,
 }
+
+/// Most host calls (kv and outbound HTTP together) one `decide` may make; later ones fail as
+/// unavailable/timeout.
+const MAX_HOST_CALLS: u32 = 256;
 
 impl PolicyState {
     pub(crate) fn new(info: Arc<PolicyInfo>, memory_limit: usize) -> Self {
@@ -84,6 +89,7 @@ impl PolicyState {
             logs_this_call: 0,
             call_started: Instant::now(),
             host_us: Arc::default(),
+            host_calls: 0,
         }
     }
 
@@ -91,6 +97,7 @@ impl PolicyState {
         self.logs_this_call = 0;
         self.call_started = Instant::now();
         self.host_us.store(0, Ordering::Relaxed);
+        self.host_calls = 0;
     }
 
     /// Guest time left in this call: wall time since the call began, minus time spent in host
@@ -107,10 +114,20 @@ impl PolicyState {
         limit: Duration,
         work: impl std::future::Future<Output = T>,
     ) -> Option<T> {
+        self.host_calls += 1;
+        if self.host_calls > MAX_HOST_CALLS {
+            return None;
+        }
         let left = self.info.host_budget.saturating_sub(self.host_time());
         let limit = limit.min(left);
         if limit.is_zero() {
             return None;
+        }
+        // Work that completes at once (in-memory kv) ran on this thread like guest code: it counts
+        // as guest time, so a guest cannot escape its deadline through cheap host calls.
+        let mut work = std::pin::pin!(work);
+        if let std::task::Poll::Ready(r) = futures::poll!(&mut work) {
+            return Some(r);
         }
         let booked = limit.as_micros() as u64;
         self.host_us.fetch_add(booked, Ordering::Relaxed);

@@ -14,7 +14,7 @@
 //! - `forward_header`: a request header (e.g. `authorization`) passed to the user service.
 //!
 //! Answers are cached in kv (`shared` scope, `local` when shared is unavailable) at
-//! `sub:<user_id>`. Allow adds context `subscription = active`. Denials: 401 `missing_subject`,
+//! `sub:<user_id>`. Allow adds context `subscription = active`. Denials: 401 `missing_subject`, 401 `invalid_subject` (a subject of only dots),
 //! 403 `no_active_subscription`, 503 `subscription_unavailable`, 503 `policy_misconfigured`.
 
 wit_bindgen::generate!({ world: "policy", path: "../../wit" });
@@ -124,6 +124,11 @@ impl exports::edge::policy::decide::Guest for Subscription {
         let Some(user_id) = last(&req.context, &s.subject_key).filter(|u| !u.is_empty()) else {
             return deny(401, "missing_subject");
         };
+        // `.` and `..` survive percent-encoding as path segments (URL parsers decode `%2E`):
+        // such a subject could make the lookup hit another endpoint of the user service.
+        if user_id.bytes().all(|b| b == b'.') {
+            return deny(401, "invalid_subject");
+        }
         let forward = s.forward_header.as_ref().and_then(|name| {
             let value = req
                 .headers

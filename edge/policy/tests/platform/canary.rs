@@ -178,17 +178,54 @@ async fn signatures_and_version_pins() {
         "module = \"allow.wasm\"",
         &format!(
             "module = \"allow.wasm\"\nversion = \"sha256:{}\"",
-            &version[..16]
+            &version[..32]
         ),
     );
     s.runtime.load(&policy_set(dir.path(), &pinned)).unwrap();
-    let wrong = pinned.replace(&version[..16], "0123456789abcdef");
+    let wrong = pinned.replace(&version[..32], "0123456789abcdef0123456789abcdef");
     let errors = s.runtime.load(&policy_set(dir.path(), &wrong)).unwrap_err();
     assert!(
         errors[0]
             .to_string()
-            .contains("pins version sha256:0123456789abcdef"),
+            .contains("pins version sha256:0123456789abcdef0123456789abcdef"),
         "{}",
         errors[0]
     );
+}
+
+/// A shadowed (or canaried) candidate keeps its state apart: it cannot spend the baseline's
+/// rate-limit budget or write the baseline's caches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_have_their_own_kv_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(TestClock::at_now(), Kv::memory(100), TrustedKeys::default());
+    let rl = module(edge_guest_artifacts::RATE_LIMIT);
+    let text = format!(
+        "[policies.p]\nmodule = {rl:?}\nconfig = {{ rate = \"5/h\", key = \"client\" }}\n\
+         [policies.p.canary]\nmodule = {rl:?}\nweight = 100\nmode = \"shadow\"\n\
+         [[routes]]\nname = \"r\"\npaths = [\"/**\"]\nchain = [\"p\"]\n"
+    );
+    let router = s.runtime.load(&policy_set(dir.path(), &text)).unwrap();
+    let mut passed = 0;
+    for _ in 0..20 {
+        if verdict(&run(&router, "/vod/a.ts", &[], "192.0.2.1").await).0 == 200 {
+            passed += 1;
+        }
+        // Let the shadow call finish before the next request, as a worst case for sharing.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(passed, 5, "the baseline's budget is its own");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(
+        &s.registry,
+        "edge_policy_shadow_total",
+        &[("policy", "p"), ("result", "same")],
+    ) < 20.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shadow saw another budget"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
