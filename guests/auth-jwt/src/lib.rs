@@ -37,7 +37,7 @@ use edge::policy::types::{Allow, Decision, Deny, Request};
 use edge::policy::{clock, config, kv, log};
 use reject::Reject;
 use settings::{KEYS, Settings};
-use sha2::{Digest, Sha256};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, OnceLock};
 
 type Parsed = Result<Arc<Settings>, Arc<str>>;
@@ -128,19 +128,21 @@ fn context(claims: &verify::Claims, s: &Settings) -> Vec<(String, String)> {
 const MEMO_SLOTS: usize = 64;
 
 fn authenticate(s: &Settings, req: &Request) -> Result<Arc<verify::Claims>, Reject> {
-    static MEMO: Mutex<Vec<([u8; 32], Arc<verify::Claims>)>> = Mutex::new(Vec::new());
+    static MEMO: Mutex<Vec<(u64, String, Arc<verify::Claims>)>> = Mutex::new(Vec::new());
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let memoizable = !matches!(s.public, settings::PublicKeys::Remote(_));
     let token = verify::find_token(&req.headers, &req.query, s)?;
-    // Keyed by a digest: comparing stored tokens byte by byte would time-leak other viewers' tokens.
-    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    // Looked up by a keyed hash (random SipHash keys per instance): comparing stored tokens byte
+    // by byte would time-leak other viewers' tokens, and nobody can make a hash match on purpose.
+    let digest = KEYS.get_or_init(RandomState::new).hash_one(token.as_ref());
     if memoizable && token.len() <= s.max_token_bytes {
         let hit = MEMO
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .find(|(t, _)| *t == digest)
-            .map(|(_, c)| c.clone());
+            .find(|(h, t, _)| *h == digest && *t == *token)
+            .map(|(_, _, c)| c.clone());
         if let Some(claims) = hit {
             verify::check_claims(&claims, s, clock::now_millis() / 1000)?;
             return Ok(claims);
@@ -149,7 +151,7 @@ fn authenticate(s: &Settings, req: &Request) -> Result<Arc<verify::Claims>, Reje
     let claims = Arc::new(verify::authenticate(&Edge, s, &req.headers, &req.query)?);
     if memoizable {
         let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = (digest, claims.clone());
+        let entry = (digest, token.into_owned(), claims.clone());
         if memo.len() < MEMO_SLOTS {
             memo.push(entry);
         } else {
