@@ -162,7 +162,8 @@ pub struct WasmConfig {
     /// carry a signature (`MODULE.sig`, `edge policy sign`) by one of them, or it is refused at load.
     pub trusted_keys: Vec<PathBuf>,
     /// Most keys each in-process key-value scope holds (policy `kv` local scope, and the shared
-    /// scope without Redis). Default 100000.
+    /// scope without Redis); keys and values together are also held to 1 KiB per key of this
+    /// (100000 → ~100 MiB per scope), so large values cannot multiply. Default 100000.
     pub kv_max_entries: usize,
 }
 

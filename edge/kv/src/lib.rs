@@ -15,7 +15,7 @@
 mod memory;
 mod redis_store;
 
-pub use memory::MemoryStore;
+pub use memory::{BYTES_PER_ENTRY, MemoryStore};
 pub use redis_store::{RedisSettings, RedisStore};
 
 use std::{sync::Arc, time::Duration};
