@@ -29,8 +29,7 @@ pub struct RedisSettings {
 pub struct RedisStore {
     client: redis::Client,
     settings: RedisSettings,
-    conn: parking_lot::Mutex<Option<ConnectionManager>>,
-    connecting: tokio::sync::Mutex<Option<Instant>>,
+    link: Arc<Link>,
     cas: Arc<Script>,
     incr: Arc<Script>,
 }
@@ -42,6 +41,15 @@ impl std::fmt::Debug for RedisStore {
             .field("port", &self.settings.port)
             .finish_non_exhaustive()
     }
+}
+
+/// The connection, shared with the task that establishes it.
+#[derive(Default)]
+struct Link {
+    conn: parking_lot::Mutex<Option<ConnectionManager>>,
+    /// Whether an attempt is running, and when the last one failed.
+    attempt: parking_lot::Mutex<(bool, Option<Instant>)>,
+    done: tokio::sync::Notify,
 }
 
 const CAS: &str = r"
@@ -75,51 +83,78 @@ impl RedisStore {
         Ok(Self {
             client,
             settings,
-            conn: parking_lot::Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(None),
+            link: Arc::default(),
             cas: Arc::new(Script::new(CAS)),
             incr: Arc::new(Script::new(INCR)),
         })
     }
 
+    /// The connection, established by a background task on first use: a caller waits for it at
+    /// most `connect_timeout` (and, through its own limit, usually less), but the attempt goes on
+    /// without it, so a Redis slow to accept is connected to eventually rather than never.
     async fn connection(&self) -> Result<ConnectionManager, KvError> {
-        if let Some(c) = self.conn.lock().clone() {
+        if let Some(c) = self.link.conn.lock().clone() {
             return Ok(c);
         }
-        let Ok(mut last) =
-            tokio::time::timeout(self.settings.connect_timeout, self.connecting.lock()).await
-        else {
-            return Err(KvError::Unavailable("connecting to redis".into()));
-        };
-        if let Some(c) = self.conn.lock().clone() {
-            return Ok(c);
-        }
-        if last.is_some_and(|t| t.elapsed() < self.settings.retry_after) {
-            return Err(KvError::Unavailable("redis unreachable (retrying)".into()));
-        }
-        *last = Some(Instant::now());
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.settings.connect_timeout))
-            .set_response_timeout(Some(self.settings.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let attempt = tokio::time::timeout(
-            self.settings.connect_timeout,
-            self.client.get_connection_manager_with_config(config),
-        )
-        .await;
-        match attempt {
-            Ok(Ok(c)) => {
-                *self.conn.lock() = Some(c.clone());
-                tracing::info!(host = %self.settings.host, port = self.settings.port, "connected to redis");
-                Ok(c)
+        let done = self.link.done.notified();
+        let mut done = std::pin::pin!(done);
+        done.as_mut().enable();
+        {
+            let mut attempt = self.link.attempt.lock();
+            if let Some(c) = self.link.conn.lock().clone() {
+                return Ok(c);
             }
-            Ok(Err(e)) => {
-                tracing::warn!(host = %self.settings.host, port = self.settings.port, error = %e, "redis unreachable");
-                Err(KvError::Unavailable(e.to_string()))
+            if !attempt.0 {
+                if attempt
+                    .1
+                    .is_some_and(|t| t.elapsed() < self.settings.retry_after)
+                {
+                    return Err(KvError::Unavailable("redis unreachable (retrying)".into()));
+                }
+                attempt.0 = true;
+                self.spawn_connect();
             }
-            Err(_) => Err(KvError::Unavailable("redis connect timed out".into())),
         }
+        let _ = tokio::time::timeout(self.settings.connect_timeout, done).await;
+        self.link
+            .conn
+            .lock()
+            .clone()
+            .ok_or_else(|| KvError::Unavailable("redis unreachable".into()))
+    }
+
+    fn spawn_connect(&self) {
+        let (client, link, settings) = (
+            self.client.clone(),
+            self.link.clone(),
+            self.settings.clone(),
+        );
+        tokio::spawn(async move {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.connect_timeout))
+                .set_response_timeout(Some(settings.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1));
+            let attempt = tokio::time::timeout(
+                settings.connect_timeout,
+                client.get_connection_manager_with_config(config),
+            )
+            .await;
+            let failed = match attempt {
+                Ok(Ok(c)) => {
+                    *link.conn.lock() = Some(c);
+                    tracing::info!(host = %settings.host, port = settings.port, "connected to redis");
+                    None
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("connect timed out".to_owned()),
+            };
+            if let Some(error) = &failed {
+                tracing::warn!(host = %settings.host, port = settings.port, %error, "redis unreachable");
+            }
+            *link.attempt.lock() = (false, failed.map(|_| Instant::now()));
+            link.done.notify_waiters();
+        });
     }
 
     async fn run<T>(
