@@ -170,7 +170,7 @@ impl PolicyControl {
             Err((p, attempted)) => {
                 // Remember what failed so the watcher does not retry the same broken files, and
                 // watch the files the new set names too (a missing module or signature may come).
-                let mut watched = fingerprint_paths(current.set.files_or(&self.path));
+                let mut watched = fingerprint_paths(current.set.files());
                 for entry in attempted.unwrap_or_default() {
                     match watched.iter_mut().find(|(p, _)| *p == entry.0) {
                         Some(w) => *w = entry,
@@ -192,32 +192,17 @@ impl PolicyControl {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let changed = {
+                let (seen, paths): (Fingerprint, Vec<PathBuf>) = {
                     let c = self.current.lock();
-                    c.fingerprint
-                        != fingerprint_paths(c.fingerprint.iter().map(|(p, _)| p.clone()).collect())
+                    let paths = c.fingerprint.iter().map(|(p, _)| p.clone()).collect();
+                    (c.fingerprint.clone(), paths)
                 };
+                let changed = seen != fingerprint_paths(paths);
                 if changed {
                     let _ = self.reload("file change").await;
                 }
             }
         });
-    }
-}
-
-trait FilesOr {
-    fn files_or(&self, path: &std::path::Path) -> Vec<PathBuf>;
-}
-
-impl FilesOr for PolicySet {
-    /// The files of the running set (a broken new file may name others; the watcher keeps watching
-    /// these plus the policies file itself).
-    fn files_or(&self, path: &std::path::Path) -> Vec<PathBuf> {
-        let mut files = self.files();
-        if !files.iter().any(|f| f == path) {
-            files.push(path.to_path_buf());
-        }
-        files
     }
 }
 

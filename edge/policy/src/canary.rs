@@ -301,14 +301,15 @@ impl Deployment {
     /// Decides `request` on the version this viewer is assigned to (shadow: on the baseline, with
     /// the candidate run beside it in the background).
     pub(crate) async fn decide(&self, request: &Request) -> Result<Decision, Failure> {
-        let Some(c) = self.canary.as_ref().filter(|c| c.sampled(request)) else {
+        let Some(c) = &self.canary else {
+            return self.baseline.decide(request).await;
+        };
+        if !c.sampled(request) {
             let started = Instant::now();
             let result = self.baseline.decide(request).await;
-            if let Some(c) = &self.canary {
-                c.record(false, &result, started.elapsed());
-            }
+            c.record(false, &result, started.elapsed());
             return result;
-        };
+        }
         match c.spec.mode {
             CanaryMode::Enforce => {
                 let started = Instant::now();
