@@ -86,6 +86,15 @@ impl Kv {
         })
     }
 
+    /// Local scope in memory, shared scope on an existing Redis store (shared with other users of
+    /// the same connection).
+    pub fn with_redis_store(max_entries: usize, redis: Arc<RedisStore>) -> Self {
+        Self {
+            local: Arc::new(MemoryStore::new(max_entries)),
+            shared: Shared::Redis(redis),
+        }
+    }
+
     /// `"redis"` or `"memory"`: what backs the shared scope.
     pub fn shared_backend(&self) -> &'static str {
         match self.shared {

@@ -157,7 +157,11 @@ impl RedisStore {
         });
     }
 
-    async fn run<T>(
+    /// Runs `op` on the connection, bounded by the command timeout: any Redis command for crates
+    /// that keep their own keys in the same Redis (the seeder directory). Request errors (a wrong
+    /// type) are [`KvError::Invalid`]; everything else, including a slow Redis, is
+    /// [`KvError::Unavailable`].
+    pub async fn run<T>(
         &self,
         op: impl AsyncFnOnce(ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, KvError> {
@@ -168,6 +172,11 @@ impl RedisStore {
             Ok(Err(e)) => Err(KvError::Unavailable(e.to_string())),
             Err(_) => Err(KvError::Unavailable("redis timed out".into())),
         }
+    }
+
+    /// Where this store connects (`host:port`), for logs and `/health`.
+    pub fn describe(&self) -> String {
+        format!("redis://{}:{}", self.settings.host, self.settings.port)
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<String>, KvError> {

@@ -1,0 +1,133 @@
+use super::*;
+use edge_kv::RedisSettings;
+use edge_testinfra::Redis;
+
+fn directory(port: u16) -> Directory {
+    Directory::new(Arc::new(
+        RedisStore::new(RedisSettings {
+            host: "127.0.0.1".into(),
+            port,
+            password: None,
+            db: 0,
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            retry_after: Duration::from_millis(100),
+        })
+        .unwrap(),
+    ))
+}
+
+fn holding(seeder: &str, size: u64) -> Holding {
+    Holding {
+        seeder_id: seeder.into(),
+        address: format!("127.0.0.1:{size}"),
+        size,
+        checksum: "ab".repeat(32),
+        last_access: 1,
+    }
+}
+
+#[test]
+fn segment_refs_follow_the_streams_prefix() {
+    let seg = SegmentRef::from_path("/vod/movies/", "/vod/movies/m1/720p/seg_001.ts").unwrap();
+    assert_eq!(
+        (seg.stream.as_str(), seg.name.as_str()),
+        ("m1", "720p/seg_001.ts")
+    );
+    assert_eq!(seg.key(), "stream:m1:segment:720p/seg_001.ts");
+    assert_eq!(seg.seeders_key(), "stream:m1:seeders");
+    assert_eq!(seg.path("/vod/movies/"), "/vod/movies/m1/720p/seg_001.ts");
+    for outside in [
+        "/vod/other/m1/a.ts",
+        "/vod/movies/m1",
+        "/vod/movies//a.ts",
+        "/vod/movies/m1/",
+    ] {
+        assert_eq!(
+            SegmentRef::from_path("/vod/movies/", outside),
+            None,
+            "{outside}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn publish_lookup_withdraw_heartbeat_and_success_rate() {
+    let redis = Redis::start();
+    let dir = directory(redis.port());
+    let a = SegmentRef::from_path("/vod/movies/", "/vod/movies/m1/a.ts").unwrap();
+    let b = SegmentRef::from_path("/vod/movies/", "/vod/movies/m1/b.ts").unwrap();
+    let ttl = Duration::from_secs(30);
+    dir.publish(
+        &[
+            (a.clone(), holding("s1", 10)),
+            (b.clone(), holding("s1", 20)),
+        ],
+        ttl,
+    )
+    .await
+    .unwrap();
+    dir.publish(&[(a.clone(), holding("s2", 10))], ttl)
+        .await
+        .unwrap();
+    let holders = dir.holders(&a).await.unwrap();
+    assert_eq!(holders, vec![holding("s1", 10), holding("s2", 10)]);
+
+    dir.withdraw("s1", std::slice::from_ref(&a)).await.unwrap();
+    assert_eq!(dir.holders(&a).await.unwrap(), vec![holding("s2", 10)]);
+    assert_eq!(dir.holders(&b).await.unwrap().len(), 1);
+
+    let status = SeederStatus {
+        seeder_id: "s1".into(),
+        address: "127.0.0.1:1".into(),
+        last_active: 42,
+        started_at: 7,
+        segments: 2,
+        bytes: 30,
+        ..SeederStatus::default()
+    };
+    dir.heartbeat(&status, ttl).await.unwrap();
+    assert_eq!(dir.seeders().await.unwrap(), vec![status.clone()]);
+    assert_eq!(dir.record("s1", 3, 1).await.unwrap(), 0.75);
+    let seen = dir.seeders().await.unwrap();
+    assert_eq!(
+        (seen[0].ok, seen[0].failed, seen[0].success_rate),
+        (3, 1, Some(0.75))
+    );
+
+    dir.deregister("s1").await.unwrap();
+    assert!(dir.seeders().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn entries_expire_unless_renewed_and_dead_seeders_are_pruned() {
+    let redis = Redis::start();
+    let dir = directory(redis.port());
+    let a = SegmentRef::from_path("/s/", "/s/m/a.ts").unwrap();
+    dir.publish(&[(a.clone(), holding("s1", 1))], Duration::from_millis(200))
+        .await
+        .unwrap();
+    let status = SeederStatus {
+        seeder_id: "gone".into(),
+        ..SeederStatus::default()
+    };
+    dir.heartbeat(&status, Duration::from_millis(200))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(dir.holders(&a).await.unwrap().is_empty());
+    assert!(dir.seeders().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error_not_a_hang() {
+    let port = edge_testinfra::free_port();
+    let dir = directory(port);
+    let a = SegmentRef::from_path("/s/", "/s/m/a.ts").unwrap();
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        dir.holders(&a).await,
+        Err(KvError::Unavailable(_))
+    ));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -1,0 +1,322 @@
+use crate::{Object, Origin, OriginError, Tier};
+use object_store::{
+    Attribute, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig,
+    aws::AmazonS3Builder, http::HttpBuilder, local::LocalFileSystem, path::Path as ObjectPath,
+};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+/// How a public path becomes an object key: `strip_prefix` is removed (paths outside it do not
+/// exist at this origin), then `key_prefix` is prepended. Both empty by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyMap {
+    /// Public path prefix removed before the lookup (`/vod`).
+    pub strip_prefix: String,
+    /// Prefix added to every key (`media/`).
+    pub key_prefix: String,
+}
+
+impl KeyMap {
+    fn key(&self, path: &str) -> Result<ObjectPath, OriginError> {
+        let rest = if self.strip_prefix.is_empty() {
+            path
+        } else {
+            let prefix = self.strip_prefix.trim_end_matches('/');
+            match path.strip_prefix(prefix) {
+                Some(rest) if rest.starts_with('/') => rest,
+                _ => return Err(OriginError::NotFound),
+            }
+        };
+        let rel = rest.trim_start_matches('/');
+        let key = format!("{}{rel}", self.key_prefix);
+        ObjectPath::parse(&key).map_err(|e| OriginError::InvalidPath(e.to_string()))
+    }
+}
+
+/// Retries of a remote origin: up to `retries` more attempts after a failed one, waiting
+/// `backoff`, then twice as long each time (at most 2 s). Not-found answers are not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Further attempts after the first.
+    pub retries: usize,
+    /// Wait before the first retry.
+    pub backoff: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            retries: 2,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// An S3-compatible object store (AWS, MinIO, Ceph, s3s, ...).
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    /// Endpoint URL (`http://minio:9000`); `None` for AWS itself.
+    pub endpoint: Option<String>,
+    /// Bucket.
+    pub bucket: String,
+    /// Region; `us-east-1` suits most S3-compatible servers.
+    pub region: String,
+    /// Static credentials; when absent the usual AWS environment chain applies
+    /// (`AWS_ACCESS_KEY_ID`, web identity, instance metadata, ...).
+    pub access_key: Option<String>,
+    /// Secret for `access_key`.
+    pub secret_key: Option<String>,
+    /// Virtual-hosted-style requests (`bucket.host`) instead of path style (`host/bucket`).
+    pub virtual_hosted: bool,
+}
+
+/// A plain HTTP server holding the objects at `base_url` + key.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Base URL (`http://origin.internal/media/`).
+    pub base_url: String,
+}
+
+/// An [`Origin`] over an `object_store` backend.
+#[derive(Debug, Clone)]
+pub struct StoreOrigin {
+    store: Arc<dyn ObjectStore>,
+    keys: KeyMap,
+    /// Bound on a whole read, retries included.
+    deadline: Duration,
+    max_object: u64,
+    description: String,
+}
+
+fn client_options(timeout: Duration) -> ClientOptions {
+    ClientOptions::new()
+        .with_timeout(timeout)
+        .with_connect_timeout(timeout.min(Duration::from_secs(2)))
+}
+
+fn retry_config(retry: Retry, timeout: Duration) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: retry.backoff,
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: retry.retries,
+        retry_timeout: deadline(retry, timeout),
+    }
+}
+
+/// Every attempt's timeout plus the backoff between them.
+fn deadline(retry: Retry, timeout: Duration) -> Duration {
+    let attempts = u32::try_from(retry.retries)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    let backoff: Duration = (0..retry.retries.min(16))
+        .map(|i| (retry.backoff * 2u32.pow(i as u32)).min(Duration::from_secs(2)))
+        .sum();
+    timeout.saturating_mul(attempts) + backoff
+}
+
+impl StoreOrigin {
+    /// A local-filesystem origin rooted at `root` (which must exist).
+    pub fn local(root: &Path, timeout: Duration) -> Result<Self, OriginError> {
+        let canonical = std::fs::canonicalize(root).map_err(|e| {
+            OriginError::Unavailable(format!("origin root {}: {e}", root.display()))
+        })?;
+        let store = LocalFileSystem::new_with_prefix(&canonical)
+            .map_err(|e| OriginError::Unavailable(e.to_string()))?;
+        Ok(Self::new(
+            Arc::new(store),
+            timeout,
+            format!("fs:{}", canonical.display()),
+        ))
+    }
+
+    /// An S3-compatible origin. Builds the client only; nothing is contacted until a read.
+    pub fn s3(s3: &S3Settings, timeout: Duration, retry: Retry) -> Result<Self, OriginError> {
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&s3.bucket)
+            .with_region(&s3.region)
+            .with_virtual_hosted_style_request(s3.virtual_hosted)
+            .with_client_options(client_options(timeout))
+            .with_retry(retry_config(retry, timeout));
+        if let Some(endpoint) = &s3.endpoint {
+            b = b
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let (Some(key), Some(secret)) = (&s3.access_key, &s3.secret_key) {
+            b = b.with_access_key_id(key).with_secret_access_key(secret);
+        }
+        let store = b
+            .build()
+            .map_err(|e| OriginError::Unavailable(format!("s3 settings: {e}")))?;
+        let at = s3.endpoint.as_deref().unwrap_or("aws");
+        Ok(Self {
+            deadline: deadline(retry, timeout),
+            ..Self::new(Arc::new(store), timeout, format!("s3://{}@{at}", s3.bucket))
+        })
+    }
+
+    /// An origin over a plain HTTP server.
+    pub fn http(http: &HttpSettings, timeout: Duration, retry: Retry) -> Result<Self, OriginError> {
+        let store = HttpBuilder::new()
+            .with_url(&http.base_url)
+            .with_client_options(client_options(timeout).with_allow_http(true))
+            .with_retry(retry_config(retry, timeout))
+            .build()
+            .map_err(|e| OriginError::Unavailable(format!("http origin settings: {e}")))?;
+        Ok(Self {
+            deadline: deadline(retry, timeout),
+            ..Self::new(Arc::new(store), timeout, http.base_url.clone())
+        })
+    }
+
+    /// An origin over any `object_store` backend.
+    pub fn new(store: Arc<dyn ObjectStore>, timeout: Duration, description: String) -> Self {
+        Self {
+            store,
+            keys: KeyMap::default(),
+            deadline: timeout,
+            max_object: u64::MAX,
+            description,
+        }
+    }
+
+    /// Refuses objects larger than `bytes` before reading their body.
+    pub fn with_max_object(mut self, bytes: u64) -> Self {
+        self.max_object = bytes;
+        self
+    }
+
+    /// Maps public paths to keys with `keys`.
+    pub fn with_keys(mut self, keys: KeyMap) -> Self {
+        if !keys.strip_prefix.is_empty() || !keys.key_prefix.is_empty() {
+            self.description = format!(
+                "{} ({}* → {}*)",
+                self.description, keys.strip_prefix, keys.key_prefix
+            );
+        }
+        self.keys = keys;
+        self
+    }
+}
+
+fn map_err(e: object_store::Error) -> OriginError {
+    match e {
+        object_store::Error::NotFound { .. } => OriginError::NotFound,
+        other => OriginError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl Origin for StoreOrigin {
+    async fn get(&self, path: &str) -> Result<Object, OriginError> {
+        let location = self.keys.key(path)?;
+        let read = async {
+            let result = self.store.get(&location).await.map_err(map_err)?;
+            if result.meta.size > self.max_object {
+                return Err(OriginError::TooLarge(result.meta.size));
+            }
+            let etag = result.meta.e_tag.clone();
+            let last_modified = Some(SystemTime::from(result.meta.last_modified));
+            let cache_control = result
+                .attributes
+                .get(&Attribute::CacheControl)
+                .map(|v| v.to_string());
+            let body = result.bytes().await.map_err(map_err)?;
+            Ok(Object {
+                body,
+                etag,
+                last_modified,
+                cache_control,
+                tier: Tier::Origin,
+            })
+        };
+        tokio::time::timeout(self.deadline, read)
+            .await
+            .map_err(|_| OriginError::Timeout(self.deadline))?
+    }
+
+    async fn check(&self) -> Result<(), OriginError> {
+        let probe = async {
+            use futures::StreamExt;
+            let prefix = (!self.keys.key_prefix.is_empty())
+                .then(|| ObjectPath::from(self.keys.key_prefix.trim_end_matches('/')));
+            let mut listing = self.store.list(prefix.as_ref());
+            match listing.next().await {
+                Some(Err(e)) => Err(map_err(e)),
+                _ => Ok(()),
+            }
+        };
+        tokio::time::timeout(self.deadline, probe)
+            .await
+            .map_err(|_| OriginError::Timeout(self.deadline))?
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_objects_and_reports_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("vod/m1")).unwrap();
+        std::fs::write(dir.path().join("vod/m1/index.m3u8"), "#EXTM3U\n").unwrap();
+        let origin = StoreOrigin::local(dir.path(), Duration::from_secs(5)).unwrap();
+        let obj = origin.get("/vod/m1/index.m3u8").await.unwrap();
+        assert_eq!(obj.body, "#EXTM3U\n");
+        assert!(obj.etag.is_some() && obj.last_modified.is_some());
+        assert_eq!(obj.tier, Tier::Origin);
+        assert_eq!(
+            origin.get("/vod/m1/nope.ts").await.unwrap_err(),
+            OriginError::NotFound
+        );
+        assert!(matches!(
+            origin.get("/vod/../etc/passwd").await,
+            Err(OriginError::InvalidPath(_))
+        ));
+        origin.check().await.unwrap();
+        let small = origin.clone().with_max_object(4);
+        assert_eq!(
+            small.get("/vod/m1/index.m3u8").await.unwrap_err(),
+            OriginError::TooLarge(8)
+        );
+        let mapped = origin.with_keys(KeyMap {
+            strip_prefix: "/media".into(),
+            key_prefix: "vod/".into(),
+        });
+        assert_eq!(
+            mapped.get("/media/m1/index.m3u8").await.unwrap().body,
+            "#EXTM3U\n"
+        );
+        assert_eq!(
+            mapped.get("/vod/m1/index.m3u8").await.unwrap_err(),
+            OriginError::NotFound
+        );
+        assert_eq!(
+            mapped.get("/mediax/m1/index.m3u8").await.unwrap_err(),
+            OriginError::NotFound
+        );
+    }
+
+    #[test]
+    fn the_deadline_covers_every_attempt_and_backoff() {
+        let d = deadline(
+            Retry {
+                retries: 2,
+                backoff: Duration::from_millis(100),
+            },
+            Duration::from_secs(1),
+        );
+        assert_eq!(d, Duration::from_millis(3300));
+    }
+}
