@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up shared by run.sh and test.sh: Debian packages, the wasm target, the guests.
 # Usage: deploy/dev/setup.sh [--test]   (--test also installs what the test suite drives:
-# ffmpeg as an HLS client, redis-server for the shared key-value scope)
+# ffmpeg as an HLS client, redis-server for the shared key-value scope and the seeder directory,
+# s3s-fs as the S3-compatible origin)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -23,3 +24,11 @@ rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup ta
 
 echo "setup: building policy guests (guests/, wasm32-wasip2)" >&2
 cargo build --quiet --locked --release --target wasm32-wasip2 --manifest-path guests/Cargo.toml
+
+if [[ "${1:-}" == "--test" ]]; then
+  # s3s-fs 0.15+ needs a newer rustc than ours; 0.14.1 is the verified pin (../shared/infra.md).
+  if ! command -v s3s-fs >/dev/null || ! s3s-fs --version 2>/dev/null | grep -q "0.14.1"; then
+    echo "setup: installing s3s-fs 0.14.1 (S3-compatible test server, ~3 min)" >&2
+    cargo install --quiet --locked s3s-fs@0.14.1 --features binary
+  fi
+fi

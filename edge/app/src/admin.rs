@@ -1,11 +1,12 @@
-//! The admin listener: health and metrics for operators and orchestrators.
+//! The admin listener: health and metrics for operators and orchestrators, cache purges.
 
 use crate::policies::PolicyControl;
 use bytes::Bytes;
 use edge_origin::Origin;
-use edge_pipeline::{EdgeRequest, EdgeResponse, Handler};
+use edge_pipeline::{EdgeRequest, EdgeResponse, Handler, Pipeline};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use prometheus::{Encoder as _, Registry, TextEncoder};
+use sha2::{Digest, Sha256};
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
@@ -15,27 +16,108 @@ use std::sync::{
 /// `/health` (JSON with each component's status), `/metrics` (Prometheus text format),
 /// `GET /admin/policies` (versions, canaries and their window statistics),
 /// `POST /admin/policies/reload` (reload now; 200 with the new deployments, or 422 with every
-/// problem while the running policies stay).
+/// problem while the running policies stay), `POST /admin/purge` with `{"path": "/vod/..."}` or
+/// `{"prefix": "/vod/movies/m1/"}` (removes from memory and disk; answers the counts).
+///
+/// `POST`s need `Authorization: Bearer <server.admin_token>` when a token is configured; purging
+/// always does. Requests carrying `Origin` (cross-site browser requests) are refused.
 pub(crate) struct Admin {
-    registry: Registry,
-    ready: Arc<AtomicBool>,
-    origin: Arc<dyn Origin>,
-    policies: Arc<PolicyControl>,
+    pub(crate) registry: Registry,
+    pub(crate) ready: Arc<AtomicBool>,
+    pub(crate) origin: Arc<dyn Origin>,
+    pub(crate) policies: Arc<PolicyControl>,
+    pub(crate) pipeline: Option<Arc<Pipeline>>,
+    pub(crate) seeder: Option<Arc<edge_seeder::Seeder>>,
+    pub(crate) routing: Option<Arc<edge_upstream::SeederOrigin>>,
+    pub(crate) token: Option<String>,
+}
+
+/// Most bytes of a purge request body.
+const MAX_PURGE_BODY: usize = 4096;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    path: Option<String>,
+    prefix: Option<String>,
 }
 
 impl Admin {
-    pub(crate) fn new(
-        registry: Registry,
-        ready: Arc<AtomicBool>,
-        origin: Arc<dyn Origin>,
-        policies: Arc<PolicyControl>,
-    ) -> Self {
-        Self {
-            registry,
-            ready,
-            origin,
-            policies,
+    /// `None` when `req` may change state; the refusal otherwise.
+    fn refuse(&self, req: &EdgeRequest, token_required: bool) -> Option<EdgeResponse> {
+        if req.headers.contains_key(header::ORIGIN) {
+            return Some(text(
+                StatusCode::FORBIDDEN,
+                "cross-origin requests are refused\n",
+            ));
         }
+        let Some(token) = &self.token else {
+            return token_required.then(|| {
+                text(
+                    StatusCode::FORBIDDEN,
+                    "set server.admin_token (EDGE_ADMIN_TOKEN) to enable this endpoint\n",
+                )
+            });
+        };
+        let given = req
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Comparing digests: the time taken says nothing about how much of the token matched.
+        if Sha256::digest(given.as_bytes()) == Sha256::digest(token.as_bytes()) {
+            return None;
+        }
+        let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+        r.headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"edge-admin\""),
+        );
+        Some(r)
+    }
+
+    async fn purge(&self, req: &EdgeRequest) -> EdgeResponse {
+        let Some(pipeline) = &self.pipeline else {
+            return text(StatusCode::NOT_FOUND, "no edge cache in this process\n");
+        };
+        if req.body.len() > MAX_PURGE_BODY {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "purge body too large\n");
+        }
+        let parsed: PurgeRequest = match serde_json::from_slice(&req.body) {
+            Ok(p) => p,
+            Err(e) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "error": e.to_string() }),
+                );
+            }
+        };
+        let (purged, what) = match (parsed.path, parsed.prefix) {
+            (Some(path), None) => match edge_pipeline::normalize(&path) {
+                Ok(p) => (pipeline.purge(&p).await, p),
+                Err(e) => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({ "error": e.reason() }),
+                    );
+                }
+            },
+            (None, Some(prefix)) if prefix.starts_with('/') && prefix.len() > 1 => {
+                (pipeline.purge_prefix(&prefix).await, prefix)
+            }
+            _ => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "error": "give exactly one of `path` or `prefix` (an absolute path other than /)" }),
+                );
+            }
+        };
+        tracing::info!(what, memory = purged.memory, disk = purged.disk, "purged");
+        json(
+            StatusCode::OK,
+            &serde_json::json!({ "purged": what, "memory": purged.memory, "disk": purged.disk }),
+        )
     }
 
     async fn health(&self) -> EdgeResponse {
@@ -54,7 +136,11 @@ impl Admin {
                     "error": origin.err().map(|e| e.to_string()),
                 },
                 "policies": policies,
-                "cache": { "status": "ok", "tiers": ["memory"] },
+                "cache": { "status": "ok", "edge": self.pipeline.is_some() },
+                "seeders": self.routing.as_ref().map(|r| r.seeders()).map(|s| serde_json::json!(s)),
+                "seeder": self.seeder.as_ref().map(|s| serde_json::json!({
+                    "status": if s.ready() { "ok" } else { "starting" },
+                })),
             },
         });
         let status = if healthy {
@@ -82,6 +168,10 @@ impl Admin {
     }
 }
 
+fn text(status: StatusCode, body: &'static str) -> EdgeResponse {
+    respond(status, "text/plain", Bytes::from_static(body.as_bytes()))
+}
+
 fn json(status: StatusCode, value: &serde_json::Value) -> EdgeResponse {
     respond(status, "application/json", Bytes::from(value.to_string()))
 }
@@ -100,21 +190,21 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> EdgeR
 #[async_trait::async_trait]
 impl Handler for Admin {
     async fn handle(&self, req: EdgeRequest) -> EdgeResponse {
+        if req.path == "/admin/purge" {
+            if req.method != http::Method::POST {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "POST to purge\n");
+            }
+            if let Some(refused) = self.refuse(&req, true) {
+                return refused;
+            }
+            return self.purge(&req).await;
+        }
         if req.path == "/admin/policies/reload" {
             if req.method != http::Method::POST {
-                return respond(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "text/plain",
-                    Bytes::from_static(b"POST to reload\n"),
-                );
+                return text(StatusCode::METHOD_NOT_ALLOWED, "POST to reload\n");
             }
-            // Browsers send Origin on cross-site POSTs: a page must not be able to trigger this.
-            if req.headers.contains_key(http::header::ORIGIN) {
-                return respond(
-                    StatusCode::FORBIDDEN,
-                    "text/plain",
-                    Bytes::from_static(b"cross-origin requests are refused\n"),
-                );
+            if let Some(refused) = self.refuse(&req, false) {
+                return refused;
             }
             return match self.policies.reload("admin endpoint").await {
                 Ok(status) => json(

@@ -16,6 +16,7 @@
 //! ```
 
 mod admin;
+mod delivery;
 mod policies;
 mod secrets;
 
@@ -24,7 +25,7 @@ pub use secrets::signing_secret;
 use anyhow::Context as _;
 use edge_config::EdgeConfig;
 use edge_http::{BoundListener, HttpApp, Listeners};
-use edge_origin::{Origin, StoreOrigin};
+use edge_origin::Origin;
 use edge_pipeline::{Pipeline, PipelineConfig, PipelineMetrics};
 use edge_policy::Router;
 use policies::PolicyControl;
@@ -47,6 +48,8 @@ pub struct Addrs {
     pub https: Vec<SocketAddr>,
     /// Admin listener.
     pub admin: SocketAddr,
+    /// The seeder role's listener, when it runs.
+    pub seeder: Option<SocketAddr>,
 }
 
 /// A running edge.
@@ -56,6 +59,8 @@ pub struct Edge {
     ready: Arc<AtomicBool>,
     cfg: EdgeConfig,
     demo_url: Option<String>,
+    seeder: Option<Arc<edge_seeder::Seeder>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Every problem found while loading, one per line (file and field first).
@@ -75,18 +80,19 @@ struct Loaded {
     router: Router,
     policies: PolicyControl,
     origin: Arc<dyn Origin>,
+    redis: Option<Arc<edge_kv::RedisStore>>,
     secret: String,
 }
 
 fn load(cfg: &EdgeConfig, registry: &prometheus::Registry) -> anyhow::Result<Loaded> {
-    let (policies, router, secret) = load_policies(cfg, registry)?;
-    let origin = StoreOrigin::local(&cfg.resolve(&cfg.origin.root), cfg.origin.timeout)
-        .with_context(|| format!("{}: `origin.root`", cfg.source.display()))?
-        .with_max_object(cfg.origin.max_object.as_u64());
+    let redis = delivery::redis(cfg)?;
+    let (policies, router, secret) = load_policies(cfg, registry, redis.clone())?;
+    let origin = delivery::origin(cfg)?;
     Ok(Loaded {
         router,
         policies,
         origin: Arc::new(origin),
+        redis,
         secret,
     })
 }
@@ -99,18 +105,19 @@ fn load(cfg: &EdgeConfig, registry: &prometheus::Registry) -> anyhow::Result<Loa
 fn load_policies(
     cfg: &EdgeConfig,
     registry: &prometheus::Registry,
+    redis: Option<Arc<edge_kv::RedisStore>>,
 ) -> anyhow::Result<(PolicyControl, Router, String)> {
     let secret = signing_secret(cfg)?;
     let mut vars: HashMap<String, String> = std::env::vars().collect();
     vars.insert("SIGNED_URL_SECRET".to_owned(), secret.clone());
-    let (control, router) = PolicyControl::load(cfg, vars, registry)?;
+    let (control, router) = PolicyControl::load(cfg, vars, registry, redis)?;
     Ok((control, router, secret))
 }
 
 /// Checks only the policies file and its modules (what `edge validate` still can check when the
 /// edge file itself has errors). Returns the number of routes.
 pub fn validate_policies(cfg: &EdgeConfig) -> anyhow::Result<usize> {
-    let (_, router, _) = load_policies(cfg, &prometheus::Registry::new())?;
+    let (_, router, _) = load_policies(cfg, &prometheus::Registry::new(), None)?;
     Ok(router.routes().len())
 }
 
@@ -183,53 +190,104 @@ impl Edge {
             .collect::<anyhow::Result<_>>()?;
         let admin = BoundListener::bind(cfg.server.admin_listen, None)
             .with_context(|| format!("cannot listen on {}", cfg.server.admin_listen))?;
+        let seeder_listener = cfg
+            .seeder
+            .enabled
+            .then(|| {
+                BoundListener::bind(cfg.seeder.listen, None)
+                    .with_context(|| format!("cannot listen on {}", cfg.seeder.listen))
+            })
+            .transpose()?;
         let addrs = Addrs {
             http: plain.iter().map(BoundListener::local_addr).collect(),
             https: secure.iter().map(BoundListener::local_addr).collect(),
             admin: admin.local_addr(),
+            seeder: seeder_listener.as_ref().map(BoundListener::local_addr),
         };
 
+        let mut listeners = Listeners::default();
+        let mut tasks = Vec::new();
+        let seeder = match seeder_listener {
+            Some(l) => {
+                let seeder = delivery::seeder(
+                    &cfg,
+                    l.local_addr(),
+                    loaded.origin.clone(),
+                    loaded.redis.as_ref(),
+                    &registry,
+                )?;
+                tasks.push(seeder.spawn());
+                listeners.serve("seeder", HttpApp::new(seeder.clone()), vec![l]);
+                Some(seeder)
+            }
+            None => None,
+        };
+        let edge_role = !(plain.is_empty() && secure.is_empty());
+        let (upstream, routing) = delivery::upstream(
+            &cfg,
+            loaded.origin.clone(),
+            loaded.redis.as_ref(),
+            &registry,
+        )?;
+        if let Some(r) = &routing {
+            tasks.extend(r.spawn());
+        }
+        let disk = if edge_role {
+            delivery::disk(&cfg, &registry).await?
+        } else {
+            None
+        };
         let pipeline_cfg = PipelineConfig {
             cache: edge_cache::CacheConfig {
                 capacity: usize::try_from(cfg.cache.memory.as_u64()).unwrap_or(usize::MAX),
                 max_object: usize::try_from(cfg.cache.max_object.as_u64()).unwrap_or(usize::MAX),
                 estimated_entries: 16_384,
+                stale_if_error: cfg.cache.stale_if_error,
             },
             manifest_ttl: cfg.cache.manifest_ttl,
             segment_ttl: cfg.cache.segment_ttl,
+            stale_if_error: cfg.cache.stale_if_error,
             cors_allow_origin: Some(cfg.server.cors_allow_origin.as_str())
                 .filter(|o| !o.is_empty())
                 .and_then(|o| http::HeaderValue::from_str(o).ok()),
         };
         let pipeline = Arc::new(Pipeline::new(
             loaded.router,
-            loaded.origin.clone(),
+            upstream.clone(),
+            disk,
             pipeline_cfg,
             PipelineMetrics::new(&registry)?,
         ));
         let ready = Arc::new(AtomicBool::new(false));
         let policies = Arc::new(loaded.policies);
-        policies.attach(pipeline.clone());
-        if !cfg.policies.watch_interval.is_zero() {
-            policies.clone().watch(cfg.policies.watch_interval);
+        if edge_role {
+            policies.attach(pipeline.clone());
+            if !cfg.policies.watch_interval.is_zero() {
+                policies.clone().watch(cfg.policies.watch_interval);
+            }
         }
-        let admin_handler = Arc::new(admin::Admin::new(
+        let admin_handler = Arc::new(admin::Admin {
             registry,
-            ready.clone(),
-            loaded.origin.clone(),
+            ready: ready.clone(),
+            origin: upstream,
             policies,
-        ));
+            pipeline: edge_role.then(|| pipeline.clone()),
+            seeder: seeder.clone(),
+            routing,
+            token: cfg.server.admin_token.clone(),
+        });
 
-        let mut listeners = Listeners::default();
-        listeners.serve(
-            "edge",
-            HttpApp::new(pipeline),
-            plain.into_iter().chain(secure).collect(),
-        );
+        if edge_role {
+            listeners.serve(
+                "edge",
+                HttpApp::new(pipeline),
+                plain.into_iter().chain(secure).collect(),
+            );
+        }
         listeners.serve("admin", HttpApp::new(admin_handler), vec![admin]);
         ready.store(true, Ordering::SeqCst);
 
-        let demo_url = (!cfg.server.demo_stream.is_empty()).then(|| {
+        let demo_url = (edge_role && !cfg.server.demo_stream.is_empty()).then(|| {
             let base = cfg
                 .server
                 .public_url
@@ -255,6 +313,8 @@ impl Edge {
             ready,
             cfg,
             demo_url,
+            seeder,
+            tasks,
         })
     }
 
@@ -272,6 +332,13 @@ impl Edge {
     /// `server.drain_timeout`). Returns how many requests were cut off (0 after a clean drain).
     pub async fn shutdown(self) -> usize {
         self.ready.store(false, Ordering::SeqCst);
-        self.listeners.drain(self.cfg.server.drain_timeout).await
+        let cut = self.listeners.drain(self.cfg.server.drain_timeout).await;
+        if let Some(seeder) = &self.seeder {
+            seeder.shutdown().await;
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+        cut
     }
 }

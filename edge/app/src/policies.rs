@@ -43,6 +43,7 @@ impl PolicyControl {
         cfg: &EdgeConfig,
         vars: HashMap<String, String>,
         registry: &prometheus::Registry,
+        redis: Option<Arc<edge_kv::RedisStore>>,
     ) -> anyhow::Result<(Self, Router)> {
         let keys: Vec<PathBuf> = cfg
             .wasm
@@ -51,21 +52,9 @@ impl PolicyControl {
             .map(|k| cfg.resolve(k))
             .collect();
         let trusted = TrustedKeys::load(&keys).map_err(problems)?;
-        let kv = match &cfg.redis.host {
+        let kv = match redis {
             None => edge_policy::Kv::memory(cfg.wasm.kv_max_entries),
-            Some(host) => edge_policy::Kv::with_redis(
-                cfg.wasm.kv_max_entries,
-                edge_kv::RedisSettings {
-                    host: host.clone(),
-                    port: cfg.redis.port,
-                    password: cfg.redis.password.clone(),
-                    db: cfg.redis.db,
-                    timeout: cfg.redis.timeout,
-                    connect_timeout: cfg.redis.connect_timeout,
-                    retry_after: Duration::from_secs(1),
-                },
-            )
-            .map_err(|e| problems([format!("{}: `redis`: {e}", cfg.source.display())]))?,
+            Some(store) => edge_policy::Kv::with_redis_store(cfg.wasm.kv_max_entries, store),
         };
         let host = HostServices {
             kv,

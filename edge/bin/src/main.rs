@@ -34,6 +34,16 @@ enum Command {
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
     },
+    /// Run only the seeder role: serve `seeder.cache_path` to edges, publish it in the Redis
+    /// directory (`stream:<id>:segment:*`), expire old files. Same config file as `serve`.
+    Seeder {
+        /// Seeder listener (replaces `seeder.listen`; port 0 = any free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Admin listener (health, metrics).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
     /// Check the config, the policies file and every policy module; list every problem.
     Validate,
     /// Print a signed URL for PATH with the configured secret.
@@ -108,6 +118,22 @@ fn main() -> ExitCode {
             }
             serve(cfg)
         }
+        Command::Seeder {
+            listen,
+            admin_listen,
+        } => {
+            let mut cfg = cfg;
+            cfg.server.listen.clear();
+            cfg.server.tls_listen.clear();
+            cfg.seeder.enabled = true;
+            if let Some(a) = listen {
+                cfg.seeder.listen = a;
+            }
+            if let Some(a) = admin_listen {
+                cfg.server.admin_listen = a;
+            }
+            serve(cfg)
+        }
         Command::Policy { .. } => unreachable!("handled before the config is loaded"),
     };
     match result {
@@ -173,6 +199,9 @@ fn serve(cfg: EdgeConfig) -> anyhow::Result<()> {
         }
         for a in &addrs.https {
             tracing::info!("listening on https://{a} (h2, http/1.1)");
+        }
+        if let Some(a) = addrs.seeder {
+            tracing::info!("listening on http://{a} (seeder)");
         }
         tracing::info!("listening on http://{} (admin)", addrs.admin);
         if let Some(url) = edge.demo_url() {

@@ -4,15 +4,21 @@
 //!
 //! [`Cache::get_or_fetch`] returns a fresh cached value, or runs the fetch **once** for any number
 //! of concurrent callers of the same key: the first caller's fetch runs in its own task (so a
-//! viewer who hangs up does not fail the others) and every waiter gets its result.
+//! viewer who hangs up does not fail the others) and every waiter gets its result. The fetch is
+//! where the lower tiers live (disk, seeders, origin), so coalescing spans all of them.
+//!
+//! Expired entries are kept until evicted: when a fetch fails with an error that
+//! [`FetchFailure::serve_stale`] accepts (an origin outage, not a 404), a copy expired less than
+//! [`CacheConfig::stale_if_error`] ago answers instead ([`Status::Stale`]).
 //!
 //! ```
 //! # tokio_test_block_on(async {
-//! use edge_cache::{Cache, CacheConfig, Status, TaskFailed, Weighted};
+//! use edge_cache::{Cache, CacheConfig, FetchFailure, Status, TaskFailed, Weighted};
 //! #[derive(Clone)] struct Obj(bytes::Bytes);
 //! impl Weighted for Obj { fn weight(&self) -> usize { self.0.len() } }
 //! #[derive(Clone, Debug)] struct Failed;
 //! impl From<TaskFailed> for Failed { fn from(_: TaskFailed) -> Self { Failed } }
+//! impl FetchFailure for Failed { fn serve_stale(&self) -> bool { true } }
 //! let cache: Cache<Obj, Failed> = Cache::new(CacheConfig::default(), None);
 //! let fetch = || async { Ok::<_, Failed>((Obj(bytes::Bytes::from_static(b"seg")), std::time::Duration::from_secs(60))) };
 //! let (_, status) = cache.get_or_fetch("/vod/a.ts", fetch).await.unwrap();
@@ -32,12 +38,13 @@ use futures::{
     future::{BoxFuture, Shared},
 };
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     future::Future,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 use tinyufo::TinyUfo;
+use tokio::time::Instant;
 
 /// TinyUFO weighs entries in `u16` units; one unit is this many bytes.
 const WEIGHT_UNIT: usize = 1024;
@@ -57,6 +64,8 @@ pub enum Status {
     Miss,
     /// Another caller's in-flight fetch filled it.
     Coalesced,
+    /// The fetch failed and an expired copy answered (stale-if-error).
+    Stale,
 }
 
 impl Status {
@@ -66,6 +75,7 @@ impl Status {
             Self::Hit => "HIT",
             Self::Miss => "MISS",
             Self::Coalesced => "COALESCED",
+            Self::Stale => "STALE",
         }
     }
 }
@@ -79,6 +89,8 @@ pub struct CacheConfig {
     pub max_object: usize,
     /// Expected number of entries (sizes TinyUFO's frequency sketch).
     pub estimated_entries: usize,
+    /// How long after expiry an entry may still answer a failed fetch; zero disables.
+    pub stale_if_error: Duration,
 }
 
 impl Default for CacheConfig {
@@ -87,6 +99,7 @@ impl Default for CacheConfig {
             capacity: 256 << 20,
             max_object: 64 << 20,
             estimated_entries: 16_384,
+            stale_if_error: Duration::ZERO,
         }
     }
 }
@@ -96,6 +109,13 @@ impl Default for CacheConfig {
 #[error("fetch task failed: {0}")]
 pub struct TaskFailed(pub String);
 
+/// The error of a fetch: cloneable (one failure answers every coalesced waiter), made from a
+/// failed task, and saying whether a stale copy may answer in its place.
+pub trait FetchFailure: Clone + From<TaskFailed> + Send + Sync + 'static {
+    /// Whether this failure is an outage a stale copy may cover (not a "not found").
+    fn serve_stale(&self) -> bool;
+}
+
 #[derive(Clone)]
 struct Entry<V> {
     key: Arc<str>,
@@ -103,6 +123,14 @@ struct Entry<V> {
     /// weight accounting, so a purge overwrites the entry with this expired, 1-unit tombstone.
     value: Option<V>,
     expires: Instant,
+}
+
+impl<V: Clone> Entry<V> {
+    fn usable(&self, key: &Arc<str>, now: Instant, grace: Duration) -> Option<V> {
+        (self.key == *key && self.expires + grace > now)
+            .then(|| self.value.clone())
+            .flatten()
+    }
 }
 
 type Flight<V, E> = Shared<BoxFuture<'static, Result<V, E>>>;
@@ -123,14 +151,17 @@ impl<V, E> Clone for Cache<V, E> {
 struct Inner<V, E> {
     ufo: TinyUfo<Arc<str>, Entry<V>>,
     flights: Mutex<HashMap<Arc<str>, Flight<V, E>>>,
+    /// Every key holding a value, for purges by prefix (TinyUFO cannot be iterated).
+    keys: Mutex<BTreeSet<Arc<str>>>,
     max_object: usize,
+    stale_if_error: Duration,
     metrics: Option<CacheMetrics>,
 }
 
 impl<V, E> Cache<V, E>
 where
     V: Weighted + Clone + Send + Sync + 'static,
-    E: Clone + From<TaskFailed> + Send + Sync + 'static,
+    E: FetchFailure,
 {
     /// An empty cache.
     pub fn new(cfg: CacheConfig, metrics: Option<CacheMetrics>) -> Self {
@@ -140,7 +171,9 @@ where
             inner: Arc::new(Inner {
                 ufo: TinyUfo::new(units, cfg.estimated_entries.max(16)),
                 flights: Mutex::new(HashMap::new()),
+                keys: Mutex::new(BTreeSet::new()),
                 max_object,
+                stale_if_error: cfg.stale_if_error,
                 metrics,
             }),
         }
@@ -176,19 +209,57 @@ where
                         return Ok((v, Status::Hit));
                     }
                     let flight = Inner::launch(self.inner.clone(), key.clone(), fetch());
-                    flights.insert(key, flight.clone());
+                    flights.insert(key.clone(), flight.clone());
                     (flight, Status::Miss)
                 }
             }
         };
         self.inner.count(status);
-        flight.await.map(|v| (v, status))
+        match flight.await {
+            Ok(v) => Ok((v, status)),
+            Err(e) if e.serve_stale() => match self.inner.stale(&key) {
+                Some(v) => {
+                    self.inner.count(Status::Stale);
+                    Ok((v, Status::Stale))
+                }
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes `key`; returns whether it was cached.
     pub fn purge(&self, key: &str) -> bool {
-        let key: Arc<str> = Arc::from(key);
-        let held = self.inner.held(&key);
+        self.inner.purge(&Arc::from(key))
+    }
+
+    /// Removes every key starting with `prefix`; returns how many were cached.
+    pub fn purge_prefix(&self, prefix: &str) -> usize {
+        let keys: Vec<Arc<str>> = {
+            let keys = self.inner.keys.lock().unwrap_or_else(|e| e.into_inner());
+            keys.range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
+        };
+        keys.iter().filter(|k| self.inner.purge(k)).count()
+    }
+}
+
+impl<V, E> Inner<V, E>
+where
+    V: Weighted + Clone + Send + Sync + 'static,
+    E: FetchFailure,
+{
+    fn purge(&self, key: &Arc<str>) -> bool {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        let held = self.held(key);
         if held == 0 {
             return false;
         }
@@ -197,17 +268,11 @@ where
             value: None,
             expires: Instant::now(),
         };
-        let evicted = self.inner.ufo.put(key, tombstone, 1);
-        self.inner.account(0, held, &evicted);
+        let evicted = self.ufo.put(key.clone(), tombstone, 1);
+        self.account(0, held, &evicted);
         true
     }
-}
 
-impl<V, E> Inner<V, E>
-where
-    V: Weighted + Clone + Send + Sync + 'static,
-    E: Clone + From<TaskFailed> + Send + Sync + 'static,
-{
     /// Bytes held for `key` (0 when absent or purged).
     fn held(&self, key: &Arc<str>) -> usize {
         self.ufo
@@ -234,8 +299,16 @@ where
     fn fresh(&self, key: &Arc<str>) -> Option<V> {
         self.ufo
             .get(key)
-            .filter(|e| e.key == *key && e.expires > Instant::now())
-            .and_then(|e| e.value)
+            .and_then(|e| e.usable(key, Instant::now(), Duration::ZERO))
+    }
+
+    fn stale(&self, key: &Arc<str>) -> Option<V> {
+        if self.stale_if_error.is_zero() {
+            return None;
+        }
+        self.ufo
+            .get(key)
+            .and_then(|e| e.usable(key, Instant::now(), self.stale_if_error))
     }
 
     fn count(&self, status: Status) {
@@ -276,7 +349,19 @@ where
             expires: Instant::now() + ttl,
         };
         let replaced = self.held(key);
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.insert(key.clone());
         let evicted = self.ufo.put(key.clone(), entry, units);
+        for kv in &evicted {
+            if self
+                .ufo
+                .get(&kv.data.key)
+                .is_none_or(|e| e.key != kv.data.key)
+            {
+                keys.remove(&kv.data.key);
+            }
+        }
+        drop(keys);
         self.account(bytes, replaced, &evicted);
     }
 }

@@ -5,14 +5,16 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 ///
 /// | metric | labels | meaning |
 /// |---|---|---|
-/// | `edge_cache_lookups_total` | tier, result | `hit`, `miss` (this request fetched), `coalesced` (waited on another's fetch) |
+/// | `edge_cache_lookups_total` | tier, result | `hit`, `miss` (this request fetched), `coalesced` (waited on another's fetch), `stale` (an expired copy answered a failed fetch) |
 /// | `edge_cache_stored_bytes` | tier | bytes currently held |
 /// | `edge_cache_evictions_total` | tier | entries evicted for space |
 #[derive(Clone)]
 pub struct CacheMetrics {
+    lookups: IntCounterVec,
     hit: IntCounter,
     miss: IntCounter,
     coalesced: IntCounter,
+    stale: IntCounter,
     bytes: IntGauge,
     evictions: IntCounter,
 }
@@ -36,12 +38,19 @@ impl CacheMetrics {
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(evictions.clone()))?;
         Ok(Self {
+            lookups: lookups.clone(),
             hit: lookups.with_label_values(&[tier, "hit"]),
             miss: lookups.with_label_values(&[tier, "miss"]),
             coalesced: lookups.with_label_values(&[tier, "coalesced"]),
+            stale: lookups.with_label_values(&[tier, "stale"]),
             bytes,
             evictions,
         })
+    }
+
+    /// `edge_cache_lookups_total`, for the lookups of tiers outside this crate (`disk`).
+    pub fn lookups(&self) -> &IntCounterVec {
+        &self.lookups
     }
 
     pub(crate) fn lookup(&self, status: Status) {
@@ -49,6 +58,7 @@ impl CacheMetrics {
             Status::Hit => self.hit.inc(),
             Status::Miss => self.miss.inc(),
             Status::Coalesced => self.coalesced.inc(),
+            Status::Stale => self.stale.inc(),
         }
     }
 

@@ -23,12 +23,19 @@ impl From<TaskFailed> for Err {
     }
 }
 
+impl FetchFailure for Err {
+    fn serve_stale(&self) -> bool {
+        *self == Self::Origin("down")
+    }
+}
+
 fn cache() -> Cache<Obj, Err> {
     Cache::new(
         CacheConfig {
             capacity: 1 << 20,
             max_object: 64 << 10,
             estimated_entries: 64,
+            stale_if_error: Duration::from_secs(60),
         },
         None,
     )
@@ -156,6 +163,7 @@ async fn byte_accounting_survives_refreshes_and_purges() {
             capacity: 1 << 20,
             max_object: 64 << 10,
             estimated_entries: 64,
+            stale_if_error: Duration::ZERO,
         },
         Some(metrics),
     );
@@ -184,4 +192,58 @@ async fn byte_accounting_survives_refreshes_and_purges() {
     assert!(!cache.purge("/live.m3u8"));
     assert_eq!(stored(), 0);
     assert!(cache.get("/live.m3u8").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_is_answered_by_an_expired_copy_but_not_found_is_not() {
+    let cache = cache();
+    let value = || async { Ok((Obj(Bytes::from_static(b"old")), Duration::from_secs(1))) };
+    cache.get_or_fetch("/a", value).await.unwrap();
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(cache.get("/a").is_none(), "expired");
+    let (v, status) = cache
+        .get_or_fetch("/a", || async { Err(Err::Origin("down")) })
+        .await
+        .unwrap();
+    assert_eq!((v.0.as_ref(), status), (&b"old"[..], Status::Stale));
+    let gone = cache
+        .get_or_fetch("/a", || async { Err(Err::Origin("not found")) })
+        .await;
+    assert_eq!(gone.unwrap_err(), Err::Origin("not found"));
+    tokio::time::advance(Duration::from_secs(120)).await;
+    let too_old = cache
+        .get_or_fetch("/a", || async { Err(Err::Origin("down")) })
+        .await;
+    assert_eq!(
+        too_old.unwrap_err(),
+        Err::Origin("down"),
+        "past stale_if_error"
+    );
+}
+
+#[tokio::test]
+async fn purge_by_prefix_removes_only_that_subtree() {
+    let cache = cache();
+    for k in [
+        "/vod/m1/a.ts",
+        "/vod/m1/b.ts",
+        "/vod/m10/a.ts",
+        "/vod/m2/a.ts",
+    ] {
+        cache
+            .get_or_fetch(k, || async {
+                Ok((Obj(Bytes::from_static(b"v")), Duration::from_secs(60)))
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache.purge_prefix("/vod/m1/"), 2);
+    assert!(cache.get("/vod/m1/a.ts").is_none() && cache.get("/vod/m1/b.ts").is_none());
+    assert!(cache.get("/vod/m10/a.ts").is_some() && cache.get("/vod/m2/a.ts").is_some());
+    assert_eq!(cache.purge_prefix("/vod/m1/"), 0);
+    let stale = cache
+        .get_or_fetch("/vod/m1/a.ts", || async { Err(Err::Origin("down")) })
+        .await;
+    assert!(stale.is_err(), "a purged entry is never served stale");
+    assert_eq!(cache.purge_prefix("/"), 2);
 }

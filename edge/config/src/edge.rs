@@ -1,4 +1,8 @@
-use crate::{ConfigError, Env, Errors, section};
+use crate::{
+    ConfigError, Env, Errors,
+    delivery::{CacheConfig, DiskCacheConfig, OriginConfig, RoutingConfig, S3Config, SeederConfig},
+    section,
+};
 use bytesize::ByteSize;
 use serde::Deserialize;
 use std::{
@@ -20,8 +24,16 @@ pub struct EdgeConfig {
     pub tls: TlsConfig,
     /// Where objects come from.
     pub origin: OriginConfig,
+    /// The S3-compatible origin, when `origin.kind` is `s3`.
+    pub s3: S3Config,
     /// The in-memory segment cache.
     pub cache: CacheConfig,
+    /// The disk tier of the cache (off unless `path` is set).
+    pub disk_cache: DiskCacheConfig,
+    /// The seeder role of this process (off unless `enabled`).
+    pub seeder: SeederConfig,
+    /// How an edge routes misses to seeders.
+    pub routing: RoutingConfig,
     /// The WebAssembly policy runtime.
     pub wasm: WasmConfig,
     /// Which policies file binds routes to policy chains.
@@ -62,6 +74,10 @@ pub struct ServerConfig {
     /// fetch cross-origin), with `OPTIONS` preflights answered; empty disables CORS. Tokens travel in
     /// the query, never in cookies, so `*` is safe. Default `*`.
     pub cors_allow_origin: String,
+    /// Bearer token required by the admin endpoints that change state (`POST /admin/purge`,
+    /// `POST /admin/policies/reload`): `Authorization: Bearer <token>`. Env `EDGE_ADMIN_TOKEN`.
+    /// When unset, purging is refused and reloads are allowed from the admin listener as before.
+    pub admin_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +92,7 @@ impl Default for ServerConfig {
             public_url: None,
             demo_stream: "/vod/movies/demo/index.m3u8".into(),
             cors_allow_origin: "*".into(),
+            admin_token: None,
         }
     }
 }
@@ -89,59 +106,6 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// Private key, PEM.
     pub key: Option<PathBuf>,
-}
-
-/// `[origin]`: the object store behind the edge. Objects are looked up at their public path
-/// (`/vod/movies/{id}/index.m3u8` is the object `vod/movies/{id}/index.m3u8`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct OriginConfig {
-    /// Directory of the local-filesystem origin. Env `EDGE_ORIGIN_ROOT`. Default
-    /// `deploy/demo/origin` (the committed demo stream).
-    pub root: PathBuf,
-    /// Timeout of one origin read. Default `10s`.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Largest object the edge reads from the origin; larger ones are refused (502
-    /// `object_too_large`) instead of being held in memory whole. Default 256 MiB.
-    pub max_object: ByteSize,
-}
-
-impl Default for OriginConfig {
-    fn default() -> Self {
-        Self {
-            root: PathBuf::from("deploy/demo/origin"),
-            timeout: Duration::from_secs(10),
-            max_object: ByteSize::mib(256),
-        }
-    }
-}
-
-/// `[cache]`: the in-memory segment cache (TinyUFO admission and eviction, bounded by bytes).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct CacheConfig {
-    /// Bytes of object bodies kept in memory (`"256 MiB"`). Env `EDGE_CACHE_MEMORY`. Default 256 MiB.
-    pub memory: ByteSize,
-    /// Largest single object admitted to the cache; larger objects are served uncached. Default 64 MiB.
-    pub max_object: ByteSize,
-    /// How long a cached manifest (`.m3u8`, `.mpd`) is fresh; live playlists change. Default `2s`.
-    #[serde(with = "humantime_serde")]
-    pub manifest_ttl: Duration,
-    /// How long a cached segment is fresh; segments are immutable. Default `1h`.
-    #[serde(with = "humantime_serde")]
-    pub segment_ttl: Duration,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            memory: ByteSize::mib(256),
-            max_object: ByteSize::mib(64),
-            manifest_ttl: Duration::from_secs(2),
-            segment_ttl: Duration::from_secs(3600),
-        }
-    }
 }
 
 /// `[wasm]`: limits shared by every policy instance (a policy may lower its own).
@@ -308,7 +272,11 @@ impl EdgeConfig {
             server: section::take(file, &mut table, "server", &mut errors),
             tls: section::take(file, &mut table, "tls", &mut errors),
             origin: section::take(file, &mut table, "origin", &mut errors),
+            s3: section::take(file, &mut table, "s3", &mut errors),
             cache: section::take(file, &mut table, "cache", &mut errors),
+            disk_cache: section::take(file, &mut table, "disk_cache", &mut errors),
+            seeder: section::take(file, &mut table, "seeder", &mut errors),
+            routing: section::take(file, &mut table, "routing", &mut errors),
             wasm: section::take(file, &mut table, "wasm", &mut errors),
             policies: section::take(file, &mut table, "policies", &mut errors),
             signed_url: section::take(file, &mut table, "signed_url", &mut errors),
@@ -322,7 +290,10 @@ impl EdgeConfig {
     fn validate(&self, errors: &mut Errors) {
         let mut bad =
             |field: &str, msg: &str| errors.push(ConfigError::new(&self.source, field, msg));
-        if self.server.listen.is_empty() && self.server.tls_listen.is_empty() {
+        if self.server.listen.is_empty()
+            && self.server.tls_listen.is_empty()
+            && !self.seeder.enabled
+        {
             bad("server.listen", "no listener: set `listen` or `tls_listen`");
         }
         if self.server.threads == 0 {
@@ -355,9 +326,6 @@ impl EdgeConfig {
                 bad(field, &format!("file {} does not exist", p.display()));
             }
         }
-        if self.cache.max_object > self.cache.memory {
-            bad("cache.max_object", "larger than cache.memory");
-        }
         if self.wasm.deadline < Duration::from_millis(1)
             || self.wasm.deadline > Duration::from_secs(10)
         {
@@ -389,6 +357,7 @@ impl EdgeConfig {
         if self.redis.timeout.is_zero() || self.redis.connect_timeout.is_zero() {
             bad("redis", "timeouts must be greater than zero");
         }
+        crate::delivery::validate(self, &mut bad);
         if let Some(s) = &self.signed_url.secret
             && s.len() < 16
         {

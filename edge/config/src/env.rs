@@ -44,6 +44,8 @@ pub(crate) enum Kind {
     Int,
     /// Comma-separated list of strings.
     List,
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`).
+    Bool,
 }
 
 /// Environment variables that override fields of the edge file: (variable, section, key, kind).
@@ -56,6 +58,20 @@ pub(crate) const OVERRIDES: &[(&str, &str, &str, Kind)] = &[
     ("EDGE_THREADS", "server", "threads", Kind::Int),
     ("EDGE_PUBLIC_URL", "server", "public_url", Kind::Str),
     ("EDGE_ORIGIN_ROOT", "origin", "root", Kind::Path),
+    ("EDGE_ORIGIN_URL", "origin", "url", Kind::Str),
+    ("EDGE_ADMIN_TOKEN", "server", "admin_token", Kind::Str),
+    ("S3_ENDPOINT_URL", "s3", "endpoint", Kind::Str),
+    ("S3_BUCKET_NAME", "s3", "bucket", Kind::Str),
+    ("S3_REGION", "s3", "region", Kind::Str),
+    ("S3_ACCESS_KEY", "s3", "access_key", Kind::Str),
+    ("S3_SECRET_KEY", "s3", "secret_key", Kind::Str),
+    ("EDGE_DISK_CACHE_PATH", "disk_cache", "path", Kind::Path),
+    ("EDGE_DISK_CACHE_SIZE", "disk_cache", "capacity", Kind::Str),
+    ("SEEDER_ENABLED", "seeder", "enabled", Kind::Bool),
+    ("SEEDER_CACHE_PATH", "seeder", "cache_path", Kind::Path),
+    ("SEEDER_LISTEN", "seeder", "listen", Kind::Str),
+    ("SEEDER_ADVERTISE", "seeder", "advertise", Kind::Str),
+    ("SEEDER_ID", "seeder", "id", Kind::Str),
     ("EDGE_CACHE_MEMORY", "cache", "memory", Kind::Str),
     ("EDGE_POLICIES", "policies", "file", Kind::Path),
     ("SIGNED_URL_SECRET", "signed_url", "secret", Kind::Str),
@@ -99,6 +115,18 @@ pub(crate) fn apply(
                     .map(|s| toml::Value::String(s.into()))
                     .collect(),
             ),
+            Kind::Bool => match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => toml::Value::Boolean(true),
+                "false" | "0" | "no" => toml::Value::Boolean(false),
+                _ => {
+                    errors.push(crate::ConfigError::new(
+                        "<environment>",
+                        name,
+                        format!("expected true or false, got {text:?}"),
+                    ));
+                    continue;
+                }
+            },
             Kind::Int => match text.trim().parse::<i64>() {
                 Ok(n) => toml::Value::Integer(n),
                 Err(_) => {

@@ -14,6 +14,7 @@
 //! ```
 
 mod canary;
+mod delivery;
 mod edge;
 mod env;
 mod error;
@@ -21,9 +22,11 @@ mod policies;
 mod section;
 
 pub use canary::{CanaryMode, CanarySpec, RollbackSpec, Sticky};
+pub use delivery::{
+    CacheConfig, DiskCacheConfig, OriginConfig, OriginKind, RoutingConfig, S3Config, SeederConfig,
+};
 pub use edge::{
-    CacheConfig, EdgeConfig, OriginConfig, PoliciesRef, RedisConfig, ServerConfig, SignedUrlConfig,
-    TlsConfig, WasmConfig,
+    EdgeConfig, PoliciesRef, RedisConfig, ServerConfig, SignedUrlConfig, TlsConfig, WasmConfig,
 };
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use error::{ConfigError, Errors};

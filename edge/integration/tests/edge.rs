@@ -291,7 +291,7 @@ async fn many_concurrent_viewers_cause_one_origin_read_per_object() {
     );
     assert!(responses.iter().all(|r| r.0 == 200), "{responses:?}");
     assert_eq!(
-        responses.iter().filter(|r| r.1 == "MISS").count(),
+        responses.iter().filter(|r| r.1 == "MISS origin").count(),
         1,
         "{responses:?}"
     );

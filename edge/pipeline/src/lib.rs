@@ -15,14 +15,17 @@ mod media;
 mod metrics;
 mod path;
 mod respond;
+mod tiers;
 
 pub use media::{MediaKind, classify};
 pub use metrics::PipelineMetrics;
 pub use path::{MAX_PATH, PathError, normalize};
+pub use tiers::Source;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use edge_cache::{Cache, CacheConfig, TaskFailed, Weighted};
+use edge_cache::{Cache, CacheConfig, FetchFailure, TaskFailed, Weighted};
+use edge_disk_cache::DiskCache;
 use edge_origin::{Origin, OriginError};
 use edge_policy::{Outcome, RequestInfo, Router};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -93,12 +96,87 @@ pub struct Object {
     /// For manifests: where tokens go, found once when the object was fetched (`None` for
     /// segments, or a manifest that does not parse).
     pub manifest: Option<Arc<edge_manifest::Prepared>>,
+    /// Which tier filled the memory tier with it.
+    pub source: Source,
+    /// When it was fetched from a seeder or the origin (for `Age`).
+    pub fetched_at: SystemTime,
+    /// An expired copy answering because the upstream failed.
+    pub stale: bool,
+    /// Freshness lifetime from `fetched_at` (the origin's `Cache-Control` or the configured TTL).
+    pub max_age: Duration,
+}
+
+impl Object {
+    /// An object read from `source` at `fetched_at`; manifests are prepared for token
+    /// propagation here, once. `etag` may be quoted or not.
+    pub fn new(
+        key: &str,
+        body: Bytes,
+        etag: Option<String>,
+        last_modified: Option<SystemTime>,
+        source: Source,
+        fetched_at: SystemTime,
+        stale: bool,
+    ) -> Self {
+        let manifest = edge_manifest::Kind::of(key).and_then(|kind| {
+            match edge_manifest::Prepared::new(kind, &body) {
+                Ok(p) => Some(Arc::new(p)),
+                Err(e) => {
+                    tracing::warn!(path = key, error = %e, "origin manifest does not parse; served without token propagation");
+                    None
+                }
+            }
+        });
+        Self {
+            body,
+            etag: etag.map(|e| format!("\"{}\"", e.trim_matches('"'))),
+            last_modified,
+            manifest,
+            source,
+            fetched_at,
+            stale,
+            max_age: Duration::ZERO,
+        }
+    }
+
+    /// `x-cache` for this object reached through the memory tier with `status`.
+    fn x_cache(&self, status: edge_cache::Status) -> &'static str {
+        use edge_cache::Status;
+        match (status, self.source, self.stale) {
+            (Status::Hit, ..) => "HIT memory",
+            (Status::Stale, ..) => "STALE memory",
+            (_, Source::Disk, true) => "STALE disk",
+            (_, Source::Disk, false) => "HIT disk",
+            (Status::Coalesced, Source::Seeder, _) => "MISS seeder coalesced",
+            (Status::Coalesced, Source::Origin, _) => "MISS origin coalesced",
+            (_, Source::Seeder, _) => "MISS seeder",
+            (_, Source::Origin, _) => "MISS origin",
+        }
+    }
 }
 
 impl Weighted for Object {
     fn weight(&self) -> usize {
         self.body.len()
     }
+}
+
+impl FetchFailure for FetchError {
+    fn serve_stale(&self) -> bool {
+        match self {
+            Self::Origin(e) => e.is_outage(),
+            Self::Task(_) => true,
+        }
+    }
+}
+
+/// What a purge removed, per tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Entries removed from memory.
+    pub memory: usize,
+    /// Entries removed from disk.
+    pub disk: usize,
 }
 
 /// Why an object could not be had; cloneable so one failure answers every coalesced waiter.
@@ -121,6 +199,8 @@ pub struct PipelineConfig {
     pub manifest_ttl: Duration,
     /// Freshness of cached segments.
     pub segment_ttl: Duration,
+    /// How long past freshness a copy may answer when the upstream fails (memory and disk).
+    pub stale_if_error: Duration,
     /// `Access-Control-Allow-Origin` for every response; `None` disables CORS.
     pub cors_allow_origin: Option<HeaderValue>,
 }
@@ -130,26 +210,61 @@ pub struct PipelineConfig {
 pub struct Pipeline {
     router: ArcSwap<Router>,
     cache: Cache<Object, FetchError>,
-    origin: Arc<dyn Origin>,
+    tiers: Arc<tiers::Tiers>,
     cfg: PipelineConfig,
     metrics: PipelineMetrics,
 }
 
 impl Pipeline {
-    /// A pipeline over `origin`, running the chains of `router`.
+    /// A pipeline over `upstream` (the origin, or seeders in front of it), running the chains of
+    /// `router`, with a disk tier between memory and upstream when `disk` is set.
     pub fn new(
         router: Router,
-        origin: Arc<dyn Origin>,
-        cfg: PipelineConfig,
+        upstream: Arc<dyn Origin>,
+        disk: Option<DiskCache>,
+        mut cfg: PipelineConfig,
         metrics: PipelineMetrics,
     ) -> Self {
+        cfg.cache.stale_if_error = cfg.stale_if_error;
         let cache = Cache::new(cfg.cache.clone(), Some(metrics.cache.clone()));
+        let tiers = tiers::Tiers {
+            upstream,
+            disk,
+            freshness: tiers::Freshness {
+                manifest_ttl: cfg.manifest_ttl,
+                segment_ttl: cfg.segment_ttl,
+                stale_if_error: cfg.stale_if_error,
+            },
+            metrics: metrics.tiers.clone(),
+        };
         Self {
             router: ArcSwap::from_pointee(router),
             cache,
-            origin,
+            tiers: Arc::new(tiers),
             cfg,
             metrics,
+        }
+    }
+
+    /// Removes `path` from every cache tier.
+    pub async fn purge(&self, path: &str) -> Purged {
+        Purged {
+            memory: usize::from(self.cache.purge(path)),
+            disk: match &self.tiers.disk {
+                Some(d) => usize::from(d.remove(path).await),
+                None => 0,
+            },
+        }
+    }
+
+    /// Removes every path starting with `prefix` from every cache tier.
+    pub async fn purge_prefix(&self, prefix: &str) -> Purged {
+        Purged {
+            memory: self.cache.purge_prefix(prefix),
+            disk: match &self.tiers.disk {
+                Some(d) => d.purge_prefix(prefix).await,
+                None => 0,
+            },
         }
     }
 
@@ -163,9 +278,9 @@ impl Pipeline {
         self.router.load_full()
     }
 
-    /// The origin.
+    /// The upstream (origin, or seeders then origin).
     pub fn origin(&self) -> &Arc<dyn Origin> {
-        &self.origin
+        &self.tiers.upstream
     }
 
     async fn serve(&self, req: &EdgeRequest) -> (String, EdgeResponse) {
@@ -229,27 +344,11 @@ impl Pipeline {
         let protected = !route.is_open();
         drop(router);
 
-        let ttl = match kind {
-            MediaKind::Manifest => self.cfg.manifest_ttl,
-            MediaKind::Segment => self.cfg.segment_ttl,
-        };
-        let origin = self.origin.clone();
+        let tiers = self.tiers.clone();
         let key = path.clone();
         let fetched = self
             .cache
-            .get_or_fetch(&path, move || async move {
-                let o = origin.get(&key).await?;
-                let manifest = edge_manifest::Kind::of(&key).and_then(|kind| match edge_manifest::Prepared::new(kind, &o.body) {
-                    Ok(p) => Some(Arc::new(p)),
-                    Err(e) => {
-                        tracing::warn!(path = key, error = %e, "origin manifest does not parse; served without token propagation");
-                        None
-                    }
-                });
-                let etag = o.etag.map(|e| format!("\"{}\"", e.trim_matches('"')));
-                let obj = Object { body: o.body, etag, last_modified: o.last_modified, manifest };
-                Ok((obj, ttl))
-            })
+            .get_or_fetch(&path, move || async move { tiers.fill(&key, kind).await })
             .await;
         let (obj, status) = match fetched {
             Ok(v) => v,
@@ -258,18 +357,36 @@ impl Pipeline {
 
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        headers.insert(
-            "x-cache",
-            HeaderValue::from_static(match status {
-                edge_cache::Status::Hit => "HIT memory",
-                edge_cache::Status::Miss => "MISS",
-                edge_cache::Status::Coalesced => "MISS coalesced",
-            }),
-        );
+        headers.insert("x-cache", HeaderValue::from_static(obj.x_cache(status)));
+        let stale = obj.stale || status == edge_cache::Status::Stale;
+        let tier = match status {
+            _ if stale => "stale",
+            edge_cache::Status::Hit => "memory",
+            _ => obj.source.as_str(),
+        };
+        self.metrics.tiers.served(tier, obj.body.len());
+        let age = SystemTime::now()
+            .duration_since(obj.fetched_at)
+            .unwrap_or_default()
+            .as_secs();
+        if age > 0 || stale {
+            headers.insert(header::AGE, HeaderValue::from(age));
+        }
+        if stale {
+            headers.insert(
+                header::WARNING,
+                HeaderValue::from_static("110 edge \"Response is Stale\""),
+            );
+        }
+        let ttl = if stale {
+            0
+        } else {
+            obj.max_age.as_secs().saturating_sub(age)
+        };
         let cache_control = format!(
             "{}max-age={}",
             if protected { "private, " } else { "public, " },
-            ttl.as_secs()
+            ttl
         );
         if let Ok(v) = HeaderValue::from_str(&cache_control) {
             headers.insert(header::CACHE_CONTROL, v);

@@ -12,7 +12,8 @@ use std::time::Duration;
 /// | `edge_response_body_bytes_total` | route | body bytes produced |
 /// | `edge_requests_in_flight` | | requests being handled |
 ///
-/// plus the memory tier's [`CacheMetrics`].
+/// plus the memory tier's [`CacheMetrics`] and the lower tiers' metrics (`edge_cache_lookups_total`
+/// with `tier="disk"`, `edge_cache_served_bytes_total{tier}`, `edge_upstream_fills_total`).
 #[derive(Clone)]
 pub struct PipelineMetrics {
     requests: IntCounterVec,
@@ -20,6 +21,7 @@ pub struct PipelineMetrics {
     bytes: IntCounterVec,
     pub(crate) in_flight: IntGauge,
     pub(crate) cache: CacheMetrics,
+    pub(crate) tiers: crate::tiers::TierMetrics,
 }
 
 impl PipelineMetrics {
@@ -50,12 +52,14 @@ impl PipelineMetrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        let cache = CacheMetrics::new(registry, "memory")?;
         Ok(Self {
             requests,
             duration,
             bytes,
             in_flight,
-            cache: CacheMetrics::new(registry, "memory")?,
+            tiers: crate::tiers::TierMetrics::new(registry, cache.lookups())?,
+            cache,
         })
     }
 

@@ -1,13 +1,14 @@
 use super::*;
 use edge_config::{PolicySet, WasmConfig};
 use edge_origin::StoreOrigin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The real local-filesystem origin, counting reads. Each read is slowed down (never relied on
 /// for correctness) so that concurrent requests really overlap the fill.
 struct Counting {
     inner: StoreOrigin,
     reads: AtomicUsize,
+    down: AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -15,6 +16,9 @@ impl Origin for Counting {
     async fn get(&self, path: &str) -> Result<edge_origin::Object, OriginError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(20)).await;
+        if self.down.load(Ordering::SeqCst) {
+            return Err(OriginError::Unavailable("origin down (test)".into()));
+        }
         self.inner.get(path).await
     }
     async fn check(&self) -> Result<(), OriginError> {
@@ -26,7 +30,7 @@ impl Origin for Counting {
 }
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     origin: Arc<Counting>,
     pipeline: Pipeline,
 }
@@ -35,6 +39,24 @@ const MANIFEST: &str =
     "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nseg_000.ts\n#EXT-X-ENDLIST\n";
 
 fn fixture() -> Fixture {
+    fixture_with(None, Duration::from_secs(60))
+}
+
+async fn disk(dir: &std::path::Path) -> DiskCache {
+    DiskCache::open(
+        edge_disk_cache::DiskConfig {
+            dir: dir.to_path_buf(),
+            capacity: 1 << 20,
+            max_object: 1 << 20,
+            write_suspend: Duration::from_secs(1),
+        },
+        edge_disk_cache::DiskMetrics::default(),
+    )
+    .await
+    .unwrap()
+}
+
+fn fixture_with(disk: Option<DiskCache>, segment_ttl: Duration) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let movie = dir.path().join("vod/movies/m1");
     std::fs::create_dir_all(&movie).unwrap();
@@ -48,6 +70,7 @@ fn fixture() -> Fixture {
     let origin = Arc::new(Counting {
         inner: StoreOrigin::local(dir.path(), Duration::from_secs(5)).unwrap(),
         reads: AtomicUsize::new(0),
+        down: AtomicBool::new(false),
     });
     let set = PolicySet::from_toml_str(
         "p.toml".as_ref(),
@@ -73,17 +96,19 @@ fn fixture() -> Fixture {
     let cfg = PipelineConfig {
         cache: CacheConfig::default(),
         manifest_ttl: Duration::from_secs(2),
-        segment_ttl: Duration::from_secs(60),
+        segment_ttl,
+        stale_if_error: Duration::from_secs(3600),
         cors_allow_origin: Some(HeaderValue::from_static("*")),
     };
     let pipeline = Pipeline::new(
         router,
         origin.clone(),
+        disk,
         cfg,
         PipelineMetrics::new(&registry).unwrap(),
     );
     Fixture {
-        _dir: dir,
+        dir,
         origin,
         pipeline,
     }
@@ -124,7 +149,7 @@ async fn serves_objects_with_validators() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, MANIFEST);
     assert_eq!(r.headers["content-type"], "application/vnd.apple.mpegurl");
-    assert_eq!(r.headers["x-cache"], "MISS");
+    assert_eq!(r.headers["x-cache"], "MISS origin");
     assert_eq!(r.headers["cache-control"], "public, max-age=2");
     let etag = r.headers["etag"].to_str().unwrap().to_owned();
     let lm = r.headers["last-modified"].to_str().unwrap().to_owned();
@@ -272,5 +297,157 @@ async fn cors_for_browser_players() {
             .to_str()
             .unwrap()
             .contains("range")
+    );
+}
+
+const SEGMENT: &str = "/vod/movies/m1/seg_000.ts";
+
+#[tokio::test]
+async fn the_disk_tier_answers_after_memory_is_gone() {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let f = fixture_with(Some(disk(cache_dir.path()).await), Duration::from_secs(60));
+    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    assert_eq!(r.headers["x-cache"], "MISS origin");
+    let body = r.body.clone();
+    // The disk write happens behind the response.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(f.pipeline.cache.purge(SEGMENT), "memory only");
+    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    assert_eq!(r.headers["x-cache"], "HIT disk");
+    assert_eq!(r.body, body);
+    assert_eq!(f.origin.reads.load(Ordering::SeqCst), 1);
+    let r = f
+        .pipeline
+        .handle(get(SEGMENT, &[("range", "bytes=10-19")]))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.headers["x-cache"].to_str().unwrap()),
+        (206, "HIT memory")
+    );
+    assert_eq!(r.body, body.slice(10..20));
+}
+
+#[tokio::test]
+async fn a_corrupted_disk_copy_is_refetched() {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let f = fixture_with(Some(disk(cache_dir.path()).await), Duration::from_secs(60));
+    let body = f.pipeline.handle(get(SEGMENT, &[])).await.body;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let files: Vec<_> = walk(cache_dir.path())
+        .into_iter()
+        .filter(|p| !p.ends_with("lock"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut raw = std::fs::read(&files[0]).unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 0xff;
+    std::fs::write(&files[0], raw).unwrap();
+    assert!(f.pipeline.cache.purge(SEGMENT));
+    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    assert_eq!(
+        r.headers["x-cache"], "MISS origin",
+        "the damaged copy is not served"
+    );
+    assert_eq!(r.body, body);
+    assert_eq!(f.origin.reads.load(Ordering::SeqCst), 2);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn stale_copies_answer_while_the_origin_is_down() {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let f = fixture_with(Some(disk(cache_dir.path()).await), Duration::from_secs(1));
+    let fresh = f.pipeline.handle(get(SEGMENT, &[])).await;
+    assert_eq!(fresh.status, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    f.origin.down.store(true, Ordering::SeqCst);
+
+    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-cache"], "STALE disk");
+    assert_eq!(r.headers["warning"], "110 edge \"Response is Stale\"");
+    assert!(r.headers["age"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(r.body, fresh.body);
+
+    let disk = f.pipeline.tiers.disk.as_ref().unwrap();
+    assert!(disk.remove(SEGMENT).await);
+    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-cache"], "STALE memory");
+    assert_eq!(r.body, fresh.body);
+
+    let r = f
+        .pipeline
+        .handle(get("/vod/movies/m1/index.m3u8", &[]))
+        .await;
+    assert_eq!(
+        (
+            r.status.as_u16(),
+            r.headers["x-edge-reason"].to_str().unwrap()
+        ),
+        (502, "origin_unavailable")
+    );
+
+    f.origin.down.store(false, Ordering::SeqCst);
+    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    assert_eq!(r.headers["x-cache"], "MISS origin");
+    assert!(!r.headers.contains_key("warning"));
+}
+
+#[tokio::test]
+async fn purges_reach_every_tier_by_path_and_prefix() {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let f = fixture_with(Some(disk(cache_dir.path()).await), Duration::from_secs(60));
+    std::fs::write(f.dir.path().join("vod/movies/m1/seg_001.ts"), "one").unwrap();
+    for p in [SEGMENT, "/vod/movies/m1/seg_001.ts"] {
+        assert_eq!(f.pipeline.handle(get(p, &[])).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        f.pipeline.purge(SEGMENT).await,
+        Purged { memory: 1, disk: 1 }
+    );
+    assert_eq!(
+        f.pipeline.purge_prefix("/vod/movies/").await,
+        Purged { memory: 1, disk: 1 }
+    );
+    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    assert_eq!(r.headers["x-cache"], "MISS origin");
+}
+
+#[test]
+fn origin_cache_control_overrides_the_configured_ttl() {
+    let f = tiers::Freshness {
+        manifest_ttl: Duration::from_secs(2),
+        segment_ttl: Duration::from_secs(3600),
+        stale_if_error: Duration::ZERO,
+    };
+    let seg = MediaKind::Segment;
+    assert_eq!(f.ttl(seg, None), Duration::from_secs(3600));
+    assert_eq!(
+        f.ttl(seg, Some("public, max-age=60")),
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        f.ttl(seg, Some("max-age=60, s-maxage=30")),
+        Duration::from_secs(30)
+    );
+    assert_eq!(f.ttl(MediaKind::Manifest, Some("no-store")), Duration::ZERO);
+    assert_eq!(f.ttl(seg, Some("private, max-age=60")), Duration::ZERO);
+    assert_eq!(
+        f.ttl(MediaKind::Manifest, Some("garbage")),
+        Duration::from_secs(2)
     );
 }

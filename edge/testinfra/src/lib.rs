@@ -106,3 +106,82 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// An `s3s-fs` S3-compatible server on a free loopback port, over a temporary directory. Buckets
+/// are directories of [`S3::root`]; credentials are [`S3::ACCESS_KEY`] / [`S3::SECRET_KEY`] and
+/// signatures are checked.
+#[derive(Debug)]
+pub struct S3 {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl S3 {
+    /// Access key the server accepts.
+    pub const ACCESS_KEY: &'static str = "AKIAEDGETEST";
+    /// Secret key the server accepts.
+    pub const SECRET_KEY: &'static str = "edge-test-secret-key";
+
+    /// Starts `s3s-fs` with an empty bucket `bucket`. Panics with an install hint when the binary
+    /// is missing.
+    pub fn start(bucket: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join(bucket)).expect("bucket dir");
+        let mut s3 = Self {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        s3.restart();
+        s3
+    }
+
+    /// Starts the server again on the same port and directory (after [`S3::stop`]).
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run s3s-fs ({e}); deploy/dev/setup.sh --test installs it (cargo install s3s-fs@0.14.1)")
+            });
+        wait_for_port(self.port, &mut child, "s3s-fs");
+        self.child = Some(child);
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The directory holding the buckets: `root/<bucket>/<key>` is an object.
+    pub fn root(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes an object directly into the server's directory.
+    pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        let path = self.dir.path().join(bucket).join(key);
+        std::fs::create_dir_all(path.parent().expect("key has a parent")).expect("object dir");
+        std::fs::write(path, body).expect("write object");
+    }
+
+    /// Stops the server now.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

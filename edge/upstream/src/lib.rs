@@ -1,1 +1,273 @@
-//! Edge-side seeder routing: directory lookup, ketama choice among healthy seeders, hedging, fallback to the origin.
+//! Edge-side seeder routing: directory lookup, ketama choice among healthy seeders, hedging,
+//! fallback to the origin.
+//!
+//! On a local cache miss an edge asks its upstream for the object. [`SeederOrigin`] is that
+//! upstream when seeders are deployed: an [`Origin`] that serves segments from the seeders that
+//! hold them and everything else, and every failure, from the origin behind it.
+//!
+//! For a path under the streams prefix (`/vod/movies/m1/720p/seg_001.ts`):
+//!
+//! 1. **Who holds it**: the seeder directory in Redis ([`Directory::holders`]), answers (empty
+//!    ones too) cached locally for `lookup_cache_ttl`. While Redis is down the lookup fails fast,
+//!    is counted, and the segment goes to the origin: edges keep serving.
+//! 2. **Whom to ask**: a ketama ring (`pingora-ketama`) over the live seeders (heartbeat younger
+//!    than `heartbeat_stale`, refreshed every `membership_refresh`), keyed by seeder id. Walking it
+//!    from the path's hash gives every edge the same order, so a segment is read from the same
+//!    seeder everywhere and stays hot there. Kept: holders that are healthy; holders the ring does
+//!    not know yet come after. With no holder at all (and `pull_through_on_miss`), the ring owner
+//!    itself, which pulls the segment from the origin and keeps it. At most `max_seeders`.
+//! 3. **Hedged chain**: the first candidate starts; the next starts when it fails, or when it has
+//!    not finished within `hedge_delay`; the origin is the chain's last link. The first success
+//!    wins and the other attempts are dropped.
+//! 4. **Verification**: a seeder's answer counts only with status 200, the whole body (a
+//!    connection cut before `Content-Length` bytes is an error) and a body whose SHA-256 equals
+//!    its `x-content-sha256` header and the directory's checksum. A truncated or corrupt body is
+//!    never returned. A 404 moves on to the next candidate; any other failure also takes the
+//!    seeder out of use until its `GET /_seeder/health` answers 200 again (probed every
+//!    `probe_interval`).
+//!
+//! Each edge counts its outcomes per seeder and adds them to the seeder's record in the
+//! directory every `report_interval` ([`Directory::record`], `successRate` of `seeder:<id>`).
+//!
+//! Metrics (registered by [`SeederOrigin::new`]):
+//!
+//! | metric | labels | meaning |
+//! |---|---|---|
+//! | `edge_upstream_fetches_total` | seeder, result | attempts at a seeder: `ok`, `error`, `not_found` |
+//! | `edge_upstream_hedges_total` | | attempts started because the previous one was slow |
+//! | `edge_upstream_fallbacks_total` | | segment requests that ended at the origin (answered or failed there) |
+//! | `edge_upstream_seeder_healthy` | seeder | 1 while the seeder is used, 0 while it awaits a probe |
+//! | `edge_upstream_seeder_success_rate` | seeder | this edge's `ok / (ok + error)` for the seeder |
+//! | `edge_upstream_directory_errors_total` | | directory (Redis) reads that failed |
+//!
+//! ```no_run
+//! # async fn f(directory: edge_directory::Directory, s3: std::sync::Arc<dyn edge_origin::Origin>) {
+//! use edge_upstream::{RoutingConfig, SeederOrigin};
+//! let registry = prometheus::Registry::new();
+//! let upstream = SeederOrigin::new(RoutingConfig::default(), directory, s3, &registry).unwrap();
+//! let _tasks = upstream.spawn();
+//! // `upstream` is an `Origin`: put it behind the edge's caches.
+//! # }
+//! ```
+
+mod fetch;
+mod health;
+mod hedge;
+mod metrics;
+mod ring;
+mod route;
+
+use arc_swap::ArcSwap;
+use edge_directory::{Directory, SegmentRef};
+use edge_origin::{Object, Origin, OriginError};
+use std::{
+    sync::{Arc, Weak, atomic::AtomicBool},
+    time::Duration,
+};
+use tokio::task::JoinHandle;
+
+/// How segments are routed to seeders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    /// Public path prefix of the streams (`/vod/movies/`); only paths of the form
+    /// `<prefix><stream>/<name>` are routed to seeders, everything else goes to the origin.
+    pub streams_prefix: String,
+    /// How long a directory answer (the holders of a segment, or that there are none) is reused
+    /// before Redis is asked again.
+    pub lookup_cache_ttl: Duration,
+    /// How often the seeder list is read; the ring is rebuilt when it changed.
+    pub membership_refresh: Duration,
+    /// Seeders whose last heartbeat is older than this are not used.
+    pub heartbeat_stale: Duration,
+    /// Bound on one attempt at a seeder, body included (and on a health probe).
+    pub request_timeout: Duration,
+    /// When the running attempt has not finished after this long, the next candidate starts too.
+    pub hedge_delay: Duration,
+    /// Seeders tried before the origin.
+    pub max_seeders: usize,
+    /// How often unhealthy seeders are probed (`GET /_seeder/health`); a 200 makes them healthy.
+    pub probe_interval: Duration,
+    /// How often this edge's per-seeder outcome counts are added to the directory.
+    pub report_interval: Duration,
+    /// A segment no seeder holds is asked of its ring owner (which pulls it from the origin and
+    /// keeps it) rather than of the origin directly.
+    pub pull_through_on_miss: bool,
+}
+
+impl Default for RoutingConfig {
+    /// `/vod/movies/`, lookups cached 1 s, membership every 2 s, heartbeats stale after 15 s,
+    /// 2 s per attempt, hedge after 100 ms, 2 seeders, probes every 1 s, reports every 5 s,
+    /// pull-through on.
+    fn default() -> Self {
+        Self {
+            streams_prefix: "/vod/movies/".into(),
+            lookup_cache_ttl: Duration::from_secs(1),
+            membership_refresh: Duration::from_secs(2),
+            heartbeat_stale: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(2),
+            hedge_delay: Duration::from_millis(100),
+            max_seeders: 2,
+            probe_interval: Duration::from_secs(1),
+            report_interval: Duration::from_secs(5),
+            pull_through_on_miss: true,
+        }
+    }
+}
+
+/// One seeder as this edge sees it, for `/health` and the admin API.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeederView {
+    /// Seeder id.
+    pub id: String,
+    /// Where it serves (`host:port`).
+    pub address: String,
+    /// Whether requests go to it (false after a failure, until a health probe succeeds).
+    pub healthy: bool,
+    /// Verified fetches by this edge since it started tracking the seeder.
+    pub ok: u64,
+    /// Failed fetches by this edge (404s are neither).
+    pub failed: u64,
+    /// `ok / (ok + failed)`, `None` before any outcome.
+    pub success_rate: Option<f64>,
+}
+
+/// An [`Origin`] that reads segments from the seeders holding them (see the crate docs) and
+/// everything else, and whatever they cannot serve, from `fallback`.
+///
+/// Created with [`SeederOrigin::new`]; its background work (membership, probes, reports) runs
+/// in the tasks [`SeederOrigin::spawn`] starts, which end once the last `Arc` is dropped.
+pub struct SeederOrigin {
+    cfg: RoutingConfig,
+    directory: Directory,
+    fallback: Arc<dyn Origin>,
+    client: reqwest::Client,
+    membership: ArcSwap<route::Membership>,
+    seeders: health::Seeders,
+    lookups: route::Lookups,
+    metrics: metrics::Metrics,
+    /// Whether the last directory call failed (to warn once per outage).
+    directory_down: AtomicBool,
+}
+
+impl std::fmt::Debug for SeederOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeederOrigin")
+            .field("directory", &self.directory.describe())
+            .field("fallback", &self.fallback.describe())
+            .field("ring", &self.membership.load().ring)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The background loops of [`SeederOrigin::spawn`].
+#[derive(Debug, Clone, Copy)]
+enum Task {
+    Membership,
+    Probe,
+    Report,
+}
+
+impl SeederOrigin {
+    /// A seeder router reading `directory`, falling back to `fallback`, with its metrics
+    /// registered in `registry` (which fails if they already are). No seeder is known until the
+    /// membership task of [`spawn`](Self::spawn) has read the directory once; until then only
+    /// the holders' own directory entries are used.
+    pub fn new(
+        cfg: RoutingConfig,
+        directory: Directory,
+        fallback: Arc<dyn Origin>,
+        registry: &prometheus::Registry,
+    ) -> Result<Arc<Self>, prometheus::Error> {
+        let metrics = metrics::Metrics::new(registry)?;
+        // Seeders are internal: never through a proxy from the environment.
+        let client = reqwest::Client::builder()
+            .connect_timeout(cfg.request_timeout)
+            .timeout(cfg.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()
+            .map_err(|e| prometheus::Error::Msg(format!("seeder HTTP client: {e}")))?;
+        Ok(Arc::new(Self {
+            lookups: route::Lookups::new(cfg.lookup_cache_ttl),
+            cfg,
+            directory,
+            fallback,
+            client,
+            membership: ArcSwap::default(),
+            seeders: health::Seeders::default(),
+            metrics,
+            directory_down: AtomicBool::new(false),
+        }))
+    }
+
+    /// Starts the background tasks on the current tokio runtime: membership refresh (first run
+    /// immediately), the prober of unhealthy seeders, and the outcome reporter. They hold only a
+    /// weak reference and end once the router is dropped; abort the handles to stop them sooner.
+    pub fn spawn(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+        [
+            (Task::Membership, self.cfg.membership_refresh),
+            (Task::Probe, self.cfg.probe_interval),
+            (Task::Report, self.cfg.report_interval),
+        ]
+        .into_iter()
+        .map(|(task, period)| tokio::spawn(Self::every(Arc::downgrade(self), period, task)))
+        .collect()
+    }
+
+    async fn every(this: Weak<Self>, period: Duration, task: Task) {
+        let mut tick = tokio::time::interval(period.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(this) = this.upgrade() else {
+                return;
+            };
+            match task {
+                Task::Membership => this.refresh_membership().await,
+                Task::Probe => this.probe_unhealthy().await,
+                Task::Report => this.report().await,
+            }
+        }
+    }
+
+    /// The seeders this edge tracks (the live ones, and holders met before the membership knew
+    /// them), sorted by id.
+    pub fn seeders(&self) -> Vec<SeederView> {
+        self.seeders.views()
+    }
+}
+
+#[async_trait::async_trait]
+impl Origin for SeederOrigin {
+    /// A segment from the seeders (verified) or the origin; any other path from the origin. The
+    /// error, when everything failed, is the origin's: `NotFound` only if the origin says so.
+    async fn get(&self, path: &str) -> Result<Object, OriginError> {
+        let Some(segment) = SegmentRef::from_path(&self.cfg.streams_prefix, path) else {
+            return self.fallback.get(path).await;
+        };
+        let Some(holders) = self.holders(&segment).await else {
+            self.metrics.fallbacks.inc();
+            return self.fallback.get(path).await;
+        };
+        let candidates = self.candidates(path, &holders);
+        self.hedged(path, &candidates).await
+    }
+
+    /// The origin's check: seeders are an optimisation, the edge is healthy without them.
+    async fn check(&self) -> Result<(), OriginError> {
+        self.fallback.check().await
+    }
+
+    /// `seeders (redis://host:port) → <origin>`.
+    fn describe(&self) -> String {
+        format!(
+            "seeders ({}) → {}",
+            self.directory.describe(),
+            self.fallback.describe()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

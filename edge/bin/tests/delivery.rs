@@ -1,0 +1,512 @@
+//! Segment delivery across processes, as deployed: one edge and two seeders (`edge seeder`), all
+//! real binaries, with a real `redis-server` holding the seeder directory and a real S3-compatible
+//! server (`s3s-fs`) as the origin. ffmpeg plays through the edge while a seeder is killed.
+
+use edge_testinfra::{Redis, S3};
+use sha2::{Digest, Sha256};
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn demo() -> PathBuf {
+    root().join("deploy/demo/origin/vod/movies/demo")
+}
+
+/// Every file of the demo stream: (path below the stream directory, bytes).
+fn demo_files() -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in ["index.m3u8", "v0", "v1"] {
+        let p = demo().join(entry);
+        if p.is_dir() {
+            for f in std::fs::read_dir(&p).unwrap() {
+                let f = f.unwrap();
+                let name = format!("{entry}/{}", f.file_name().to_string_lossy());
+                files.push((name, std::fs::read(f.path()).unwrap()));
+            }
+        } else {
+            files.push((entry.to_owned(), std::fs::read(&p).unwrap()));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// One running `edge` process, its stderr lines collected.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    name: &'static str,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, args: &[&str], config: &Path, env: &[(&str, String)]) -> Self {
+        edge_guest_artifacts::path(edge_guest_artifacts::SIGNED_URL);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge"));
+        cmd.current_dir(root())
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("EDGE_CONFIG")
+            .env_remove("EDGE_POLICIES")
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("EDGE_TEST_LOGS").is_some() {
+                    eprintln!("[{name}] {line}");
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines, name }
+    }
+
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_secs(1)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(e) => panic!("{} exited before logging {needle:?}: {e}", self.name),
+            }
+        }
+        panic!("{} never logged {needle:?}", self.name)
+    }
+
+    /// The address of the listener logged as `listening on http://ADDR (<label>)`.
+    fn listener(&self, label: &str) -> String {
+        let line = self.wait_for(&format!("({label})"));
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap();
+        url.trim_start_matches("http://").to_owned()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Response {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+}
+
+fn request(addr: &str, method: &str, target: &str, extra: &str, body: &str) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+fn get(addr: &str, target: &str) -> Response {
+    request(addr, "GET", target, "", "")
+}
+
+const TOKEN: &str = "delivery-test-admin-token";
+
+fn purge_all(admin: &str) {
+    let r = request(
+        admin,
+        "POST",
+        "/admin/purge",
+        &format!("Authorization: Bearer {TOKEN}\r\n"),
+        r#"{"prefix":"/vod/"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// A deployment: Redis, S3 with the demo stream, config files; processes are started by the test.
+struct Cluster {
+    redis: Redis,
+    s3: S3,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Cluster {
+    fn new(extra: &str) -> Self {
+        let redis = Redis::start();
+        let s3 = S3::start("vod");
+        for (name, bytes) in demo_files() {
+            s3.put("vod", &format!("movies/demo/{name}"), &bytes);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies.toml");
+        std::fs::write(
+            &policies,
+            "[[routes]]\nname = \"vod\"\npaths = [\"/vod/**\"]\n",
+        )
+        .unwrap();
+        let config = dir.path().join("edge.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[server]
+admin_token = "{TOKEN}"
+demo_stream = ""
+[policies]
+file = "{}"
+watch_interval = "0s"
+[origin]
+timeout = "1s"
+retries = 1
+retry_backoff = "50ms"
+[seeder]
+scan_interval = "1s"
+key_ttl = "3s"
+heartbeat_interval = "500ms"
+[routing]
+hedge_delay = "100ms"
+probe_interval = "200ms"
+heartbeat_stale = "3s"
+{extra}
+"#,
+                policies.display()
+            ),
+        )
+        .unwrap();
+        Self {
+            redis,
+            s3,
+            dir,
+            config,
+        }
+    }
+
+    fn env(&self, data: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("REDIS_HOST", "127.0.0.1".into()),
+            ("REDIS_PORT", self.redis.port().to_string()),
+            ("S3_ENDPOINT_URL", self.s3.endpoint()),
+            ("S3_BUCKET_NAME", "vod".into()),
+            ("S3_ACCESS_KEY", S3::ACCESS_KEY.into()),
+            ("S3_SECRET_KEY", S3::SECRET_KEY.into()),
+            (
+                "EDGE_DATA_DIR",
+                self.dir.path().join(data).display().to_string(),
+            ),
+        ]
+    }
+
+    /// A seeder whose cache already holds the whole demo stream.
+    fn seeder(&self, id: &'static str) -> (Proc, String) {
+        let cache = self.dir.path().join(id);
+        for (name, bytes) in demo_files() {
+            let p = cache.join("vod/movies/demo").join(&name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+        let mut env = self.env(id);
+        env.push(("SEEDER_CACHE_PATH", cache.display().to_string()));
+        env.push(("SEEDER_ID", id.to_owned()));
+        let p = Proc::spawn(
+            id,
+            &[
+                "seeder",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            &self.config,
+            &env,
+        );
+        let addr = p.listener("seeder");
+        p.wait_for("Seeder ready to serve peers");
+        (p, addr)
+    }
+
+    /// The edge: (process, viewer address, admin address).
+    fn edge(&self) -> (Proc, String, String) {
+        let mut env = self.env("edge");
+        env.push((
+            "EDGE_DISK_CACHE_PATH",
+            self.dir.path().join("edge-disk").display().to_string(),
+        ));
+        let p = Proc::spawn(
+            "edge",
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-tls",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+            &self.config,
+            &env,
+        );
+        let http = p.listener("http/1.1, h2c");
+        let admin = p.listener("admin");
+        (p, http, admin)
+    }
+
+    fn redis(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.redis.port()))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not happen within 20 s");
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+#[test]
+fn an_edge_serves_from_seeders_found_in_redis_and_survives_a_seeder_killed_during_playback() {
+    let cluster = Cluster::new("");
+    let (mut seeder_a, _) = cluster.seeder("seeder-a");
+    let (_seeder_b, addr_b) = cluster.seeder("seeder-b");
+
+    // The directory as the replaced seeder wrote it.
+    let mut conn = cluster.redis();
+    let holders: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("stream:demo:segment:v0/seg_000.ts")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        holders
+            .keys()
+            .map(String::as_str)
+            .collect::<std::collections::BTreeSet<_>>(),
+        ["seeder-a", "seeder-b"].into()
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("stream:demo:segment:v0/seg_000.ts")
+        .query(&mut conn)
+        .unwrap();
+    assert!(ttl > 0, "segment keys carry a TTL: {ttl}");
+    let seeders: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("stream:demo:seeders")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(seeders.len(), 2);
+    let last_active: u64 = redis::cmd("HGET")
+        .arg("seeder:seeder-a")
+        .arg("lastActive")
+        .query(&mut conn)
+        .unwrap();
+    assert!(last_active > 0);
+
+    let (_edge, http, admin) = cluster.edge();
+    let files = demo_files();
+    let (name, bytes) = files.iter().find(|(n, _)| n.ends_with(".ts")).unwrap();
+    let r = get(&http, &format!("/vod/movies/demo/{name}"));
+    assert_eq!((r.status, r.header("x-cache")), (200, "MISS seeder"));
+    assert_eq!(sha(&r.body), sha(bytes));
+    let r = get(&http, &format!("/vod/movies/demo/{name}"));
+    assert_eq!(r.header("x-cache"), "HIT memory");
+
+    // ffmpeg plays in real time (-re) while seeder A is killed (SIGKILL) a moment in.
+    purge_all(&admin);
+    let out = cluster.dir.path().join("played.ts");
+    let ffmpeg = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-re", "-i"])
+        .arg(format!("http://{http}/vod/movies/demo/index.m3u8"))
+        .args(["-map", "0", "-c", "copy", "-y"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg must be installed (deploy/dev/setup.sh --test installs it)");
+    std::thread::sleep(Duration::from_millis(700));
+    seeder_a.kill();
+    let played = ffmpeg.wait_with_output_timeout();
+    assert!(played.0, "ffmpeg failed: {}", played.1);
+    assert!(std::fs::metadata(&out).unwrap().len() > 100_000);
+
+    // Every file, fetched again from scratch, is complete and correct without seeder A.
+    purge_all(&admin);
+    for (name, bytes) in &files {
+        let r = get(&http, &format!("/vod/movies/demo/{name}"));
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(sha(&r.body), sha(bytes), "{name} arrived whole");
+        assert!(
+            r.header("x-cache").starts_with("MISS"),
+            "{name}: {}",
+            r.header("x-cache")
+        );
+    }
+    let metrics = String::from_utf8(get(&admin, "/metrics").body).unwrap();
+    assert!(
+        metrics.contains(r#"edge_upstream_fills_total{result="ok",source="seeder"}"#),
+        "{metrics}"
+    );
+
+    // Seeder B answers edges directly too, with the checksum edges verify.
+    let r = get(&addr_b, &format!("/vod/movies/demo/{name}"));
+    assert_eq!(
+        (r.status, r.header("x-content-sha256")),
+        (200, sha(bytes).as_str())
+    );
+}
+
+#[test]
+fn redis_down_sends_edges_to_the_origin_and_both_recover_when_it_returns() {
+    let mut cluster = Cluster::new("");
+    let (_seeder, seeder_addr) = cluster.seeder("seeder-a");
+    let (_edge, http, admin) = cluster.edge();
+    let files = demo_files();
+    let segments: Vec<_> = files.iter().filter(|(n, _)| n.ends_with(".ts")).collect();
+    let r = get(&http, &format!("/vod/movies/demo/{}", segments[0].0));
+    assert_eq!(r.header("x-cache"), "MISS seeder");
+
+    let port = cluster.redis.port();
+    cluster.redis.stop();
+    purge_all(&admin);
+    std::thread::sleep(Duration::from_millis(1100)); // the edge's directory cache lapses
+    for (name, bytes) in &segments {
+        let started = Instant::now();
+        let r = get(&http, &format!("/vod/movies/demo/{name}"));
+        assert_eq!(r.status, 200, "{name} without Redis");
+        assert_eq!(sha(&r.body), sha(bytes));
+        assert_eq!(r.header("x-cache"), "MISS origin");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let r = get(&seeder_addr, &format!("/vod/movies/demo/{}", segments[1].0));
+    assert_eq!(r.status, 200, "the seeder serves without Redis");
+
+    cluster.redis = Redis::start_on(port);
+    eventually("the seeder republishes into the empty Redis", || {
+        let mut conn = cluster.redis();
+        let n: usize = redis::cmd("HLEN")
+            .arg(format!("stream:demo:segment:{}", segments[1].0))
+            .query(&mut conn)
+            .unwrap_or(0);
+        n == 1
+    });
+    eventually("the edge uses the seeder again", || {
+        purge_all(&admin);
+        get(&http, &format!("/vod/movies/demo/{}", segments[1].0)).header("x-cache")
+            == "MISS seeder"
+    });
+}
+
+#[test]
+fn an_s3_outage_is_answered_with_stale_copies_and_502_for_what_was_never_cached() {
+    let mut cluster = Cluster::new("[cache]\nsegment_ttl = \"1s\"\nmanifest_ttl = \"1s\"\n");
+    let (_edge, http, _admin) = cluster.edge();
+    let r = get(&http, "/vod/movies/demo/v0/seg_000.ts");
+    assert_eq!((r.status, r.header("x-cache")), (200, "MISS origin"));
+    let fresh = r.body;
+    cluster.s3.stop();
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = get(&http, "/vod/movies/demo/v0/seg_000.ts");
+    assert_eq!((r.status, r.header("x-cache")), (200, "STALE memory"));
+    assert_eq!(r.header("warning"), "110 edge \"Response is Stale\"");
+    assert!(r.header("age").parse::<u64>().unwrap() >= 1);
+    assert_eq!(r.body, fresh);
+    let r = get(&http, "/vod/movies/demo/v0/seg_001.ts");
+    assert!(
+        r.status == 502 || r.status == 504,
+        "never cached: {}",
+        r.status
+    );
+    cluster.s3.restart();
+    eventually("fresh copies once S3 is back", || {
+        get(&http, "/vod/movies/demo/v0/seg_000.ts").header("x-cache") == "MISS origin"
+    });
+}
+
+trait WaitTimeout {
+    fn wait_with_output_timeout(self) -> (bool, String);
+}
+
+impl WaitTimeout for Child {
+    fn wait_with_output_timeout(mut self) -> (bool, String) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = self.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut e) = self.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (status.success(), err);
+            }
+            if Instant::now() > deadline {
+                let _ = self.kill();
+                return (false, "ffmpeg timed out".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! One attempt at one seeder: `GET http://<address><path>`, the whole body, verified.
+
+use bytes::Bytes;
+use edge_origin::{Object, Tier};
+use reqwest::{StatusCode, header};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// The header carrying the lowercase hex SHA-256 of the body.
+pub(crate) const CHECKSUM_HEADER: &str = "x-content-sha256";
+
+/// The seeder's readiness endpoint.
+pub(crate) const HEALTH_PATH: &str = "/_seeder/health";
+
+/// Why an attempt did not produce the object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Failure {
+    /// The seeder answered 404: it does not hold the object. Not held against its health.
+    #[error("not found")]
+    NotFound,
+    /// The seeder is unwell or misbehaved: transport error, timeout, unexpected status, short
+    /// body, missing or wrong checksum.
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::Failed(format!("{what}: {e}"))
+}
+
+/// Fetches `path` from the seeder at `address`, within `timeout` (body included). The body must
+/// arrive whole and hash to the seeder's `x-content-sha256` and to `checksum`, the directory's
+/// record, when known.
+pub(crate) async fn fetch(
+    client: &reqwest::Client,
+    address: &str,
+    path: &str,
+    timeout: Duration,
+    checksum: Option<&str>,
+) -> Result<Object, Failure> {
+    let url = format!("http://{address}{path}");
+    let resp = client
+        .get(&url)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| failed("request", error_chain(&e)))?;
+    match resp.status() {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Err(Failure::NotFound),
+        s => return Err(Failure::Failed(format!("status {s}"))),
+    }
+    let headers = resp.headers().clone();
+    let text = |name: header::HeaderName| -> Option<String> {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+    };
+    let announced = text(header::HeaderName::from_static(CHECKSUM_HEADER))
+        .ok_or_else(|| Failure::Failed(format!("no {CHECKSUM_HEADER} header")))?;
+    // A connection cut before Content-Length bytes (or the chunked terminator) arrive is an error
+    // here, as is the timeout running out while reading.
+    let body: Bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| failed("body", error_chain(&e)))?;
+    let actual = hex::encode(Sha256::digest(&body));
+    for expected in std::iter::once(announced.as_str()).chain(checksum) {
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(Failure::Failed(format!(
+                "checksum mismatch: body {actual}, expected {expected} ({} bytes)",
+                body.len()
+            )));
+        }
+    }
+    Ok(Object {
+        body,
+        etag: text(header::ETAG).map(|e| unquote(&e).to_owned()),
+        last_modified: text(header::LAST_MODIFIED).and_then(|v| httpdate::parse_http_date(&v).ok()),
+        cache_control: None,
+        tier: Tier::Seeder,
+    })
+}
+
+/// Whether the seeder at `address` says it is ready (`GET /_seeder/health` → 200).
+pub(crate) async fn probe(client: &reqwest::Client, address: &str, timeout: Duration) -> bool {
+    let url = format!("http://{address}{HEALTH_PATH}");
+    match client.get(&url).timeout(timeout).send().await {
+        Ok(resp) => resp.status() == StatusCode::OK,
+        Err(_) => false,
+    }
+}
+
+/// `W/"abc"` → `abc`.
+fn unquote(etag: &str) -> &str {
+    let e = etag.strip_prefix("W/").unwrap_or(etag);
+    e.strip_prefix('"')
+        .and_then(|e| e.strip_suffix('"'))
+        .unwrap_or(e)
+}
+
+/// The error and its causes, which reqwest keeps apart (`error sending request` alone says little).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_are_unquoted() {
+        assert_eq!(unquote("\"abc\""), "abc");
+        assert_eq!(unquote("W/\"abc\""), "abc");
+        assert_eq!(unquote("abc"), "abc");
+    }
+}
