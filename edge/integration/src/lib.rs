@@ -34,6 +34,16 @@ impl TestEdge {
 
     /// Like [`TestEdge::start`], with another policies file.
     pub async fn start_with_policies(policies: &Path, extra: &str) -> anyhow::Result<Self> {
+        Self::start_with_env(policies, extra, &[]).await
+    }
+
+    /// Like [`TestEdge::start_with_policies`], with environment overrides (`EDGE_ADMIN_TOKEN`, ...)
+    /// given as a map rather than through the process environment.
+    pub async fn start_with_env(
+        policies: &Path,
+        extra: &str,
+        vars: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         edge_guest_artifacts::path(edge_guest_artifacts::SIGNED_URL);
         let data = tempfile::tempdir()?;
         let root = repo_root();
@@ -45,7 +55,10 @@ impl TestEdge {
             origin = root.join("deploy/demo/origin").display().to_string(),
             policies = policies.display().to_string(),
         );
-        let env = MapEnv::default().with("SIGNED_URL_SECRET", SECRET);
+        let env = vars.iter().fold(
+            MapEnv::default().with("SIGNED_URL_SECRET", SECRET),
+            |env, (k, v)| env.with(k, v),
+        );
         let cfg = EdgeConfig::from_toml_str("test-edge.toml", &toml, &env)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let edge = edge_app::Edge::start(cfg).await?;

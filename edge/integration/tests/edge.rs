@@ -1,7 +1,7 @@
 //! The whole edge in-process on port 0, driven by real clients.
 
 use edge_integration::{TestEdge, client, token};
-use std::process::Command;
+use std::{process::Command, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MASTER: &str = "/vod/movies/demo/index.m3u8";
@@ -361,4 +361,94 @@ async fn oversized_bodies_are_refused_and_browsers_get_cors() {
 /// The listener's request-body bound (1 MiB).
 fn edge_http_max_body() -> usize {
     1 << 20
+}
+
+/// Purging needs the admin token; it removes one path or a whole prefix from every tier.
+#[tokio::test]
+async fn purge_is_authenticated_and_reaches_the_disk_tier() {
+    let disk = tempfile::tempdir().unwrap();
+    let untokened = TestEdge::start("").await.unwrap();
+    let c = client();
+    let purge = |admin: String, auth: Option<&'static str>, body: &'static str| {
+        let mut r = c.post(format!("{admin}/admin/purge")).body(body);
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send()
+    };
+    let r = purge(untokened.admin(), None, r#"{"path":"/vod/a.ts"}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "no token configured: purging is off");
+
+    let t = TestEdge::start_with_env(
+        &edge_integration::repo_root().join("policies/default.toml"),
+        &format!("[disk_cache]\npath = {:?}\n", disk.path()),
+        &[("EDGE_ADMIN_TOKEN", "purge-token-0123456789")],
+    )
+    .await
+    .unwrap();
+    let seg = format!(
+        "{}/vod/movies/demo/v0/seg_000.ts?token={}",
+        t.http(),
+        token("/vod/movies/demo/", 60)
+    );
+    let r = c.get(&seg).send().await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "MISS origin");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        c.get(&seg).send().await.unwrap().headers()["x-cache"],
+        "HIT memory"
+    );
+
+    for auth in [
+        None,
+        Some("Bearer wrong-token-0123456789"),
+        Some("Basic purge-token-0123456789"),
+    ] {
+        let r = purge(
+            t.admin(),
+            auth,
+            r#"{"path":"/vod/movies/demo/v0/seg_000.ts"}"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+    }
+    let r = c
+        .post(format!("{}/admin/purge", t.admin()))
+        .header("authorization", "Bearer purge-token-0123456789")
+        .header("origin", "https://evil.example")
+        .body(r#"{"prefix":"/vod/"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "cross-site requests are refused");
+    const AUTH: Option<&str> = Some("Bearer purge-token-0123456789");
+    for bad in [
+        r#"{"path":"/a","prefix":"/b"}"#,
+        r#"{"prefix":"/"}"#,
+        r#"{"paths":"/a"}"#,
+        "nope",
+    ] {
+        assert_eq!(
+            purge(t.admin(), AUTH, bad).await.unwrap().status(),
+            400,
+            "{bad}"
+        );
+    }
+    let r = purge(t.admin(), AUTH, r#"{"prefix":"/vod/movies/demo/"}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(
+        (body["memory"].as_u64(), body["disk"].as_u64()),
+        (Some(1), Some(1)),
+        "{body}"
+    );
+    assert_eq!(
+        c.get(&seg).send().await.unwrap().headers()["x-cache"],
+        "MISS origin"
+    );
 }
