@@ -64,6 +64,8 @@ done
 [[ $CACHE_MIB -ge 4 && $((CACHE_MIB % 4)) == 0 ]] || die "CACHE_MIB must be a multiple of 4 (memory = 1/4, disk = 3/4)"
 [[ $DURATION -le 600 ]] || die "DURATION must be at most 600 seconds"
 SEG_BYTES=$((SEG_KIB * 1024))
+MAX_OBJECT_MIB=$((CACHE_MIB / 4 < 8 ? CACHE_MIB / 4 : 8))
+[[ $((MAX_OBJECT_MIB * 1024)) -ge $SEG_KIB ]] || die "a segment must fit in the edge's max_object ($MAX_OBJECT_MIB MiB)"
 CORPUS_MIB=$((STREAMS * SEGMENTS * SEG_KIB / 1024))
 [[ $CORPUS_MIB -gt $CACHE_MIB ]] || log "warning: the corpus ($CORPUS_MIB MiB) fits in the cache ($CACHE_MIB MiB): nothing is evicted"
 
@@ -181,7 +183,7 @@ url = "http://127.0.0.1:$ORIGIN_PORT/"   # /vod/movies/s1/seg_0.ts -> GET <url>v
 
 [cache]
 memory = "$((CACHE_MIB / 4)) MiB"
-max_object = "8 MiB"
+max_object = "$MAX_OBJECT_MIB MiB"   # 8 MiB, or the memory tier if smaller (validate requires)
 segment_ttl = "1h"
 
 [disk_cache]

@@ -73,13 +73,16 @@ pub(crate) fn origin(cfg: &EdgeConfig) -> anyhow::Result<StoreOrigin> {
         }))
 }
 
+/// What the edge's caches fill from, and the seeder routing when it is part of that.
+type Upstream = (Arc<dyn Origin>, Option<Arc<SeederOrigin>>);
+
 /// The upstream of the edge's caches: seeders (when routing to them) in front of `origin`.
 pub(crate) fn upstream(
     cfg: &EdgeConfig,
     origin: Arc<dyn Origin>,
     redis: Option<&Arc<RedisStore>>,
     registry: &prometheus::Registry,
-) -> anyhow::Result<(Arc<dyn Origin>, Option<Arc<SeederOrigin>>)> {
+) -> anyhow::Result<Upstream> {
     let r = &cfg.routing;
     let Some(redis) = redis.filter(|_| r.uses_seeders(cfg)) else {
         return Ok((origin, None));
