@@ -94,6 +94,7 @@ pub(crate) fn upstream(
             membership_refresh: Duration::from_secs(2),
             heartbeat_stale: r.heartbeat_stale,
             request_timeout: r.seeder_timeout,
+            max_object: cfg.origin.max_object.as_u64(),
             hedge_delay: r.hedge_delay,
             max_seeders: r.max_seeders,
             probe_interval: r.probe_interval,

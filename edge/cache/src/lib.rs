@@ -7,6 +7,9 @@
 //! viewer who hangs up does not fail the others) and every waiter gets its result. The fetch is
 //! where the lower tiers live (disk, seeders, origin), so coalescing spans all of them.
 //!
+//! A purge also detaches the fetches of its keys that are in flight: their results still answer
+//! the callers already waiting, but are not kept, and later callers start a fresh fetch.
+//!
 //! Expired entries are kept until evicted: when a fetch fails with an error that
 //! [`FetchFailure::serve_stale`] accepts (an origin outage, not a 404), a copy expired less than
 //! [`CacheConfig::stale_if_error`] ago answers instead ([`Status::Stale`]).
@@ -40,7 +43,10 @@ use futures::{
 use std::{
     collections::{BTreeSet, HashMap},
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 use tinyufo::TinyUfo;
@@ -135,6 +141,12 @@ impl<V: Clone> Entry<V> {
 
 type Flight<V, E> = Shared<BoxFuture<'static, Result<V, E>>>;
 
+/// A fetch in flight, and whether a purge detached it (then its result is not kept).
+struct InFlight<V, E> {
+    flight: Flight<V, E>,
+    purged: Arc<AtomicBool>,
+}
+
 /// A byte-bounded cache of `V` with coalesced fills that fail with `E`. Cheap to clone.
 pub struct Cache<V, E> {
     inner: Arc<Inner<V, E>>,
@@ -150,8 +162,9 @@ impl<V, E> Clone for Cache<V, E> {
 
 struct Inner<V, E> {
     ufo: TinyUfo<Arc<str>, Entry<V>>,
-    flights: Mutex<HashMap<Arc<str>, Flight<V, E>>>,
-    /// Every key holding a value, for purges by prefix (TinyUFO cannot be iterated).
+    flights: Mutex<HashMap<Arc<str>, InFlight<V, E>>>,
+    /// Every key holding a value, for purges by prefix (TinyUFO cannot be iterated). Its lock
+    /// also orders a fetch's store against a purge of its key; taken before `flights`.
     keys: Mutex<BTreeSet<Arc<str>>>,
     max_object: usize,
     stale_if_error: Duration,
@@ -200,7 +213,7 @@ where
         let (flight, status) = {
             let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
             match flights.get(&key) {
-                Some(f) => (f.clone(), Status::Coalesced),
+                Some(f) => (f.flight.clone(), Status::Coalesced),
                 None => {
                     // Checked again under the lock: a flight may have filled it meanwhile.
                     if let Some(v) = self.inner.fresh(&key) {
@@ -208,8 +221,16 @@ where
                         self.inner.count(Status::Hit);
                         return Ok((v, Status::Hit));
                     }
-                    let flight = Inner::launch(self.inner.clone(), key.clone(), fetch());
-                    flights.insert(key.clone(), flight.clone());
+                    let purged = Arc::new(AtomicBool::new(false));
+                    let flight =
+                        Inner::launch(self.inner.clone(), key.clone(), purged.clone(), fetch());
+                    flights.insert(
+                        key.clone(),
+                        InFlight {
+                            flight: flight.clone(),
+                            purged,
+                        },
+                    );
                     (flight, Status::Miss)
                 }
             }
@@ -228,13 +249,25 @@ where
         }
     }
 
-    /// Removes `key`; returns whether it was cached.
+    /// Removes `key` and detaches a fetch of it in flight; returns whether it was cached.
     pub fn purge(&self, key: &str) -> bool {
         self.inner.purge(&Arc::from(key))
     }
 
-    /// Removes every key starting with `prefix`; returns how many were cached.
+    /// Removes every key starting with `prefix` and detaches the fetches of such keys in flight;
+    /// returns how many were cached.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
+        self.inner
+            .flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, f| {
+                let hit = k.starts_with(prefix);
+                if hit {
+                    f.purged.store(true, Ordering::Relaxed);
+                }
+                !hit
+            });
         let keys: Vec<Arc<str>> = {
             let keys = self.inner.keys.lock().unwrap_or_else(|e| e.into_inner());
             keys.range::<str, _>((
@@ -255,10 +288,17 @@ where
     E: FetchFailure,
 {
     fn purge(&self, key: &Arc<str>) -> bool {
-        self.keys
+        // Under the keys lock: a fetch stores before this (and is removed) or sees its flag.
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.remove(key);
+        if let Some(f) = self
+            .flights
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+            .remove(key)
+        {
+            f.purged.store(true, Ordering::Relaxed);
+        }
         let held = self.held(key);
         if held == 0 {
             return false;
@@ -269,6 +309,7 @@ where
             expires: Instant::now(),
         };
         let evicted = self.ufo.put(key.clone(), tombstone, 1);
+        drop(keys);
         self.account(0, held, &evicted);
         true
     }
@@ -317,17 +358,28 @@ where
         }
     }
 
-    fn launch<Fut>(this: Arc<Self>, key: Arc<str>, fut: Fut) -> Flight<V, E>
+    fn launch<Fut>(
+        this: Arc<Self>,
+        key: Arc<str>,
+        purged: Arc<AtomicBool>,
+        fut: Fut,
+    ) -> Flight<V, E>
     where
         Fut: Future<Output = Result<(V, Duration), E>> + Send + 'static,
     {
         let task = tokio::spawn(async move {
             // Lands the flight when dropped, even if `fut` panics; only after the store below, so a
             // caller arriving in between finds the value.
-            let landing = Landing { inner: this, key };
+            let landing = Landing {
+                inner: this,
+                key,
+                purged,
+            };
             let result = fut.await;
             if let Ok((value, ttl)) = &result {
-                landing.inner.store(&landing.key, value.clone(), *ttl);
+                landing
+                    .inner
+                    .store(&landing.key, value.clone(), *ttl, &landing.purged);
             }
             drop(landing);
             result.map(|(v, _)| v)
@@ -337,7 +389,8 @@ where
             .shared()
     }
 
-    fn store(&self, key: &Arc<str>, value: V, ttl: Duration) {
+    /// Keeps the result of a fetch of `key`, unless a purge detached the fetch (`purged`).
+    fn store(&self, key: &Arc<str>, value: V, ttl: Duration, purged: &AtomicBool) {
         let bytes = value.weight();
         if bytes > self.max_object || ttl.is_zero() {
             return;
@@ -348,8 +401,11 @@ where
             value: Some(value),
             expires: Instant::now() + ttl,
         };
-        let replaced = self.held(key);
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if purged.load(Ordering::Relaxed) {
+            return;
+        }
+        let replaced = self.held(key);
         keys.insert(key.clone());
         let evicted = self.ufo.put(key.clone(), entry, units);
         for kv in &evicted {
@@ -369,15 +425,19 @@ where
 struct Landing<V, E> {
     inner: Arc<Inner<V, E>>,
     key: Arc<str>,
+    purged: Arc<AtomicBool>,
 }
 
 impl<V, E> Drop for Landing<V, E> {
     fn drop(&mut self) {
-        self.inner
-            .flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.key);
+        let mut flights = self.inner.flights.lock().unwrap_or_else(|e| e.into_inner());
+        // Not the fresh fetch that replaced this one after a purge.
+        if flights
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(&f.purged, &self.purged))
+        {
+            flights.remove(&self.key);
+        }
     }
 }
 

@@ -247,3 +247,74 @@ async fn purge_by_prefix_removes_only_that_subtree() {
     assert!(stale.is_err(), "a purged entry is never served stale");
     assert_eq!(cache.purge_prefix("/"), 2);
 }
+
+/// A fetch of `value` that waits for `gate` before answering.
+fn gated(
+    value: &'static str,
+    gate: Arc<tokio::sync::Notify>,
+) -> impl FnOnce() -> BoxFuture<'static, Result<(Obj, Duration), Err>> {
+    move || {
+        async move {
+            gate.notified().await;
+            Ok((
+                Obj(Bytes::from_static(value.as_bytes())),
+                Duration::from_secs(60),
+            ))
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_in_flight_during_a_purge_is_not_kept() {
+    for by_prefix in [false, true] {
+        let cache = cache();
+        let purge = |cache: &Cache<Obj, Err>| {
+            if by_prefix {
+                cache.purge_prefix("/vod/");
+            } else {
+                cache.purge("/vod/k");
+            }
+        };
+        // A fetch started before the purge (it may have read the old object)...
+        let before = Arc::new(tokio::sync::Notify::new());
+        let old = tokio::spawn({
+            let (cache, fetch) = (cache.clone(), gated("old", before.clone()));
+            async move { cache.get_or_fetch("/vod/k", fetch).await }
+        });
+        while cache.inner.flights.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        purge(&cache);
+        // ...is not joined by a caller arriving after the purge, who fetches anew,
+        let after = Arc::new(tokio::sync::Notify::new());
+        let new = tokio::spawn({
+            let (cache, fetch) = (cache.clone(), gated("new", after.clone()));
+            async move { cache.get_or_fetch("/vod/k", fetch).await }
+        });
+        while cache.inner.flights.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // ...answers its own callers but is not kept, and its landing leaves the new fetch
+        // in place for the callers that come next.
+        before.notify_one();
+        let (v, s) = old.await.unwrap().unwrap();
+        assert_eq!((v.0.as_ref(), s), (&b"old"[..], Status::Miss));
+        assert!(cache.get("/vod/k").is_none(), "by_prefix: {by_prefix}");
+        let joined = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .get_or_fetch("/vod/k", || async { Err(Err::Origin("not asked")) })
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after.notify_one();
+        let (v, s) = new.await.unwrap().unwrap();
+        assert_eq!((v.0.as_ref(), s), (&b"new"[..], Status::Miss));
+        let (v, s) = joined.await.unwrap().unwrap();
+        assert_eq!((v.0.as_ref(), s), (&b"new"[..], Status::Coalesced));
+        assert_eq!(cache.get("/vod/k").unwrap().0, "new");
+    }
+}

@@ -70,7 +70,9 @@
 //! together with the matching index update, so the index always describes the files on disk:
 //! two concurrent `put`s of a key leave one complete entry, and a write that started before a
 //! [`DiskCache::remove`] or [`DiskCache::purge_prefix`] of its key is dropped rather than landing
-//! after it.
+//! after it. A caller whose body was read before a purge (a fill that began with a lookup here)
+//! takes a [`PurgeMark`] first and writes with [`DiskCache::put_since`]: the write is dropped if
+//! its key was removed or purged after the mark.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -205,6 +207,10 @@ fn task_error(e: tokio::task::JoinError) -> DiskError {
     DiskError::Task(e.to_string())
 }
 
+/// A point in the history of removals and purges, from [`DiskCache::purge_mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeMark(u64);
+
 /// Makes temporary file names unique within the process (the pid makes them unique across).
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -290,6 +296,23 @@ impl DiskCache {
     /// [`DiskError::Suspended`] while writes are paused, and with [`DiskError::Io`] on the write
     /// error that pauses them.
     pub async fn put(&self, key: &str, body: Bytes, meta: Meta) -> Result<(), DiskError> {
+        self.put_since(key, body, meta, self.purge_mark()).await
+    }
+
+    /// The current point in the history of removals and purges, for [`DiskCache::put_since`].
+    pub fn purge_mark(&self) -> PurgeMark {
+        PurgeMark(self.inner.index.lock().purge_mark())
+    }
+
+    /// [`DiskCache::put`], dropped (`Ok`) when `key` was removed or purged since `mark`: for a
+    /// body read before then, which a purge must not see land after it.
+    pub async fn put_since(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: Meta,
+        mark: PurgeMark,
+    ) -> Result<(), DiskError> {
         if !self.inner.writes_allowed() {
             return Err(DiskError::Suspended);
         }
@@ -297,7 +320,7 @@ impl DiskCache {
             return Ok(());
         }
         let (inner, key) = (self.inner.clone(), key.to_owned());
-        tokio::task::spawn_blocking(move || inner.write(&key, &body, &meta))
+        tokio::task::spawn_blocking(move || inner.write(&key, &body, &meta, mark.0))
             .await
             .map_err(task_error)?
     }
@@ -437,7 +460,8 @@ impl Inner {
         }
     }
 
-    fn write(&self, key: &str, body: &[u8], meta: &Meta) -> Result<(), DiskError> {
+    /// Writes an entry, unless `key` is removed or purged since `mark` before it is in place.
+    fn write(&self, key: &str, body: &[u8], meta: &Meta, mark: u64) -> Result<(), DiskError> {
         if !self.writes_allowed() {
             return Err(DiskError::Suspended);
         }
@@ -451,25 +475,23 @@ impl Inner {
             return Ok(());
         }
 
-        let (reservation, mark) = {
+        let reservation = {
             let _fs = self.fs.lock();
             let mut index = self.index.lock();
             let Some(victims) = index.reserve(size, self.cfg.capacity) else {
                 debug!(key, size, "disk cache: no room beside the writes in flight");
                 return Ok(());
             };
-            let mark = index.purge_mark();
             self.update_gauges(&index);
             drop(index);
             self.metrics.evictions.inc_by(victims.len() as u64);
             for (victim, _) in &victims {
                 self.unlink(victim);
             }
-            let reservation = Reservation {
+            Reservation {
                 inner: self,
                 bytes: size,
-            };
-            (reservation, mark)
+            }
         };
 
         let tmp = self.cfg.dir.join(TMP_DIR).join(format!(

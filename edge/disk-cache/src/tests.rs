@@ -593,6 +593,45 @@ async fn remove_and_purge_prefix_delete_files_and_entries() {
     assert_consistent(d, &cache, &metrics);
 }
 
+#[tokio::test]
+async fn a_body_read_before_a_purge_is_not_written_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cache, metrics) = open(d, 1 << 20).await;
+    // A fill looks the key up (mark), fetches it, and writes it back after a purge ran.
+    let mark = cache.purge_mark();
+    cache
+        .put("/vod/m1/a.ts", body(1, 100), fresh())
+        .await
+        .unwrap();
+    assert!(cache.remove("/vod/m1/a.ts").await);
+    cache
+        .put_since("/vod/m1/a.ts", body(1, 100), fresh(), mark)
+        .await
+        .unwrap();
+    assert!(cache.get("/vod/m1/a.ts").await.is_none());
+    assert_eq!(cache.purge_prefix("/vod/").await, 0);
+    cache
+        .put_since("/vod/m1/b.ts", body(1, 100), fresh(), mark)
+        .await
+        .unwrap();
+    assert!(cache.get("/vod/m1/b.ts").await.is_none());
+    assert_eq!(tmp_files(d), 0);
+    // Other keys, and marks taken after the purge, are written.
+    cache
+        .put_since("/live/c.ts", body(1, 100), fresh(), mark)
+        .await
+        .unwrap();
+    let later = cache.purge_mark();
+    cache
+        .put_since("/vod/m1/a.ts", body(2, 100), fresh(), later)
+        .await
+        .unwrap();
+    assert_eq!(cache.get("/vod/m1/a.ts").await.unwrap().body, body(2, 100));
+    assert!(cache.get("/live/c.ts").await.is_some());
+    assert_consistent(d, &cache, &metrics);
+}
+
 #[test]
 fn a_write_started_before_a_purge_of_its_key_is_dropped() {
     let mut index = Index::default();

@@ -246,25 +246,29 @@ impl Pipeline {
         }
     }
 
-    /// Removes `path` from every cache tier.
+    /// Removes `path` from every cache tier. Disk first: memory fills meanwhile may still read
+    /// the disk copy, and the memory purge then drops them (fills in flight are not kept).
     pub async fn purge(&self, path: &str) -> Purged {
+        let disk = match &self.tiers.disk {
+            Some(d) => usize::from(d.remove(path).await),
+            None => 0,
+        };
         Purged {
             memory: usize::from(self.cache.purge(path)),
-            disk: match &self.tiers.disk {
-                Some(d) => usize::from(d.remove(path).await),
-                None => 0,
-            },
+            disk,
         }
     }
 
-    /// Removes every path starting with `prefix` from every cache tier.
+    /// Removes every path starting with `prefix` from every cache tier (disk first, as
+    /// [`Pipeline::purge`]).
     pub async fn purge_prefix(&self, prefix: &str) -> Purged {
+        let disk = match &self.tiers.disk {
+            Some(d) => d.purge_prefix(prefix).await,
+            None => 0,
+        };
         Purged {
             memory: self.cache.purge_prefix(prefix),
-            disk: match &self.tiers.disk {
-                Some(d) => d.purge_prefix(prefix).await,
-                None => 0,
-            },
+            disk,
         }
     }
 

@@ -4,11 +4,15 @@ use edge_origin::StoreOrigin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The real local-filesystem origin, counting reads. Each read is slowed down (never relied on
-/// for correctness) so that concurrent requests really overlap the fill.
+/// for correctness) so that concurrent requests really overlap the fill. While `hold` is set, a
+/// read answers only once `release` is notified (counted in `held` while it waits).
 struct Counting {
     inner: StoreOrigin,
     reads: AtomicUsize,
     down: AtomicBool,
+    hold: AtomicBool,
+    held: AtomicUsize,
+    release: tokio::sync::Notify,
 }
 
 #[async_trait::async_trait]
@@ -19,7 +23,12 @@ impl Origin for Counting {
         if self.down.load(Ordering::SeqCst) {
             return Err(OriginError::Unavailable("origin down (test)".into()));
         }
-        self.inner.get(path).await
+        let read = self.inner.get(path).await;
+        if self.hold.load(Ordering::SeqCst) {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            self.release.notified().await;
+        }
+        read
     }
     async fn check(&self) -> Result<(), OriginError> {
         self.inner.check().await
@@ -71,6 +80,9 @@ fn fixture_with(disk: Option<DiskCache>, segment_ttl: Duration) -> Fixture {
         inner: StoreOrigin::local(dir.path(), Duration::from_secs(5)).unwrap(),
         reads: AtomicUsize::new(0),
         down: AtomicBool::new(false),
+        hold: AtomicBool::new(false),
+        held: AtomicUsize::new(0),
+        release: tokio::sync::Notify::new(),
     });
     let set = PolicySet::from_toml_str(
         "p.toml".as_ref(),
@@ -425,6 +437,46 @@ async fn purges_reach_every_tier_by_path_and_prefix() {
     );
     let r = f.pipeline.handle(get(SEGMENT, &[])).await;
     assert_eq!(r.headers["x-cache"], "MISS origin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_in_flight_does_not_undo_a_purge() {
+    for by_prefix in [false, true] {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let f = Arc::new(fixture_with(
+            Some(disk(cache_dir.path()).await),
+            Duration::from_secs(60),
+        ));
+        let file = f.dir.path().join("vod/movies/m1/seg_000.ts");
+        std::fs::write(&file, "old").unwrap();
+        // A fill reads the old object, and is slow to come back...
+        f.origin.hold.store(true, Ordering::SeqCst);
+        let slow = tokio::spawn({
+            let f = f.clone();
+            async move { f.pipeline.handle(get(SEGMENT, &[])).await }
+        });
+        while f.origin.held.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // ...while the object changes and is purged.
+        std::fs::write(&file, "new").unwrap();
+        if by_prefix {
+            f.pipeline.purge_prefix("/vod/movies/m1/").await;
+        } else {
+            f.pipeline.purge(SEGMENT).await;
+        }
+        f.origin.hold.store(false, Ordering::SeqCst);
+        f.origin.release.notify_one();
+        assert_eq!(slow.await.unwrap().body, "old", "asked before the purge");
+        // Its disk write would happen behind the response.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+        assert_eq!(
+            (r.body.as_ref(), r.headers["x-cache"].to_str().unwrap()),
+            (&b"new"[..], "MISS origin"),
+            "by_prefix: {by_prefix}"
+        );
+    }
 }
 
 #[test]

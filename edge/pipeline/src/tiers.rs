@@ -138,6 +138,9 @@ impl Tiers {
         kind: MediaKind,
     ) -> Result<(Object, Duration), FetchError> {
         let now = SystemTime::now();
+        // Before the lookup: a purge from here on drops the disk write of what the upstream
+        // returns, which may have been read before the purge.
+        let mark = self.disk.as_ref().map(DiskCache::purge_mark);
         let mut expired = None;
         if let Some(disk) = &self.disk {
             match disk.get(key).await {
@@ -164,7 +167,7 @@ impl Tiers {
                 let ttl = self.freshness.ttl(kind, o.cache_control.as_deref());
                 let mut obj = Object::new(key, o.body, o.etag, o.last_modified, source, now, false);
                 obj.max_age = ttl;
-                if let Some(disk) = self.disk.clone().filter(|_| !ttl.is_zero()) {
+                if let Some((disk, mark)) = self.disk.clone().zip(mark).filter(|_| !ttl.is_zero()) {
                     let meta = Meta {
                         etag: obj.etag.clone(),
                         last_modified: obj.last_modified,
@@ -175,7 +178,7 @@ impl Tiers {
                     };
                     let (key, body) = (key.to_owned(), obj.body.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = disk.put(&key, body, meta).await {
+                        if let Err(e) = disk.put_since(&key, body, meta, mark).await {
                             tracing::debug!(key, error = %e, "not kept on disk");
                         }
                     });

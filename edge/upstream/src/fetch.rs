@@ -1,7 +1,8 @@
 //! One attempt at one seeder: `GET http://<address><path>`, the whole body, verified.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use edge_origin::{Object, Tier};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use reqwest::{StatusCode, header};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -11,6 +12,24 @@ pub(crate) const CHECKSUM_HEADER: &str = "x-content-sha256";
 
 /// The seeder's readiness endpoint.
 pub(crate) const HEALTH_PATH: &str = "/_seeder/health";
+
+/// What is percent-encoded in the path of a seeder URL: the WHATWG path set plus `%` and `\`
+/// (which the URL parser reads as `/`). Paths are decoded (`normalize`d) public paths and the
+/// seeder decodes what it receives, so `%`, `?`, `#` must travel encoded; and a decoded `%2e%2e`
+/// segment must not reach the URL parser, which would resolve it as `..` and fetch another path
+/// than the one asked for.
+const PATH_SET: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'\\')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
 
 /// Why an attempt did not produce the object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,18 +47,19 @@ fn failed(what: &str, e: impl std::fmt::Display) -> Failure {
     Failure::Failed(format!("{what}: {e}"))
 }
 
-/// Fetches `path` from the seeder at `address`, within `timeout` (body included). The body must
-/// arrive whole and hash to the seeder's `x-content-sha256` and to `checksum`, the directory's
-/// record, when known.
+/// Fetches `path` (a decoded public path) from the seeder at `address`, within `timeout` (body
+/// included). The body must arrive whole, be at most `max_object` bytes and hash to the seeder's
+/// `x-content-sha256` and to `checksum`, the directory's record, when known.
 pub(crate) async fn fetch(
     client: &reqwest::Client,
     address: &str,
     path: &str,
     timeout: Duration,
+    max_object: u64,
     checksum: Option<&str>,
 ) -> Result<Object, Failure> {
-    let url = format!("http://{address}{path}");
-    let resp = client
+    let url = format!("http://{address}{}", utf8_percent_encode(path, PATH_SET));
+    let mut resp = client
         .get(&url)
         .timeout(timeout)
         .send()
@@ -59,12 +79,30 @@ pub(crate) async fn fetch(
     };
     let announced = text(header::HeaderName::from_static(CHECKSUM_HEADER))
         .ok_or_else(|| Failure::Failed(format!("no {CHECKSUM_HEADER} header")))?;
+    let too_large = |n: u64| {
+        Failure::Failed(format!(
+            "body of {n} bytes or more is larger than max_object"
+        ))
+    };
+    if let Some(n) = resp.content_length().filter(|n| *n > max_object) {
+        return Err(too_large(n));
+    }
     // A connection cut before Content-Length bytes (or the chunked terminator) arrive is an error
-    // here, as is the timeout running out while reading.
-    let body: Bytes = resp
-        .bytes()
+    // here, as is the timeout running out while reading. A body growing past `max_object` is cut
+    // off: a misbehaving seeder cannot make the edge buffer more.
+    let mut body = BytesMut::new();
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| failed("body", error_chain(&e)))?;
+        .map_err(|e| failed("body", error_chain(&e)))?
+    {
+        let n = (body.len() + chunk.len()) as u64;
+        if n > max_object {
+            return Err(too_large(n));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body: Bytes = body.freeze();
     let actual = hex::encode(Sha256::digest(&body));
     for expected in std::iter::once(announced.as_str()).chain(checksum) {
         if !actual.eq_ignore_ascii_case(expected) {

@@ -31,6 +31,7 @@ impl SeederOrigin {
             &candidate.address,
             path,
             self.cfg.request_timeout,
+            self.cfg.max_object,
             candidate.checksum.as_deref(),
         )
         .await;

@@ -20,7 +20,8 @@
 //!    not finished within `hedge_delay`; the origin is the chain's last link. The first success
 //!    wins and the other attempts are dropped.
 //! 4. **Verification**: a seeder's answer counts only with status 200, the whole body (a
-//!    connection cut before `Content-Length` bytes is an error) and a body whose SHA-256 equals
+//!    connection cut before `Content-Length` bytes is an error) of at most `max_object` bytes
+//!    (a larger one is cut off, never buffered whole) and a body whose SHA-256 equals
 //!    its `x-content-sha256` header and the directory's checksum. A truncated or corrupt body is
 //!    never returned. A 404 moves on to the next candidate; any other failure also takes the
 //!    seeder out of use until its `GET /_seeder/health` answers 200 again (probed every
@@ -81,6 +82,9 @@ pub struct RoutingConfig {
     pub heartbeat_stale: Duration,
     /// Bound on one attempt at a seeder, body included (and on a health probe).
     pub request_timeout: Duration,
+    /// Largest body accepted from a seeder, in bytes; a larger one is a failed attempt, cut off
+    /// as soon as it is known to be too large.
+    pub max_object: u64,
     /// When the running attempt has not finished after this long, the next candidate starts too.
     pub hedge_delay: Duration,
     /// Seeders tried before the origin.
@@ -96,8 +100,8 @@ pub struct RoutingConfig {
 
 impl Default for RoutingConfig {
     /// `/vod/movies/`, lookups cached 1 s, membership every 2 s, heartbeats stale after 15 s,
-    /// 2 s per attempt, hedge after 100 ms, 2 seeders, probes every 1 s, reports every 5 s,
-    /// pull-through on.
+    /// 2 s per attempt, bodies up to 256 MiB, hedge after 100 ms, 2 seeders, probes every 1 s,
+    /// reports every 5 s, pull-through on.
     fn default() -> Self {
         Self {
             streams_prefix: "/vod/movies/".into(),
@@ -105,6 +109,7 @@ impl Default for RoutingConfig {
             membership_refresh: Duration::from_secs(2),
             heartbeat_stale: Duration::from_secs(15),
             request_timeout: Duration::from_secs(2),
+            max_object: 256 << 20,
             hedge_delay: Duration::from_millis(100),
             max_seeders: 2,
             probe_interval: Duration::from_secs(1),

@@ -12,7 +12,7 @@ use edge_directory::{Holding, SeederStatus};
 use edge_kv::{RedisSettings, RedisStore};
 use edge_origin::Tier;
 use edge_testinfra::Redis;
-use servers::{CountingOrigin, CuttingSeeder, TestSeeder, mib, sha256};
+use servers::{CountingOrigin, CuttingSeeder, FLOOD, FloodingSeeder, TestSeeder, mib, sha256};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const TTL: Duration = Duration::from_secs(60);
@@ -542,4 +542,61 @@ async fn success_rates_are_reported_to_the_directory() {
         .iter()
         .fold((0, 0), |(ok, failed), s| (ok + s.ok, failed + s.failed));
     assert_eq!(totals, (1, 1));
+}
+
+#[tokio::test]
+async fn the_seeder_is_asked_for_the_path_itself_however_it_is_spelt() {
+    let f = Fixture::new(config());
+    let seeders = f.seeders(&["s1"], &[]).await;
+    let s = &seeders[0];
+    f.upstream.refresh_membership().await;
+    // Paths are decoded public paths: `%2e%2e` was `%252e%252e` on the wire, which a signed URL
+    // scoped to /vod/movies/m1/ admits. Asking the seeder for it unencoded made the URL parser
+    // resolve it as `..` and return another stream's segment.
+    let other = "/vod/movies/other/seg.ts";
+    let b = body("other");
+    s.put(other, &b);
+    let sneaky = "/vod/movies/m1/%2e%2e/other/seg.ts";
+    assert_eq!(
+        f.upstream.get(sneaky).await.unwrap_err(),
+        OriginError::NotFound
+    );
+    assert_eq!(s.hits(), 1, "asked, and it has no such file");
+    // `?`, `#`, `%`, `\` and spaces are part of the path, not a query, a fragment or a
+    // separator. (The test seeder matches the raw, still encoded, request path.)
+    let odd = "/vod/movies/m1/a b?c#d%e\\f.ts";
+    s.put("/vod/movies/m1/a%20b%3Fc%23d%25e%5Cf.ts", &b);
+    let obj = f.upstream.get(odd).await.unwrap();
+    assert_eq!((obj.body, obj.tier), (b, Tier::Seeder));
+    assert_eq!(f.fallback.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_seeder_body_larger_than_max_object_is_refused_without_buffering_it() {
+    let flood = FloodingSeeder::start().await;
+    let client = reqwest::Client::new();
+    let max = 1 << 20;
+    let get = async |path: &str| {
+        fetch::fetch(
+            &client,
+            &flood.address(),
+            path,
+            Duration::from_secs(10),
+            max,
+            None,
+        )
+        .await
+    };
+    // Announced too large: refused before the body is read.
+    let Err(fetch::Failure::Failed(why)) = get("/vod/movies/m1/announced.ts").await else {
+        panic!("a body of {FLOOD} bytes was accepted");
+    };
+    assert!(why.contains("max_object"), "{why}");
+    // Chunked: cut off once past max_object, long before the seeder is done sending.
+    let Err(fetch::Failure::Failed(why)) = get("/vod/movies/m1/chunked.ts").await else {
+        panic!("a body of {FLOOD} bytes was accepted");
+    };
+    assert!(why.contains("max_object"), "{why}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(flood.sent() < FLOOD, "sent {} bytes", flood.sent());
 }

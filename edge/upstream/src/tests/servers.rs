@@ -1,6 +1,6 @@
 //! Seeders and an origin for the tests: a well-behaved HTTP seeder whose faults can be switched
-//! on (slow, corrupt), a raw TCP seeder that cuts every transfer halfway, and a
-//! counting origin.
+//! on (slow, corrupt), a raw TCP seeder that cuts every transfer halfway, a raw TCP seeder that
+//! sends far more than asked, and a counting origin.
 
 use bytes::Bytes;
 use edge_origin::{Object, Origin, OriginError, Tier};
@@ -242,6 +242,101 @@ async fn serve_cut(
     stream.write_all(resp.as_bytes()).await?;
     stream.write_all(&body[..body.len() / 2]).await?;
     stream.flush().await?;
+    stream.shutdown().await
+}
+
+/// A raw TCP seeder answering every request with a 64 MiB body, announced by `Content-Length`
+/// for paths ending in `announced.ts` and sent chunked otherwise; counts the body bytes it got
+/// to write before the client went away.
+#[derive(Debug)]
+pub(super) struct FloodingSeeder {
+    addr: SocketAddr,
+    sent: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FloodingSeeder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What [`FloodingSeeder`] sends per request.
+pub(super) const FLOOD: u64 = 64 << 20;
+
+impl FloodingSeeder {
+    pub(super) async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let _ = serve_flood(stream, &counter).await;
+                });
+            }
+        });
+        Self { addr, sent, task }
+    }
+
+    pub(super) fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Body bytes written so far, over every request.
+    pub(super) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+async fn serve_flood(mut stream: TcpStream, sent: &AtomicU64) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() > 16 * 1024 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let announced = head
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|p| p.ends_with("announced.ts"));
+    let framing = if announced {
+        format!("content-length: {FLOOD}")
+    } else {
+        "transfer-encoding: chunked".to_owned()
+    };
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\n{framing}\r\nx-content-sha256: {}\r\nconnection: close\r\n\r\n",
+        sha256(b"whatever")
+    );
+    stream.write_all(resp.as_bytes()).await?;
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut left = FLOOD;
+    while left > 0 {
+        if announced {
+            stream.write_all(&chunk).await?;
+        } else {
+            stream
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+            stream.write_all(&chunk).await?;
+            stream.write_all(b"\r\n").await?;
+        }
+        sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        left -= chunk.len() as u64;
+    }
+    if !announced {
+        stream.write_all(b"0\r\n\r\n").await?;
+    }
     stream.shutdown().await
 }
 
