@@ -136,8 +136,9 @@ impl Catalog {
         let Some(path) = self.file(public) else {
             return Ok(None);
         };
-        // Check the type before opening: opening a FIFO would block.
-        match fs::metadata(&path) {
+        // Check the type before opening: opening a FIFO would block; a symbolic link (which the
+        // scan skips too) could lead out of the cache directory.
+        match fs::symlink_metadata(&path) {
             Ok(m) if m.is_file() => {}
             Ok(_) => return Ok(None),
             Err(e) if is_gone(&e) => return Ok(None),
@@ -155,7 +156,12 @@ impl Catalog {
             return Err(ReadError::TooLarge(len));
         }
         let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        file.read_to_end(&mut buf)?;
+        (&mut file)
+            .take(max_object.saturating_add(1))
+            .read_to_end(&mut buf)?;
+        if buf.len() as u64 > max_object {
+            return Err(ReadError::TooLarge(buf.len() as u64));
+        }
         let mtime = meta.modified()?;
         let sha256 = match self.cached(public, len, mtime) {
             Some(sha) if buf.len() as u64 == len => sha,

@@ -170,12 +170,17 @@ impl Seeder {
 /// pull-through the origin's copy (`x-cache: MISS seeder-pull`), with `content-type` by extension,
 /// `etag`, `x-content-sha256` (lowercase hex SHA-256 of the body) and `x-seeder-id`. Hidden paths
 /// (dotfiles, the pull temp directory) do not exist; `..` is refused by normalisation (400). Errors
-/// are JSON: 404 `{"error":"not_found"}`, 405, 400, 502 when the origin fails. Never waits for the
-/// directory.
+/// are JSON: 404 `{"error":"not_found"}`, 405, 400, 502 when the origin fails; every answer carries
+/// `x-seeder-id`. Never waits for the directory.
 #[async_trait::async_trait]
 impl Handler for Seeder {
     async fn handle(&self, req: EdgeRequest) -> EdgeResponse {
-        let (outcome, response) = self.respond(&req).await;
+        let (outcome, mut response) = self.respond(&req).await;
+        // On every answer, errors included: an edge tells "the seeder's origin pull failed"
+        // (502 with this header) from "something in between failed".
+        response
+            .headers
+            .insert("x-seeder-id", self.id_header.clone());
         if let Some(outcome) = outcome {
             self.metrics.request(outcome);
             if req.method == Method::GET && response.status == StatusCode::OK {

@@ -276,6 +276,21 @@ async fn handler_serves_files_with_checksums() {
     assert_eq!(r.status, StatusCode::OK);
     let r = get(&seeder, "/vod/movies/m1/notes.bin").await;
     assert_eq!(header(&r, "content-type"), "application/octet-stream");
+    // A symbolic link could lead out of the cache directory: it is not served.
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "secret.ts", b"outside");
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.ts"),
+        root.join("vod/movies/m1/link.ts"),
+    )
+    .unwrap();
+    let r = get(&seeder, "/vod/movies/m1/link.ts").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        header(&r, "x-seeder-id"),
+        "s1",
+        "errors name the seeder too"
+    );
 
     let r = seeder
         .handle(request(Method::HEAD, "/vod/movies/m1/720p/seg_001.ts"))
@@ -333,7 +348,7 @@ async fn handler_serves_files_with_checksums() {
         "{text}"
     );
     assert!(
-        text.contains(r#"edge_seeder_requests_total{result="not_found"} 7"#),
+        text.contains(r#"edge_seeder_requests_total{result="not_found"} 8"#),
         "{text}"
     );
     assert!(

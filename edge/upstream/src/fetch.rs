@@ -10,6 +10,9 @@ use std::time::Duration;
 /// The header carrying the lowercase hex SHA-256 of the body.
 pub(crate) const CHECKSUM_HEADER: &str = "x-content-sha256";
 
+/// The header a seeder puts on every answer of its own (not on a proxy's or load balancer's).
+pub(crate) const SEEDER_ID_HEADER: &str = "x-seeder-id";
+
 /// The seeder's readiness endpoint.
 pub(crate) const HEALTH_PATH: &str = "/_seeder/health";
 
@@ -37,6 +40,10 @@ pub(crate) enum Failure {
     /// The seeder answered 404: it does not hold the object. Not held against its health.
     #[error("not found")]
     NotFound,
+    /// The seeder answered, but its own pull from the origin failed (502/504 carrying its
+    /// `x-seeder-id`): the origin is unwell, not the seeder, so it stays healthy.
+    #[error("{0}")]
+    Upstream(String),
     /// The seeder is unwell or misbehaved: transport error, timeout, unexpected status, short
     /// body, missing or wrong checksum.
     #[error("{0}")]
@@ -68,6 +75,13 @@ pub(crate) async fn fetch(
     match resp.status() {
         StatusCode::OK => {}
         StatusCode::NOT_FOUND => return Err(Failure::NotFound),
+        s @ (StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT)
+            if resp.headers().contains_key(SEEDER_ID_HEADER) =>
+        {
+            return Err(Failure::Upstream(format!(
+                "seeder's pull from the origin: status {s}"
+            )));
+        }
         s => return Err(Failure::Failed(format!("status {s}"))),
     }
     let headers = resp.headers().clone();

@@ -46,6 +46,11 @@ impl SeederOrigin {
                 self.metrics.fetch(&seeder.id, FetchResult::NotFound);
                 None
             }
+            Err(Failure::Upstream(error)) => {
+                tracing::debug!(seeder = %seeder.id, path, %error, "seeder could not pull it");
+                self.metrics.fetch(&seeder.id, FetchResult::Error);
+                None
+            }
             Err(Failure::Failed(error)) => {
                 tracing::debug!(seeder = %seeder.id, path, %error, "seeder fetch failed");
                 self.metrics.fetch(&seeder.id, FetchResult::Error);

@@ -600,3 +600,29 @@ async fn a_seeder_body_larger_than_max_object_is_refused_without_buffering_it() 
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(flood.sent() < FLOOD, "sent {} bytes", flood.sent());
 }
+
+#[tokio::test]
+async fn a_seeder_whose_origin_pull_failed_stays_healthy() {
+    let f = Fixture::new(config());
+    let path = "/vod/movies/m9/seg.ts";
+    let b = body("m9");
+    let seeders = f.seeders(&["s1"], &[]).await;
+    seeders[0].set_pull_fails(true);
+    f.holds_with_checksum(
+        &seeders[0].id,
+        &seeders[0].address(),
+        path,
+        b.len() as u64,
+        &sha256(&b),
+    )
+    .await;
+    f.fallback.put(path, &b);
+    f.upstream.refresh_membership().await;
+    let obj = f.upstream.get(path).await.unwrap();
+    assert_eq!((obj.body, obj.tier), (b, Tier::Origin));
+    assert_eq!(seeders[0].hits(), 1);
+    assert!(
+        f.view(&seeders[0].id).healthy,
+        "the origin failed, not the seeder"
+    );
+}

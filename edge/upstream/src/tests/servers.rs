@@ -34,6 +34,7 @@ struct State {
     files: Mutex<HashMap<String, Bytes>>,
     delay: Mutex<Duration>,
     corrupt: AtomicBool,
+    pull_fails: AtomicBool,
     hits: AtomicU64,
 }
 
@@ -104,6 +105,12 @@ impl TestSeeder {
         self.state.corrupt.store(corrupt, Ordering::Relaxed);
     }
 
+    /// Answers what it lacks with 502 and its `x-seeder-id`, as a seeder whose pull-through
+    /// from the origin failed.
+    pub(super) fn set_pull_fails(&self, fails: bool) {
+        self.state.pull_fails.store(fails, Ordering::Relaxed);
+    }
+
     /// Segment requests received (health probes not counted).
     pub(super) fn hits(&self) -> u64 {
         self.state.hits.load(Ordering::Relaxed)
@@ -125,7 +132,13 @@ async fn answer(
     }
     let Some(body) = state.files.lock().get(&path).cloned() else {
         let mut resp = Response::new(Full::new(Bytes::new()));
-        *resp.status_mut() = StatusCode::NOT_FOUND;
+        *resp.status_mut() = if state.pull_fails.load(Ordering::Relaxed) {
+            resp.headers_mut()
+                .insert("x-seeder-id", state.id.parse().unwrap());
+            StatusCode::BAD_GATEWAY
+        } else {
+            StatusCode::NOT_FOUND
+        };
         return Ok(resp);
     };
     let checksum = if state.corrupt.load(Ordering::Relaxed) {
