@@ -6,7 +6,6 @@ use edge_origin::Origin;
 use edge_pipeline::{EdgeRequest, EdgeResponse, Handler, Pipeline};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use prometheus::{Encoder as _, Registry, TextEncoder};
-use sha2::{Digest, Sha256};
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
@@ -59,14 +58,7 @@ impl Admin {
                 )
             });
         };
-        let given = req
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        // Comparing digests: the time taken says nothing about how much of the token matched.
-        if Sha256::digest(given.as_bytes()) == Sha256::digest(token.as_bytes()) {
+        if edge_pipeline::bearer_matches(&req.headers, token) {
             return None;
         }
         let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
@@ -93,9 +85,9 @@ impl Admin {
                 );
             }
         };
-        let (purged, what) = match (parsed.path, parsed.prefix) {
+        let (what, prefix) = match (parsed.path, parsed.prefix) {
             (Some(path), None) => match edge_pipeline::normalize(&path) {
-                Ok(p) => (pipeline.purge(&p).await, p),
+                Ok(p) => (p, false),
                 Err(e) => {
                     return json(
                         StatusCode::BAD_REQUEST,
@@ -103,9 +95,7 @@ impl Admin {
                     );
                 }
             },
-            (None, Some(prefix)) if prefix.starts_with('/') && prefix.len() > 1 => {
-                (pipeline.purge_prefix(&prefix).await, prefix)
-            }
+            (None, Some(prefix)) if prefix.starts_with('/') && prefix.len() > 1 => (prefix, true),
             _ => {
                 return json(
                     StatusCode::BAD_REQUEST,
@@ -113,10 +103,45 @@ impl Admin {
                 );
             }
         };
-        tracing::info!(what, memory = purged.memory, disk = purged.disk, "purged");
+        // Seeders first: an edge refilling in between must not get the old copy back from them.
+        let mut seeders = serde_json::Map::new();
+        if let (Some(routing), Some(token)) = (&self.routing, &self.token) {
+            let body = if prefix {
+                serde_json::json!({ "prefix": what })
+            } else {
+                serde_json::json!({ "path": what })
+            };
+            for (id, outcome) in routing.purge(&body.to_string(), token).await {
+                let v = match outcome {
+                    Ok(n) => serde_json::json!({ "deleted": n }),
+                    Err(e) => {
+                        tracing::warn!(seeder = id, error = %e, "purge not applied on a seeder");
+                        serde_json::json!({ "error": e })
+                    }
+                };
+                seeders.insert(id, v);
+            }
+        }
+        let purged = if prefix {
+            pipeline.purge_prefix(&what).await
+        } else {
+            pipeline.purge(&what).await
+        };
+        tracing::info!(
+            what,
+            memory = purged.memory,
+            disk = purged.disk,
+            seeders = seeders.len(),
+            "purged"
+        );
         json(
             StatusCode::OK,
-            &serde_json::json!({ "purged": what, "memory": purged.memory, "disk": purged.disk }),
+            &serde_json::json!({
+                "purged": what,
+                "memory": purged.memory,
+                "disk": purged.disk,
+                "seeders": seeders,
+            }),
         )
     }
 

@@ -163,6 +163,7 @@ pub(crate) fn seeder(
             retention: s.retention,
             pull_through: s.pull_through,
             max_object: cfg.origin.max_object.as_u64(),
+            purge_token: cfg.server.admin_token.clone(),
         },
         redis.map(|r| Directory::new(r.clone())),
         Some(origin),

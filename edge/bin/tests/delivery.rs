@@ -181,7 +181,7 @@ fn get(addr: &str, target: &str) -> Response {
 
 const TOKEN: &str = "delivery-test-admin-token";
 
-fn purge_all(admin: &str) {
+fn purge_all(admin: &str) -> String {
     let r = request(
         admin,
         "POST",
@@ -189,7 +189,9 @@ fn purge_all(admin: &str) {
         &format!("Authorization: Bearer {TOKEN}\r\n"),
         r#"{"prefix":"/vod/"}"#,
     );
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 200, "{body}");
+    body
 }
 
 /// A deployment: Redis, S3 with the demo stream, config files; processes are started by the test.
@@ -404,8 +406,13 @@ fn an_edge_serves_from_seeders_found_in_redis_and_survives_a_seeder_killed_durin
     assert!(played.0, "ffmpeg failed: {}", played.1);
     assert!(std::fs::metadata(&out).unwrap().len() > 100_000);
 
-    // Every file, fetched again from scratch, is complete and correct without seeder A.
-    purge_all(&admin);
+    // Every file, fetched again from scratch, is complete and correct without seeder A. The purge
+    // reaches seeder B too (a corrected object must not come back from a seeder's old copy).
+    let purged: serde_json::Value = serde_json::from_str(&purge_all(&admin)).unwrap();
+    assert!(
+        purged["seeders"]["seeder-b"]["deleted"].as_u64().unwrap() > 0,
+        "{purged}"
+    );
     for (name, bytes) in &files {
         let r = get(&http, &format!("/vod/movies/demo/{name}"));
         assert_eq!(r.status, 200, "{name}");

@@ -4,16 +4,7 @@ use edge_testinfra::Redis;
 
 fn directory(port: u16) -> Directory {
     Directory::new(Arc::new(
-        RedisStore::new(RedisSettings {
-            host: "127.0.0.1".into(),
-            port,
-            password: None,
-            db: 0,
-            timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(1),
-            retry_after: Duration::from_millis(100),
-        })
-        .unwrap(),
+        RedisStore::new(RedisSettings::loopback(port, Duration::from_secs(1))).unwrap(),
     ))
 }
 

@@ -24,6 +24,22 @@ pub struct RedisSettings {
     pub retry_after: Duration,
 }
 
+impl RedisSettings {
+    /// A Redis on `127.0.0.1:port` without password, every limit set to `timeout`, retrying
+    /// 100 ms after a failed connection: a local or test Redis.
+    pub fn loopback(port: u16, timeout: Duration) -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port,
+            password: None,
+            db: 0,
+            timeout,
+            connect_timeout: timeout,
+            retry_after: Duration::from_millis(100),
+        }
+    }
+}
+
 /// The shared scope on Redis. Connects on first use, reconnects by itself (the connection manager),
 /// and never lets a caller wait longer than its timeout.
 pub struct RedisStore {

@@ -35,6 +35,18 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+/// Whether `headers` carry `Authorization: Bearer <token>`. Compares digests, so the time taken
+/// says nothing about how much of the token matched. For the admin and seeder endpoints.
+pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    Sha256::digest(given.as_bytes()) == Sha256::digest(token.as_bytes())
+}
+
 /// The protocol a request arrived on, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

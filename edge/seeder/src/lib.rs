@@ -39,9 +39,11 @@
 mod files;
 mod metrics;
 mod pull;
+mod purge;
 mod scan;
 mod serve;
 
+pub use purge::PURGE_PATH;
 pub use serve::HEALTH_PATH;
 
 use edge_directory::{Directory, Holding, SeederStatus, SegmentRef};
@@ -86,6 +88,9 @@ pub struct SeederConfig {
     pub pull_through: bool,
     /// Largest file served or pulled, in bytes (files are read whole into memory).
     pub max_object: u64,
+    /// Bearer token of `POST /_seeder/purge` (the edges' `server.admin_token`); `None` refuses
+    /// purges.
+    pub purge_token: Option<String>,
 }
 
 impl SeederConfig {
@@ -108,6 +113,7 @@ impl SeederConfig {
             retention: Duration::ZERO,
             pull_through: false,
             max_object: 64 * 1024 * 1024,
+            purge_token: None,
         }
     }
 

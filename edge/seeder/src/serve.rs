@@ -78,6 +78,9 @@ impl Seeder {
 
     /// Answers an object request; `None` outcome for the health endpoint.
     async fn respond(&self, req: &EdgeRequest) -> (Option<Outcome>, EdgeResponse) {
+        if req.path == crate::PURGE_PATH && req.method == Method::POST {
+            return (None, self.purge_request(req).await);
+        }
         if req.method != Method::GET && req.method != Method::HEAD {
             let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
             r.headers

@@ -15,16 +15,7 @@ use std::{
 
 fn directory(port: u16) -> Directory {
     Directory::new(Arc::new(
-        RedisStore::new(RedisSettings {
-            host: "127.0.0.1".into(),
-            port,
-            password: None,
-            db: 0,
-            timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(1),
-            retry_after: Duration::from_millis(100),
-        })
-        .unwrap(),
+        RedisStore::new(RedisSettings::loopback(port, Duration::from_secs(1))).unwrap(),
     ))
 }
 
@@ -679,4 +670,61 @@ fn settings_are_checked() {
         Seeder::new(config(&nested), None, None, &registry),
         Err(SeederError::Metrics(_))
     ));
+}
+
+#[tokio::test]
+async fn purges_need_the_token_and_delete_files() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = cache.path();
+    write(root, "vod/movies/m1/a.ts", b"a");
+    write(root, "vod/movies/m1/b.ts", b"b");
+    write(root, "vod/movies/m2/a.ts", b"c");
+    let registry = prometheus::Registry::new();
+    let cfg = SeederConfig {
+        purge_token: Some("seeder-purge-token-0123".into()),
+        ..config(root)
+    };
+    let seeder = Seeder::new(cfg, None, None, &registry).unwrap();
+    let purge = |auth: &'static str, body: &'static str| {
+        let mut req = request(Method::POST, PURGE_PATH);
+        req.headers
+            .insert(http::header::AUTHORIZATION, auth.parse().unwrap());
+        req.body = Bytes::from_static(body.as_bytes());
+        seeder.handle(req)
+    };
+    let r = purge("Bearer wrong", r#"{"prefix":"/vod/"}"#).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = purge(
+        "Bearer seeder-purge-token-0123",
+        r#"{"path":"/vod/movies/m2/a.ts"}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_ref()),
+        (StatusCode::OK, &br#"{"deleted":1}"#[..])
+    );
+    let r = purge(
+        "Bearer seeder-purge-token-0123",
+        r#"{"prefix":"/vod/movies/m1/"}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_ref()),
+        (StatusCode::OK, &br#"{"deleted":2}"#[..])
+    );
+    assert_eq!(
+        get(&seeder, "/vod/movies/m1/a.ts").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = purge("Bearer seeder-purge-token-0123", r#"{"prefix":"/"}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let open = Seeder::new(config(root), None, None, &prometheus::Registry::new()).unwrap();
+    let mut req = request(Method::POST, PURGE_PATH);
+    req.body = Bytes::from_static(br#"{"prefix":"/vod/"}"#);
+    assert_eq!(
+        open.handle(req).await.status,
+        StatusCode::FORBIDDEN,
+        "no token, no purge"
+    );
 }

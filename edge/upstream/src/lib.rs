@@ -241,6 +241,45 @@ impl SeederOrigin {
     pub fn seeders(&self) -> Vec<SeederView> {
         self.seeders.views()
     }
+
+    /// Forwards a purge (`body`: `{"path": …}` or `{"prefix": …}`) to every live seeder's
+    /// `POST /_seeder/purge` with `token`, so a corrected object is not served again from a
+    /// seeder's old copy. Returns, per seeder id, the files it deleted or why it failed; a seeder
+    /// that could not be reached keeps its copy until its retention or a later purge.
+    pub async fn purge(&self, body: &str, token: &str) -> Vec<(String, Result<u64, String>)> {
+        let members: Vec<(String, String)> = self
+            .membership
+            .load()
+            .ring
+            .members()
+            .iter()
+            .map(|m| (m.id.clone(), m.address.clone()))
+            .collect();
+        let asks = members.into_iter().map(|(id, address)| async move {
+            let result = self
+                .client
+                .post(format!("http://{address}/_seeder/purge"))
+                .bearer_auth(token)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_owned())
+                .send()
+                .await;
+            let outcome = match result {
+                Ok(r) if r.status().is_success() => r
+                    .bytes()
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| {
+                        serde_json::from_slice::<serde_json::Value>(&b).map_err(|e| e.to_string())
+                    })
+                    .map(|v| v["deleted"].as_u64().unwrap_or(0)),
+                Ok(r) => Err(format!("status {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            };
+            (id, outcome)
+        });
+        futures::future::join_all(asks).await
+    }
 }
 
 #[async_trait::async_trait]

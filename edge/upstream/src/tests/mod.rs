@@ -20,16 +20,7 @@ const TTL: Duration = Duration::from_secs(60);
 /// A directory client with the tight timeouts of a production edge (50 ms).
 fn directory(port: u16) -> Directory {
     Directory::new(Arc::new(
-        RedisStore::new(RedisSettings {
-            host: "127.0.0.1".into(),
-            port,
-            password: None,
-            db: 0,
-            timeout: Duration::from_millis(50),
-            connect_timeout: Duration::from_millis(50),
-            retry_after: Duration::from_millis(100),
-        })
-        .unwrap(),
+        RedisStore::new(RedisSettings::loopback(port, Duration::from_millis(50))).unwrap(),
     ))
 }
 
