@@ -19,8 +19,8 @@ Model
 * Deterministic for a given seed (Python's `random`, Mersenne Twister).
 
 Output: REQUESTS lines, one path each. Statistics go to stderr, among them the hit ratio an
-ideal LRU cache of --lru-capacity objects would reach on this trace (with --lru-capacity), for
-reference: a cold cache, every object the same size, no concurrency.
+exact LRU cache of each --lru-capacity (objects, comma-separated) would reach on this trace, for
+reference: a cold cache, every object the same size, requests one at a time.
 """
 
 import argparse
@@ -41,10 +41,11 @@ def main() -> None:
     ap.add_argument("--mean-run", type=float, default=10.0,
                     help="mean consecutive segments watched per session")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--lru-capacity", type=int, default=0,
-                    help="also report the hit ratio of an LRU cache of this many objects")
+    ap.add_argument("--lru-capacity", default="",
+                    help="also report the hit ratio of LRU caches of these many objects (a,b,...)")
     ap.add_argument("--out", required=True, help="trace file to write")
     a = ap.parse_args()
+    caps = [int(c) for c in a.lru_capacity.split(",") if c.strip()]
     if min(a.streams, a.segments, a.requests, a.viewers) < 1 or a.mean_run < 1:
         ap.error("streams, segments, requests, viewers and mean-run must be >= 1")
 
@@ -64,8 +65,8 @@ def main() -> None:
     sessions = [new_session() for _ in range(a.viewers)]
     per_stream = collections.Counter()
     distinct = set()
-    lru = collections.OrderedDict()
-    lru_hits = 0
+    lrus = [collections.OrderedDict() for _ in caps]
+    lru_hits = [0] * len(caps)
     with open(a.out, "w") as f:
         for _ in range(a.requests):
             k = rng.randrange(a.viewers)
@@ -74,13 +75,13 @@ def main() -> None:
             f.write(path + "\n")
             per_stream[s[0]] += 1
             distinct.add(path)
-            if a.lru_capacity:
+            for c, lru in enumerate(lrus):
                 if path in lru:
-                    lru_hits += 1
+                    lru_hits[c] += 1
                     lru.move_to_end(path)
                 else:
                     lru[path] = None
-                    if len(lru) > a.lru_capacity:
+                    if len(lru) > caps[c]:
                         lru.popitem(last=False)
             s[1] += 1
             s[2] -= 1
@@ -92,9 +93,9 @@ def main() -> None:
           f"{a.streams * a.segments}, {len(per_stream)} streams requested; most popular "
           f"s{top[0]}: {top[1] / a.requests:.1%} of requests; compulsory-miss bound on the hit "
           f"ratio: {1 - len(distinct) / a.requests:.4f}", file=sys.stderr)
-    if a.lru_capacity:
-        print(f"zipf-trace: ideal LRU of {a.lru_capacity} objects: hit ratio "
-              f"{lru_hits / a.requests:.4f}", file=sys.stderr)
+    for c, cap in enumerate(caps):
+        print(f"zipf-trace: exact LRU of {cap} objects: hit ratio {lru_hits[c] / a.requests:.4f}",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

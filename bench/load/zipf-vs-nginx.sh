@@ -26,6 +26,9 @@
 #      (edge_cache_served_bytes_total{tier}, edge_upstream_fills_total).
 #   3. throughput pass: wrk -c CONNS for DURATION seconds over the warm caches, walking the trace
 #      from its start again (wrapping around); misses still go to the origin and are counted.
+#      TP_ROUNDS rounds (nginx first in round 1, then alternating); the table has every run, the
+#      medians and their ratio, and each contender's CPU time per request (its own processes,
+#      and the origin's) from /proc.
 # Prints markdown tables for bench/RESULTS.md with edge/nginx ratios, then samples x-cache values
 # from the edge (after the measurements, so they disturb nothing measured).
 #
@@ -36,7 +39,8 @@
 #      CACHE_MIB    cache size of each contender (default 512)
 #      REQUESTS, ZIPF_S, VIEWERS, MEAN_RUN, SEED   trace (default 200000, 1.0, 64, 10, 1)
 #      HR_CONNS     wrk connections of the hit-ratio pass (default 4)
-#      DURATION     seconds of the throughput pass (default 15), CONNS its connections (default 32)
+#      DURATION     seconds of a throughput run (default 15), CONNS its connections (default 32),
+#      TP_ROUNDS    throughput rounds (default 3)
 #      COALESCE_N   concurrent requests of the coalescing check (default 200)
 #      EDGE_BIN     edge binary (default target/release/edge, relative to the repo root)
 #      SKIP_EDGE    1 = nginx only
@@ -46,7 +50,7 @@ set -euo pipefail
 
 STREAMS=${STREAMS:-200} SEGMENTS=${SEGMENTS:-50} SEG_KIB=${SEG_KIB:-256} CACHE_MIB=${CACHE_MIB:-512}
 REQUESTS=${REQUESTS:-200000} ZIPF_S=${ZIPF_S:-1.0} VIEWERS=${VIEWERS:-64} MEAN_RUN=${MEAN_RUN:-10}
-SEED=${SEED:-1} HR_CONNS=${HR_CONNS:-4} DURATION=${DURATION:-15} CONNS=${CONNS:-32}
+SEED=${SEED:-1} HR_CONNS=${HR_CONNS:-4} DURATION=${DURATION:-15} CONNS=${CONNS:-32} TP_ROUNDS=${TP_ROUNDS:-3}
 COALESCE_N=${COALESCE_N:-200} SKIP_EDGE=${SKIP_EDGE:-0} EDGE_THREADS=${EDGE_THREADS:-1}
 SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -58,7 +62,7 @@ CORPUS_DIR=${CORPUS_DIR:-/tmp/zipf-corpus-${STREAMS}x${SEGMENTS}x${SEG_KIB}k}
 die() { echo "zipf-vs-nginx: $*" >&2; exit 1; }
 log() { echo "zipf-vs-nginx: $*" >&2; }
 
-for v in STREAMS SEGMENTS SEG_KIB CACHE_MIB REQUESTS VIEWERS HR_CONNS DURATION CONNS COALESCE_N EDGE_THREADS; do
+for v in STREAMS SEGMENTS SEG_KIB CACHE_MIB REQUESTS VIEWERS HR_CONNS DURATION CONNS TP_ROUNDS COALESCE_N EDGE_THREADS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"
 done
 [[ $CACHE_MIB -ge 4 && $((CACHE_MIB % 4)) == 0 ]] || die "CACHE_MIB must be a multiple of 4 (memory = 1/4, disk = 3/4)"
@@ -84,7 +88,7 @@ avail_mib=$(df -Pm /tmp | awk 'NR == 2 { print $4 }')
 
 echo "# zipf-vs-nginx: \`STREAMS=$STREAMS SEGMENTS=$SEGMENTS SEG_KIB=$SEG_KIB CACHE_MIB=$CACHE_MIB REQUESTS=$REQUESTS"\
      "ZIPF_S=$ZIPF_S VIEWERS=$VIEWERS MEAN_RUN=$MEAN_RUN SEED=$SEED HR_CONNS=$HR_CONNS DURATION=$DURATION"\
-     "CONNS=$CONNS COALESCE_N=$COALESCE_N SKIP_EDGE=$SKIP_EDGE $0${*:+ $*}\`"
+     "CONNS=$CONNS TP_ROUNDS=$TP_ROUNDS COALESCE_N=$COALESCE_N SKIP_EDGE=$SKIP_EDGE $0${*:+ $*}\`"
 echo "date: $(date -u '+%Y-%m-%dT%H:%M:%SZ'), nproc: $(nproc), nginx: $(nginx -v 2>&1 | sed 's/.*\///'),"\
      "servers and origin on core $SERVER_CPU, wrk on core $LOAD_CPU, load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "corpus: $STREAMS streams x $SEGMENTS segments x $SEG_KIB KiB = $CORPUS_MIB MiB; cache per contender:"\
@@ -92,10 +96,10 @@ echo "corpus: $STREAMS streams x $SEGMENTS segments x $SEG_KIB KiB = $CORPUS_MIB
 echo
 
 WORK=$(mktemp -d /tmp/zipf-vs-nginx.XXXXXX)
-ORIGIN_PID='' NGINX_PID='' EDGE_PID=''
+ORIGIN_PID='' NGINX_PID='' EDGE_PID='' SAMPLER_PID=''
 cleanup() {  # every step guarded: a failed `wait` must not skip the rest
     local p
-    for p in "$EDGE_PID" "$NGINX_PID" "$ORIGIN_PID"; do
+    for p in "$SAMPLER_PID" "$EDGE_PID" "$NGINX_PID" "$ORIGIN_PID"; do
         [[ -n $p ]] || continue
         kill -TERM "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
@@ -125,7 +129,8 @@ COALESCE_PATH=/vod/movies/coalesce/seg_0.ts
 
 # --- trace ---------------------------------------------------------------------------------
 TRACE=$WORK/trace.txt
-LRU_OBJECTS=$((CACHE_MIB * 1024 / SEG_KIB))
+# Reference: exact LRU caches of the whole budget and of the edge's disk tier alone, in objects.
+LRU_OBJECTS=$((CACHE_MIB * 1024 / SEG_KIB)),$((CACHE_MIB * 3 / 4 * 1024 / SEG_KIB))
 python3 "$HERE/zipf-trace.py" --streams "$STREAMS" --segments "$SEGMENTS" --requests "$REQUESTS" \
     --zipf-s "$ZIPF_S" --viewers "$VIEWERS" --mean-run "$MEAN_RUN" --seed "$SEED" \
     --lru-capacity "$LRU_OBJECTS" --out "$TRACE" 2>"$WORK/trace.log" || { cat "$WORK/trace.log" >&2; die "zipf-trace.py failed"; }
@@ -214,10 +219,7 @@ EOF
         sleep 0.1
     done
     [[ -n $EDGE_PORT && -n $ADMIN_PORT ]] || { cat "$WORK/edge.log" >&2; die "edge did not log its ports within 10 s"; }
-    metrics=$(curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics") || die "edge: no /metrics on the admin port"
-    for m in edge_cache_served_bytes_total edge_upstream_fills_total edge_disk_cache_bytes; do
-        grep -q "^# TYPE $m " <<<"$metrics" || log "warning: edge /metrics has no $m"
-    done
+    curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/metrics" || die "edge: no /metrics on the admin port"
 else
     log "SKIP_EDGE=1: measuring nginx only"
 fi
@@ -229,7 +231,7 @@ origin_mark() { wc -l <"$ORIGIN_LOG"; }
 origin_since() {  # "<requests> <body bytes>" logged by the origin after line $1 (optional path filter $2)
     sleep 0.5   # the last lines of requests just answered
     tail -n "+$(($1 + 1))" "$ORIGIN_LOG" | awk -v p="${2:-}" \
-        'p == "" || $1 == p { n++; b += $3 } END { printf "%d %d\n", n, b }'
+        'p == "" || $1 == p { n++; b += $3 } END { printf "%d %.0f\n", n, b }'
 }
 edge_metric() {  # sum of the edge's metric lines matching the regex $1
     curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v re="$1" '$0 ~ re { s += $NF } END { printf "%.0f\n", s }'
@@ -245,6 +247,30 @@ to_ms() {  # 812.00us | 1.23ms | 1.01s -> milliseconds
     awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
         if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
         printf "%.2f", n }'
+}
+held_bytes() {  # bytes contender $1 holds now: nginx's cache files; the edge's memory + disk tiers
+    if [[ $1 == nginx ]]; then
+        find "$WORK/nginx-cache" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%.0f\n", s }'
+    else
+        echo $(( $(edge_metric '^edge_cache_stored_bytes\{tier="memory"\}') + $(edge_metric '^edge_disk_cache_bytes ') ))
+    fi
+}
+start_sampler() {  # the peak of held_bytes $1, sampled every second, kept in $WORK/peak-$1
+    echo 0 >"$WORK/peak-$1"
+    (
+        peak=0
+        while :; do
+            cur=$(held_bytes "$1" 2>/dev/null) || cur=0
+            if [[ ${cur:-0} -gt $peak ]]; then peak=$cur; echo "$peak" >"$WORK/peak-$1"; fi
+            sleep 1
+        done
+    ) &
+    SAMPLER_PID=$!
+}
+stop_sampler() {
+    kill "$SAMPLER_PID" 2>/dev/null || true
+    wait "$SAMPLER_PID" 2>/dev/null || true
+    SAMPLER_PID=''
 }
 fmt() { awk -v v="$1" -v f="$2" 'BEGIN { printf f, v }'; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
@@ -295,13 +321,16 @@ for s in "${CONTENDERS[@]}"; do
 done
 
 # --- 2. hit-ratio pass: the whole trace once, cold caches ----------------------------------
-declare -A HR_REQ HR_ORIGIN HR_OBYTES HR_SERVED HR_RPS HR_SECS TIERS0 TIERS1
+declare -A HR_REQ HR_ORIGIN HR_OBYTES HR_SERVED HR_RPS HR_SECS HR_PEAK TIERS0 TIERS1
 for s in "${CONTENDERS[@]}"; do
     log "hit-ratio pass: $s, $REQUESTS requests, $HR_CONNS connections"
     mark=$(origin_mark)
     [[ $s == edge ]] && TIERS0[$s]=$(edge_tiers)
+    start_sampler "$s"
     out=$(ZIPF_REPLAY_MODE=once taskset -c "$LOAD_CPU" wrk -t1 -c"$HR_CONNS" -d1800s --timeout 30s \
         -s "$HERE/zipf-replay.lua" "${BASE[$s]}" -- "$TRACE")
+    stop_sampler
+    HR_PEAK[$s]=$(mib "$(cat "$WORK/peak-$s")")
     read -r answered okc bad < <(sed -n 's/^zipf-replay: issued=[0-9]* answered=\([0-9]*\) ok=\([0-9]*\) bad=\([0-9]*\)$/\1 \2 \3/p' <<<"$out")
     if [[ ${answered:-} != "$REQUESTS" || ${okc:-} != "$REQUESTS" ]]; then
         echo "$out" >&2; die "$s hit-ratio pass: answered ${answered:-?}, 200 ${okc:-?}, other ${bad:-?} of $REQUESTS"
@@ -312,30 +341,80 @@ for s in "${CONTENDERS[@]}"; do
     HR_RPS[$s]=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
     HR_SECS[$s]=$(awk '/requests in/ { for (k = 1; k <= NF; k++) if ($k == "in") { v = $(k + 1); sub(/,$/, "", v); print v } }' <<<"$out")
     read -r HR_ORIGIN[$s] HR_OBYTES[$s] < <(origin_since "$mark")
-    [[ $s == edge ]] && TIERS1[$s]=$(edge_tiers)
+    if [[ $s == edge ]]; then
+        TIERS1[$s]=$(edge_tiers)
+        metrics=$(curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics") || die "edge: no /metrics on the admin port"
+        for m in edge_cache_served_bytes_total edge_upstream_fills_total edge_cache_stored_bytes edge_disk_cache_bytes; do
+            grep -q "^# TYPE $m " <<<"$metrics" || log "warning: edge /metrics has no $m after the hit-ratio pass"
+        done
+    fi
 done
 
 # --- 3. throughput pass over the warm caches -----------------------------------------------
-declare -A TP_REQ TP_RPS TP_MIBS TP_P99 TP_ORIGIN
+# TP_ROUNDS rounds; round 1 measures nginx then the edge, each further round swaps the order.
+# Besides wrk's numbers: the CPU time (utime + stime) of the contender's processes and of the
+# origin's, per request served, from /proc.
+CLK_TCK=$(getconf CLK_TCK)
+procs_of() {  # the processes of $1: nginx = front master + its children (worker, cache manager,
+    # cache loader); origin = origin master + worker; edge = the edge process (all its threads)
+    case $1 in
+        nginx) echo "$NGINX_PID"; pgrep -P "$NGINX_PID" || true ;;
+        origin) echo "$ORIGIN_PID"; pgrep -P "$ORIGIN_PID" || true ;;
+        edge) echo "$EDGE_PID" ;;
+    esac
+}
+cpu_ticks() {  # utime + stime of the processes of $1, in clock ticks (exited children not counted)
+    local p t=0 stat rest
+    for p in $(procs_of "$1"); do
+        stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        rest=${stat##*) }   # fields from 3 on (the command name may hold spaces)
+        read -r -a f <<<"$rest"
+        t=$((t + f[11] + f[12]))   # fields 14 and 15
+    done
+    echo "$t"
+}
+per_req_us() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", t * 1e6 / hz / n }'; }
+declare -A TP_REQ TP_RPS TP_MIBS TP_P99 TP_ORIGIN TP_PEAK TP_CPU TP_OCPU
+for ((round = 1; round <= TP_ROUNDS; round++)); do
+    order=("${CONTENDERS[@]}")
+    if ((round % 2 == 0)) && [[ ${#order[@]} == 2 ]]; then order=(edge nginx); fi
+    for s in "${order[@]}"; do
+        log "throughput pass, round $round: $s, ${DURATION}s, $CONNS connections"
+        k=$s,$round
+        mark=$(origin_mark)
+        start_sampler "$s"
+        c0=$(cpu_ticks "$s") o0=$(cpu_ticks origin)
+        out=$(ZIPF_REPLAY_MODE=loop taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency \
+            -s "$HERE/zipf-replay.lua" "${BASE[$s]}" -- "$TRACE")
+        c1=$(cpu_ticks "$s") o1=$(cpu_ticks origin)
+        stop_sampler
+        TP_PEAK[$k]=$(mib "$(cat "$WORK/peak-$s")")
+        TP_REQ[$k]=$(awk '/requests in/ { print $1 }' <<<"$out")
+        TP_RPS[$k]=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
+        TP_P99[$k]=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
+        TP_MIBS[$k]=$(awk -v r="${TP_RPS[$k]}" -v b="$SEG_BYTES" 'BEGIN { printf "%.0f", r * b / 1048576 }')
+        bad=$(awk -F': *' '/Non-2xx or 3xx responses/ { print $2 }' <<<"$out")
+        if [[ -n $bad && $bad != 0 ]] || [[ -z ${TP_RPS[$k]} || ${TP_RPS[$k]} == 0 ]]; then
+            echo "$out" >&2; die "$s throughput pass: ${bad:-0} non-2xx responses (or no requests)"
+        fi
+        grep -q 'Socket errors' <<<"$out" && log "warning: $s throughput pass: $(grep 'Socket errors' <<<"$out")"
+        TP_CPU[$k]=$(per_req_us $((c1 - c0)) "${TP_REQ[$k]}")
+        TP_OCPU[$k]=$(per_req_us $((o1 - o0)) "${TP_REQ[$k]}")
+        read -r TP_ORIGIN[$k] _ < <(origin_since "$mark")
+    done
+done
+median() { tr ' ' '\n' | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+declare -A MED_RPS MED_P99 MED_CPU
 for s in "${CONTENDERS[@]}"; do
-    log "throughput pass: $s, ${DURATION}s, $CONNS connections"
-    mark=$(origin_mark)
-    out=$(ZIPF_REPLAY_MODE=loop taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency \
-        -s "$HERE/zipf-replay.lua" "${BASE[$s]}" -- "$TRACE")
-    TP_REQ[$s]=$(awk '/requests in/ { print $1 }' <<<"$out")
-    TP_RPS[$s]=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
-    TP_P99[$s]=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
-    TP_MIBS[$s]=$(awk -v r="${TP_RPS[$s]}" -v b="$SEG_BYTES" 'BEGIN { printf "%.0f", r * b / 1048576 }')
-    bad=$(awk -F': *' '/Non-2xx or 3xx responses/ { print $2 }' <<<"$out")
-    if [[ -n $bad && $bad != 0 ]] || [[ -z ${TP_RPS[$s]} || ${TP_RPS[$s]} == 0 ]]; then
-        echo "$out" >&2; die "$s throughput pass: ${bad:-0} non-2xx responses (or no requests)"
-    fi
-    grep -q 'Socket errors' <<<"$out" && log "warning: $s throughput pass: $(grep 'Socket errors' <<<"$out")"
-    read -r TP_ORIGIN[$s] _ < <(origin_since "$mark")
+    r='' p='' c=''
+    for ((round = 1; round <= TP_ROUNDS; round++)); do
+        r+="${TP_RPS[$s,$round]} " p+="${TP_P99[$s,$round]} " c+="${TP_CPU[$s,$round]} "
+    done
+    MED_RPS[$s]=$(median <<<"${r% }") MED_P99[$s]=$(median <<<"${p% }") MED_CPU[$s]=$(median <<<"${c% }")
 done
 
 # --- what each cache holds at the end -------------------------------------------------------
-NGINX_HELD=$(du -sm "$WORK/nginx-cache" | cut -f1)
+NGINX_HELD=$(mib "$(held_bytes nginx)")
 if [[ $SKIP_EDGE != 1 ]]; then
     EDGE_MEM_HELD=$(mib "$(edge_metric '^edge_cache_stored_bytes\{tier="memory"\}')")
     EDGE_DISK_HELD=$(mib "$(edge_metric '^edge_disk_cache_bytes ')")
@@ -346,18 +425,23 @@ ratio() { awk -v e="$1" -v n="$2" 'BEGIN { if (n == 0) print "-"; else printf "%
 hit() { awk -v o="$1" -v r="$2" 'BEGIN { printf "%.4f", 1 - o / r }'; }
 echo "Hit-ratio pass (the whole trace once, cold caches, wrk -t1 -c$HR_CONNS):"
 echo
-echo "| contender | requests | origin requests | hit ratio | origin MiB | served MiB | origin bytes ÷ served | pass req/s |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| contender | requests | origin requests | hit ratio | origin MiB | served MiB | origin bytes ÷ served | peak MiB held | pass req/s (time) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for s in "${CONTENDERS[@]}"; do
     echo "| $s | ${HR_REQ[$s]} | ${HR_ORIGIN[$s]} | $(hit "${HR_ORIGIN[$s]}" "${HR_REQ[$s]}") |"\
          "$(mib "${HR_OBYTES[$s]}") | $(mib "${HR_SERVED[$s]}") |"\
-         "$(fmt "$(ratio "${HR_OBYTES[$s]}" "${HR_SERVED[$s]}")" %s) | ${HR_RPS[$s]} (${HR_SECS[$s]}) |"
+         "$(awk -v o="${HR_OBYTES[$s]}" -v b="${HR_SERVED[$s]}" 'BEGIN { printf "%.3f", o / b }') |"\
+         "${HR_PEAK[$s]} | ${HR_RPS[$s]} (${HR_SECS[$s]}) |"
 done
 if [[ $SKIP_EDGE != 1 ]]; then
     echo "| edge ÷ nginx | | $(ratio "${HR_ORIGIN[edge]}" "${HR_ORIGIN[nginx]}") |"\
-         "$(ratio "$(hit "${HR_ORIGIN[edge]}" "$REQUESTS")" "$(hit "${HR_ORIGIN[nginx]}" "$REQUESTS")") | | |"\
-         "$(ratio "${HR_OBYTES[edge]}" "${HR_OBYTES[nginx]}") | $(ratio "${HR_RPS[edge]}" "${HR_RPS[nginx]}") |"
+         "$(ratio "$(hit "${HR_ORIGIN[edge]}" "$REQUESTS")" "$(hit "${HR_ORIGIN[nginx]}" "$REQUESTS")") |"\
+         "$(ratio "${HR_OBYTES[edge]}" "${HR_OBYTES[nginx]}") | | $(ratio "${HR_OBYTES[edge]}" "${HR_OBYTES[nginx]}") |"\
+         "$(ratio "${HR_PEAK[edge]}" "${HR_PEAK[nginx]}") | $(ratio "${HR_RPS[edge]}" "${HR_RPS[nginx]}") |"
 fi
+echo
+echo "Peak MiB held: sampled every second during the pass (nginx: sum of its cache files' sizes;"\
+     "edge: edge_cache_stored_bytes{tier=\"memory\"} + edge_disk_cache_bytes)."
 echo
 if [[ $SKIP_EDGE != 1 ]]; then
     read -r m0 d0 o0 se0 st0 f0 <<<"${TIERS0[edge]}"
@@ -370,17 +454,28 @@ if [[ $SKIP_EDGE != 1 ]]; then
          "edge_upstream_fills_total{result=\"ok\"} +$((f1 - f0)) (origin log: ${HR_ORIGIN[edge]})."
     echo
 fi
-echo "Throughput pass (warm caches, the trace again from its start, wrk -t1 -c$CONNS -d${DURATION}s):"
+echo "Throughput pass (warm caches, the trace again from its start in every run, wrk -t1 -c$CONNS -d${DURATION}s,"\
+     "$TP_ROUNDS rounds: round 1 nginx first, then alternating):"
 echo
-echo "| contender | requests | req/s | MiB/s (bodies) | p99 (ms) | origin requests | hit ratio in the pass |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| round | contender | requests | req/s | MiB/s (bodies) | p99 (ms) | origin requests | hit ratio in the run | server CPU µs/req | origin CPU µs/req | peak MiB held |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for ((round = 1; round <= TP_ROUNDS; round++)); do
+    for s in "${CONTENDERS[@]}"; do
+        k=$s,$round
+        echo "| $round | $s | ${TP_REQ[$k]} | ${TP_RPS[$k]} | ${TP_MIBS[$k]} | ${TP_P99[$k]} | ${TP_ORIGIN[$k]} |"\
+             "$(hit "${TP_ORIGIN[$k]}" "${TP_REQ[$k]}") | ${TP_CPU[$k]} | ${TP_OCPU[$k]} | ${TP_PEAK[$k]} |"
+    done
+done
 for s in "${CONTENDERS[@]}"; do
-    echo "| $s | ${TP_REQ[$s]} | ${TP_RPS[$s]} | ${TP_MIBS[$s]} | ${TP_P99[$s]} | ${TP_ORIGIN[$s]} |"\
-         "$(hit "${TP_ORIGIN[$s]}" "${TP_REQ[$s]}") |"
+    echo "| median | $s | | ${MED_RPS[$s]} | $(awk -v r="${MED_RPS[$s]}" -v b="$SEG_BYTES" 'BEGIN { printf "%.0f", r * b / 1048576 }') |"\
+         "${MED_P99[$s]} | | | ${MED_CPU[$s]} | | |"
 done
 if [[ $SKIP_EDGE != 1 ]]; then
-    echo "| edge ÷ nginx | | **$(ratio "${TP_RPS[edge]}" "${TP_RPS[nginx]}")** | $(ratio "${TP_MIBS[edge]}" "${TP_MIBS[nginx]}") |"\
-         "$(ratio "${TP_P99[edge]}" "${TP_P99[nginx]}") | | |"
+    echo "| edge ÷ nginx | medians | | **$(ratio "${MED_RPS[edge]}" "${MED_RPS[nginx]}")** | $(ratio "${MED_RPS[edge]}" "${MED_RPS[nginx]}") |"\
+         "$(ratio "${MED_P99[edge]}" "${MED_P99[nginx]}") | | | $(ratio "${MED_CPU[edge]}" "${MED_CPU[nginx]}") | | |"
+    echo
+    echo "Per round, edge ÷ nginx req/s: $(for ((round = 1; round <= TP_ROUNDS; round++)); do
+        printf '%s ' "$(ratio "${TP_RPS[edge,$round]}" "${TP_RPS[nginx,$round]}")"; done)"
 fi
 echo
 echo "Coalescing ($COALESCE_N concurrent GETs of $COALESCE_PATH, cold):"
@@ -391,22 +486,27 @@ for s in "${CONTENDERS[@]}"; do
     echo "| $s | ${CO_OK[$s]} | ${CO_FULL[$s]} | **${CO_ORIGIN[$s]}** | ${CO_SLOW[$s]} | $(tr _ ' ' <<<"${CO_XC[$s]}" | sed 's/,/, /g') |"
 done
 echo
-echo "Cache held at the end: nginx $NGINX_HELD MiB on disk (du of the proxy_cache directory, max_size $CACHE_MIB MiB)$(
+echo "Cache held at the end: nginx $NGINX_HELD MiB of cache files (max_size $CACHE_MIB MiB)$(
     [[ $SKIP_EDGE == 1 ]] || echo "; edge memory $EDGE_MEM_HELD MiB (edge_cache_stored_bytes) + disk $EDGE_DISK_HELD MiB (edge_disk_cache_bytes)")."
 if [[ $SKIP_EDGE != 1 ]]; then
     hr_e=$(hit "${HR_ORIGIN[edge]}" "$REQUESTS") hr_n=$(hit "${HR_ORIGIN[nginx]}" "$REQUESTS")
     goal() { if awk "BEGIN { exit !($1) }"; then echo met; else echo "**not met**"; fi; }
     echo
     echo "Goals: hit ratio edge ≥ nginx ($hr_e vs $hr_n): $(goal "$hr_e >= $hr_n");"\
-         "throughput edge/nginx ≥ 1.0 ($(ratio "${TP_RPS[edge]}" "${TP_RPS[nginx]}")): $(goal "${TP_RPS[edge]} >= ${TP_RPS[nginx]}");"\
+         "throughput edge/nginx ≥ 1.0 (medians: $(ratio "${MED_RPS[edge]}" "${MED_RPS[nginx]}")): $(goal "${MED_RPS[edge]} >= ${MED_RPS[nginx]}");"\
          "one origin fetch under coalescing (edge ${CO_ORIGIN[edge]}, nginx ${CO_ORIGIN[nginx]}): $(goal "${CO_ORIGIN[edge]} == 1")."
     # x-cache values of the edge on a sample of the trace (after the measurements, so they change
-    # nothing measured): the first 1000 distinct paths of the trace's last 5000 requests.
-    tail -n 5000 "$TRACE" | awk '!seen[$0]++' | head -n 1000 | awk -v b="http://127.0.0.1:$EDGE_PORT" '{ printf "url = \"%s%s\"\noutput = \"/dev/null\"\n", b, $0 }' >"$WORK/sample.curl"
+    # nothing measured): the distinct paths of the last 500 requests of its last throughput run
+    # (which walked the trace from the start, wrapping around), most recent first.
+    last_round=$TP_ROUNDS; ((TP_ROUNDS % 2 == 0)) && last_round=$((TP_ROUNDS - 1))   # the edge ran last
+    last=$(( (TP_REQ[edge,$last_round] - 1) % REQUESTS + 1 ))
+    { [[ $last -ge 500 ]] || tail -n $((500 - last)) "$TRACE"; head -n "$last" "$TRACE" | tail -n 500; } \
+        | tac | awk '!seen[$0]++' \
+        | awk -v b="http://127.0.0.1:$EDGE_PORT" '{ printf "url = \"%s%s\"\noutput = \"/dev/null\"\n", b, $0 }' >"$WORK/sample.curl"
     xc=$(curl -s --config "$WORK/sample.curl" -D - | tr -d '\r' \
         | awk -F': ' 'tolower($1) == "x-cache" { c[$2]++ } END { for (k in c) printf "%s ×%d, ", k, c[k] }')
     echo
-    echo "Edge x-cache on $(grep -c '^url' "$WORK/sample.curl") distinct paths from the end of the trace, asked once each after the runs: ${xc%, }."
+    echo "Edge x-cache on $(grep -c '^url' "$WORK/sample.curl") distinct paths of the last 500 requests of its last throughput run, asked once each after the runs, most recent first: ${xc%, }."
     errs=$(grep -cE ' (WARN|ERROR) ' "$WORK/edge.log" || true)
     [[ $errs == 0 ]] || { echo; echo "Edge log: $errs warnings/errors, first ones:"; grep -E ' (WARN|ERROR) ' "$WORK/edge.log" | head -5 | sed 's/^/    /'; }
 fi
