@@ -205,37 +205,32 @@ impl Edge {
             seeder: seeder_listener.as_ref().map(BoundListener::local_addr),
         };
 
-        let mut listeners = Listeners::default();
-        let mut tasks = Vec::new();
-        let seeder = match seeder_listener {
-            Some(l) => {
-                let seeder = delivery::seeder(
-                    &cfg,
-                    l.local_addr(),
-                    loaded.origin.clone(),
-                    loaded.redis.as_ref(),
-                    &registry,
-                )?;
-                tasks.push(seeder.spawn());
-                listeners.serve("seeder", HttpApp::new(seeder.clone()), vec![l]);
-                Some(seeder)
-            }
-            None => None,
-        };
+        // Everything that can fail comes before anything starts serving or running.
         let edge_role = !(plain.is_empty() && secure.is_empty());
-        let (upstream, routing) = delivery::upstream(
-            &cfg,
-            loaded.origin.clone(),
-            loaded.redis.as_ref(),
-            &registry,
-        )?;
-        if let Some(r) = &routing {
-            tasks.extend(r.spawn());
-        }
         let disk = if edge_role {
             delivery::disk(&cfg, &registry).await?
         } else {
             None
+        };
+        let (upstream, routing) = if edge_role {
+            delivery::upstream(
+                &cfg,
+                loaded.origin.clone(),
+                loaded.redis.as_ref(),
+                &registry,
+            )?
+        } else {
+            (loaded.origin.clone(), None)
+        };
+        let seeder = match &seeder_listener {
+            Some(l) => Some(delivery::seeder(
+                &cfg,
+                l.local_addr(),
+                loaded.origin.clone(),
+                loaded.redis.as_ref(),
+                &registry,
+            )?),
+            None => None,
         };
         let pipeline_cfg = PipelineConfig {
             cache: edge_cache::CacheConfig {
@@ -258,6 +253,15 @@ impl Edge {
             pipeline_cfg,
             PipelineMetrics::new(&registry)?,
         ));
+        let mut listeners = Listeners::default();
+        let mut tasks = Vec::new();
+        if let (Some(seeder), Some(l)) = (&seeder, seeder_listener) {
+            tasks.push(seeder.spawn());
+            listeners.serve("seeder", HttpApp::new(seeder.clone()), vec![l]);
+        }
+        if let Some(r) = &routing {
+            tasks.extend(r.spawn());
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let policies = Arc::new(loaded.policies);
         if edge_role {
