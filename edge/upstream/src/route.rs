@@ -181,24 +181,9 @@ impl SeederOrigin {
         if max == 0 {
             return out;
         }
-        if holders.is_empty() {
-            if self.cfg.pull_through_on_miss {
-                for m in ring.walk(path) {
-                    let seeder = self
-                        .seeders
-                        .get_or_insert(&m.id, &m.address, true, &self.metrics);
-                    if seeder.is_healthy() {
-                        out.push(Candidate {
-                            address: m.address.clone(),
-                            seeder,
-                            checksum: None,
-                        });
-                        if out.len() == max {
-                            break;
-                        }
-                    }
-                }
-            }
+        // Without holders, the ring owners themselves (they pull from the origin and keep it).
+        let owners = holders.is_empty();
+        if owners && !self.cfg.pull_through_on_miss {
             return out;
         }
         let by_id: HashMap<&str, &Holding> =
@@ -207,8 +192,10 @@ impl SeederOrigin {
             if out.len() == max {
                 return out;
             }
-            let Some(h) = by_id.get(m.id.as_str()) else {
-                continue;
+            let checksum = match by_id.get(m.id.as_str()) {
+                Some(h) => Some(h.checksum.clone()),
+                None if owners => None,
+                None => continue,
             };
             let seeder = self
                 .seeders
@@ -217,7 +204,7 @@ impl SeederOrigin {
                 out.push(Candidate {
                     address: m.address.clone(),
                     seeder,
-                    checksum: Some(h.checksum.clone()),
+                    checksum,
                 });
             }
         }
