@@ -29,6 +29,7 @@ pub(crate) struct Admin {
     pub(crate) seeder: Option<Arc<edge_seeder::Seeder>>,
     pub(crate) routing: Option<Arc<edge_upstream::SeederOrigin>>,
     pub(crate) token: Option<String>,
+    pub(crate) deps: Arc<crate::streaming::Health>,
 }
 
 /// Most bytes of a purge request body.
@@ -147,13 +148,17 @@ impl Admin {
 
     async fn health(&self) -> EdgeResponse {
         let ready = self.ready.load(Ordering::SeqCst);
-        let origin = self.origin.check().await;
+        let (origin, deps) = tokio::join!(self.origin.check(), self.deps.report());
         let healthy = ready && origin.is_ok();
         let mut policies = self.policies.summary();
         policies["status"] = "ok".into();
         let body = serde_json::json!({
             "status": if healthy { "ok" } else { "degraded" },
             "ready": ready,
+            "s3": deps["s3"],
+            "redis": deps["redis"],
+            "kafka": deps["kafka"],
+            "events": deps["events"],
             "components": {
                 "origin": {
                     "status": if origin.is_ok() { "ok" } else { "down" },
@@ -197,7 +202,7 @@ fn text(status: StatusCode, body: &'static str) -> EdgeResponse {
     respond(status, "text/plain", Bytes::from_static(body.as_bytes()))
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> EdgeResponse {
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> EdgeResponse {
     respond(status, "application/json", Bytes::from(value.to_string()))
 }
 

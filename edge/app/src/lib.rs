@@ -19,6 +19,7 @@ mod admin;
 mod delivery;
 mod policies;
 mod secrets;
+mod streaming;
 
 pub use secrets::signing_secret;
 
@@ -60,6 +61,7 @@ pub struct Edge {
     cfg: EdgeConfig,
     demo_url: Option<String>,
     seeder: Option<Arc<edge_seeder::Seeder>>,
+    streaming: Option<streaming::Streaming>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -80,44 +82,53 @@ struct Loaded {
     router: Router,
     policies: PolicyControl,
     origin: Arc<dyn Origin>,
+    store_origin: edge_origin::StoreOrigin,
     redis: Option<Arc<edge_kv::RedisStore>>,
     secret: String,
+    jwt: (String, bool),
 }
 
 fn load(cfg: &EdgeConfig, registry: &prometheus::Registry) -> anyhow::Result<Loaded> {
     let redis = delivery::redis(cfg)?;
-    let (policies, router, secret) = load_policies(cfg, registry, redis.clone())?;
+    let (policies, router, secret, jwt) = load_policies(cfg, registry, redis.clone())?;
     let origin = delivery::origin(cfg)?;
     Ok(Loaded {
         router,
         policies,
-        origin: Arc::new(origin),
+        origin: Arc::new(origin.clone()),
+        store_origin: origin,
         redis,
         secret,
+        jwt,
     })
 }
 
-/// The policies file, compiled into a router, and the signing secret its placeholders use.
+/// The policies file, compiled into a router, the signing secret its placeholders use, and the
+/// JWT secret (with whether it was generated).
 ///
 /// `${VAR}` placeholders in the policies file resolve against the process environment
+/// captured in `cfg.vars`
 /// (`JWT_SECRET_KEY`, `USER_SERVICE_URL`, ...), plus `SIGNED_URL_SECRET` set to the edge's
-/// signing secret (generated for development when unset).
+/// signing secret and `JWT_SECRET_KEY` to a development secret when unset (both generated once
+/// into the data directory).
 fn load_policies(
     cfg: &EdgeConfig,
     registry: &prometheus::Registry,
     redis: Option<Arc<edge_kv::RedisStore>>,
-) -> anyhow::Result<(PolicyControl, Router, String)> {
+) -> anyhow::Result<(PolicyControl, Router, String, (String, bool))> {
     let secret = signing_secret(cfg)?;
-    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    let mut vars: HashMap<String, String> = cfg.vars.0.clone();
     vars.insert("SIGNED_URL_SECRET".to_owned(), secret.clone());
+    let jwt = secrets::jwt_secret(cfg, &vars)?;
+    vars.insert("JWT_SECRET_KEY".to_owned(), jwt.0.clone());
     let (control, router) = PolicyControl::load(cfg, vars, registry, redis)?;
-    Ok((control, router, secret))
+    Ok((control, router, secret, jwt))
 }
 
 /// Checks only the policies file and its modules (what `edge validate` still can check when the
 /// edge file itself has errors). Returns the number of routes.
 pub fn validate_policies(cfg: &EdgeConfig) -> anyhow::Result<usize> {
-    let (_, router, _) = load_policies(cfg, &prometheus::Registry::new(), None)?;
+    let (_, router, _, _) = load_policies(cfg, &prometheus::Registry::new(), None)?;
     Ok(router.routes().len())
 }
 
@@ -246,13 +257,49 @@ impl Edge {
                 .filter(|o| !o.is_empty())
                 .and_then(|o| http::HeaderValue::from_str(o).ok()),
         };
-        let pipeline = Arc::new(Pipeline::new(
+        let streaming = if edge_role {
+            Some(
+                streaming::Streaming::start(
+                    &cfg,
+                    &loaded.store_origin,
+                    loaded.redis.as_ref(),
+                    &loaded.jwt,
+                    &loaded.secret,
+                    &registry,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        let mut pipeline = Pipeline::new(
             loaded.router,
             upstream.clone(),
             disk,
             pipeline_cfg,
             PipelineMetrics::new(&registry)?,
-        ));
+        );
+        if let Some(sink) = streaming.as_ref().and_then(|s| s.analytics(&cfg)) {
+            pipeline = pipeline.with_events(sink);
+        }
+        let pipeline = Arc::new(pipeline);
+        let deps = Arc::new(streaming::Health {
+            origin: upstream.clone(),
+            redis: loaded.redis.clone(),
+            kafka: streaming.as_ref().and_then(|s| s.kafka.clone()),
+            spool: streaming.as_ref().map(|s| s.spool.clone()),
+        });
+        let mut mounts = streaming
+            .as_ref()
+            .map(|s| s.mounts.clone())
+            .unwrap_or_default();
+        mounts.push(edge_pipeline::Mount {
+            path: "/health".into(),
+            subtree: false,
+            open: true,
+            service: deps.clone(),
+        });
+        pipeline.mount(mounts);
         let mut listeners = Listeners::default();
         let mut tasks = Vec::new();
         if let (Some(seeder), Some(l)) = (&seeder, seeder_listener) {
@@ -267,7 +314,7 @@ impl Edge {
         if edge_role {
             policies.attach(pipeline.clone());
             if !cfg.policies.watch_interval.is_zero() {
-                policies.clone().watch(cfg.policies.watch_interval);
+                tasks.push(policies.clone().watch(cfg.policies.watch_interval));
             }
         }
         let admin_handler = Arc::new(admin::Admin {
@@ -279,6 +326,7 @@ impl Edge {
             seeder: seeder.clone(),
             routing,
             token: cfg.server.admin_token.clone(),
+            deps,
         });
 
         if edge_role {
@@ -318,6 +366,7 @@ impl Edge {
             cfg,
             demo_url,
             seeder,
+            streaming,
             tasks,
         })
     }
@@ -332,6 +381,15 @@ impl Edge {
         self.demo_url.as_deref()
     }
 
+    /// Waits until every event queued so far (analytics included) is in the spool and synced.
+    pub async fn flush_events(&self) {
+        if let Some(s) = &self.streaming
+            && let Err(e) = s.spool.flush().await
+        {
+            tracing::error!(error = %e, "cannot sync the event spool");
+        }
+    }
+
     /// Drains: readiness turns false, listeners stop accepting, in-flight requests finish (up to
     /// `server.drain_timeout`). Returns how many requests were cut off (0 after a clean drain).
     pub async fn shutdown(self) -> usize {
@@ -339,6 +397,9 @@ impl Edge {
         let cut = self.listeners.drain(self.cfg.server.drain_timeout).await;
         if let Some(seeder) = &self.seeder {
             seeder.shutdown().await;
+        }
+        if let Some(s) = self.streaming {
+            s.shutdown().await;
         }
         for task in self.tasks {
             task.abort();

@@ -33,6 +33,17 @@ struct Current {
     last_error: Option<String>,
 }
 
+fn warn_skipped(set: &PolicySet) {
+    for (name, missing) in &set.skipped {
+        tracing::warn!(
+            policy = name,
+            missing = missing.join(", "),
+            file = %set.source.display(),
+            "policy left out of every chain: a variable it requires is unset"
+        );
+    }
+}
+
 fn problems(e: impl IntoIterator<Item = impl ToString>) -> Problems {
     Problems(e.into_iter().map(|e| e.to_string()).collect())
 }
@@ -74,6 +85,7 @@ impl PolicyControl {
         let path = cfg.resolve(&cfg.policies.file);
         let before = fingerprint_paths(vec![path.clone()]);
         let set = PolicySet::load(&path, &vars).map_err(|e| problems(e.iter()))?;
+        warn_skipped(&set);
         let fingerprint = fingerprint_of(&set, &before);
         let router = runtime.load(&set).map_err(problems)?;
         let current = Current {
@@ -134,6 +146,7 @@ impl PolicyControl {
         // Compiling modules is CPU work: off the request workers.
         let loaded = tokio::task::spawn_blocking(move || {
             let set = PolicySet::load(&path, &vars).map_err(|e| (problems(e.iter()), None))?;
+            warn_skipped(&set);
             let fingerprint = fingerprint_of(&set, &before);
             match runtime.load(&set) {
                 Ok(router) => Ok((set, router, fingerprint)),
@@ -175,7 +188,7 @@ impl PolicyControl {
     }
 
     /// Polls the policy files every `interval` and reloads when any changed.
-    pub(crate) fn watch(self: Arc<Self>, interval: Duration) {
+    pub(crate) fn watch(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -191,7 +204,7 @@ impl PolicyControl {
                     let _ = self.reload("file change").await;
                 }
             }
-        });
+        })
     }
 }
 

@@ -69,3 +69,48 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
+
+/// The HS256 secret of the JWT policy: `JWT_SECRET_KEY` from `vars` when set, otherwise a random
+/// development secret generated once into `<data_dir>/dev-jwt-secret` (returned with `true`).
+pub(crate) fn jwt_secret(
+    cfg: &EdgeConfig,
+    vars: &std::collections::HashMap<String, String>,
+) -> anyhow::Result<(String, bool)> {
+    if let Some(s) = vars.get("JWT_SECRET_KEY").filter(|s| !s.is_empty()) {
+        return Ok((s.clone(), false));
+    }
+    let path = cfg.resolve(&cfg.server.data_dir).join("dev-jwt-secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_owned();
+        if s.len() >= 32 {
+            return Ok((s, true));
+        }
+    }
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    write_private(&path, secret.as_bytes())?;
+    Ok((secret, true))
+}
+
+/// A development JWT (HS256, `sub` = `dev-user`, valid for a day) for the streaming API of an
+/// edge running on a generated secret.
+pub(crate) fn dev_token(secret: &str) -> anyhow::Result<String> {
+    #[derive(serde::Serialize)]
+    struct Claims {
+        sub: &'static str,
+        iat: u64,
+        exp: u64,
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = Claims {
+        sub: "dev-user",
+        iat: now,
+        exp: now + 24 * 3600,
+    };
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}

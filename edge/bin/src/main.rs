@@ -62,6 +62,29 @@ enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    /// Read the event spool (`events.spool_path`, default `<data_dir>/events`).
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print spooled events as JSON lines (seq, kind, key, publish, at, payload), oldest first.
+    /// Works while an edge is running.
+    Tail {
+        /// Only the last N events (then new ones with --follow).
+        #[arg(long, short = 'n')]
+        last: Option<usize>,
+        /// Keep printing events as they are appended.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only events of this kind: stream.start, stream.progress, stream.stop, policy.denied,
+        /// cache.fill.
+        #[arg(long)]
+        kind: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -134,6 +157,9 @@ fn main() -> ExitCode {
             }
             serve(cfg)
         }
+        Command::Events {
+            command: EventsCommand::Tail { last, follow, kind },
+        } => events_tail(&cfg, last, follow, kind),
         Command::Policy { .. } => unreachable!("handled before the config is loaded"),
     };
     match result {
@@ -175,6 +201,36 @@ fn sign_url(
             None => format!("https://{}", cfg.server.tls_listen[0]),
         });
     println!("{}{signed}", base.trim_end_matches('/'));
+    Ok(())
+}
+
+fn events_tail(
+    cfg: &EdgeConfig,
+    last: Option<usize>,
+    follow: bool,
+    kind: Option<String>,
+) -> anyhow::Result<()> {
+    let kind = kind
+        .map(|k| {
+            edge_events::EventKind::ALL
+                .into_iter()
+                .find(|e| e.as_str() == k)
+                .with_context(|| format!("unknown event kind {k:?}"))
+        })
+        .transpose()?;
+    let dir = cfg.spool_dir();
+    anyhow::ensure!(
+        dir.is_dir(),
+        "no event spool at {} (set events.spool_path or EDGE_EVENTS_SPOOL)",
+        dir.display()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let opts = edge_events::TailOptions { last, follow, kind };
+    let mut out = std::io::stdout();
+    runtime.block_on(edge_events::tail(&dir, opts, &mut out))?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@ use crate::{
     ConfigError, Env, Errors,
     delivery::{CacheConfig, DiskCacheConfig, OriginConfig, RoutingConfig, S3Config, SeederConfig},
     section,
+    streaming::{EventsConfig, KafkaConfig, StreamApiConfig},
 };
 use bytesize::ByteSize;
 use serde::Deserialize;
@@ -42,6 +43,14 @@ pub struct EdgeConfig {
     pub signed_url: SignedUrlConfig,
     /// Redis, shared by every edge (policy `kv` shared scope). Absent: in-process memory.
     pub redis: RedisConfig,
+    /// The streaming API (start / progress / stop).
+    pub stream_api: StreamApiConfig,
+    /// The event spool.
+    pub events: EventsConfig,
+    /// Where events are shipped.
+    pub kafka: KafkaConfig,
+    /// The environment at load: what the policies file's `${VAR}` placeholders resolve against.
+    pub vars: crate::Vars,
 }
 
 /// `[server]`: listeners and process behaviour.
@@ -281,6 +290,10 @@ impl EdgeConfig {
             policies: section::take(file, &mut table, "policies", &mut errors),
             signed_url: section::take(file, &mut table, "signed_url", &mut errors),
             redis: section::take(file, &mut table, "redis", &mut errors),
+            stream_api: section::take(file, &mut table, "stream_api", &mut errors),
+            events: section::take(file, &mut table, "events", &mut errors),
+            kafka: section::take(file, &mut table, "kafka", &mut errors),
+            vars: crate::Vars(env.all()),
         };
         section::reject_rest(file, table, &mut errors);
         cfg.validate(&mut errors);
@@ -358,6 +371,7 @@ impl EdgeConfig {
             bad("redis", "timeouts must be greater than zero");
         }
         crate::delivery::validate(self, &mut bad);
+        crate::streaming::validate(self, &mut bad);
         if let Some(s) = &self.signed_url.secret
             && s.len() < 16
         {

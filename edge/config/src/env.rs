@@ -5,6 +5,22 @@ use std::collections::HashMap;
 pub trait Env {
     /// The value of variable `name`, if set and non-empty.
     fn var(&self, name: &str) -> Option<String>;
+
+    /// Every variable (for the policies file's `${VAR}` placeholders).
+    fn all(&self) -> HashMap<String, String>;
+}
+
+/// The variables a policies file's `${VAR}` placeholders resolve against (captured from the
+/// [`Env`] at load). `Debug` prints names only: values are secrets (`JWT_SECRET_KEY`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Vars(pub HashMap<String, String>);
+
+impl std::fmt::Debug for Vars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.0.keys().collect();
+        names.sort();
+        f.debug_tuple("Vars").field(&names).finish()
+    }
 }
 
 /// The process environment.
@@ -14,6 +30,10 @@ pub struct ProcessEnv;
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+
+    fn all(&self) -> HashMap<String, String> {
+        std::env::vars().collect()
     }
 }
 
@@ -32,6 +52,10 @@ impl MapEnv {
 impl Env for MapEnv {
     fn var(&self, name: &str) -> Option<String> {
         self.0.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+
+    fn all(&self) -> HashMap<String, String> {
+        self.0.clone()
     }
 }
 
@@ -78,6 +102,27 @@ pub(crate) const OVERRIDES: &[(&str, &str, &str, Kind)] = &[
     ("REDIS_HOST", "redis", "host", Kind::Str),
     ("REDIS_PORT", "redis", "port", Kind::Int),
     ("REDIS_PASSWORD", "redis", "password", Kind::Str),
+    (
+        "REDIS_PROGRESS_TTL",
+        "stream_api",
+        "progress_ttl",
+        Kind::Int,
+    ),
+    (
+        "STREAM_MANIFEST_URLS",
+        "stream_api",
+        "manifest_urls",
+        Kind::Str,
+    ),
+    ("EDGE_EVENTS_SPOOL", "events", "spool_path", Kind::Path),
+    (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "kafka",
+        "bootstrap_servers",
+        Kind::Str,
+    ),
+    ("ENABLE_KAFKA", "kafka", "enabled", Kind::Bool),
+    ("STREAMING_TOPIC_PREFIX", "kafka", "topic_prefix", Kind::Str),
     (
         "SIGNED_URL_EXPIRATION",
         "signed_url",

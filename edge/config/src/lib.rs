@@ -20,6 +20,7 @@ mod env;
 mod error;
 mod policies;
 mod section;
+mod streaming;
 
 pub use canary::{CanaryMode, CanarySpec, RollbackSpec, Sticky};
 pub use delivery::{
@@ -28,9 +29,10 @@ pub use delivery::{
 pub use edge::{
     EdgeConfig, PoliciesRef, RedisConfig, ServerConfig, SignedUrlConfig, TlsConfig, WasmConfig,
 };
-pub use env::{Env, MapEnv, ProcessEnv};
+pub use env::{Env, MapEnv, ProcessEnv, Vars};
 pub use error::{ConfigError, Errors};
 pub use policies::{FailMode, Isolation, PolicySet, PolicySpec, RouteSpec, signature_path};
+pub use streaming::{EventsConfig, Fsync, KafkaConfig, ManifestUrls, StreamApiConfig};
 
 #[cfg(test)]
 mod tests {

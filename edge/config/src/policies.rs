@@ -30,6 +30,9 @@ pub struct PolicySet {
     pub policies: BTreeMap<String, PolicySpec>,
     /// Routes, matched in file order; the first whose pattern matches wins.
     pub routes: Vec<RouteSpec>,
+    /// Policies left out because a variable they `require` is unset: (name, missing variables).
+    /// They are in no chain; the edge logs a warning for each.
+    pub skipped: Vec<(String, Vec<String>)>,
 }
 
 /// One `[policies.NAME]` entry.
@@ -88,6 +91,11 @@ pub struct PolicySpec {
     /// A candidate version taking part of the traffic.
     #[serde(default)]
     pub canary: Option<crate::CanarySpec>,
+    /// Variables this policy needs (`requires = ["USER_SERVICE_URL"]`). When any is unset or
+    /// empty, the policy is left out of every chain (and not checked further) with a warning at
+    /// load: a development edge without a user service skips the subscription check.
+    #[serde(default)]
+    pub requires: Vec<String>,
     /// The resolved config (placeholders replaced, files read), filled in by [`PolicySet::load`].
     #[serde(skip)]
     pub resolved_config: BTreeMap<String, String>,
@@ -212,8 +220,33 @@ impl PolicySet {
             )),
         }
         section::reject_rest(file, table, &mut errors);
+        set.skip_unmet(vars);
         set.validate(vars, &declared, &mut errors);
         errors.into_result(set)
+    }
+
+    /// Takes policies whose `requires` are not all set out of the set and of every chain.
+    fn skip_unmet(&mut self, vars: &HashMap<String, String>) {
+        let unmet: Vec<(String, Vec<String>)> = self
+            .policies
+            .values()
+            .filter_map(|s| {
+                let missing: Vec<String> = s
+                    .requires
+                    .iter()
+                    .filter(|v| vars.get(*v).is_none_or(|x| x.is_empty()))
+                    .cloned()
+                    .collect();
+                (!missing.is_empty()).then(|| (s.name.clone(), missing))
+            })
+            .collect();
+        for (name, _) in &unmet {
+            self.policies.remove(name);
+            for r in &mut self.routes {
+                r.chain.retain(|n| n != name);
+            }
+        }
+        self.skipped = unmet;
     }
 
     /// The module path of `spec`, resolved against this file's directory.
@@ -474,7 +507,8 @@ fn check_origin(origin: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Replaces each `${NAME}` in `text` with `vars[NAME]`; `$$` is a literal `$`.
+/// Replaces each `${NAME}` in `text` with `vars[NAME]`, `${NAME:-default}` with `default` when
+/// `NAME` is unset or empty; `$$` is a literal `$`.
 fn interpolate(text: &str, vars: &HashMap<String, String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -488,10 +522,16 @@ fn interpolate(text: &str, vars: &HashMap<String, String>) -> Result<String, Str
             let end = r
                 .find('}')
                 .ok_or_else(|| format!("unterminated placeholder in {text:?}"))?;
-            let name = &r[..end];
-            let value = vars
-                .get(name)
-                .ok_or_else(|| format!("unknown variable ${{{name}}}"))?;
+            let (name, default) = match r[..end].split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (&r[..end], None),
+            };
+            let value = match (vars.get(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => v.as_str(),
+                (None, Some(d)) => d,
+                (None, None) if vars.contains_key(name) => "",
+                (None, None) => return Err(format!("unknown variable ${{{name}}}")),
+            };
             out.push_str(value);
             rest = &r[end + 1..];
         } else {
@@ -517,5 +557,40 @@ mod tests {
                 .contains("unknown variable ${B}")
         );
         assert!(interpolate("${A", &vars).is_err());
+        assert_eq!(interpolate("${B:-2s}/${A:-y}", &vars).unwrap(), "2s/x");
+    }
+
+    #[test]
+    fn unmet_requirements_leave_the_policy_out_of_every_chain() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies.toml");
+        let text = r#"
+            [policies.auth]
+            module = "Cargo.toml"
+            config = { secret = "${JWT_SECRET_KEY}" }
+            [policies.subscription]
+            module = "Cargo.toml"
+            requires = ["USER_SERVICE_URL"]
+            config = { url = "${USER_SERVICE_URL}" }
+            [[routes]]
+            name = "api"
+            paths = ["/api/**"]
+            chain = ["auth", "subscription"]
+        "#;
+        let mut vars = HashMap::from([("JWT_SECRET_KEY".to_string(), "k".repeat(32))]);
+        let set = PolicySet::from_toml_str(&file, text, &vars).unwrap();
+        assert_eq!(set.routes[0].chain, ["auth"]);
+        assert!(!set.policies.contains_key("subscription"));
+        assert_eq!(
+            set.skipped,
+            [(
+                "subscription".to_string(),
+                vec!["USER_SERVICE_URL".to_string()]
+            )]
+        );
+
+        vars.insert("USER_SERVICE_URL".into(), "http://127.0.0.1:1".into());
+        let set = PolicySet::from_toml_str(&file, text, &vars).unwrap();
+        assert_eq!(set.routes[0].chain, ["auth", "subscription"]);
+        assert!(set.skipped.is_empty());
     }
 }

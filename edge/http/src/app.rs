@@ -102,7 +102,16 @@ async fn read_request(session: &mut ServerSession) -> Result<EdgeRequest, Status
     let method = header.method.clone();
     let path = header.uri.path().to_owned();
     let query = header.uri.query().unwrap_or_default().to_owned();
-    let headers = header.headers.clone();
+    let mut headers = header.headers.clone();
+    if !headers.contains_key(http::header::HOST)
+        && let Some(v) = header
+            .uri
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        headers.insert(http::header::HOST, v);
+    }
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     let client_addr = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -132,6 +141,7 @@ async fn read_request(session: &mut ServerSession) -> Result<EdgeRequest, Status
         headers,
         client_addr,
         protocol,
+        tls,
         body: Bytes::from(body),
     })
 }

@@ -21,6 +21,7 @@ pub struct TestEdge {
     pub edge: edge_app::Edge,
     /// Its data directory (dev certificate).
     pub data: tempfile::TempDir,
+    cfg: EdgeConfig,
 }
 
 impl TestEdge {
@@ -61,8 +62,30 @@ impl TestEdge {
         );
         let cfg = EdgeConfig::from_toml_str("test-edge.toml", &toml, &env)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let edge = edge_app::Edge::start(cfg).await?;
-        Ok(Self { edge, data })
+        let edge = edge_app::Edge::start(cfg.clone()).await?;
+        Ok(Self { edge, data, cfg })
+    }
+
+    /// Drains this edge and starts it again with the same config and data directory (new
+    /// ports), as an operator's restart would.
+    pub async fn restart(self) -> anyhow::Result<Self> {
+        let Self { edge, data, cfg } = self;
+        edge.shutdown().await;
+        // Connection tasks of clients that kept their connections open still hold the old
+        // edge's handles (its event spool stays locked) until those connections close.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match edge_app::Edge::start(cfg.clone()).await {
+                Ok(edge) => return Ok(Self { edge, data, cfg }),
+                Err(e)
+                    if format!("{e:#}").contains("in use")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `http://127.0.0.1:PORT` of the plain listener.

@@ -2,6 +2,7 @@ use crate::{Object, Origin, OriginError, Tier};
 use object_store::{
     Attribute, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig,
     aws::AmazonS3Builder, http::HttpBuilder, local::LocalFileSystem, path::Path as ObjectPath,
+    signer::Signer,
 };
 use std::{
     path::Path,
@@ -89,6 +90,7 @@ pub struct StoreOrigin {
     deadline: Duration,
     max_object: u64,
     description: String,
+    signer: Option<Arc<dyn Signer>>,
 }
 
 fn client_options(timeout: Duration) -> ClientOptions {
@@ -151,13 +153,15 @@ impl StoreOrigin {
         if let (Some(key), Some(secret)) = (&s3.access_key, &s3.secret_key) {
             b = b.with_access_key_id(key).with_secret_access_key(secret);
         }
-        let store = b
-            .build()
-            .map_err(|e| OriginError::Unavailable(format!("s3 settings: {e}")))?;
+        let store = Arc::new(
+            b.build()
+                .map_err(|e| OriginError::Unavailable(format!("s3 settings: {e}")))?,
+        );
         let at = s3.endpoint.as_deref().unwrap_or("aws");
         Ok(Self {
             deadline: deadline(retry, timeout),
-            ..Self::new(Arc::new(store), timeout, format!("s3://{}@{at}", s3.bucket))
+            signer: Some(store.clone()),
+            ..Self::new(store, timeout, format!("s3://{}@{at}", s3.bucket))
         })
     }
 
@@ -183,7 +187,26 @@ impl StoreOrigin {
             deadline: timeout,
             max_object: u64::MAX,
             description,
+            signer: None,
         }
+    }
+
+    /// A presigned `GET` URL (SigV4 query string) for the public `path`, valid for `expires_in`,
+    /// for handing a client the origin itself. Only S3 origins sign; others answer `Unavailable`.
+    pub async fn presign_get(
+        &self,
+        path: &str,
+        expires_in: Duration,
+    ) -> Result<String, OriginError> {
+        let signer = self.signer.as_ref().ok_or_else(|| {
+            OriginError::Unavailable(format!("{} cannot presign URLs", self.description))
+        })?;
+        let key = self.keys.key(path)?;
+        signer
+            .signed_url(http::Method::GET, &key, expires_in)
+            .await
+            .map(|u| u.to_string())
+            .map_err(map_err)
     }
 
     /// Refuses objects larger than `bytes` before reading their body.

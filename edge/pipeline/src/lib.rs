@@ -73,6 +73,8 @@ pub struct EdgeRequest {
     pub client_addr: IpAddr,
     /// Protocol of the connection.
     pub protocol: Protocol,
+    /// Whether the connection is TLS (for URLs the edge hands out: `https://`).
+    pub tls: bool,
     /// Request body (bounded by the listener).
     pub body: Bytes,
 }
@@ -87,6 +89,57 @@ pub struct EdgeResponse {
     pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
+}
+
+/// Where the pipeline records analytics events (`policy.denied`, `cache.fill`). Called on the
+/// request path: must not block or wait (the edge's spool queues the record).
+pub trait EventSink: Send + Sync + 'static {
+    /// Records `rec`, or drops it (and counts that) when it cannot be queued.
+    fn emit(&self, rec: edge_events::NewRecord);
+}
+
+/// An endpoint the edge answers itself (the streaming API, `/health`), mounted on the pipeline
+/// with [`Pipeline::mount`]. A guarded mount runs behind the policy chain of the route its path
+/// matches, like any object (no route → 404); the service then sees what the chain learned
+/// (`sub` from the JWT policy) in [`Call::context`].
+#[async_trait::async_trait]
+pub trait Service: Send + Sync + 'static {
+    /// Answers one request. Any method reaches it; it answers 405 itself.
+    async fn call(&self, req: &EdgeRequest, call: Call<'_>) -> EdgeResponse;
+}
+
+/// What a [`Service`] gets besides the request.
+pub struct Call<'a> {
+    /// The normalised path.
+    pub path: &'a str,
+    /// Context pairs added by the route's policies, in chain order (empty for open mounts).
+    pub context: &'a [(String, String)],
+    /// The pipeline, to read objects through the cache tiers ([`Pipeline::lookup`]).
+    pub pipeline: &'a Pipeline,
+}
+
+/// Where a [`Service`] is mounted.
+#[derive(Clone)]
+pub struct Mount {
+    /// A path (`/health`) or, with `subtree`, a prefix (`/api/v1/stream`: itself and every
+    /// path below it).
+    pub path: String,
+    /// Also every path below `path`.
+    pub subtree: bool,
+    /// Served without a route or policies (health checks).
+    pub open: bool,
+    /// The endpoint.
+    pub service: Arc<dyn Service>,
+}
+
+impl Mount {
+    fn matches(&self, path: &str) -> bool {
+        match path.strip_prefix(self.path.as_str()) {
+            Some("") => true,
+            Some(rest) => self.subtree && rest.starts_with('/'),
+            None => false,
+        }
+    }
 }
 
 /// Anything that answers requests: the viewer pipeline, the admin endpoints.
@@ -225,6 +278,8 @@ pub struct Pipeline {
     tiers: Arc<tiers::Tiers>,
     cfg: PipelineConfig,
     metrics: PipelineMetrics,
+    mounts: std::sync::OnceLock<Vec<Mount>>,
+    events: Option<Arc<dyn EventSink>>,
 }
 
 impl Pipeline {
@@ -248,6 +303,7 @@ impl Pipeline {
                 stale_if_error: cfg.stale_if_error,
             },
             metrics: metrics.tiers.clone(),
+            events: None,
         };
         Self {
             router: ArcSwap::from_pointee(router),
@@ -255,7 +311,38 @@ impl Pipeline {
             tiers: Arc::new(tiers),
             cfg,
             metrics,
+            mounts: std::sync::OnceLock::new(),
+            events: None,
         }
+    }
+
+    /// Records a `policy.denied` event per denial and a `cache.fill` event per fill into
+    /// `events`.
+    pub fn with_events(mut self, events: Arc<dyn EventSink>) -> Self {
+        if let Some(tiers) = Arc::get_mut(&mut self.tiers) {
+            tiers.events = Some(events.clone());
+        }
+        self.events = Some(events);
+        self
+    }
+
+    /// Mounts the endpoints the edge answers itself; the first match wins. Set once, before
+    /// serving (later calls are ignored and return false).
+    pub fn mount(&self, mounts: Vec<Mount>) -> bool {
+        self.mounts.set(mounts).is_ok()
+    }
+
+    /// The object at the normalised `path` through the cache tiers, as a viewer's request would
+    /// get it (coalesced, cached), without policies. For services (does a movie's manifest
+    /// exist?).
+    pub async fn lookup(&self, path: &str) -> Result<Object, FetchError> {
+        let kind = classify(path).map_or(MediaKind::Segment, |(_, k)| k);
+        let tiers = self.tiers.clone();
+        let key = path.to_owned();
+        self.cache
+            .get_or_fetch(path, move || async move { tiers.fill(&key, kind).await })
+            .await
+            .map(|(o, _)| o)
     }
 
     /// Removes `path` from every cache tier. Disk first: memory fills meanwhile may still read
@@ -303,21 +390,62 @@ impl Pipeline {
         if req.method == Method::OPTIONS && self.cfg.cors_allow_origin.is_some() {
             return (String::new(), respond::preflight());
         }
-        if req.method != Method::GET && req.method != Method::HEAD {
-            let mut r = respond::error(405, "method_not_allowed", &[]);
-            r.headers
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return (String::new(), r);
-        }
         let path = match normalize(&req.path) {
             Ok(p) => p,
+            Err(_) if !matches!(req.method, Method::GET | Method::HEAD) => {
+                return (String::new(), method_not_allowed());
+            }
             Err(e) => return (String::new(), respond::error(400, e.reason(), &[])),
         };
+        let mount = self
+            .mounts
+            .get()
+            .and_then(|m| m.iter().find(|m| m.matches(&path)));
+        if let Some(m) = mount.filter(|m| m.open) {
+            let call = Call {
+                path: &path,
+                context: &[],
+                pipeline: self,
+            };
+            return (m.path.clone(), m.service.call(req, call).await);
+        }
+        if mount.is_none() && req.method != Method::GET && req.method != Method::HEAD {
+            return (String::new(), method_not_allowed());
+        }
         let router = self.router.load_full();
         let Some(route) = router.route(&path) else {
             return (String::new(), respond::error(404, "no_route", &[]));
         };
         let route_name = route.name().to_owned();
+        if let Some(m) = mount {
+            let info = RequestInfo {
+                method: req.method.as_str(),
+                path: &path,
+                query: &req.query,
+                headers: &req.headers,
+                client_addr: req.client_addr,
+            };
+            let outcome = route.run(&info).await;
+            drop(router);
+            let response = match outcome {
+                Outcome::Allow {
+                    response_headers,
+                    context,
+                    ..
+                } => {
+                    let call = Call {
+                        path: &path,
+                        context: &context,
+                        pipeline: self,
+                    };
+                    let mut r = m.service.call(req, call).await;
+                    respond::add_headers(&mut r.headers, &response_headers);
+                    r
+                }
+                other => self.refused(other, &route_name, &path, req),
+            };
+            return (route_name, response);
+        }
         let Some((content_type, kind)) = classify(&path) else {
             return (
                 route_name,
@@ -337,25 +465,7 @@ impl Pipeline {
                 propagate_query,
                 ..
             } => (response_headers, propagate_query),
-            Outcome::Deny {
-                status,
-                reason,
-                headers,
-                ..
-            } => return (route_name, respond::error(status, &reason, &headers)),
-            Outcome::Redirect {
-                status, location, ..
-            } => {
-                let mut r = EdgeResponse {
-                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
-                    headers: HeaderMap::new(),
-                    body: Bytes::new(),
-                };
-                if let Ok(v) = HeaderValue::from_str(&location) {
-                    r.headers.insert(header::LOCATION, v);
-                }
-                return (route_name, r);
-            }
+            other => return (route_name, self.refused(other, &route.name(), &path, req)),
         };
         let protected = !route.is_open();
         drop(router);
@@ -431,6 +541,62 @@ impl Pipeline {
             respond::object(&req.headers, &obj, body, etag.as_deref(), headers),
         )
     }
+}
+
+impl Pipeline {
+    /// The answer to a chain that denied or redirected; a denial is recorded as an event.
+    fn refused(
+        &self,
+        outcome: Outcome,
+        route: &str,
+        path: &str,
+        req: &EdgeRequest,
+    ) -> EdgeResponse {
+        match outcome {
+            Outcome::Allow { .. } => respond::error(500, "internal", &[]),
+            Outcome::Deny {
+                policy,
+                status,
+                reason,
+                headers,
+            } => {
+                if let Some(events) = &self.events {
+                    let client = req.client_addr.to_string();
+                    let denied = edge_events::PolicyDenied {
+                        route: route.to_owned(),
+                        policy,
+                        path: path.to_owned(),
+                        status,
+                        reason: reason.clone(),
+                        client: client.clone(),
+                        timestamp: edge_events::timestamp(SystemTime::now()),
+                    };
+                    events.emit(edge_events::NewRecord::new(&denied, client));
+                }
+                respond::error(status, &reason, &headers)
+            }
+            Outcome::Redirect {
+                status, location, ..
+            } => {
+                let mut r = EdgeResponse {
+                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
+                    headers: HeaderMap::new(),
+                    body: Bytes::new(),
+                };
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r.headers.insert(header::LOCATION, v);
+                }
+                r
+            }
+        }
+    }
+}
+
+fn method_not_allowed() -> EdgeResponse {
+    let mut r = respond::error(405, "method_not_allowed", &[]);
+    r.headers
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
 }
 
 fn origin_error(e: &FetchError) -> EdgeResponse {

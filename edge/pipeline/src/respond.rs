@@ -51,11 +51,13 @@ pub(crate) fn preflight() -> EdgeResponse {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        HeaderValue::from_static("GET, HEAD, POST, OPTIONS"),
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("range, if-none-match, if-modified-since"),
+        HeaderValue::from_static(
+            "range, if-none-match, if-modified-since, authorization, content-type",
+        ),
     );
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,

@@ -139,6 +139,7 @@ fn get(path: &str, headers: &[(&'static str, &str)]) -> EdgeRequest {
         headers: h,
         client_addr: IpAddr::from([127, 0, 0, 1]),
         protocol: Protocol::Http1,
+        tls: false,
         body: Bytes::new(),
     }
 }

@@ -3,16 +3,17 @@
 //! Runs inside the memory tier's coalesced fetch, so 200 concurrent misses of one segment read
 //! the disk once and ask the upstream at most once.
 
-use crate::{FetchError, MediaKind, Object};
+use crate::{EventSink, FetchError, MediaKind, Object};
 use bytes::Bytes;
 use edge_disk_cache::{DiskCache, Meta};
+use edge_events::{CacheFill, NewRecord};
 use edge_origin::{Origin, OriginError, Tier};
 use headers::{CacheControl, HeaderMapExt};
 use http::{HeaderMap, HeaderValue};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use std::{
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 /// Where the object a viewer got came from.
@@ -127,12 +128,44 @@ pub(crate) struct Tiers {
     pub(crate) disk: Option<DiskCache>,
     pub(crate) freshness: Freshness,
     pub(crate) metrics: TierMetrics,
+    pub(crate) events: Option<Arc<dyn EventSink>>,
 }
 
 impl Tiers {
     /// The object at `key` from disk (fresh) or the upstream; an expired disk copy when the
-    /// upstream is down. Returns the object and how long the memory tier may keep it.
+    /// upstream is down. Returns the object and how long the memory tier may keep it. Every
+    /// fill is recorded as a `cache.fill` event when events are on.
     pub(crate) async fn fill(
+        &self,
+        key: &str,
+        kind: MediaKind,
+    ) -> Result<(Object, Duration), FetchError> {
+        let start = Instant::now();
+        let filled = self.fill_from_below(key, kind).await;
+        if let Some(events) = &self.events {
+            let (source, result, bytes) = match &filled {
+                Ok((o, _)) => (
+                    o.source.as_str(),
+                    if o.stale { "stale" } else { "ok" },
+                    o.body.len() as u64,
+                ),
+                Err(FetchError::Origin(OriginError::NotFound)) => ("upstream", "not_found", 0),
+                Err(_) => ("upstream", "error", 0),
+            };
+            let fill = CacheFill {
+                path: key.to_owned(),
+                source: source.to_owned(),
+                result: result.to_owned(),
+                bytes,
+                millis: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                timestamp: edge_events::timestamp(SystemTime::now()),
+            };
+            events.emit(NewRecord::new(&fill, key));
+        }
+        filled
+    }
+
+    async fn fill_from_below(
         &self,
         key: &str,
         kind: MediaKind,

@@ -50,6 +50,7 @@ fn request(method: Method, path: &str) -> EdgeRequest {
         headers: HeaderMap::new(),
         client_addr: IpAddr::from([127, 0, 0, 1]),
         protocol: Protocol::Http1,
+        tls: false,
         body: Bytes::new(),
     }
 }

@@ -1,0 +1,342 @@
+//! Watch progress: every report is appended to the spool before it is acknowledged, then applied
+//! to the [`ProgressStore`] by [`Progress::spawn_applier`] from the spool's `progress` cursor. A
+//! report the store has not taken yet (Redis down, applier behind) is answered from memory, and
+//! survives a restart in the spool.
+//!
+//! Reports of one viewer for one movie closer together than `min_interval` are all kept, but
+//! only the first of each interval is published as a `stream.progress` event; the latest of the
+//! rest is published when the interval ends ([`Progress::spawn_trailing`]).
+
+use crate::store::{Position, ProgressStore, StoreError, ViewerKey};
+use edge_events::{EventKind, NewRecord, ProgressUpdate, Record, Spool, SpoolError, StreamStop};
+use parking_lot::Mutex;
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+use tokio::sync::watch;
+
+struct Gate {
+    last_published: Instant,
+    trailing: Option<(String, ProgressUpdate)>,
+}
+
+/// Watch positions: recording, reading, applying.
+pub struct Progress {
+    store: Arc<dyn ProgressStore>,
+    spool: Spool,
+    min_interval: Duration,
+    pending: Mutex<HashMap<ViewerKey, Position>>,
+    gates: Mutex<HashMap<ViewerKey, Gate>>,
+}
+
+fn ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Progress {
+    /// Positions kept in `store`, reports appended to `spool`.
+    pub fn new(store: Arc<dyn ProgressStore>, spool: Spool, min_interval: Duration) -> Self {
+        Self {
+            store,
+            spool,
+            min_interval,
+            pending: Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store behind (for `/health`).
+    pub fn store(&self) -> &Arc<dyn ProgressStore> {
+        &self.store
+    }
+
+    /// Records a report under the event key `key` (the stream session). Returns once it is in
+    /// the spool.
+    pub async fn record(
+        &self,
+        user: &str,
+        movie: &str,
+        position: u64,
+        key: String,
+    ) -> Result<Position, SpoolError> {
+        let now = SystemTime::now();
+        let event = ProgressUpdate {
+            user_id: user.to_owned(),
+            movie_id: movie.to_owned(),
+            action: "progress_update".into(),
+            position_seconds: position,
+            timestamp: edge_events::timestamp(now),
+        };
+        let viewer = (user.to_owned(), movie.to_owned());
+        let publish = {
+            let mut gates = self.gates.lock();
+            match gates.get_mut(&viewer) {
+                Some(g) if g.last_published.elapsed() < self.min_interval => {
+                    g.trailing = Some((key.clone(), event.clone()));
+                    false
+                }
+                _ => {
+                    gates.insert(
+                        viewer.clone(),
+                        Gate {
+                            last_published: Instant::now(),
+                            trailing: None,
+                        },
+                    );
+                    true
+                }
+            }
+        };
+        let mut rec = NewRecord::new(&event, key);
+        if !publish {
+            rec = rec.unpublished();
+        }
+        self.spool.append(rec).await?;
+        let p = Position {
+            position_seconds: position,
+            last_watched_at: event.timestamp,
+            at_ms: ms(now),
+        };
+        self.remember(viewer, p.clone());
+        Ok(p)
+    }
+
+    /// Records the final position of a stopped stream (its `stream.stop` event is appended by
+    /// the caller); drops a coalesced report still waiting, which would follow the stop.
+    pub fn stopped(&self, user: &str, movie: &str, event: &StreamStop) {
+        let viewer = (user.to_owned(), movie.to_owned());
+        self.gates.lock().remove(&viewer);
+        self.remember(
+            viewer,
+            Position {
+                position_seconds: event.position_seconds,
+                last_watched_at: event.timestamp.clone(),
+                at_ms: ms(SystemTime::now()),
+            },
+        );
+    }
+
+    fn remember(&self, viewer: ViewerKey, p: Position) {
+        let mut pending = self.pending.lock();
+        match pending.get(&viewer) {
+            Some(cur) if cur.last_watched_at > p.last_watched_at => {}
+            _ => {
+                pending.insert(viewer, p);
+            }
+        }
+    }
+
+    /// The latest position of `user` in `movie`: a report not yet in the store, else the store.
+    pub async fn get(&self, user: &str, movie: &str) -> Result<Option<Position>, StoreError> {
+        let viewer = (user.to_owned(), movie.to_owned());
+        let pending = self.pending.lock().get(&viewer).cloned();
+        match self.store.get(user, movie).await {
+            Ok(stored) => Ok(match (pending, stored) {
+                (Some(p), Some(s)) if s.last_watched_at > p.last_watched_at => Some(s),
+                (Some(p), _) => Some(p),
+                (None, s) => s,
+            }),
+            Err(_) if pending.is_some() => Ok(pending),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Publishes the latest coalesced report of every viewer whose interval has ended. Returns
+    /// how many were published.
+    pub async fn publish_trailing(&self, all: bool) -> usize {
+        let due: Vec<(String, ProgressUpdate)> = {
+            let mut gates = self.gates.lock();
+            let mut due = Vec::new();
+            gates.retain(|_, g| {
+                let elapsed = g.last_published.elapsed();
+                if elapsed >= self.min_interval || all {
+                    if let Some(t) = g.trailing.take() {
+                        due.push(t);
+                        g.last_published = Instant::now();
+                        return true;
+                    }
+                }
+                elapsed < self.min_interval * 2
+            });
+            due
+        };
+        let n = due.len();
+        for (key, event) in due {
+            if let Err(e) = self.spool.append(NewRecord::new(&event, key)).await {
+                tracing::warn!(error = %e, user = event.user_id, movie = event.movie_id, "coalesced progress not published (the position itself is kept)");
+            }
+        }
+        n
+    }
+
+    /// Publishes coalesced reports as their intervals end, until `stop`; then publishes what is
+    /// left.
+    pub fn spawn_trailing(
+        self: Arc<Self>,
+        mut stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let period = (self.min_interval / 2).max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { self.publish_trailing(false).await; }
+                    _ = stop.changed() => break,
+                }
+                if *stop.borrow() {
+                    break;
+                }
+            }
+            self.publish_trailing(true).await;
+        })
+    }
+
+    /// Applies the spool's progress reports and stops (cursor `cursor`) to the store, newest per
+    /// viewer, committing the cursor once the store has them (after a checkpoint for stores that
+    /// need one). While the store is down, retries with back-off and keeps reports readable from
+    /// memory.
+    pub fn spawn_applier(
+        self: Arc<Self>,
+        mut cursor: edge_events::Cursor,
+        mut stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut uncommitted: Option<u64> = None;
+            let mut last_checkpoint = Instant::now();
+            let every = self.store.checkpoint_every();
+            loop {
+                let wait = if uncommitted.is_some() {
+                    every.saturating_sub(last_checkpoint.elapsed())
+                } else {
+                    Duration::from_secs(3600)
+                };
+                let batch = tokio::select! {
+                    b = cursor.next_batch(1000) => Some(b),
+                    _ = tokio::time::sleep(wait) => None,
+                    _ = stop.changed() => break,
+                };
+                match batch {
+                    Some(Ok(batch)) => {
+                        let Some(last) = batch.last().map(|r| r.seq) else {
+                            continue;
+                        };
+                        let fold = fold(&batch);
+                        for (viewer, p) in &fold {
+                            self.remember(viewer.clone(), p.clone());
+                        }
+                        if !self.apply(&fold, &mut stop).await {
+                            break;
+                        }
+                        uncommitted = Some(last);
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "progress applier cannot read the spool");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    None => {}
+                }
+                if let Some(seq) = uncommitted
+                    && last_checkpoint.elapsed() >= every
+                {
+                    if self.checkpoint(&mut cursor, seq).await {
+                        uncommitted = None;
+                    }
+                    last_checkpoint = Instant::now();
+                }
+            }
+            if let Some(seq) = uncommitted {
+                self.checkpoint(&mut cursor, seq).await;
+            }
+        })
+    }
+
+    async fn checkpoint(&self, cursor: &mut edge_events::Cursor, seq: u64) -> bool {
+        if let Err(e) = self.store.checkpoint().await {
+            tracing::warn!(error = %e, "progress checkpoint failed; the spool keeps the reports");
+            return false;
+        }
+        if let Err(e) = cursor.commit(seq).await {
+            tracing::warn!(error = %e, "cannot commit the progress cursor");
+            return false;
+        }
+        true
+    }
+
+    /// Puts `fold` into the store, retrying until it succeeds or `stop`; false when stopped.
+    async fn apply(
+        &self,
+        fold: &[(ViewerKey, Position)],
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        let mut down_since: Option<Instant> = None;
+        loop {
+            match self.store.put(fold).await {
+                Ok(()) => {
+                    if let Some(t) = down_since {
+                        tracing::info!(
+                            store = self.store.kind(),
+                            after = ?t.elapsed(),
+                            "progress store back; spooled reports applied"
+                        );
+                    }
+                    let mut pending = self.pending.lock();
+                    for (viewer, p) in fold {
+                        if pending
+                            .get(viewer)
+                            .is_some_and(|cur| cur.last_watched_at <= p.last_watched_at)
+                        {
+                            pending.remove(viewer);
+                        }
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    if down_since.is_none() {
+                        tracing::warn!(store = self.store.kind(), error = %e, "progress store unavailable; reports stay in the spool and are applied when it returns");
+                        down_since = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return false,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+/// The newest position per viewer among the progress and stop records of `batch`.
+fn fold(batch: &[Record]) -> Vec<(ViewerKey, Position)> {
+    let mut newest: HashMap<ViewerKey, Position> = HashMap::new();
+    for r in batch {
+        let (user, movie, position_seconds, at) = match r.kind {
+            EventKind::ProgressUpdate => match r.decode::<ProgressUpdate>() {
+                Some(e) => (e.user_id, e.movie_id, e.position_seconds, e.timestamp),
+                None => continue,
+            },
+            EventKind::StreamStop => match r.decode::<StreamStop>() {
+                Some(e) => (e.user_id, e.movie_id, e.position_seconds, e.timestamp),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let p = Position {
+            position_seconds,
+            last_watched_at: at,
+            at_ms: r.at_ms,
+        };
+        match newest.get(&(user.clone(), movie.clone())) {
+            Some(cur) if cur.last_watched_at > p.last_watched_at => {}
+            _ => {
+                newest.insert((user, movie), p);
+            }
+        }
+    }
+    newest.into_iter().collect()
+}
