@@ -2,7 +2,7 @@
 # Idempotent set-up shared by run.sh and test.sh: Debian packages, the wasm target, the guests.
 # Usage: deploy/dev/setup.sh [--test]   (--test also installs what the test suite drives:
 # ffmpeg as an HLS client, redis-server for the shared key-value scope and the seeder directory,
-# s3s-fs as the S3-compatible origin)
+# s3s-fs as the S3-compatible origin, tansu as the Kafka-protocol broker)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -30,5 +30,11 @@ if [[ "${1:-}" == "--test" ]]; then
   if ! command -v s3s-fs >/dev/null || ! s3s-fs --version 2>/dev/null | grep -q "0.14.1"; then
     echo "setup: installing s3s-fs 0.14.1 (S3-compatible test server, ~3 min)" >&2
     cargo install --quiet --locked s3s-fs@0.14.1 --features binary
+  fi
+  # tansu's default features have no storage engine; dynostore brings memory:// and s3://
+  # (../shared/infra.md, section Kafka).
+  if ! command -v tansu >/dev/null || ! tansu --version 2>/dev/null | grep -q "0.6.0"; then
+    echo "setup: installing tansu 0.6.0 (Kafka-protocol test broker; ~13 min the first time)" >&2
+    cargo install --quiet --locked tansu@0.6.0 --features dynostore
   fi
 fi

@@ -465,7 +465,7 @@ impl Pipeline {
                 propagate_query,
                 ..
             } => (response_headers, propagate_query),
-            other => return (route_name, self.refused(other, &route.name(), &path, req)),
+            other => return (route_name, self.refused(other, route.name(), &path, req)),
         };
         let protected = !route.is_open();
         drop(router);

@@ -152,12 +152,12 @@ impl Progress {
             let mut due = Vec::new();
             gates.retain(|_, g| {
                 let elapsed = g.last_published.elapsed();
-                if elapsed >= self.min_interval || all {
-                    if let Some(t) = g.trailing.take() {
-                        due.push(t);
-                        g.last_published = Instant::now();
-                        return true;
-                    }
+                if (elapsed >= self.min_interval || all)
+                    && let Some(t) = g.trailing.take()
+                {
+                    due.push(t);
+                    g.last_published = Instant::now();
+                    return true;
                 }
                 elapsed < self.min_interval * 2
             });

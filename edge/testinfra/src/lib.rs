@@ -1,6 +1,7 @@
-//! Real services for tests, each started on a free `127.0.0.1` port and stopped (killed and
-//! reaped) when its handle drops. The binaries come from the test command's set-up
-//! (`deploy/dev/test.sh` installs them); a missing binary fails the test with that hint.
+//! Real services for tests (`redis-server`, `s3s-fs`, the `tansu` Kafka-protocol broker), each
+//! started on a free `127.0.0.1` port and stopped (killed and reaped) when its handle drops.
+//! The binaries come from the test command's set-up (`deploy/dev/setup.sh --test` installs
+//! them); a missing binary fails the test with that hint.
 //!
 //! [`UserService`] is different: it stands for an external system the edge does not ship (the
 //! user service that knows subscriptions), so it is a small HTTP server of the tests themselves.
@@ -10,8 +11,11 @@
 //! println!("redis on port {}", redis.port());
 //! ```
 
+mod kafka;
+mod relay;
 mod user_service;
 
+pub use kafka::{Consumed, Tansu, consume};
 pub use user_service::UserService;
 
 use std::{

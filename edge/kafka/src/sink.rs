@@ -1,0 +1,262 @@
+//! [`KafkaSink`]: the producer, topic creation, health, and `Sink::deliver`.
+
+use crate::{Health, KafkaConfig, KafkaError, context::TracingContext};
+use edge_events::{Record, Sink, Undelivered};
+use parking_lot::Mutex;
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    error::{KafkaError as RdError, RDKafkaErrorCode},
+    message::{Header, OwnedHeaders},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer},
+};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+type EdgeProducer = FutureProducer<TracingContext>;
+
+/// Delivers edge events to Kafka (see the crate documentation for the guarantees).
+///
+/// Dropping the sink discards what librdkafka still holds (the spool still has it); call
+/// [`KafkaSink::flush`] first on an orderly shutdown.
+pub struct KafkaSink {
+    cfg: KafkaConfig,
+    producer_config: ClientConfig,
+    producer: Mutex<Option<EdgeProducer>>,
+    admin: Option<AdminClient<TracingContext>>,
+    /// Topics are known to exist (set by a successful `ensure_topics`, cleared by a failure).
+    topics_ready: AtomicBool,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink")
+            .field("bootstrap_servers", &self.cfg.bootstrap_servers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaSink {
+    /// Builds the producer and the admin client. Does not contact the broker: librdkafka
+    /// connects in its own threads, and records wait in its queue until a broker answers.
+    pub fn new(cfg: KafkaConfig) -> Result<Self, KafkaError> {
+        let mut base = ClientConfig::new();
+        base.set_log_level(crate::context::log_level())
+            .set("bootstrap.servers", &cfg.bootstrap_servers)
+            .set("client.id", &cfg.client_id);
+        let mut producer_config = base.clone();
+        producer_config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "5")
+            // 0 = never expire: a record is retried until the broker takes it.
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", "5")
+            // The Java client's partitioner: a key lands on the partition other Kafka clients
+            // (and the replaced service) would choose.
+            .set("partitioner", "murmur2_random");
+        for (k, v) in &cfg.properties {
+            base.set(k, v);
+            producer_config.set(k, v);
+        }
+        let admin = base
+            .create_with_context(TracingContext)
+            .map_err(|e| KafkaError::Config(e.to_string()))?;
+        let producer = build_producer(&producer_config)?;
+        Ok(Self {
+            cfg,
+            producer_config,
+            producer: Mutex::new(Some(producer)),
+            admin: Some(admin),
+            topics_ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Creates every topic of the configured [`Topics`](edge_events::Topics) (partitions and
+    /// replication factor from the configuration). A topic that already exists is fine.
+    pub async fn ensure_topics(&self) -> Result<(), KafkaError> {
+        let names = self.cfg.topics.all();
+        let new: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.cfg.partitions,
+                    TopicReplication::Fixed(self.cfg.replication_factor),
+                )
+            })
+            .collect();
+        let opts = AdminOptions::new()
+            .request_timeout(Some(self.cfg.request_timeout))
+            .operation_timeout(Some(self.cfg.request_timeout));
+        let admin = self.admin.as_ref().expect("admin client until drop");
+        let results = admin
+            .create_topics(&new, &opts)
+            .await
+            .map_err(|e| KafkaError::Admin(e.to_string()))?;
+        let failed: Vec<String> = results
+            .into_iter()
+            .filter_map(|r| match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
+                Err((topic, code)) => Some(format!("{topic}: {code}")),
+            })
+            .collect();
+        if failed.is_empty() {
+            self.topics_ready.store(true, Ordering::Relaxed);
+            Ok(())
+        } else {
+            Err(KafkaError::Admin(failed.join(", ")))
+        }
+    }
+
+    /// Asks the brokers for metadata (within the request timeout, on a blocking thread).
+    pub async fn health(&self) -> Health {
+        let producer = self.producer();
+        let timeout = self.cfg.request_timeout;
+        let res = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|m| m.brokers().len())
+        })
+        .await;
+        match res {
+            Ok(Ok(0)) => Health::Unavailable("no broker in the metadata".into()),
+            Ok(Ok(_)) => Health::Ok,
+            Ok(Err(e)) => Health::Unavailable(e.to_string()),
+            Err(e) => Health::Unavailable(format!("metadata task: {e}")),
+        }
+    }
+
+    /// Waits (on a blocking thread) until librdkafka has delivered everything it holds, or
+    /// `timeout` passes. For an orderly shutdown.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let producer = self.producer();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| KafkaError::Flush(e.to_string()))?
+            .map_err(|e| KafkaError::Flush(e.to_string()))
+    }
+
+    fn producer(&self) -> EdgeProducer {
+        self.producer.lock().clone().expect("producer until drop")
+    }
+
+    /// Replaces a producer that raised a fatal error (it refuses every record from then on).
+    /// The old one is dropped on a blocking thread: dropping purges, flushes and joins threads.
+    async fn rebuild_if_fatal(&self) -> Result<(), String> {
+        let Some((code, reason)) = self.producer().client().fatal_error() else {
+            return Ok(());
+        };
+        tracing::error!(%code, reason, "kafka producer fatal error; building a new producer");
+        let fresh = build_producer(&self.producer_config).map_err(|e| e.to_string())?;
+        let old = self.producer.lock().replace(fresh);
+        tokio::task::spawn_blocking(move || drop(old));
+        Ok(())
+    }
+
+    /// Enqueues `batch` in order; stops at the first record librdkafka refuses (its error is
+    /// returned with the futures of the records before it).
+    async fn enqueue(
+        &self,
+        producer: &EdgeProducer,
+        batch: &[Record],
+    ) -> (Vec<DeliveryFuture>, Option<String>) {
+        let mut pending = Vec::with_capacity(batch.len());
+        for rec in batch {
+            let topic = self.cfg.topics.topic(rec.kind);
+            let seq = rec.seq.to_string();
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: "event-id",
+                    value: Some(seq.as_str()),
+                })
+                .insert(Header {
+                    key: "event-kind",
+                    value: Some(rec.kind.as_str()),
+                });
+            let mut record = FutureRecord::to(&topic)
+                .key(rec.key.as_str())
+                .payload(rec.payload.get())
+                .headers(headers);
+            loop {
+                match producer.send_result(record) {
+                    Ok(fut) => {
+                        pending.push(fut);
+                        break;
+                    }
+                    Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err((e, _)) => return (pending, Some(format!("enqueue seq {}: {e}", rec.seq))),
+                }
+            }
+        }
+        (pending, None)
+    }
+}
+
+fn build_producer(config: &ClientConfig) -> Result<EdgeProducer, KafkaError> {
+    config
+        .create_with_context(TracingContext)
+        .map_err(|e| KafkaError::Config(e.to_string()))
+}
+
+#[async_trait::async_trait]
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        "kafka"
+    }
+
+    async fn deliver(&self, batch: &[Record]) -> Result<(), Undelivered> {
+        let undelivered = |delivered, reason| Undelivered { delivered, reason };
+        self.rebuild_if_fatal()
+            .await
+            .map_err(|r| undelivered(0, r))?;
+        if self.cfg.create_topics && !self.topics_ready.load(Ordering::Relaxed) {
+            self.ensure_topics()
+                .await
+                .map_err(|e| undelivered(0, e.to_string()))?;
+        }
+        let started = Instant::now();
+        let producer = self.producer();
+        let (pending, enqueue_error) = self.enqueue(&producer, batch).await;
+        let results = futures::future::join_all(pending).await;
+        drop(producer);
+        let delivered = results
+            .iter()
+            .take_while(|r| matches!(r, Ok(Ok(_))))
+            .count();
+        let reason = match results.into_iter().find(|r| !matches!(r, Ok(Ok(_)))) {
+            Some(Ok(Err((e, _)))) => Some(e.to_string()),
+            Some(Err(_)) => Some("producer dropped before the delivery report".into()),
+            Some(Ok(Ok(_))) | None => enqueue_error,
+        };
+        match reason {
+            None => {
+                tracing::debug!(records = batch.len(), elapsed = ?started.elapsed(), "kafka batch delivered");
+                Ok(())
+            }
+            Some(reason) => {
+                self.topics_ready.store(false, Ordering::Relaxed);
+                if let Some((code, fatal)) = self.producer().client().fatal_error() {
+                    tracing::error!(%code, fatal, "kafka producer fatal error; it is rebuilt before the next delivery");
+                }
+                Err(undelivered(delivered, reason))
+            }
+        }
+    }
+}
+
+impl Drop for KafkaSink {
+    // Dropping librdkafka clients blocks (purge, a 500 ms flush, thread joins): never on an
+    // async worker thread.
+    fn drop(&mut self) {
+        let producer = self.producer.lock().take();
+        let admin = self.admin.take();
+        std::thread::spawn(move || drop((producer, admin)));
+    }
+}
