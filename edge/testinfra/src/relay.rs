@@ -39,7 +39,9 @@ impl Relay {
     pub(crate) fn open(&mut self) {
         self.close();
         let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("bind the relay port");
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         self.open.store(true, Ordering::SeqCst);
         let (open, conns, upstream) = (self.open.clone(), self.conns.clone(), self.upstream);
         self.acceptor = Some(std::thread::spawn(move || {
