@@ -8,12 +8,13 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     error::{KafkaError as RdError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
-    producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig},
 };
 use std::{
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
+use tokio::time::MissedTickBehavior;
 
 type EdgeProducer = FutureProducer<TracingContext>;
 
@@ -54,8 +55,8 @@ impl KafkaSink {
             // 0 = never expire: a record is retried until the broker takes it.
             .set("message.timeout.ms", "0")
             .set("linger.ms", "5")
-            // The Java client's partitioner: a key lands on the partition other Kafka clients
-            // (and the replaced service) would choose.
+            // The Java client's (and aiokafka's, the replaced service's) partitioner: a key
+            // lands on the partition other Kafka clients would choose.
             .set("partitioner", "murmur2_random");
         for (k, v) in &cfg.properties {
             base.set(k, v);
@@ -157,6 +158,45 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Waits for every delivery report. Meanwhile:
+    /// - every [`TOPICS_RECHECK`], re-creates missing topics (with `create_topics`): a broker
+    ///   that lost them (tansu on `memory://` after a restart) would otherwise keep the records
+    ///   waiting forever (`message.timeout.ms=0`);
+    /// - every [`FATAL_CHECK`], purges a producer that raised a fatal error: librdkafka purges
+    ///   its queues once, but batches whose responses arrive afterwards are re-queued for a
+    ///   retry that never comes, and would wait forever too.
+    async fn wait(
+        &self,
+        producer: &EdgeProducer,
+        pending: Vec<DeliveryFuture>,
+    ) -> Vec<<DeliveryFuture as Future>::Output> {
+        let all = futures::future::join_all(pending);
+        tokio::pin!(all);
+        let every = |period| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        };
+        let (mut topics, mut fatal) = (every(TOPICS_RECHECK), every(FATAL_CHECK));
+        loop {
+            tokio::select! {
+                results = &mut all => return results,
+                _ = topics.tick(), if self.cfg.create_topics => {
+                    if let Err(e) = self.ensure_topics().await {
+                        tracing::debug!(error = %e, "kafka delivery waiting; topics not checked");
+                    }
+                }
+                _ = fatal.tick() => {
+                    if producer.client().fatal_error().is_some() {
+                        let p = producer.clone();
+                        let purge = PurgeConfig::default().queue().inflight();
+                        let _ = tokio::task::spawn_blocking(move || p.purge(purge)).await;
+                    }
+                }
+            }
+        }
+    }
+
     /// Enqueues `batch` in order; stops at the first record librdkafka refuses (its error is
     /// returned with the futures of the records before it).
     async fn enqueue(
@@ -199,6 +239,11 @@ impl KafkaSink {
     }
 }
 
+/// How often a delivery still waiting re-creates missing topics (with `create_topics`).
+const TOPICS_RECHECK: Duration = Duration::from_secs(10);
+/// How often a delivery still waiting checks the producer for a fatal error.
+const FATAL_CHECK: Duration = Duration::from_secs(1);
+
 fn build_producer(config: &ClientConfig) -> Result<EdgeProducer, KafkaError> {
     config
         .create_with_context(TracingContext)
@@ -224,7 +269,8 @@ impl Sink for KafkaSink {
         let started = Instant::now();
         let producer = self.producer();
         let (pending, enqueue_error) = self.enqueue(&producer, batch).await;
-        let results = futures::future::join_all(pending).await;
+        let results = self.wait(&producer, pending).await;
+        let fatal = producer.client().fatal_error();
         drop(producer);
         let delivered = results
             .iter()
@@ -237,14 +283,19 @@ impl Sink for KafkaSink {
         };
         match reason {
             None => {
-                tracing::debug!(records = batch.len(), elapsed = ?started.elapsed(), "kafka batch delivered");
+                let elapsed = started.elapsed();
+                tracing::debug!(records = batch.len(), ?elapsed, "kafka batch delivered");
                 Ok(())
             }
             Some(reason) => {
+                let reason = match fatal {
+                    Some((code, fatal)) => {
+                        format!("fatal producer error {code:?} ({fatal}); {reason}")
+                    }
+                    None => reason,
+                };
+                // A fatal producer error is logged when the next delivery rebuilds the producer.
                 self.topics_ready.store(false, Ordering::Relaxed);
-                if let Some((code, fatal)) = self.producer().client().fatal_error() {
-                    tracing::error!(%code, fatal, "kafka producer fatal error; it is rebuilt before the next delivery");
-                }
                 Err(undelivered(delivered, reason))
             }
         }

@@ -1,6 +1,7 @@
 //! `KafkaSink` against a real Kafka-protocol broker (tansu 0.6.0, started by edge-testinfra):
 //! topic creation, a batch read back with a real consumer, a broker restart in the middle of a
-//! delivery, and a sink that starts while the broker is down.
+//! delivery, a broker that forgets the producer id (fatal error, producer rebuilt), and a sink
+//! that starts while the broker is down.
 
 use edge_events::{EventKind, Record, Sink, Topics};
 use edge_kafka::{Health, KafkaConfig, KafkaSink};
@@ -12,7 +13,7 @@ use rdkafka::{
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -140,6 +141,8 @@ fn assert_exactly_once(sent: &[Record], got: &[Consumed]) {
 async fn topics_are_created_idempotently() {
     init_tracing();
     let broker = Tansu::start();
+    // One topic exists already (created with tansu's own CLI).
+    tokio::task::block_in_place(|| broker.create_topics(&["stream.start"], 3));
     let sink = KafkaSink::new(config(broker.bootstrap())).expect("sink");
     sink.ensure_topics().await.expect("create topics");
     sink.ensure_topics().await.expect("create topics again");
@@ -184,25 +187,51 @@ async fn batch_of_300_is_read_back_exactly() {
 
 const STOP_DELAY_MS: u64 = 100;
 
+/// Progress of [`ship`]: finished batches and the failures so far.
+#[derive(Default)]
+struct Shipped {
+    batches: AtomicUsize,
+    failures: Mutex<Vec<String>>,
+}
+
+impl Shipped {
+    fn batches(&self) -> usize {
+        self.batches.load(Ordering::SeqCst)
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.failures.lock().expect("failures").clone()
+    }
+
+    async fn wait_for(&self, batches: usize) {
+        let started = Instant::now();
+        while self.batches() < batches {
+            assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
 /// What the shipper does: batches back to back; after a failure, the undelivered rest again.
-/// Counts finished batches in `progress`; returns the failures.
 fn ship(
     sink: Arc<KafkaSink>,
     batches: Vec<Vec<Record>>,
-    progress: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<Vec<String>> {
+    shipped: Arc<Shipped>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut failures = Vec::new();
         for batch in batches {
             let mut rest = &batch[..];
             while let Err(e) = sink.deliver(rest).await {
-                failures.push(e.to_string());
+                shipped
+                    .failures
+                    .lock()
+                    .expect("failures")
+                    .push(e.to_string());
                 rest = &rest[e.delivered..];
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            progress.fetch_add(1, Ordering::SeqCst);
+            shipped.batches.fetch_add(1, Ordering::SeqCst);
         }
-        failures
     })
 }
 
@@ -214,20 +243,17 @@ async fn broker_restart_mid_delivery_loses_and_duplicates_nothing() {
     let s3 = S3::start("tansu");
     let mut broker = Tansu::start_persistent(&s3);
     let sink = Arc::new(KafkaSink::new(config(broker.bootstrap())).expect("sink"));
-    let sent = records(1, 30_000);
+    let sent = records(1, 12_000);
     let batches: Vec<Vec<Record>> = sent.chunks(500).map(<[Record]>::to_vec).collect();
-    let progress = Arc::new(AtomicUsize::new(0));
+    let shipped = Arc::new(Shipped::default());
     let started = Instant::now();
-    let shipper = ship(sink.clone(), batches, progress.clone());
-    while progress.load(Ordering::SeqCst) < 3 {
-        assert!(started.elapsed() < Duration::from_secs(30), "no progress");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let shipper = ship(sink.clone(), batches, shipped.clone());
+    shipped.wait_for(3).await;
     // A batch takes 100-300 ms against tansu on s3s-fs: produce requests are in flight now.
     tokio::time::sleep(Duration::from_millis(STOP_DELAY_MS)).await;
     let stopping = Instant::now();
     tokio::task::block_in_place(|| broker.stop());
-    let at_stop = progress.load(Ordering::SeqCst);
+    let at_stop = shipped.batches();
     eprintln!(
         "stopped the broker after {at_stop} batches, {:?} (the stop took {:?})",
         started.elapsed(),
@@ -239,21 +265,28 @@ async fn broker_restart_mid_delivery_loses_and_duplicates_nothing() {
         "deliver must wait while the broker is down"
     );
     assert!(
-        progress.load(Ordering::SeqCst) <= at_stop + 1,
+        shipped.batches() <= at_stop + 1,
         "batches acknowledged without a broker"
     );
 
     let restarted = Instant::now();
     tokio::task::block_in_place(|| broker.restart());
-    let failures = tokio::time::timeout(Duration::from_secs(120), shipper)
+    shipped.wait_for(at_stop + 1).await;
+    eprintln!(
+        "the interrupted batch was acknowledged {:?} after the restart",
+        restarted.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(120), shipper)
         .await
         .expect("everything delivered within 120 s of the restart")
         .expect("shipper task");
+    let failures = shipped.failures();
     eprintln!(
-        "all 60 batches delivered {:?} after the restart ({:?} in all); failures: {failures:?}",
+        "all 24 batches delivered {:?} after the restart ({:?} in all); failures: {failures:?}",
         restarted.elapsed(),
         started.elapsed()
     );
+    assert!(failures.is_empty(), "{failures:?}");
     let got = read_back(&broker.bootstrap(), sent.len(), Duration::from_secs(60)).await;
     assert_exactly_once(&sent, &got);
 }
@@ -299,4 +332,59 @@ async fn sink_created_while_the_broker_is_down_works_once_it_is_up() {
     eprintln!("delivered {:?} after the broker started", up.elapsed());
     let got = read_back(&broker.bootstrap(), batch.len(), Duration::from_secs(20)).await;
     assert_exactly_once(&batch, &got);
+}
+
+/// A broker that forgets everything across a restart (its bucket emptied while it is down, as
+/// `memory://` storage does): the retried in-flight batches get `UNKNOWN_PRODUCER_ID`, which
+/// librdkafka makes a fatal error; the sink reports the failure, builds a new producer,
+/// re-creates the topics and delivers the rest. When no produce request happened to be in flight
+/// at the stop, librdkafka just takes a new producer id (no fatal error): then again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgotten_producer_id_is_fatal_and_the_producer_is_rebuilt() {
+    init_tracing();
+    let s3 = S3::start("tansu");
+    let mut broker = Tansu::start_persistent(&s3);
+    let sink = Arc::new(KafkaSink::new(config(broker.bootstrap())).expect("sink"));
+    let sent = records(1, 15_000);
+    let batches: Vec<Vec<Record>> = sent.chunks(500).map(<[Record]>::to_vec).collect();
+    let shipped = Arc::new(Shipped::default());
+    let shipper = ship(sink.clone(), batches, shipped.clone());
+    let mut at_stop = 0;
+    for cycle in 1..=5 {
+        shipped.wait_for(at_stop + 3).await;
+        tokio::time::sleep(Duration::from_millis(STOP_DELAY_MS)).await;
+        tokio::task::block_in_place(|| broker.stop());
+        at_stop = shipped.batches();
+        let bucket = s3.root().join("tansu");
+        std::fs::remove_dir_all(&bucket).expect("empty the bucket");
+        std::fs::create_dir_all(&bucket).expect("bucket dir");
+        let restarted = Instant::now();
+        tokio::task::block_in_place(|| broker.restart());
+        shipped.wait_for(at_stop + 1).await;
+        let failures = shipped.failures();
+        eprintln!(
+            "cycle {cycle}: stopped after {at_stop} batches, the interrupted one done {:?} after the restart; failures: {failures:?}",
+            restarted.elapsed()
+        );
+        if failures.iter().any(|f| f.contains("fatal producer error")) {
+            break;
+        }
+    }
+    let failures = shipped.failures();
+    assert!(
+        failures.iter().any(|f| f.contains("UnknownProducerId")),
+        "no fatal UNKNOWN_PRODUCER_ID in 5 restarts: {failures:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(120), shipper)
+        .await
+        .expect("everything delivered within 120 s")
+        .expect("shipper task");
+    // Batches after the interrupted one were sent to the new broker only: all there, once.
+    let after = &sent[(at_stop + 1) * 500..];
+    let got = read_back(&broker.bootstrap(), after.len(), Duration::from_secs(60)).await;
+    let got: Vec<Consumed> = got
+        .into_iter()
+        .filter(|c| c.header("event-id").and_then(|i| i.parse::<u64>().ok()) >= Some(after[0].seq))
+        .collect();
+    assert_exactly_once(after, &got);
 }
