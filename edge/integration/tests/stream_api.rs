@@ -53,18 +53,9 @@ async fn call(
 }
 
 async fn spooled(edge: &TestEdge) -> Vec<Value> {
-    let mut out = Vec::new();
-    let opts = edge_events::TailOptions {
-        last: None,
-        follow: false,
-        kind: None,
-    };
-    edge_events::tail(&edge.data.path().join("events"), opts, &mut out)
+    spooled_raw(edge)
         .await
-        .unwrap();
-    String::from_utf8(out)
-        .unwrap()
-        .lines()
+        .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }

@@ -7,13 +7,13 @@
 //! only the first of each interval is published as a `stream.progress` event; the latest of the
 //! rest is published when the interval ends ([`Progress::spawn_trailing`]).
 
-use crate::store::{Position, ProgressStore, StoreError, ViewerKey};
+use crate::store::{Position, ProgressStore, StoreError, ViewerKey, epoch_ms};
 use edge_events::{EventKind, NewRecord, ProgressUpdate, Record, Spool, SpoolError, StreamStop};
 use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime},
 };
 use tokio::sync::watch;
 
@@ -29,11 +29,6 @@ pub struct Progress {
     min_interval: Duration,
     pending: Mutex<HashMap<ViewerKey, Position>>,
     gates: Mutex<HashMap<ViewerKey, Gate>>,
-}
-
-fn ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Progress {
@@ -98,7 +93,7 @@ impl Progress {
         let p = Position {
             position_seconds: position,
             last_watched_at: event.timestamp,
-            at_ms: ms(now),
+            at_ms: epoch_ms(now),
         };
         self.remember(viewer, p.clone());
         Ok(p)
@@ -114,7 +109,7 @@ impl Progress {
             Position {
                 position_seconds: event.position_seconds,
                 last_watched_at: event.timestamp.clone(),
-                at_ms: ms(SystemTime::now()),
+                at_ms: epoch_ms(SystemTime::now()),
             },
         );
     }

@@ -4,7 +4,7 @@
 
 use edge_kv::{Kv, Scope};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// One viewing session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,12 +34,6 @@ pub struct Session {
 pub struct Sessions {
     kv: Kv,
     ttl: Duration,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn active_key(user: &str, movie: &str) -> String {
@@ -76,7 +70,7 @@ impl Sessions {
             duration_seconds: None,
             user_agent: ua,
             ip_address: ip.to_owned(),
-            started_ms: now_ms(),
+            started_ms: crate::store::epoch_ms(SystemTime::now()),
         };
         self.save(&s).await;
         self.write(&active_key(user, movie), &s.id, self.ttl).await;
@@ -100,7 +94,8 @@ impl Sessions {
         let mut s: Session = serde_json::from_str(&self.read(&session_key(&id)).await?).ok()?;
         let now = SystemTime::now();
         s.ended_at = Some(edge_events::timestamp(now));
-        s.duration_seconds = Some(now_ms().saturating_sub(s.started_ms) / 1000);
+        s.duration_seconds =
+            Some(crate::store::epoch_ms(SystemTime::now()).saturating_sub(s.started_ms) / 1000);
         self.save(&s).await;
         self.write(&active_key(user, movie), "", Duration::from_secs(1))
             .await;

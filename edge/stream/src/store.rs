@@ -113,9 +113,10 @@ impl ProgressStore for RedisProgress {
     }
 
     async fn put(&self, entries: &[(ViewerKey, Position)]) -> Result<(), StoreError> {
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(PUT_NEWER));
         for chunk in entries.chunks(256) {
-            let script = redis::Script::new(PUT_NEWER);
-            let mut inv = script.prepare_invoke();
+            let mut inv = SCRIPT.prepare_invoke();
             for ((user, movie), p) in chunk {
                 inv.key(redis_key(user, movie))
                     .arg(p.position_seconds)
@@ -150,10 +151,14 @@ struct Entry {
     position: Position,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+/// `at` in milliseconds since the Unix epoch.
+pub(crate) fn epoch_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn now_ms() -> u64 {
+    epoch_ms(SystemTime::now())
 }
 
 impl LocalProgress {
