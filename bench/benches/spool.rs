@@ -1,15 +1,16 @@
 //! Cost of the events spool on this machine's disk (a temporary directory): `append` throughput
 //! with 1 and 64 concurrent appenders under each fsync policy (time per append: with 64
-//! appenders, group commit shares each write and fdatasync), and the cost of `emit` on the
-//! request path (queueing only; the writer drains between measured chunks).
+//! appenders, group commit shares each write and fdatasync), the cost of `emit` on the
+//! request path (queueing only; the writer drains between measured chunks), and of a whole
+//! `cache.fill` event as `Tiers::fill` records it (build, timestamp, serialize, emit).
 //!
 //! `cargo bench -p edge-bench --bench spool`
 
 #![allow(missing_docs, reason = "criterion_group! generates undocumented items")]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use edge_events::{FsyncPolicy, NewRecord, ProgressUpdate, Spool, SpoolConfig};
-use std::time::{Duration, Instant};
+use edge_events::{CacheFill, FsyncPolicy, NewRecord, ProgressUpdate, Spool, SpoolConfig};
+use std::time::{Duration, Instant, SystemTime};
 
 fn record() -> NewRecord {
     let event = ProgressUpdate {
@@ -108,5 +109,42 @@ fn emit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, append, emit);
+fn cache_fill_event(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(&rt, dir.path(), FsyncPolicy::Always);
+    let key = "vod/movies/demo/fill/part_0042.ts";
+    const CHUNK: u64 = 10_000;
+    c.bench_function("cache_fill_event", |b| {
+        b.iter_custom(|iters| {
+            let mut measured = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(CHUNK);
+                let start = Instant::now();
+                for _ in 0..n {
+                    let fill = CacheFill {
+                        path: key.to_owned(),
+                        source: "origin".to_owned(),
+                        result: "ok".to_owned(),
+                        bytes: 16384,
+                        millis: 1,
+                        timestamp: edge_events::timestamp(SystemTime::now()),
+                    };
+                    assert!(spool.emit(NewRecord::new(&fill, key)), "queue full");
+                }
+                measured += start.elapsed();
+                rt.block_on(spool.flush()).unwrap();
+                left -= n;
+            }
+            measured
+        });
+    });
+}
+
+criterion_group!(benches, append, emit, cache_fill_event);
 criterion_main!(benches);

@@ -70,7 +70,8 @@ impl Default for StreamApiConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Fsync {
     /// Before an append is acknowledged (group commit: one `fdatasync` for every append waiting
-    /// at that moment). Survives power loss.
+    /// at that moment). Survives power loss. Analytics events (`policy.denied`, `cache.fill`)
+    /// have nobody waiting: they are synced within `fsync_interval`, or with the next append.
     Always,
     /// Every `fsync_interval`; appends are acknowledged once written. Survives an edge crash;
     /// power loss may lose the last interval.
@@ -97,7 +98,8 @@ pub struct EventsConfig {
     pub segment_size: ByteSize,
     /// Durability of an acknowledged event. Default `always`.
     pub fsync: Fsync,
-    /// Period of `fsync = "interval"`. Default `1s`.
+    /// Period of `fsync = "interval"`, and the longest an analytics event stays unsynced under
+    /// `fsync = "always"`. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub fsync_interval: Duration,
     /// Also record an event per policy denial and per cache-tier fill (`policy.denied`,

@@ -5,7 +5,9 @@
 //!
 //! Reports of one viewer for one movie closer together than `min_interval` are all kept, but
 //! only the first of each interval is published as a `stream.progress` event; the latest of the
-//! rest is published when the interval ends ([`Progress::spawn_trailing`]).
+//! rest is published when the interval ends ([`Progress::spawn_trailing`]). A coalesced report
+//! still owed its event is not lost to a crash: the applier does not commit its cursor past it,
+//! and after a restart it finds it again in the spool and publishes it when its interval ends.
 
 use crate::store::{Position, ProgressStore, StoreError, ViewerKey, epoch_ms};
 use edge_events::{EventKind, NewRecord, ProgressUpdate, Record, Spool, SpoolError, StreamStop};
@@ -29,6 +31,73 @@ pub struct Progress {
     min_interval: Duration,
     pending: Mutex<HashMap<ViewerKey, Position>>,
     gates: Mutex<HashMap<ViewerKey, Gate>>,
+    /// Records before this sequence number were written by an earlier run.
+    first_seq: u64,
+}
+
+/// Coalesced reports read by the applier whose event is still owed: the first unpublished
+/// progress record per viewer not yet followed by a published one (or a stop).
+#[derive(Default)]
+struct Owed {
+    first: HashMap<ViewerKey, (u64, u64)>,
+    /// Owed by an earlier run: the newest such report per viewer, to publish again.
+    recovered: HashMap<ViewerKey, (String, ProgressUpdate)>,
+}
+
+impl Owed {
+    fn read(&mut self, r: &Record, first_seq: u64) {
+        let (viewer, owed) = match r.kind {
+            EventKind::ProgressUpdate => match r.decode::<ProgressUpdate>() {
+                Some(e) if !r.publish => {
+                    let viewer = (e.user_id.clone(), e.movie_id.clone());
+                    if r.seq < first_seq {
+                        self.recovered.insert(viewer.clone(), (r.key.clone(), e));
+                    }
+                    (viewer, true)
+                }
+                Some(e) => ((e.user_id, e.movie_id), false),
+                None => return,
+            },
+            EventKind::StreamStop => match r.decode::<StreamStop>() {
+                Some(e) => ((e.user_id, e.movie_id), false),
+                None => return,
+            },
+            _ => return,
+        };
+        if owed {
+            self.first.entry(viewer).or_insert((r.seq, r.at_ms));
+        } else {
+            self.recovered.remove(&viewer);
+            self.first.remove(&viewer);
+        }
+    }
+
+    /// Forgets reports whose event should long have followed (its trailing publish failed or
+    /// the viewer stopped meanwhile), judged by the newest record read.
+    fn expire(&mut self, newest_ms: u64, patience: Duration) {
+        let patience = patience.as_millis() as u64;
+        self.first.retain(|viewer, (seq, at)| {
+            let keep = at.saturating_add(patience) >= newest_ms;
+            if !keep {
+                tracing::warn!(
+                    user = viewer.0,
+                    movie = viewer.1,
+                    seq = *seq,
+                    "a coalesced progress event was never published"
+                );
+            }
+            keep
+        });
+    }
+
+    /// The cursor may be committed through the record before the oldest owed one.
+    fn commit_limit(&self, last: u64) -> Option<u64> {
+        match self.first.values().map(|(seq, _)| *seq).min() {
+            None => Some(last),
+            Some(0) => None,
+            Some(seq) => Some(last.min(seq - 1)),
+        }
+    }
 }
 
 impl Progress {
@@ -36,10 +105,11 @@ impl Progress {
     pub fn new(store: Arc<dyn ProgressStore>, spool: Spool, min_interval: Duration) -> Self {
         Self {
             store,
-            spool,
             min_interval,
             pending: Mutex::new(HashMap::new()),
             gates: Mutex::new(HashMap::new()),
+            first_seq: spool.stats().next_seq,
+            spool,
         }
     }
 
@@ -158,13 +228,34 @@ impl Progress {
             });
             due
         };
-        let n = due.len();
+        let mut n = 0;
         for (key, event) in due {
-            if let Err(e) = self.spool.append(NewRecord::new(&event, key)).await {
-                tracing::warn!(error = %e, user = event.user_id, movie = event.movie_id, "coalesced progress not published (the position itself is kept)");
+            match self.spool.append(NewRecord::new(&event, key.clone())).await {
+                Ok(_) => n += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, user = event.user_id, movie = event.movie_id, "coalesced progress event not appended; retrying");
+                    let viewer = (event.user_id.clone(), event.movie_id.clone());
+                    if let Some(g) = self.gates.lock().get_mut(&viewer)
+                        && g.trailing.is_none()
+                    {
+                        g.trailing = Some((key, event));
+                    }
+                }
             }
         }
         n
+    }
+
+    /// Takes over coalesced reports an earlier run still owed an event: each is published when
+    /// an interval from now ends, unless this run has already recorded the viewer again.
+    fn adopt(&self, recovered: impl IntoIterator<Item = (ViewerKey, (String, ProgressUpdate))>) {
+        let mut gates = self.gates.lock();
+        for (viewer, trailing) in recovered {
+            gates.entry(viewer).or_insert_with(|| Gate {
+                last_published: Instant::now(),
+                trailing: Some(trailing),
+            });
+        }
     }
 
     /// Publishes coalesced reports as their intervals end, until `stop`; then publishes what is
@@ -202,6 +293,8 @@ impl Progress {
             let mut uncommitted: Option<u64> = None;
             let mut last_checkpoint = Instant::now();
             let every = self.store.checkpoint_every();
+            let mut owed = Owed::default();
+            let patience = self.min_interval * 3 + Duration::from_secs(30);
             loop {
                 let wait = if uncommitted.is_some() {
                     every.saturating_sub(last_checkpoint.elapsed())
@@ -215,9 +308,17 @@ impl Progress {
                 };
                 match batch {
                     Some(Ok(batch)) => {
-                        let Some(last) = batch.last().map(|r| r.seq) else {
+                        let Some(last) = batch.last() else {
                             continue;
                         };
+                        let (last, newest_ms) = (last.seq, last.at_ms);
+                        for r in &batch {
+                            owed.read(r, self.first_seq);
+                        }
+                        owed.expire(newest_ms, patience);
+                        if last + 1 >= self.first_seq {
+                            self.adopt(owed.recovered.drain());
+                        }
                         let fold = fold(&batch);
                         for (viewer, p) in &fold {
                             self.remember(viewer.clone(), p.clone());
@@ -225,7 +326,7 @@ impl Progress {
                         if !self.apply(&fold, &mut stop).await {
                             break;
                         }
-                        uncommitted = Some(last);
+                        uncommitted = owed.commit_limit(last).or(uncommitted);
                     }
                     Some(Err(e)) => {
                         tracing::error!(error = %e, "progress applier cannot read the spool");

@@ -30,7 +30,8 @@ const QUEUE: usize = 64 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncPolicy {
     /// `append` returns after an fdatasync covering its record. Appends that arrive while the
-    /// writer syncs share the next write and sync (group commit).
+    /// writer syncs share the next write and sync (group commit). Emitted records, which nobody
+    /// waits for, are synced with the next append or within [`SpoolConfig::fsync_interval`].
     #[default]
     Always,
     /// `append` returns after `write(2)`; the writer fdatasyncs at most
@@ -56,7 +57,8 @@ pub struct SpoolConfig {
     pub segment_bytes: u64,
     /// When an acknowledged record is durable.
     pub fsync: FsyncPolicy,
-    /// Longest time written records stay unsynced under [`FsyncPolicy::Interval`].
+    /// Longest time written records stay unsynced under [`FsyncPolicy::Interval`] (and emitted
+    /// ones under [`FsyncPolicy::Always`]).
     pub fsync_interval: Duration,
     /// Backlog / `max_backlog` from which a warning is logged (at most once per 10 s).
     pub warn_ratio: f64,
@@ -106,6 +108,8 @@ struct Inner {
     tx: Option<mpsc::SyncSender<Msg>>,
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Woken when a message somebody waits for is queued (it may be lingering on emits).
+    writer_thread: std::thread::Thread,
 }
 
 impl Drop for Inner {
@@ -167,6 +171,7 @@ impl Spool {
             inner: Arc::new(Inner {
                 tx: Some(tx),
                 shared,
+                writer_thread: handle.thread().clone(),
                 writer: Mutex::new(Some(handle)),
             }),
         })
@@ -191,6 +196,9 @@ impl Spool {
 
     /// Queues `rec` without waiting (analytics on the request path): `false`, counted in
     /// `edge_events_dropped_total`, when the backlog is at its limit or the writer's queue is full.
+    /// The writer lets emitted records gather for a few milliseconds before it writes them (an
+    /// append or a flush ends that at once), so a stream of emits costs one `write` per batch,
+    /// not one wake-up and one `write` each.
     pub fn emit(&self, rec: NewRecord) -> bool {
         let kind = rec.kind;
         let why = if self.over_limit().is_some() {
@@ -254,19 +262,22 @@ impl Spool {
             .then_some(SpoolError::Full { backlog, limit })
     }
 
+    /// Queues a message somebody waits for and wakes the writer.
     async fn send(&self, msg: Msg) -> Result<(), SpoolError> {
         let tx = self.inner.tx.as_ref().ok_or(SpoolError::Closed)?;
         match tx.try_send(msg) {
-            Ok(()) => Ok(()),
-            Err(mpsc::TrySendError::Disconnected(_)) => Err(SpoolError::Closed),
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(SpoolError::Closed),
             Err(mpsc::TrySendError::Full(msg)) => {
                 // The queue is full: wait for room on a blocking thread, not on this one.
                 let tx = tx.clone();
                 tokio::task::spawn_blocking(move || tx.send(msg))
                     .await
                     .map_err(join_error)?
-                    .map_err(|_| SpoolError::Closed)
+                    .map_err(|_| SpoolError::Closed)?;
             }
         }
+        self.inner.writer_thread.unpark();
+        Ok(())
     }
 }

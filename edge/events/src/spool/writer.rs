@@ -1,6 +1,8 @@
 //! The writer: one thread owning the active segment. It takes everything queued (appends,
 //! emits, flushes) into one buffer, writes it with one `write`, syncs once per the policy and
-//! then answers every waiter (group commit).
+//! then answers every waiter (group commit). Under `Always` only a batch somebody waits for is
+//! synced at once; emitted records alone are synced within the interval, as under `Interval`.
+//! A batch that starts with an emitted record lingers briefly to gather more.
 
 use super::{
     FsyncPolicy,
@@ -20,6 +22,9 @@ use tracing::{error, warn};
 
 /// A batch stops collecting at this many bytes.
 const BATCH_BYTES: usize = 4 << 20;
+/// How long a batch that starts with an emitted record waits for more (unless an append or a
+/// flush arrives): one write and one wake-up per batch instead of per record.
+const LINGER: Duration = Duration::from_millis(20);
 /// At most one backlog warning per this.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -103,7 +108,7 @@ impl Writer {
         let interval = self.shared.cfg.fsync_interval;
         loop {
             let msg = match self.unsynced_since {
-                Some(since) if policy == FsyncPolicy::Interval => {
+                Some(since) if policy != FsyncPolicy::Never => {
                     let wait = (since + interval).saturating_duration_since(Instant::now());
                     match self.rx.recv_timeout(wait) {
                         Ok(msg) => msg,
@@ -122,6 +127,9 @@ impl Writer {
             self.now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
+            if matches!(msg, Msg::Emit(_)) {
+                std::thread::park_timeout(LINGER);
+            }
             self.handle(msg);
             while self.buf.len() < BATCH_BYTES {
                 match self.rx.try_recv() {
@@ -131,7 +139,7 @@ impl Writer {
             }
             self.finish_chunk();
             self.answer_flushes();
-            if policy == FsyncPolicy::Interval
+            if policy != FsyncPolicy::Never
                 && self.unsynced_since.is_some_and(|t| t.elapsed() >= interval)
             {
                 self.sync_logged();
@@ -216,9 +224,9 @@ impl Writer {
             return;
         }
         match self.write_buf() {
-            Ok(()) => {
+            Ok(synced) => {
                 self.seg_len += self.buf.len() as u64;
-                if self.shared.cfg.fsync != FsyncPolicy::Always {
+                if !synced {
                     self.unsynced_since.get_or_insert_with(Instant::now);
                 }
                 {
@@ -263,7 +271,8 @@ impl Writer {
         self.buf.clear();
     }
 
-    fn write_buf(&mut self) -> io::Result<()> {
+    /// Writes the buffer; true when it was also synced.
+    fn write_buf(&mut self) -> io::Result<bool> {
         #[cfg(test)]
         if self
             .shared
@@ -276,10 +285,12 @@ impl Writer {
             return Err(io::Error::other("injected write failure"));
         }
         self.file.write_all(&self.buf)?;
-        if self.shared.cfg.fsync == FsyncPolicy::Always {
+        let awaited = self.waiters.iter().any(|w| w.tx.is_some());
+        if self.shared.cfg.fsync == FsyncPolicy::Always && awaited {
             self.sync()?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     fn sync(&mut self) -> io::Result<()> {

@@ -170,6 +170,53 @@ async fn every_policy_appends_emits_and_flushes() {
 }
 
 #[tokio::test]
+async fn under_always_emits_are_synced_with_the_next_append_or_within_the_interval() {
+    let fsyncs = |spool: &Spool| spool.shared().fsyncs.load(Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(
+        SpoolConfig {
+            fsync_interval: Duration::from_secs(3600),
+            ..cfg(dir.path())
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let mut cursor = spool.cursor("local").unwrap();
+    for i in 1..=50 {
+        assert!(spool.emit(progress(i)));
+    }
+    read_n(&mut cursor, 50).await;
+    assert_eq!(fsyncs(&spool), 0, "written, nobody waits: not synced yet");
+    spool.append(progress(51)).await.unwrap();
+    assert_eq!(
+        fsyncs(&spool),
+        1,
+        "the append's sync covers the emits before it"
+    );
+    drop((cursor, spool));
+
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(
+        SpoolConfig {
+            fsync_interval: Duration::from_millis(20),
+            ..cfg(dir.path())
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(spool.emit(progress(1)));
+    tokio::time::timeout(PATIENCE, async {
+        while fsyncs(&spool) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the interval timer syncs emitted records");
+}
+
+#[tokio::test]
 async fn backlog_limit_refuses_records_until_a_commit() {
     let dir = tempfile::tempdir().unwrap();
     let registry = prometheus::Registry::new();
