@@ -37,11 +37,7 @@ fn open(rt: &tokio::runtime::Runtime, dir: &std::path::Path, fsync: FsyncPolicy)
 }
 
 fn append(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let mut group = c.benchmark_group("spool_append");
     group.throughput(Throughput::Elements(1));
     for fsync in [
@@ -80,51 +76,60 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-fn emit(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `iters` emits in chunks the writer can queue, timing only `timed(n)` (which emits `n`
+/// records); the spool is flushed between chunks, outside the measurement.
+fn chunked(
+    rt: &tokio::runtime::Runtime,
+    spool: &Spool,
+    iters: u64,
+    mut timed: impl FnMut(u64) -> Duration,
+) -> Duration {
+    const CHUNK: u64 = 10_000;
+    let mut measured = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        measured += timed(n);
+        rt.block_on(spool.flush()).unwrap();
+        left -= n;
+    }
+    measured
+}
+
+fn emit(c: &mut Criterion) {
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let spool = open(&rt, dir.path(), FsyncPolicy::Never);
-    const CHUNK: u64 = 10_000;
     c.bench_function("spool_emit", |b| {
         b.iter_custom(|iters| {
-            let mut measured = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK);
+            chunked(&rt, &spool, iters, |n| {
                 let records: Vec<NewRecord> = (0..n).map(|_| record()).collect();
                 let start = Instant::now();
                 for r in records {
                     assert!(spool.emit(r), "queue full: the writer fell behind");
                 }
-                measured += start.elapsed();
-                rt.block_on(spool.flush()).unwrap();
-                left -= n;
-            }
-            measured
+                start.elapsed()
+            })
         });
     });
 }
 
 fn cache_fill_event(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let spool = open(&rt, dir.path(), FsyncPolicy::Always);
     let key = "vod/movies/demo/fill/part_0042.ts";
-    const CHUNK: u64 = 10_000;
     c.bench_function("cache_fill_event", |b| {
         b.iter_custom(|iters| {
-            let mut measured = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(CHUNK);
+            chunked(&rt, &spool, iters, |n| {
                 let start = Instant::now();
                 for _ in 0..n {
                     let fill = CacheFill {
@@ -137,11 +142,8 @@ fn cache_fill_event(c: &mut Criterion) {
                     };
                     assert!(spool.emit(NewRecord::new(&fill, key)), "queue full");
                 }
-                measured += start.elapsed();
-                rt.block_on(spool.flush()).unwrap();
-                left -= n;
-            }
-            measured
+                start.elapsed()
+            })
         });
     });
 }

@@ -34,16 +34,16 @@ struct Run {
     tasks: Vec<JoinHandle<()>>,
 }
 
+async fn open_spool(dir: &Path) -> Spool {
+    let cfg = SpoolConfig {
+        dir: dir.join("events"),
+        ..SpoolConfig::default()
+    };
+    Spool::open(cfg, None).await.unwrap()
+}
+
 async fn start(dir: &Path) -> Run {
-    let spool = Spool::open(
-        SpoolConfig {
-            dir: dir.join("events"),
-            ..SpoolConfig::default()
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    let spool = open_spool(dir).await;
     let store = LocalProgress::open(dir.join("progress.json"), Duration::from_secs(3600)).unwrap();
     let progress = Arc::new(Progress::new(
         Arc::new(EveryBatch(store)),
@@ -84,15 +84,7 @@ impl Run {
 
 /// Positions of the published `stream.progress` records, in spool order.
 async fn published(dir: &Path) -> Vec<u64> {
-    let spool = Spool::open(
-        SpoolConfig {
-            dir: dir.join("events"),
-            ..SpoolConfig::default()
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    let spool = open_spool(dir).await;
     let end = spool.stats().next_seq;
     let mut cursor = spool.cursor("check").unwrap();
     let mut records: Vec<Record> = Vec::new();
