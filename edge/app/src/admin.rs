@@ -4,7 +4,7 @@ use crate::policies::PolicyControl;
 use bytes::Bytes;
 use edge_origin::Origin;
 use edge_pipeline::{EdgeRequest, EdgeResponse, Handler, Pipeline};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use std::sync::{
     Arc,
@@ -178,18 +178,18 @@ impl Admin {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        respond(status, "application/json", Bytes::from(body.to_string()))
+        EdgeResponse::uncached(status, "application/json", Bytes::from(body.to_string()))
     }
 
     fn metrics(&self) -> EdgeResponse {
         let mut buf = Vec::new();
         match TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            Ok(()) => respond(
+            Ok(()) => EdgeResponse::uncached(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
                 Bytes::from(buf),
             ),
-            Err(e) => respond(
+            Err(e) => EdgeResponse::uncached(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "text/plain",
                 Bytes::from(e.to_string()),
@@ -199,22 +199,11 @@ impl Admin {
 }
 
 fn text(status: StatusCode, body: &'static str) -> EdgeResponse {
-    respond(status, "text/plain", Bytes::from_static(body.as_bytes()))
+    EdgeResponse::uncached(status, "text/plain", body)
 }
 
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> EdgeResponse {
-    respond(status, "application/json", Bytes::from(value.to_string()))
-}
-
-fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> EdgeResponse {
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    EdgeResponse {
-        status,
-        headers,
-        body,
-    }
+    EdgeResponse::json(status, value.to_string())
 }
 
 #[async_trait::async_trait]
@@ -248,18 +237,20 @@ impl Handler for Admin {
             };
         }
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
-            return respond(
+            return EdgeResponse::uncached(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain",
                 Bytes::from_static(b"method not allowed\n"),
             );
         }
         match req.path.as_str() {
-            "/health/live" => respond(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-            "/health/ready" if self.ready.load(Ordering::SeqCst) => {
-                respond(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+            "/health/live" => {
+                EdgeResponse::uncached(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"))
             }
-            "/health/ready" => respond(
+            "/health/ready" if self.ready.load(Ordering::SeqCst) => {
+                EdgeResponse::uncached(StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+            }
+            "/health/ready" => EdgeResponse::uncached(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 Bytes::from_static(b"not ready\n"),
@@ -267,7 +258,7 @@ impl Handler for Admin {
             "/health" => self.health().await,
             "/metrics" => self.metrics(),
             "/admin/policies" => json(StatusCode::OK, &self.policies.status()),
-            _ => respond(
+            _ => EdgeResponse::uncached(
                 StatusCode::NOT_FOUND,
                 "text/plain",
                 Bytes::from_static(b"not found\n"),

@@ -91,6 +91,30 @@ pub struct EdgeResponse {
     pub body: Bytes,
 }
 
+impl EdgeResponse {
+    /// A response the edge makes itself (errors, JSON APIs, health): `content_type`, never
+    /// cached (`Cache-Control: no-store`).
+    pub fn uncached(
+        status: StatusCode,
+        content_type: &'static str,
+        body: impl Into<Bytes>,
+    ) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Self {
+            status,
+            headers,
+            body: body.into(),
+        }
+    }
+
+    /// [`EdgeResponse::uncached`] JSON.
+    pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Self {
+        Self::uncached(status, "application/json", body)
+    }
+}
+
 /// Where the pipeline records analytics events (`policy.denied`, `cache.fill`). Called on the
 /// request path: must not block or wait (the edge's spool queues the record).
 pub trait EventSink: Send + Sync + 'static {
@@ -417,14 +441,14 @@ impl Pipeline {
             return (String::new(), respond::error(404, "no_route", &[]));
         };
         let route_name = route.name().to_owned();
+        let info = RequestInfo {
+            method: req.method.as_str(),
+            path: &path,
+            query: &req.query,
+            headers: &req.headers,
+            client_addr: req.client_addr,
+        };
         if let Some(m) = mount {
-            let info = RequestInfo {
-                method: req.method.as_str(),
-                path: &path,
-                query: &req.query,
-                headers: &req.headers,
-                client_addr: req.client_addr,
-            };
             let outcome = route.run(&info).await;
             drop(router);
             let response = match outcome {
@@ -451,13 +475,6 @@ impl Pipeline {
                 route_name,
                 respond::error(404, "unsupported_media_type", &[]),
             );
-        };
-        let info = RequestInfo {
-            method: req.method.as_str(),
-            path: &path,
-            query: &req.query,
-            headers: &req.headers,
-            client_addr: req.client_addr,
         };
         let (response_headers, propagate) = match route.run(&info).await {
             Outcome::Allow {

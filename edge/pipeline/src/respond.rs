@@ -10,21 +10,12 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 pub(crate) fn error(status: u16, reason: &str, extra: &[(String, String)]) -> EdgeResponse {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json_like(status.canonical_reason().unwrap_or("error"), reason);
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut r = EdgeResponse::json(status, body);
     if let Ok(v) = HeaderValue::from_str(reason) {
-        headers.insert("x-edge-reason", v);
+        r.headers.insert("x-edge-reason", v);
     }
-    add_headers(&mut headers, extra);
-    EdgeResponse {
-        status,
-        headers,
-        body: Bytes::from(body),
-    }
+    add_headers(&mut r.headers, extra);
+    r
 }
 
 /// Reasons are short ASCII codes chosen by the edge or a policy; anything else is escaped.

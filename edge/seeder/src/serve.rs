@@ -6,7 +6,6 @@ use crate::{
     metrics::Outcome,
     pull::PullError,
 };
-use bytes::Bytes;
 use edge_directory::SegmentRef;
 use edge_origin::OriginError;
 use edge_pipeline::{EdgeRequest, EdgeResponse, Handler, classify, normalize};
@@ -16,23 +15,9 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 /// `"ready":false` before the first scan finished and after shutdown.
 pub const HEALTH_PATH: &str = "/_seeder/health";
 
-fn json(status: StatusCode, body: String) -> EdgeResponse {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    EdgeResponse {
-        status,
-        headers,
-        body: Bytes::from(body),
-    }
-}
-
 /// `{"error":"<code>"}`.
 fn error(status: StatusCode, code: &str) -> EdgeResponse {
-    json(status, serde_json::json!({ "error": code }).to_string())
+    EdgeResponse::json(status, serde_json::json!({ "error": code }).to_string())
 }
 
 impl Seeder {
@@ -53,7 +38,7 @@ impl Seeder {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        json(status, body.to_string())
+        EdgeResponse::json(status, body.to_string())
     }
 
     fn object(&self, path: &str, body: &Body, x_cache: &'static str) -> EdgeResponse {
@@ -93,7 +78,7 @@ impl Seeder {
                 let body = serde_json::json!({ "error": "bad_request", "reason": e.reason() });
                 return (
                     Some(Outcome::Error),
-                    json(StatusCode::BAD_REQUEST, body.to_string()),
+                    EdgeResponse::json(StatusCode::BAD_REQUEST, body.to_string()),
                 );
             }
         };

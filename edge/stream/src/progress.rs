@@ -45,30 +45,20 @@ struct Owed {
 }
 
 impl Owed {
-    fn read(&mut self, r: &Record, first_seq: u64) {
-        let (viewer, owed) = match r.kind {
-            EventKind::ProgressUpdate => match r.decode::<ProgressUpdate>() {
-                Some(e) if !r.publish => {
-                    let viewer = (e.user_id.clone(), e.movie_id.clone());
-                    if r.seq < first_seq {
-                        self.recovered.insert(viewer.clone(), (r.key.clone(), e));
-                    }
-                    (viewer, true)
+    fn read(&mut self, r: &Record, report: &Report, first_seq: u64) {
+        let viewer = &report.viewer;
+        match &report.progress {
+            Some(e) if !r.publish => {
+                if r.seq < first_seq {
+                    self.recovered
+                        .insert(viewer.clone(), (r.key.clone(), e.clone()));
                 }
-                Some(e) => ((e.user_id, e.movie_id), false),
-                None => return,
-            },
-            EventKind::StreamStop => match r.decode::<StreamStop>() {
-                Some(e) => ((e.user_id, e.movie_id), false),
-                None => return,
-            },
-            _ => return,
-        };
-        if owed {
-            self.first.entry(viewer).or_insert((r.seq, r.at_ms));
-        } else {
-            self.recovered.remove(&viewer);
-            self.first.remove(&viewer);
+                self.first.entry(viewer.clone()).or_insert((r.seq, r.at_ms));
+            }
+            _ => {
+                self.recovered.remove(viewer);
+                self.first.remove(viewer);
+            }
         }
     }
 
@@ -312,14 +302,18 @@ impl Progress {
                             continue;
                         };
                         let (last, newest_ms) = (last.seq, last.at_ms);
-                        for r in &batch {
-                            owed.read(r, self.first_seq);
+                        let reports: Vec<(&Record, Report)> = batch
+                            .iter()
+                            .filter_map(|r| Some((r, Report::decode(r)?)))
+                            .collect();
+                        for (r, report) in &reports {
+                            owed.read(r, report, self.first_seq);
                         }
                         owed.expire(newest_ms, patience);
                         if last + 1 >= self.first_seq {
                             self.adopt(owed.recovered.drain());
                         }
-                        let fold = fold(&batch);
+                        let fold = fold(reports.into_iter().map(|(_, report)| report));
                         for (viewer, p) in &fold {
                             self.remember(viewer.clone(), p.clone());
                         }
@@ -407,30 +401,57 @@ impl Progress {
     }
 }
 
-/// The newest position per viewer among the progress and stop records of `batch`.
-fn fold(batch: &[Record]) -> Vec<(ViewerKey, Position)> {
+/// A progress or stop record of the spool, decoded once for the applier.
+struct Report {
+    viewer: ViewerKey,
+    position: Position,
+    /// The event of a progress record (`None` for a stop).
+    progress: Option<ProgressUpdate>,
+}
+
+impl Report {
+    fn decode(r: &Record) -> Option<Report> {
+        let (user, movie, position_seconds, at, progress) = match r.kind {
+            EventKind::ProgressUpdate => {
+                let e = r.decode::<ProgressUpdate>()?;
+                let (user, movie) = (e.user_id.clone(), e.movie_id.clone());
+                (
+                    user,
+                    movie,
+                    e.position_seconds,
+                    e.timestamp.clone(),
+                    Some(e),
+                )
+            }
+            EventKind::StreamStop => {
+                let e = r.decode::<StreamStop>()?;
+                (e.user_id, e.movie_id, e.position_seconds, e.timestamp, None)
+            }
+            _ => return None,
+        };
+        Some(Report {
+            viewer: (user, movie),
+            position: Position {
+                position_seconds,
+                last_watched_at: at,
+                at_ms: r.at_ms,
+            },
+            progress,
+        })
+    }
+}
+
+/// The newest position per viewer among `reports`.
+fn fold(reports: impl IntoIterator<Item = Report>) -> Vec<(ViewerKey, Position)> {
     let mut newest: HashMap<ViewerKey, Position> = HashMap::new();
-    for r in batch {
-        let (user, movie, position_seconds, at) = match r.kind {
-            EventKind::ProgressUpdate => match r.decode::<ProgressUpdate>() {
-                Some(e) => (e.user_id, e.movie_id, e.position_seconds, e.timestamp),
-                None => continue,
-            },
-            EventKind::StreamStop => match r.decode::<StreamStop>() {
-                Some(e) => (e.user_id, e.movie_id, e.position_seconds, e.timestamp),
-                None => continue,
-            },
-            _ => continue,
-        };
-        let p = Position {
-            position_seconds,
-            last_watched_at: at,
-            at_ms: r.at_ms,
-        };
-        match newest.get(&(user.clone(), movie.clone())) {
-            Some(cur) if cur.last_watched_at > p.last_watched_at => {}
+    for Report {
+        viewer, position, ..
+    } in reports
+    {
+        match newest.get(&viewer) {
+            Some(cur) if cur.last_watched_at > position.last_watched_at => {}
             _ => {
-                newest.insert((user, movie), p);
+                newest.insert(viewer, position);
             }
         }
     }

@@ -1,9 +1,8 @@
 //! JSON bodies in and out: strict request bodies, the replaced service's response shapes, and
 //! errors as `{"error", "reason", "detail"}`.
 
-use bytes::Bytes;
 use edge_pipeline::EdgeResponse;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// `POST {prefix}/{movie_id}`.
@@ -108,17 +107,7 @@ impl ApiError {
 
 /// A JSON response, never cached.
 pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> EdgeResponse {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    EdgeResponse {
-        status,
-        headers,
-        body: Bytes::from(serde_json::to_vec(body).unwrap_or_default()),
-    }
+    EdgeResponse::json(status, serde_json::to_vec(body).unwrap_or_default())
 }
 
 /// Decodes a request body: empty is `{}`, anything else must be one JSON object of known fields
