@@ -86,8 +86,9 @@ if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then : >"$root/etc/apt/sourc
 # As in any Debian container image: packages do not start their services on install.
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d" && chmod +x "$root/usr/sbin/policy-rc.d"
 
-bind() { # bind SRC DST [ro]
-  mkdir -p "$2"; mount --bind "$1" "$2"; mounts+=("$2")
+bind() { # bind SRC DST [ro]: a directory or a single file
+  if [[ -d $1 ]]; then mkdir -p "$2"; else mkdir -p "$(dirname "$2")"; : >"$2"; fi
+  mount --bind "$1" "$2"; mounts+=("$2")
   if [[ ${3:-} == ro ]]; then mount -o remount,bind,ro "$2"; fi
 }
 overlay() { # overlay LOWER DST: LOWER read-only, writes land in the root
@@ -107,8 +108,6 @@ done
 
 # The toolchain: rustup (read-only) and its proxies; ~/.rustup as a read-only lower layer.
 overlay "$rustup_home" "$root/root/.rustup"
-mkdir -p "$root/root/.cargo/bin"
-: >"$root/root/.cargo/bin/rustup"
 bind "$rustup_bin" "$root/root/.cargo/bin/rustup" ro
 for proxy in cargo rustc rustdoc rustfmt cargo-fmt cargo-clippy clippy-driver rust-gdb rust-lldb; do
   ln -s rustup "$root/root/.cargo/bin/$proxy"
