@@ -54,6 +54,17 @@ if [[ "${1:-}" == "--test" ]]; then
     cargo install --quiet --locked s3s-fs@0.14.1 --features binary
     phase "s3s-fs installed"
   fi
+  # The dependency rules of ARCHITECTURE.md (deny.toml) and unused dependencies, checked by test.sh.
+  if ! cargo deny --version 2>/dev/null | grep -q "0.20.2"; then
+    echo "setup: installing cargo-deny 0.20.2 (~4 min)" >&2
+    cargo install --quiet --locked cargo-deny@0.20.2
+    phase "cargo-deny installed"
+  fi
+  if ! cargo machete --version 2>/dev/null | grep -q "0.9.2"; then
+    echo "setup: installing cargo-machete 0.9.2 (~2 min)" >&2
+    cargo install --quiet --locked cargo-machete@0.9.2
+    phase "cargo-machete installed"
+  fi
   # tansu's default features have no storage engine; dynostore brings memory:// and s3://
   # (../shared/infra.md, section Kafka).
   if ! command -v tansu >/dev/null || ! tansu --version 2>/dev/null | grep -q "0.6.0"; then

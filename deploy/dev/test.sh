@@ -12,9 +12,12 @@ deploy/dev/setup.sh --test
 step "set-up done"
 cargo fmt --all -- --check
 (cd guests && cargo fmt --all -- --check)
+cargo deny --log-level error check bans     # who may depend on whom (deny.toml, ARCHITECTURE.md)
+cargo machete                                # no unused dependencies (host workspace)
+(cd guests && cargo machete)
 cargo clippy --quiet --locked --workspace --all-targets -- -D warnings
 (cd guests && cargo clippy --quiet --locked --release --target wasm32-wasip2 -- -D warnings)
-step "fmt and clippy clean"
+step "fmt, dependency rules and clippy clean"
 (cd guests && cargo test --quiet --locked)   # the guests' own unit tests, on the host target
 step "guest unit tests passed"
 cargo test --locked --workspace
