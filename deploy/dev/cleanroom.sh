@@ -2,7 +2,7 @@
 # Clean-room check of the set-up: runs both README commands in a minimal Debian root, as a new
 # user on a machine with nothing but Debian and the Rust toolchain would, and reports their times.
 #
-#   deploy/dev/cleanroom.sh [--rev REV] [--refresh-base] [--keep] [--skip-test]
+#   deploy/dev/cleanroom.sh [--rev REV] [--refresh-base] [--keep] [--skip-run] [--skip-test]
 #
 # - The root is `debootstrap --variant=minbase` of the host's Debian release (cached as a pristine
 #   tarball under $CLEANROOM_DIR, default /var/tmp/edge-cleanroom; --refresh-base makes it anew).
@@ -21,12 +21,13 @@
 # on 2 cores: too slow for CI; run it whenever set-up changes and record the result in the README.
 set -euo pipefail
 
-rev=HEAD refresh_base=0 keep=0 skip_test=0
+rev=HEAD refresh_base=0 keep=0 skip_run=0 skip_test=0
 while (($#)); do
   case "$1" in
     --rev) rev="$2"; shift 2 ;;
     --refresh-base) refresh_base=1; shift ;;
     --keep) keep=1; shift ;;
+    --skip-run) skip_run=1; shift ;;
     --skip-test) skip_test=1; shift ;;
     -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "cleanroom: unknown argument $1" >&2; exit 2 ;;
@@ -81,6 +82,12 @@ trap 'exit 130' INT TERM
 mkdir -p "$root"
 tar -C "$root" -xf "$base"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The machine's own network trust (a TLS-inspecting egress proxy's CA, say) is part of the
+# machine, like its resolver: ca-certificates, once setup.sh installs it, picks these up.
+if [[ -d /usr/local/share/ca-certificates ]]; then
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
 if [[ -d /etc/apt/sources.list.d ]]; then cp -a /etc/apt/sources.list.d/. "$root/etc/apt/sources.list.d/"; fi
 if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then : >"$root/etc/apt/sources.list"; fi
 # As in any Debian container image: packages do not start their services on install.
@@ -128,6 +135,7 @@ log "commit $commit, root $root"
 log "host toolchain: $(rustc --version) ($(rustup show active-toolchain 2>/dev/null | head -1))"
 
 # --- 1. deploy/dev/run.sh ------------------------------------------------------------------------
+run_readme_run() {
 for port in 8080 8443 9090; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     log "port $port is in use on this machine; run.sh's defaults need it free"; exit 1
@@ -163,6 +171,8 @@ kill -TERM "$edge_pid"
 run_rc=0; wait "$run_pid" || run_rc=$?
 log "run.sh: SIGTERM → exit $run_rc"
 ((run_rc == 0)) || { tail -20 "$run_log" >&2; exit 1; }
+}
+if ((skip_run)); then log "run.sh: skipped (--skip-run)"; else run_readme_run; fi
 
 # --- 2. deploy/dev/test.sh -----------------------------------------------------------------------
 if ((skip_test)); then log "test.sh: skipped (--skip-test)"; exit 0; fi
@@ -170,9 +180,9 @@ test_log=$work/test-$short.log
 start=$(date +%s)
 test_rc=0; inside "$test_log" deploy/dev/test.sh || test_rc=$?
 took=$(($(date +%s) - start))
-passed=$(grep -oE '[0-9]+ passed' "$test_log" | awk '{s += $1} END {print s + 0}')
-failed=$(grep -oE '[0-9]+ failed' "$test_log" | awk '{s += $1} END {print s + 0}')
+passed=$({ grep -oE '[0-9]+ passed' "$test_log" || true; } | awk '{s += $1} END {print s + 0}')
+failed=$({ grep -oE '[0-9]+ failed' "$test_log" || true; } | awk '{s += $1} END {print s + 0}')
 log "test.sh: exit $test_rc in $took s ($((took / 60)) min $((took % 60)) s); $passed tests passed, $failed failed; log $test_log"
-grep -E '^setup: ' "$test_log" "$run_log" | sed 's/^/  /' | tee -a "$report" >&2 || true
+{ grep -hE '^(setup|test.sh): ' "$test_log" || true; } | sed 's/^/  /' | tee -a "$report" >&2
 ((test_rc == 0)) || { tail -40 "$test_log" >&2; exit 1; }
 log "both README commands passed on a clean $suite minbase root; report $report"
