@@ -2,8 +2,9 @@
 
 use crate::policies::PolicyControl;
 use bytes::Bytes;
+use edge_contract::{EdgeRequest, EdgeResponse, Handler};
 use edge_origin::Origin;
-use edge_pipeline::{EdgeRequest, EdgeResponse, Handler, Pipeline};
+use edge_pipeline::Pipeline;
 use http::{HeaderValue, StatusCode, header};
 use prometheus::{Encoder as _, Registry, TextEncoder};
 use std::sync::{
@@ -33,7 +34,7 @@ pub(crate) struct Admin {
 }
 
 /// Most bytes of a purge request body.
-const MAX_PURGE_BODY: usize = 4096;
+const MAX_PURGE_BODY: u64 = 4096;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,23 +47,29 @@ impl Admin {
     /// `None` when `req` may change state; the refusal otherwise.
     fn refuse(&self, req: &EdgeRequest, token_required: bool) -> Option<EdgeResponse> {
         if req.headers.contains_key(header::ORIGIN) {
-            return Some(text(
+            return Some(EdgeResponse::error_detail(
                 StatusCode::FORBIDDEN,
-                "cross-origin requests are refused\n",
+                "cross_origin",
+                "cross-origin requests are refused",
             ));
         }
         let Some(token) = &self.token else {
             return token_required.then(|| {
-                text(
+                EdgeResponse::error_detail(
                     StatusCode::FORBIDDEN,
-                    "set server.admin_token (EDGE_ADMIN_TOKEN) to enable this endpoint\n",
+                    "admin_token_unset",
+                    "set server.admin_token (EDGE_ADMIN_TOKEN) to enable this endpoint",
                 )
             });
         };
-        if edge_pipeline::bearer_matches(&req.headers, token) {
+        if edge_contract::bearer_matches(&req.headers, token) {
             return None;
         }
-        let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+        let mut r = EdgeResponse::error_detail(
+            StatusCode::UNAUTHORIZED,
+            "admin_token_required",
+            "admin token required",
+        );
         r.headers.insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"edge-admin\""),
@@ -72,35 +79,37 @@ impl Admin {
 
     async fn purge(&self, req: &EdgeRequest) -> EdgeResponse {
         let Some(pipeline) = &self.pipeline else {
-            return text(StatusCode::NOT_FOUND, "no edge cache in this process\n");
+            return EdgeResponse::error_detail(
+                StatusCode::NOT_FOUND,
+                "no_cache",
+                "no edge cache in this process",
+            );
         };
-        if req.body.len() > MAX_PURGE_BODY {
-            return text(StatusCode::PAYLOAD_TOO_LARGE, "purge body too large\n");
-        }
-        let parsed: PurgeRequest = match serde_json::from_slice(&req.body) {
+        let body = match req.body.bytes(MAX_PURGE_BODY).await {
+            Ok(b) => b,
+            Err(e) => return EdgeResponse::body_error(&e),
+        };
+        let parsed: PurgeRequest = match serde_json::from_slice(&body) {
             Ok(p) => p,
             Err(e) => {
-                return json(
+                return EdgeResponse::error_detail(
                     StatusCode::BAD_REQUEST,
-                    &serde_json::json!({ "error": e.to_string() }),
+                    "invalid_body",
+                    &e.to_string(),
                 );
             }
         };
         let (what, prefix) = match (parsed.path, parsed.prefix) {
-            (Some(path), None) => match edge_pipeline::normalize(&path) {
+            (Some(path), None) => match edge_contract::normalize(&path) {
                 Ok(p) => (p, false),
-                Err(e) => {
-                    return json(
-                        StatusCode::BAD_REQUEST,
-                        &serde_json::json!({ "error": e.reason() }),
-                    );
-                }
+                Err(e) => return EdgeResponse::error(StatusCode::BAD_REQUEST, e.reason()),
             },
             (None, Some(prefix)) if prefix.starts_with('/') && prefix.len() > 1 => (prefix, true),
             _ => {
-                return json(
+                return EdgeResponse::error_detail(
                     StatusCode::BAD_REQUEST,
-                    &serde_json::json!({ "error": "give exactly one of `path` or `prefix` (an absolute path other than /)" }),
+                    "invalid_body",
+                    "give exactly one of `path` or `prefix` (an absolute path other than /)",
                 );
             }
         };
@@ -198,8 +207,11 @@ impl Admin {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> EdgeResponse {
-    EdgeResponse::uncached(status, "text/plain", body)
+fn not_allowed(allow: &'static str) -> EdgeResponse {
+    let mut r = EdgeResponse::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    r.headers
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
 }
 
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> EdgeResponse {
@@ -211,7 +223,7 @@ impl Handler for Admin {
     async fn handle(&self, req: EdgeRequest) -> EdgeResponse {
         if req.path == "/admin/purge" {
             if req.method != http::Method::POST {
-                return text(StatusCode::METHOD_NOT_ALLOWED, "POST to purge\n");
+                return not_allowed("POST");
             }
             if let Some(refused) = self.refuse(&req, true) {
                 return refused;
@@ -220,7 +232,7 @@ impl Handler for Admin {
         }
         if req.path == "/admin/policies/reload" {
             if req.method != http::Method::POST {
-                return text(StatusCode::METHOD_NOT_ALLOWED, "POST to reload\n");
+                return not_allowed("POST");
             }
             if let Some(refused) = self.refuse(&req, false) {
                 return refused;
@@ -237,11 +249,7 @@ impl Handler for Admin {
             };
         }
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
-            return EdgeResponse::uncached(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                Bytes::from_static(b"method not allowed\n"),
-            );
+            return not_allowed("GET, HEAD");
         }
         match req.path.as_str() {
             "/health/live" => {
@@ -258,11 +266,7 @@ impl Handler for Admin {
             "/health" => self.health().await,
             "/metrics" => self.metrics(),
             "/admin/policies" => json(StatusCode::OK, &self.policies.status()),
-            _ => EdgeResponse::uncached(
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                Bytes::from_static(b"not found\n"),
-            ),
+            _ => EdgeResponse::error(StatusCode::NOT_FOUND, "not_found"),
         }
     }
 }

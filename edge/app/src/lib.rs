@@ -154,7 +154,7 @@ pub fn sign_path(cfg: &EdgeConfig, path: &str, ttl_secs: u64) -> anyhow::Result<
 
 fn sign_with(secret: &str, param: &str, path: &str, ttl_secs: u64) -> String {
     // The guest compares the scope with the normalised path; sign that same spelling.
-    let normalised = edge_pipeline::normalize(path).unwrap_or_else(|_| path.to_owned());
+    let normalised = edge_contract::normalize(path).unwrap_or_else(|_| path.to_owned());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

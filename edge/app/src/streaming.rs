@@ -3,11 +3,12 @@
 
 use crate::secrets;
 use edge_config::{EdgeConfig, Fsync};
+use edge_contract::{Call, EdgeRequest, EdgeResponse, Service};
 use edge_events::{FsyncPolicy, ShipperConfig, Spool, SpoolConfig};
 use edge_kafka::KafkaSink;
 use edge_kv::RedisStore;
 use edge_origin::{Origin, StoreOrigin};
-use edge_pipeline::{Call, EdgeRequest, EdgeResponse, EventSink, Mount, Service};
+use edge_pipeline::{EventSink, Mount};
 use edge_stream::{LocalProgress, ManifestUrls, Progress, RedisProgress, Sessions, StreamApi};
 use std::{sync::Arc, time::Duration};
 use tokio::{sync::watch, task::JoinHandle};
@@ -270,10 +271,13 @@ impl Health {
 impl Service for Health {
     async fn call(&self, req: &EdgeRequest, _call: Call<'_>) -> EdgeResponse {
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
-            return crate::admin::json(
-                http::StatusCode::METHOD_NOT_ALLOWED,
-                &serde_json::json!({"error": "method_not_allowed"}),
+            let mut r =
+                EdgeResponse::error(http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+            r.headers.insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
             );
+            return r;
         }
         crate::admin::json(http::StatusCode::OK, &self.report().await)
     }

@@ -1,7 +1,9 @@
 use async_trait::async_trait;
-use bytes::Bytes;
-use edge_pipeline::{EdgeRequest, EdgeResponse, Handler, Protocol};
-use http::{HeaderValue, Method, StatusCode, header};
+use edge_contract::{
+    Body, BodyError, BodySender, EdgeRequest, EdgeResponse, Handler, Protocol, RequestBody,
+};
+use futures::StreamExt;
+use http::{Method, StatusCode, header};
 use pingora_core::{
     apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream},
     protocols::http::ServerSession,
@@ -12,12 +14,10 @@ use std::{
     net::{IpAddr, Ipv4Addr},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
-
-/// Largest request body read; larger requests get 413.
-pub const MAX_REQUEST_BODY: usize = 1 << 20;
 
 /// Idle keep-alive timeout of HTTP/1.1 connections, seconds.
 const KEEPALIVE_SECS: u64 = 60;
@@ -73,18 +73,30 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
         let draining = *shutdown.borrow();
         session.set_keepalive(if draining { None } else { Some(KEEPALIVE_SECS) });
 
-        let response = match read_request(&mut session).await {
-            Ok(req) => {
-                let head = req.method == Method::HEAD;
-                (self.handler.handle(req).await, head)
-            }
-            Err(status) => {
-                // The rest of a bad or oversized body may still be on the wire: never reuse.
-                session.set_keepalive(None);
-                (error(status), false)
+        let (req, body) = request_head(&mut session);
+        let head = req.method == Method::HEAD;
+        let failed = AtomicBool::new(false);
+        let response = {
+            // The body is read from the connection only while the handler asks for it.
+            let handle = self.handler.handle(req);
+            let pump = pump_body(&mut session, body, &failed);
+            tokio::pin!(handle, pump);
+            tokio::select! {
+                r = &mut handle => r,
+                () = &mut pump => handle.await,
             }
         };
-        write_response(&mut session, response.0, response.1).await?;
+        // A body the handler did not read to the end (or that broke) may leave bytes on the
+        // wire: the connection is not reused for another request.
+        let unread = failed.load(Ordering::SeqCst) || !session.is_body_done();
+        if unread {
+            session.set_keepalive(None);
+        }
+        write_response(&mut session, response, head).await?;
+        if unread && !session.is_http2() {
+            linger(&mut session).await;
+            return None;
+        }
         let persistent = HttpPersistentSettings::for_session(&session);
         match session.finish().await {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
@@ -97,20 +109,49 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
     }
 }
 
-async fn read_request(session: &mut ServerSession) -> Result<EdgeRequest, StatusCode> {
-    let header = session.req_header();
-    let method = header.method.clone();
-    let path = header.uri.path().to_owned();
-    let query = header.uri.query().unwrap_or_default().to_owned();
-    let mut headers = header.headers.clone();
+/// After answering a request whose body was not read: how long, and how many body bytes, the
+/// listener reads and discards before closing. Closing with unread data makes the kernel reset
+/// the connection, and a client still sending its body could lose the answer (nginx's
+/// `lingering_close` for the same reason); the bound keeps a stalled or endless upload from
+/// holding the connection.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 << 20;
+
+async fn linger(session: &mut ServerSession) {
+    let drain = async {
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+/// The request head as an [`EdgeRequest`] whose body the listener streams through the returned
+/// sender. pingora has validated the head (framing, `Content-Length`) before this.
+fn request_head(session: &mut ServerSession) -> (EdgeRequest, BodySender) {
+    let head = session.req_header();
+    let method = head.method.clone();
+    let path = head.uri.path().to_owned();
+    let query = head.uri.query().unwrap_or_default().to_owned();
+    let mut headers = head.headers.clone();
     if !headers.contains_key(http::header::HOST)
-        && let Some(v) = header
+        && let Some(v) = head
             .uri
             .authority()
             .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
     {
         headers.insert(http::header::HOST, v);
     }
+    // `Content-Length: 5, 5` is valid (RFC 9110 §8.6): the first value.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.trim().parse::<u64>().ok());
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     let client_addr = session
         .client_addr()
@@ -121,49 +162,78 @@ async fn read_request(session: &mut ServerSession) -> Result<EdgeRequest, Status
     } else {
         Protocol::Http1
     };
-    let mut body = Vec::new();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_REQUEST_BODY {
-                    return Err(StatusCode::PAYLOAD_TOO_LARGE);
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => break,
-            Err(_) => return Err(StatusCode::BAD_REQUEST),
-        }
-    }
-    Ok(EdgeRequest {
-        method,
-        path,
-        query,
-        headers,
-        client_addr,
-        protocol,
-        tls,
-        body: Bytes::from(body),
-    })
+    let declared = if session.is_body_empty() {
+        Some(0)
+    } else {
+        declared
+    };
+    let (sender, body) = RequestBody::channel(declared);
+    (
+        EdgeRequest {
+            method,
+            path,
+            query,
+            headers,
+            client_addr,
+            protocol,
+            tls,
+            body,
+        },
+        sender,
+    )
 }
 
-fn error(status: StatusCode) -> EdgeResponse {
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let reason = status
-        .canonical_reason()
-        .unwrap_or("error")
-        .to_ascii_lowercase()
-        .replace(' ', "_");
-    let body = Bytes::from(format!(
-        "{{\"error\":\"{reason}\",\"reason\":\"{reason}\"}}"
-    ));
-    EdgeResponse {
-        status,
-        headers,
-        body,
+/// How long the listener waits for the next piece of a request body the handler asked for
+/// (pingora's HTTP/2 body reads have no timeout of their own; HTTP/1.1 reads have 60 s).
+const BODY_IDLE: Duration = Duration::from_secs(30);
+
+/// Moves the request body from the connection to the handler, one chunk per demand. Answers
+/// `Expect: 100-continue` only when the handler first asks for the body. Sets `failed` when the
+/// body broke (the connection must not be reused).
+async fn pump_body(session: &mut ServerSession, tx: BodySender, failed: &AtomicBool) {
+    if session.is_body_done() {
+        return; // dropping `tx` ends the body
+    }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut first = true;
+    loop {
+        if !tx.wanted().await {
+            return;
+        }
+        let read = async {
+            if std::mem::take(&mut first) && expects_continue {
+                session
+                    .write_continue_response()
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            session.read_request_body().await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(BODY_IDLE, read).await {
+            Ok(Ok(Some(chunk))) => {
+                if !tx.send(Ok(chunk)).await {
+                    return;
+                }
+            }
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                failed.store(true, Ordering::SeqCst);
+                tx.send(Err(BodyError::Interrupted(e))).await;
+                return;
+            }
+            Err(_) => {
+                failed.store(true, Ordering::SeqCst);
+                tx.send(Err(BodyError::Interrupted(
+                    "request body idle timeout".into(),
+                )))
+                .await;
+                return;
+            }
+        }
     }
 }
 
@@ -179,18 +249,59 @@ async fn write_response(
     } = response;
     let mut resp = ResponseHeader::build(status, Some(headers.len() + 2)).ok()?;
     for (name, value) in &headers {
+        // Framing is the listener's: whatever a handler set, the body decides it.
+        if matches!(
+            name,
+            &header::CONTENT_LENGTH | &header::TRANSFER_ENCODING | &header::CONNECTION
+        ) {
+            continue;
+        }
         resp.append_header(name.clone(), value.clone()).ok()?;
     }
     let bodyless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     if !bodyless {
-        resp.insert_header(header::CONTENT_LENGTH, body.len())
-            .ok()?;
+        match body.len() {
+            Some(n) => resp.insert_header(header::CONTENT_LENGTH, n).ok()?,
+            None if !session.is_http2() => resp
+                .insert_header(header::TRANSFER_ENCODING, "chunked")
+                .ok()?,
+            None => {}
+        }
     }
     session.write_response_header(Box::new(resp)).await.ok()?;
-    if !head && !bodyless && !body.is_empty() {
-        session.write_response_body(body, true).await.ok()?;
+    if head || bodyless {
+        return Some(());
     }
-    Some(())
+    match body {
+        Body::Full(bytes) if bytes.is_empty() => Some(()),
+        Body::Full(bytes) => session.write_response_body(bytes, true).await.ok(),
+        Body::Stream { len, mut chunks } => {
+            let mut sent = 0u64;
+            while let Some(chunk) = chunks.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Cut the response (h1: close, h2: reset) so that the client cannot
+                        // take what it got for the whole body.
+                        tracing::debug!(error = %e, sent, "response body failed; cut");
+                        session.shutdown().await;
+                        return None;
+                    }
+                };
+                sent += chunk.len() as u64;
+                if len.is_some_and(|n| sent > n) {
+                    session.shutdown().await;
+                    return None;
+                }
+                session.write_response_body(chunk, false).await.ok()?;
+            }
+            if len.is_some_and(|n| sent != n) {
+                session.shutdown().await;
+                return None;
+            }
+            session.finish_body().await.ok()
+        }
+    }
 }

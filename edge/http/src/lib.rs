@@ -13,7 +13,7 @@
 mod app;
 mod tls;
 
-pub use app::{HttpApp, MAX_REQUEST_BODY};
+pub use app::HttpApp;
 pub use tls::{TlsError, tls_settings};
 
 use pingora_core::{
@@ -81,7 +81,7 @@ impl Default for Listeners {
 
 impl Listeners {
     /// Serves `app` on `listeners` (on the current tokio runtime) until [`Listeners::drain`].
-    pub fn serve<H: edge_pipeline::Handler>(
+    pub fn serve<H: edge_contract::Handler>(
         &mut self,
         name: &str,
         app: HttpApp<H>,

@@ -11,135 +11,34 @@
 //! session into an [`EdgeRequest`] and write the [`EdgeResponse`] back; everything a viewer can
 //! observe is decided here, once, for every protocol. See `ARCHITECTURE.md` for each phase.
 
-mod media;
 mod metrics;
-mod path;
 mod respond;
 mod tiers;
 
-pub use media::{MediaKind, classify};
 pub use metrics::PipelineMetrics;
-pub use path::{MAX_PATH, PathError, normalize};
 pub use tiers::Source;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use edge_cache::{Cache, CacheConfig, FetchFailure, TaskFailed, Weighted};
+use edge_contract::{
+    Body, Call, EdgeRequest, EdgeResponse, Handler, MediaKind, ObjectError, Objects, Service,
+    classify, normalize,
+};
 use edge_disk_cache::DiskCache;
 use edge_origin::{Origin, OriginError};
 use edge_policy::{Outcome, RequestInfo, Router};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use std::{
-    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
-
-/// Whether `headers` carry `Authorization: Bearer <token>`. Compares digests, so the time taken
-/// says nothing about how much of the token matched. For the admin and seeder endpoints.
-pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    use sha2::{Digest, Sha256};
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    Sha256::digest(given.as_bytes()) == Sha256::digest(token.as_bytes())
-}
-
-/// The protocol a request arrived on, for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// HTTP/1.x
-    Http1,
-    /// HTTP/2
-    Http2,
-    /// HTTP/3
-    Http3,
-}
-
-/// A request as every listener hands it to a [`Handler`].
-#[derive(Debug, Clone)]
-pub struct EdgeRequest {
-    /// Method.
-    pub method: Method,
-    /// Raw path, still percent-encoded.
-    pub path: String,
-    /// Raw query string without `?` (empty when absent).
-    pub query: String,
-    /// Request headers.
-    pub headers: HeaderMap,
-    /// The viewer's address.
-    pub client_addr: IpAddr,
-    /// Protocol of the connection.
-    pub protocol: Protocol,
-    /// Whether the connection is TLS (for URLs the edge hands out: `https://`).
-    pub tls: bool,
-    /// Request body (bounded by the listener).
-    pub body: Bytes,
-}
-
-/// A complete response. `body` is the whole body; for HEAD the listener sends the headers only
-/// (with the `Content-Length` of the body a GET would get).
-#[derive(Debug, Clone)]
-pub struct EdgeResponse {
-    /// Status.
-    pub status: StatusCode,
-    /// Headers, without `Content-Length` (the listener sets it from `body`).
-    pub headers: HeaderMap,
-    /// Body.
-    pub body: Bytes,
-}
-
-impl EdgeResponse {
-    /// A response the edge makes itself (errors, JSON APIs, health): `content_type`, never
-    /// cached (`Cache-Control: no-store`).
-    pub fn uncached(
-        status: StatusCode,
-        content_type: &'static str,
-        body: impl Into<Bytes>,
-    ) -> Self {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        Self {
-            status,
-            headers,
-            body: body.into(),
-        }
-    }
-
-    /// [`EdgeResponse::uncached`] JSON.
-    pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Self {
-        Self::uncached(status, "application/json", body)
-    }
-}
 
 /// Where the pipeline records analytics events (`policy.denied`, `cache.fill`). Called on the
 /// request path: must not block or wait (the edge's spool queues the record).
 pub trait EventSink: Send + Sync + 'static {
     /// Records `rec`, or drops it (and counts that) when it cannot be queued.
     fn emit(&self, rec: edge_events::NewRecord);
-}
-
-/// An endpoint the edge answers itself (the streaming API, `/health`), mounted on the pipeline
-/// with [`Pipeline::mount`]. A guarded mount runs behind the policy chain of the route its path
-/// matches, like any object (no route → 404); the service then sees what the chain learned
-/// (`sub` from the JWT policy) in [`Call::context`].
-#[async_trait::async_trait]
-pub trait Service: Send + Sync + 'static {
-    /// Answers one request. Any method reaches it; it answers 405 itself.
-    async fn call(&self, req: &EdgeRequest, call: Call<'_>) -> EdgeResponse;
-}
-
-/// What a [`Service`] gets besides the request.
-pub struct Call<'a> {
-    /// The normalised path.
-    pub path: &'a str,
-    /// Context pairs added by the route's policies, in chain order (empty for open mounts).
-    pub context: &'a [(String, String)],
-    /// The pipeline, to read objects through the cache tiers ([`Pipeline::lookup`]).
-    pub pipeline: &'a Pipeline,
 }
 
 /// Where a [`Service`] is mounted.
@@ -164,13 +63,6 @@ impl Mount {
             None => false,
         }
     }
-}
-
-/// Anything that answers requests: the viewer pipeline, the admin endpoints.
-#[async_trait::async_trait]
-pub trait Handler: Send + Sync + 'static {
-    /// Answers one request. Must not panic; every failure is a response.
-    async fn handle(&self, req: EdgeRequest) -> EdgeResponse;
 }
 
 /// An object as cached: body and validators.
@@ -429,7 +321,7 @@ impl Pipeline {
             let call = Call {
                 path: &path,
                 context: &[],
-                pipeline: self,
+                objects: self,
             };
             return (m.path.clone(), m.service.call(req, call).await);
         }
@@ -460,7 +352,7 @@ impl Pipeline {
                     let call = Call {
                         path: &path,
                         context: &context,
-                        pipeline: self,
+                        objects: self,
                     };
                     let mut r = m.service.call(req, call).await;
                     respond::add_headers(&mut r.headers, &response_headers);
@@ -595,11 +487,10 @@ impl Pipeline {
             Outcome::Redirect {
                 status, location, ..
             } => {
-                let mut r = EdgeResponse {
-                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
-                    headers: HeaderMap::new(),
-                    body: Bytes::new(),
-                };
+                let mut r = EdgeResponse::new(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
+                    Body::empty(),
+                );
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     r.headers.insert(header::LOCATION, v);
                 }
@@ -648,11 +539,22 @@ impl Handler for Pipeline {
         self.metrics.record(
             &route,
             response.status,
-            response.body.len(),
+            usize::try_from(response.body.len().unwrap_or(0)).unwrap_or(usize::MAX),
             start.elapsed(),
         );
         tracing::debug!(method = %req.method, path = %req.path, status = response.status.as_u16(), route, "served");
         response
+    }
+}
+
+#[async_trait::async_trait]
+impl Objects for Pipeline {
+    async fn probe(&self, path: &str) -> Result<(), ObjectError> {
+        match self.lookup(path).await {
+            Ok(_) => Ok(()),
+            Err(FetchError::Origin(OriginError::NotFound)) => Err(ObjectError::NotFound),
+            Err(e) => Err(ObjectError::Unavailable(e.to_string())),
+        }
     }
 }
 

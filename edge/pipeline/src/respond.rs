@@ -1,40 +1,18 @@
 //! Building responses: errors, conditional requests, single ranges.
 
-use crate::{EdgeResponse, Object};
+use crate::Object;
 use bytes::Bytes;
+use edge_contract::{Body, EdgeResponse};
 use headers::{ETag, HeaderMapExt, IfModifiedSince, IfNoneMatch, IfRange, LastModified};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-/// A JSON error response: `{"error": "<status text>", "reason": "<reason>"}`, with the reason
-/// also in `x-edge-reason` for logs and players that do not read bodies.
+/// The one error shape ([`EdgeResponse::error`]) with policy-provided headers; `status` comes from
+/// a policy or the pipeline (an invalid one is a 500).
 pub(crate) fn error(status: u16, reason: &str, extra: &[(String, String)]) -> EdgeResponse {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json_like(status.canonical_reason().unwrap_or("error"), reason);
-    let mut r = EdgeResponse::json(status, body);
-    if let Ok(v) = HeaderValue::from_str(reason) {
-        r.headers.insert("x-edge-reason", v);
-    }
+    let mut r = EdgeResponse::error(status, reason);
     add_headers(&mut r.headers, extra);
     r
-}
-
-/// Reasons are short ASCII codes chosen by the edge or a policy; anything else is escaped.
-fn serde_json_like(error: &str, reason: &str) -> String {
-    let esc = |s: &str| {
-        s.chars()
-            .flat_map(|c| match c {
-                '"' => vec!['\\', '"'],
-                '\\' => vec!['\\', '\\'],
-                c if c.is_control() => format!("\\u{:04x}", c as u32).chars().collect(),
-                c => vec![c],
-            })
-            .collect::<String>()
-    };
-    format!(
-        "{{\"error\":\"{}\",\"reason\":\"{}\"}}",
-        esc(&error.to_ascii_lowercase().replace(' ', "_")),
-        esc(reason)
-    )
 }
 
 /// Answers a CORS preflight: players may GET/HEAD with `Range` from any allowed origin.
@@ -57,7 +35,7 @@ pub(crate) fn preflight() -> EdgeResponse {
     EdgeResponse {
         status: StatusCode::NO_CONTENT,
         headers,
-        body: Bytes::new(),
+        body: Body::empty(),
     }
 }
 
@@ -127,7 +105,7 @@ pub(crate) fn object(
         return EdgeResponse {
             status: StatusCode::NOT_MODIFIED,
             headers,
-            body: Bytes::new(),
+            body: Body::empty(),
         };
     }
 
@@ -150,7 +128,7 @@ pub(crate) fn object(
                     return EdgeResponse {
                         status: StatusCode::PARTIAL_CONTENT,
                         headers,
-                        body: part,
+                        body: Body::Full(part),
                     };
                 }
                 Ok(ranges) if ranges.len() > 1 => {}
@@ -169,6 +147,6 @@ pub(crate) fn object(
     EdgeResponse {
         status: StatusCode::OK,
         headers,
-        body,
+        body: Body::Full(body),
     }
 }

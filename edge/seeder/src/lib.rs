@@ -21,7 +21,7 @@
 //! `warn!` when an outage starts, one `info!` when it ends), and when it returns everything is
 //! published again, since a restarted Redis is empty. Without a directory the seeder just serves.
 //!
-//! The HTTP face is an [`edge_pipeline::Handler`]: `GET`/`HEAD` of a public path answers the file
+//! The HTTP face is an [`edge_contract::Handler`]: `GET`/`HEAD` of a public path answers the file
 //! whole, with `x-content-sha256` for edges to verify the body; with `pull_through` a missing
 //! segment is read once from the origin (concurrent requests share the read), stored atomically
 //! and published at once. `GET /_seeder/health` reports readiness ([`HEALTH_PATH`]).
@@ -188,7 +188,7 @@ struct State {
 }
 
 /// A seeder: the maintenance loop ([`Seeder::spawn`]) and the HTTP face (its
-/// [`edge_pipeline::Handler`] implementation).
+/// [`edge_contract::Handler`] implementation).
 pub struct Seeder {
     cfg: SeederConfig,
     me: Weak<Seeder>,

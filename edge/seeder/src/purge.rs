@@ -2,9 +2,8 @@
 //! again from a seeder's old copy.
 
 use crate::{Seeder, files::Found};
-use bytes::Bytes;
-use edge_pipeline::{EdgeRequest, EdgeResponse};
-use http::{HeaderValue, StatusCode, header};
+use edge_contract::{EdgeRequest, EdgeResponse};
+use http::StatusCode;
 use std::time::SystemTime;
 
 /// The purge endpoint.
@@ -17,18 +16,8 @@ struct PurgeRequest {
     prefix: Option<String>,
 }
 
-fn answer(status: StatusCode, body: serde_json::Value) -> EdgeResponse {
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    EdgeResponse {
-        status,
-        headers,
-        body: Bytes::from(body.to_string()),
-    }
-}
+/// Largest purge request body.
+const MAX_BODY: u64 = 16 * 1024;
 
 impl Seeder {
     /// Deletes the file of `path`, or every file under `prefix`, and withdraws them from the
@@ -69,47 +58,45 @@ impl Seeder {
 
     pub(crate) async fn purge_request(&self, req: &EdgeRequest) -> EdgeResponse {
         let Some(token) = &self.cfg.purge_token else {
-            return answer(
-                StatusCode::FORBIDDEN,
-                serde_json::json!({ "error": "purge_disabled" }),
-            );
+            return EdgeResponse::error(StatusCode::FORBIDDEN, "purge_disabled");
         };
-        if !edge_pipeline::bearer_matches(&req.headers, token) {
-            return answer(
-                StatusCode::UNAUTHORIZED,
-                serde_json::json!({ "error": "unauthorized" }),
-            );
+        if !edge_contract::bearer_matches(&req.headers, token) {
+            return EdgeResponse::error(StatusCode::UNAUTHORIZED, "unauthorized");
         }
-        let parsed: PurgeRequest = match serde_json::from_slice(&req.body) {
+        let body = match req.body.bytes(MAX_BODY).await {
+            Ok(b) => b,
+            Err(e) => return EdgeResponse::body_error(&e),
+        };
+        let parsed: PurgeRequest = match serde_json::from_slice(&body) {
             Ok(p) => p,
             Err(e) => {
-                return answer(
+                return EdgeResponse::error_detail(
                     StatusCode::BAD_REQUEST,
-                    serde_json::json!({ "error": e.to_string() }),
+                    "invalid_body",
+                    &e.to_string(),
                 );
             }
         };
         let deleted = match (parsed.path, parsed.prefix) {
-            (Some(path), None) => match edge_pipeline::normalize(&path) {
+            (Some(path), None) => match edge_contract::normalize(&path) {
                 Ok(p) => self.purge(&p, false).await,
-                Err(e) => {
-                    return answer(
-                        StatusCode::BAD_REQUEST,
-                        serde_json::json!({ "error": e.reason() }),
-                    );
-                }
+                Err(e) => return EdgeResponse::error(StatusCode::BAD_REQUEST, e.reason()),
             },
             (None, Some(prefix)) if prefix.starts_with('/') && prefix.len() > 1 => {
                 self.purge(&prefix, true).await
             }
             _ => {
-                return answer(
+                return EdgeResponse::error_detail(
                     StatusCode::BAD_REQUEST,
-                    serde_json::json!({ "error": "give exactly one of `path` or `prefix`" }),
+                    "invalid_body",
+                    "give exactly one of `path` or `prefix`",
                 );
             }
         };
         tracing::info!(deleted, "purged on an edge's request");
-        answer(StatusCode::OK, serde_json::json!({ "deleted": deleted }))
+        EdgeResponse::json(
+            StatusCode::OK,
+            serde_json::json!({ "deleted": deleted }).to_string(),
+        )
     }
 }

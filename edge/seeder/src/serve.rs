@@ -6,18 +6,17 @@ use crate::{
     metrics::Outcome,
     pull::PullError,
 };
+use edge_contract::{EdgeRequest, EdgeResponse, Handler, classify, normalize};
 use edge_directory::SegmentRef;
 use edge_origin::OriginError;
-use edge_pipeline::{EdgeRequest, EdgeResponse, Handler, classify, normalize};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 /// The health endpoint: `200 {"seederId":..,"ready":true,"segments":n,"bytes":n}`, or 503 with
 /// `"ready":false` before the first scan finished and after shutdown.
 pub const HEALTH_PATH: &str = "/_seeder/health";
 
-/// `{"error":"<code>"}`.
-fn error(status: StatusCode, code: &str) -> EdgeResponse {
-    EdgeResponse::json(status, serde_json::json!({ "error": code }).to_string())
+fn error(status: StatusCode, reason: &str) -> EdgeResponse {
+    EdgeResponse::error(status, reason)
 }
 
 impl Seeder {
@@ -57,7 +56,7 @@ impl Seeder {
         EdgeResponse {
             status: StatusCode::OK,
             headers,
-            body: body.bytes.clone(),
+            body: body.bytes.clone().into(),
         }
     }
 
@@ -75,10 +74,9 @@ impl Seeder {
         let path = match normalize(&req.path) {
             Ok(p) => p,
             Err(e) => {
-                let body = serde_json::json!({ "error": "bad_request", "reason": e.reason() });
                 return (
                     Some(Outcome::Error),
-                    EdgeResponse::json(StatusCode::BAD_REQUEST, body.to_string()),
+                    error(StatusCode::BAD_REQUEST, e.reason()),
                 );
             }
         };
@@ -172,7 +170,9 @@ impl Handler for Seeder {
         if let Some(outcome) = outcome {
             self.metrics.request(outcome);
             if req.method == Method::GET && response.status == StatusCode::OK {
-                self.metrics.bytes_served.inc_by(response.body.len() as u64);
+                self.metrics
+                    .bytes_served
+                    .inc_by(response.body.len().unwrap_or(0));
             }
         }
         tracing::debug!(method = %req.method, path = %req.path, status = response.status.as_u16(), "seeder served");

@@ -1,8 +1,8 @@
 use super::*;
 use bytes::Bytes;
+use edge_contract::{EdgeRequest, EdgeResponse, Handler, Protocol};
 use edge_kv::{RedisSettings, RedisStore};
 use edge_origin::{Object, OriginError, StoreOrigin};
-use edge_pipeline::{EdgeRequest, EdgeResponse, Handler, Protocol};
 use edge_testinfra::Redis;
 use http::{HeaderMap, Method, StatusCode};
 use sha2::{Digest, Sha256};
@@ -51,7 +51,7 @@ fn request(method: Method, path: &str) -> EdgeRequest {
         client_addr: IpAddr::from([127, 0, 0, 1]),
         protocol: Protocol::Http1,
         tls: false,
-        body: Bytes::new(),
+        body: edge_contract::RequestBody::empty(),
     }
 }
 
@@ -315,7 +315,7 @@ async fn handler_serves_files_with_checksums() {
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{missing}");
         assert_eq!(
             r.body,
-            Bytes::from_static(br#"{"error":"not_found"}"#),
+            Bytes::from_static(br#"{"error":"not_found","reason":"not_found"}"#),
             "{missing}"
         );
     }
@@ -326,7 +326,7 @@ async fn handler_serves_files_with_checksums() {
     seeder.scan_once().await;
     let r = get(&seeder, HEALTH_PATH).await;
     assert_eq!(r.status, StatusCode::OK);
-    let health: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let health: serde_json::Value = serde_json::from_slice(r.body_bytes().unwrap()).unwrap();
     assert_eq!(
         health,
         serde_json::json!({"seederId": "s1", "ready": true, "segments": 2, "bytes": body.len() + 1})
@@ -499,7 +499,10 @@ async fn pull_through_failures_and_no_pull_through() {
     .unwrap();
     let r = get(&plain, "/vod/movies/m1/a.ts").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(r.body, Bytes::from_static(br#"{"error":"not_found"}"#));
+    assert_eq!(
+        r.body,
+        Bytes::from_static(br#"{"error":"not_found","reason":"not_found"}"#)
+    );
 }
 
 #[tokio::test]
@@ -522,7 +525,10 @@ async fn redis_down_then_back() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(seeder.ready());
     let r = get(&seeder, "/vod/movies/m1/b.ts").await;
-    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"b"[..]));
+    assert_eq!(
+        (r.status, &r.body_bytes().unwrap()[..]),
+        (StatusCode::OK, &b"b"[..])
+    );
 
     // A restarted Redis is empty: the next successful scan publishes everything again.
     let _redis = Redis::start_on(port);
@@ -690,7 +696,7 @@ async fn purges_need_the_token_and_delete_files() {
         let mut req = request(Method::POST, PURGE_PATH);
         req.headers
             .insert(http::header::AUTHORIZATION, auth.parse().unwrap());
-        req.body = Bytes::from_static(body.as_bytes());
+        req.body = edge_contract::RequestBody::full(Bytes::from_static(body.as_bytes()));
         seeder.handle(req)
     };
     let r = purge("Bearer wrong", r#"{"prefix":"/vod/"}"#).await;
@@ -701,7 +707,7 @@ async fn purges_need_the_token_and_delete_files() {
     )
     .await;
     assert_eq!(
-        (r.status, r.body.as_ref()),
+        (r.status, r.body_bytes().unwrap().as_ref()),
         (StatusCode::OK, &br#"{"deleted":1}"#[..])
     );
     let r = purge(
@@ -710,7 +716,7 @@ async fn purges_need_the_token_and_delete_files() {
     )
     .await;
     assert_eq!(
-        (r.status, r.body.as_ref()),
+        (r.status, r.body_bytes().unwrap().as_ref()),
         (StatusCode::OK, &br#"{"deleted":2}"#[..])
     );
     assert_eq!(
@@ -722,7 +728,7 @@ async fn purges_need_the_token_and_delete_files() {
 
     let open = Seeder::new(config(root), None, None, &prometheus::Registry::new()).unwrap();
     let mut req = request(Method::POST, PURGE_PATH);
-    req.body = Bytes::from_static(br#"{"prefix":"/vod/"}"#);
+    req.body = edge_contract::RequestBody::full(Bytes::from_static(br#"{"prefix":"/vod/"}"#));
     assert_eq!(
         open.handle(req).await.status,
         StatusCode::FORBIDDEN,

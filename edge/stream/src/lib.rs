@@ -24,9 +24,9 @@ pub use store::{
     LocalProgress, Position, ProgressStore, RedisProgress, StoreError, ViewerKey, redis_key,
 };
 
+use edge_contract::{Call, EdgeRequest, EdgeResponse, ObjectError, Service};
 use edge_events::{NewRecord, Spool, SpoolError, StreamStart, StreamStop};
 use edge_origin::OriginError;
-use edge_pipeline::{Call, EdgeRequest, EdgeResponse, FetchError, Service};
 use http::{Method, StatusCode, header};
 use reply::{ApiError, ManifestType};
 use std::{
@@ -155,15 +155,15 @@ impl StreamApi {
         user: &str,
         movie: &str,
     ) -> Result<EdgeResponse, ApiError> {
-        let body: reply::StartBody = reply::decode(&req.body, self.settings.max_body)?;
+        let body: reply::StartBody = reply::decode(&req.body, self.settings.max_body).await?;
         let template = match body.manifest_type {
             ManifestType::Hls => &self.settings.manifest_hls,
             ManifestType::Dash => &self.settings.manifest_dash,
         };
         let path = template.replace("{movie_id}", movie);
-        match call.pipeline.lookup(&path).await {
-            Ok(_) => {}
-            Err(FetchError::Origin(OriginError::NotFound)) => {
+        match call.objects.probe(&path).await {
+            Ok(()) => {}
+            Err(ObjectError::NotFound) => {
                 return Err(ApiError::new(
                     404,
                     "manifest_not_found",
@@ -269,7 +269,7 @@ impl StreamApi {
         user: &str,
         movie: &str,
     ) -> Result<EdgeResponse, ApiError> {
-        let body: reply::PositionBody = reply::decode(&req.body, self.settings.max_body)?;
+        let body: reply::PositionBody = reply::decode(&req.body, self.settings.max_body).await?;
         let position = reply::position(&body, self.settings.max_position)?;
         let key = self.sessions.key_for(user, movie).await;
         self.progress
@@ -319,7 +319,7 @@ impl StreamApi {
         user: &str,
         movie: &str,
     ) -> Result<EdgeResponse, ApiError> {
-        let body: reply::PositionBody = reply::decode(&req.body, self.settings.max_body)?;
+        let body: reply::PositionBody = reply::decode(&req.body, self.settings.max_body).await?;
         let position = reply::position(&body, self.settings.max_position)?;
         let session = self.sessions.stop(user, movie).await;
         let event = StreamStop {

@@ -1,7 +1,7 @@
 //! JSON bodies in and out: strict request bodies, the replaced service's response shapes, and
 //! errors as `{"error", "reason", "detail"}`.
 
-use edge_pipeline::EdgeResponse;
+use edge_contract::{EdgeResponse, RequestBody};
 use http::{HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -78,25 +78,7 @@ impl ApiError {
     }
 
     pub(crate) fn response(&self) -> EdgeResponse {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            error: String,
-            reason: &'a str,
-            detail: &'a str,
-        }
-        let body = Body {
-            error: self
-                .status
-                .canonical_reason()
-                .unwrap_or("error")
-                .to_ascii_lowercase()
-                .replace(' ', "_"),
-            reason: self.reason,
-            detail: &self.detail,
-        };
-        let mut r = json(self.status, &body);
-        r.headers
-            .insert("x-edge-reason", HeaderValue::from_static(self.reason));
+        let mut r = EdgeResponse::error_detail(self.status, self.reason, &self.detail);
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
@@ -112,14 +94,22 @@ pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> EdgeResponse {
 
 /// Decodes a request body: empty is `{}`, anything else must be one JSON object of known fields
 /// within `max` bytes.
-pub(crate) fn decode<T: DeserializeOwned>(body: &[u8], max: usize) -> Result<T, ApiError> {
-    if body.len() > max {
-        return Err(ApiError::new(
+pub(crate) async fn decode<T: DeserializeOwned>(
+    body: &RequestBody,
+    max: usize,
+) -> Result<T, ApiError> {
+    let body = body.bytes(max as u64).await.map_err(|e| match e {
+        edge_contract::BodyError::TooLarge { .. } => ApiError::new(
             413,
             "body_too_large",
             format!("request body over {max} bytes"),
-        ));
-    }
+        ),
+        other => {
+            tracing::debug!(error = %other, "request body unreadable");
+            ApiError::new(400, "body_unreadable", "the request body could not be read")
+        }
+    })?;
+    let body = &body[..];
     let text = if body.iter().all(u8::is_ascii_whitespace) {
         &b"{}"[..]
     } else {
@@ -173,11 +163,15 @@ pub(crate) fn movie_id(id: &str) -> Result<&str, ApiError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bodies_are_strict() {
-        let b: StartBody = decode(b"", 64).unwrap();
+    async fn decode<T: DeserializeOwned>(body: &[u8], max: usize) -> Result<T, ApiError> {
+        super::decode(&RequestBody::full(body.to_vec()), max).await
+    }
+
+    #[tokio::test]
+    async fn bodies_are_strict() {
+        let b: StartBody = decode(b"", 64).await.unwrap();
         assert_eq!(b.manifest_type, ManifestType::Hls);
-        let b: StartBody = decode(br#"{"manifest_type":"dash"}"#, 64).unwrap();
+        let b: StartBody = decode(br#"{"manifest_type":"dash"}"#, 64).await.unwrap();
         assert_eq!(b.manifest_type, ManifestType::Dash);
         for (body, reason) in [
             (&br#"{"manifest_type":"mp4"}"#[..], "invalid_body"),
@@ -185,20 +179,23 @@ mod tests {
             (b"manifest_type=hls", "invalid_json"),
             (br#"{"manifest_type":"hls""#, "invalid_json"),
         ] {
-            let e = decode::<StartBody>(body, 64).unwrap_err();
+            let e = decode::<StartBody>(body, 64).await.unwrap_err();
             assert_eq!((e.status.as_u16(), e.reason), (400, reason), "{body:?}");
         }
         assert_eq!(
-            decode::<StartBody>(&[b' '; 65], 64).unwrap_err().status,
+            decode::<StartBody>(&[b' '; 65], 64)
+                .await
+                .unwrap_err()
+                .status,
             413
         );
-        let p: PositionBody = decode(br#"{"position_seconds": 120}"#, 64).unwrap();
+        let p: PositionBody = decode(br#"{"position_seconds": 120}"#, 64).await.unwrap();
         assert_eq!(position(&p, 1000).unwrap(), 120);
         for body in [
             &br#"{"position_seconds": -1}"#[..],
             br#"{"position_seconds": 1001}"#,
         ] {
-            let p: PositionBody = decode(body, 64).unwrap();
+            let p: PositionBody = decode(body, 64).await.unwrap();
             assert_eq!(position(&p, 1000).unwrap_err().reason, "invalid_position");
         }
         for body in [
@@ -208,7 +205,10 @@ mod tests {
             br#"{}"#,
             br#"[]"#,
         ] {
-            assert_eq!(decode::<PositionBody>(body, 64).unwrap_err().status, 400);
+            assert_eq!(
+                decode::<PositionBody>(body, 64).await.unwrap_err().status,
+                400
+            );
         }
     }
 
