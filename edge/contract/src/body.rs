@@ -85,19 +85,26 @@ impl Body {
             Self::Full(b) if b.len() as u64 > limit => Err(BodyError::TooLarge { limit }),
             Self::Full(b) => Ok(b),
             Self::Stream { len: Some(n), .. } if n > limit => Err(BodyError::TooLarge { limit }),
-            Self::Stream { mut chunks, .. } => {
-                let mut out = BytesMut::new();
-                while let Some(chunk) = chunks.next().await {
-                    let chunk = chunk?;
-                    if (out.len() + chunk.len()) as u64 > limit {
-                        return Err(BodyError::TooLarge { limit });
-                    }
-                    out.extend_from_slice(&chunk);
-                }
-                Ok(out.freeze())
-            }
+            Self::Stream { chunks, .. } => gather(chunks, limit).await,
         }
     }
+}
+
+/// Reads `chunks` to the end into one buffer, refusing more than `limit` bytes.
+async fn gather(
+    chunks: impl Stream<Item = Result<Bytes, BodyError>>,
+    limit: u64,
+) -> Result<Bytes, BodyError> {
+    let mut chunks = std::pin::pin!(chunks);
+    let mut out = BytesMut::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if (out.len() + chunk.len()) as u64 > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
 }
 
 impl fmt::Debug for Body {
@@ -267,16 +274,14 @@ impl RequestBody {
         ) {
             return Err(BodyError::Consumed);
         }
-        let mut out = BytesMut::new();
-        while let Some(chunk) = self.next_chunk().await {
-            let chunk = chunk?;
-            if (out.len() + chunk.len()) as u64 > limit {
-                *self.source.lock().await = Source::Abandoned;
-                return Err(BodyError::TooLarge { limit });
-            }
-            out.extend_from_slice(&chunk);
+        let chunks = futures::stream::unfold(self, |body| async move {
+            body.next_chunk().await.map(|chunk| (chunk, body))
+        });
+        let read = gather(chunks, limit).await;
+        if let Err(BodyError::TooLarge { .. }) = read {
+            *self.source.lock().await = Source::Abandoned;
         }
-        Ok(out.freeze())
+        read
     }
 }
 
