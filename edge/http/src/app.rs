@@ -76,14 +76,18 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
         let (req, body) = request_head(&mut session);
         let head = req.method == Method::HEAD;
         let failed = AtomicBool::new(false);
-        let response = {
-            // The body is read from the connection only while the handler asks for it.
-            let handle = self.handler.handle(req);
-            let pump = pump_body(&mut session, body, &failed);
-            tokio::pin!(handle, pump);
-            tokio::select! {
-                r = &mut handle => r,
-                () = &mut pump => handle.await,
+        let response = match body {
+            // Most requests (GET, HEAD) have no body: nothing to pump.
+            None => self.handler.handle(req).await,
+            Some(body) => {
+                // The body is read from the connection only while the handler asks for it.
+                let handle = self.handler.handle(req);
+                let pump = pump_body(&mut session, body, &failed);
+                tokio::pin!(handle, pump);
+                tokio::select! {
+                    r = &mut handle => r,
+                    () = &mut pump => handle.await,
+                }
             }
         };
         // A body the handler did not read to the end (or that broke) may leave bytes on the
@@ -131,8 +135,9 @@ async fn linger(session: &mut ServerSession) {
 }
 
 /// The request head as an [`EdgeRequest`] whose body the listener streams through the returned
-/// sender. pingora has validated the head (framing, `Content-Length`) before this.
-fn request_head(session: &mut ServerSession) -> (EdgeRequest, BodySender) {
+/// sender (`None`: the request has no body). pingora has validated the head (framing,
+/// `Content-Length`) before this.
+fn request_head(session: &mut ServerSession) -> (EdgeRequest, Option<BodySender>) {
     let head = session.req_header();
     let method = head.method.clone();
     let path = head.uri.path().to_owned();
@@ -162,12 +167,12 @@ fn request_head(session: &mut ServerSession) -> (EdgeRequest, BodySender) {
     } else {
         Protocol::Http1
     };
-    let declared = if session.is_body_empty() {
-        Some(0)
+    let (sender, body) = if session.is_body_empty() {
+        (None, RequestBody::empty())
     } else {
-        declared
+        let (sender, body) = RequestBody::channel(declared);
+        (Some(sender), body)
     };
-    let (sender, body) = RequestBody::channel(declared);
     (
         EdgeRequest {
             method,
