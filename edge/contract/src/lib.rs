@@ -56,39 +56,6 @@ pub struct EdgeRequest {
     pub body: RequestBody,
 }
 
-impl EdgeRequest {
-    /// A request without a body from a loopback client over HTTP/1.1 (tests, in-process callers).
-    pub fn new(method: Method, path_and_query: &str) -> Self {
-        let (path, query) = path_and_query
-            .split_once('?')
-            .unwrap_or((path_and_query, ""));
-        Self {
-            method,
-            path: path.to_owned(),
-            query: query.to_owned(),
-            headers: HeaderMap::new(),
-            client_addr: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-            protocol: Protocol::Http1,
-            tls: false,
-            body: RequestBody::empty(),
-        }
-    }
-
-    /// With this body.
-    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
-        self.body = RequestBody::full(body.into());
-        self
-    }
-
-    /// With this header added.
-    pub fn with_header(mut self, name: http::header::HeaderName, value: &str) -> Self {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            self.headers.append(name, v);
-        }
-        self
-    }
-}
-
 /// A response. For HEAD the listener sends the headers only, with the `Content-Length` a GET
 /// would get.
 #[derive(Debug)]

@@ -15,10 +15,6 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 /// `"ready":false` before the first scan finished and after shutdown.
 pub const HEALTH_PATH: &str = "/_seeder/health";
 
-fn error(status: StatusCode, reason: &str) -> EdgeResponse {
-    EdgeResponse::error(status, reason)
-}
-
 impl Seeder {
     fn health(&self) -> EdgeResponse {
         let ready = self.ready();
@@ -66,7 +62,7 @@ impl Seeder {
             return (None, self.purge_request(req).await);
         }
         if req.method != Method::GET && req.method != Method::HEAD {
-            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+            let mut r = EdgeResponse::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
             r.headers
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return (Some(Outcome::Error), r);
@@ -76,7 +72,7 @@ impl Seeder {
             Err(e) => {
                 return (
                     Some(Outcome::Error),
-                    error(StatusCode::BAD_REQUEST, e.reason()),
+                    EdgeResponse::error(StatusCode::BAD_REQUEST, e.reason()),
                 );
             }
         };
@@ -86,7 +82,7 @@ impl Seeder {
         let not_found = || {
             (
                 Some(Outcome::NotFound),
-                error(StatusCode::NOT_FOUND, "not_found"),
+                EdgeResponse::error(StatusCode::NOT_FOUND, "not_found"),
             )
         };
         if path.starts_with("/_seeder/") {
@@ -104,21 +100,21 @@ impl Seeder {
                 tracing::warn!(path, size, "file larger than max_object refused");
                 return (
                     Some(Outcome::Error),
-                    error(StatusCode::BAD_GATEWAY, "object_too_large"),
+                    EdgeResponse::error(StatusCode::BAD_GATEWAY, "object_too_large"),
                 );
             }
             Ok(Err(ReadError::Io(e))) => {
                 tracing::warn!(path, error = %e, "cannot read a cached file");
                 return (
                     Some(Outcome::Error),
-                    error(StatusCode::INTERNAL_SERVER_ERROR, "read_failed"),
+                    EdgeResponse::error(StatusCode::INTERNAL_SERVER_ERROR, "read_failed"),
                 );
             }
             Err(e) => {
                 tracing::error!(path, error = %e, "read task failed");
                 return (
                     Some(Outcome::Error),
-                    error(StatusCode::INTERNAL_SERVER_ERROR, "read_failed"),
+                    EdgeResponse::error(StatusCode::INTERNAL_SERVER_ERROR, "read_failed"),
                 );
             }
         }
@@ -146,7 +142,10 @@ impl Seeder {
                     PullError::Store(_) => "store_failed",
                     _ => "origin_unavailable",
                 };
-                (Some(Outcome::Error), error(StatusCode::BAD_GATEWAY, code))
+                (
+                    Some(Outcome::Error),
+                    EdgeResponse::error(StatusCode::BAD_GATEWAY, code),
+                )
             }
         }
     }
