@@ -45,7 +45,7 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_edge NAME ANALYTICS MEMORY MAX_OBJECT [ENV...]
+# start_edge NAME ANALYTICS MEMORY SLICE [ENV...]
 start_edge() {
     local name=$1 http admin
     http=$(port) admin=$(port)
@@ -61,7 +61,7 @@ data_dir = "$WORK/$name/data"
 root = "$WORK/origin"
 [cache]
 memory = "$3"
-max_object = "$4"
+slice = "$4"
 [policies]
 file = "$ROOT/policies/default.toml"
 [events]
@@ -124,7 +124,7 @@ echo "| case | off req/s | on req/s | on ÷ off req/s (median of rounds; min–m
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for case in hits fills; do
     declare -n urls=$case
-    if [[ $case == hits ]]; then mem=64MiB max=8MiB; else mem=256KiB max=128KiB; fi
+    if [[ $case == hits ]]; then mem=64MiB max=4MiB; else mem=256KiB max=128KiB; fi
     start_edge off false "$mem" "$max"
     start_edge on true "$mem" "$max"
     declare -A R=() P=() C=() ARGS=()
@@ -173,7 +173,7 @@ RPORT=$(port)
 redis-server --bind 127.0.0.1 --port "$RPORT" --save '' --appendonly no --dir "$WORK" >/dev/null &
 REDIS_PID=$!
 sleep 0.3
-start_edge progress true 64MiB 8MiB REDIS_HOST=127.0.0.1 REDIS_PORT="$RPORT"
+start_edge progress true 64MiB 4MiB REDIS_HOST=127.0.0.1 REDIS_PORT="$RPORT"
 [[ -n $JWT ]] || die "no development token in the log"
 cat >"$WORK/progress.lua" <<LUA
 local n = 0

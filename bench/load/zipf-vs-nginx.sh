@@ -75,8 +75,7 @@ done
 [[ $CACHE_MIB -ge 4 && $((CACHE_MIB % 4)) == 0 ]] || die "CACHE_MIB must be a multiple of 4 (memory = 1/4, disk = 3/4)"
 [[ $DURATION -le 600 ]] || die "DURATION must be at most 600 seconds"
 SEG_BYTES=$((SEG_KIB * 1024))
-MAX_OBJECT_MIB=$((CACHE_MIB / 4 < 8 ? CACHE_MIB / 4 : 8))
-[[ $((MAX_OBJECT_MIB * 1024)) -ge $SEG_KIB ]] || die "a segment must fit in the edge's max_object ($MAX_OBJECT_MIB MiB)"
+SLICE_MIB=$((CACHE_MIB / 4 < 4 ? CACHE_MIB / 4 : 4))
 CORPUS_MIB=$((STREAMS * SEGMENTS * SEG_KIB / 1024))
 [[ $CORPUS_MIB -gt $CACHE_MIB ]] || log "warning: the corpus ($CORPUS_MIB MiB) fits in the cache ($CACHE_MIB MiB): nothing is evicted"
 
@@ -165,7 +164,7 @@ mkdir -p "$WORK/nginx-tmp" "$WORK/nginx-cache" "$WORK/edge-disk" "$WORK/edge-dat
 ORIGIN_PORT=$(free_port); USED_PORTS=" $ORIGIN_PORT"
 NGINX_PORT=$(free_port); USED_PORTS="$USED_PORTS $NGINX_PORT"
 sed -e "s|@WORK@|$WORK|g" -e "s|@ORIGIN_DIR@|$CORPUS_DIR|g" -e "s|@PORT@|$ORIGIN_PORT|g" \
-    "$HERE/nginx-origin.conf.template" >"$WORK/nginx-origin.conf"
+    -e "s|@LIMIT_RATE@|0|g" "$HERE/nginx-origin.conf.template" >"$WORK/nginx-origin.conf"
 sed -e "s|@WORK@|$WORK|g" -e "s|@PORT@|$NGINX_PORT|g" -e "s|@ORIGIN_PORT@|$ORIGIN_PORT|g" \
     -e "s|@CACHE_MIB@|$CACHE_MIB|g" "$HERE/nginx-proxy-cache.conf.template" >"$WORK/nginx-front.conf"
 ORIGIN_LOG=$WORK/origin-access.log
@@ -196,7 +195,7 @@ url = "http://127.0.0.1:$ORIGIN_PORT/"   # /vod/movies/s1/seg_0.ts -> GET <url>v
 
 [cache]
 memory = "$((CACHE_MIB / 4)) MiB"
-max_object = "$MAX_OBJECT_MIB MiB"   # 8 MiB, or the memory tier if smaller (validate requires)
+slice = "$SLICE_MIB MiB"   # 4 MiB (the default), or the memory tier if smaller (validate requires)
 segment_ttl = "1h"
 
 [disk_cache]

@@ -65,12 +65,10 @@ pub(crate) fn origin(cfg: &EdgeConfig) -> anyhow::Result<StoreOrigin> {
             String::new(),
         ),
     };
-    Ok(store
-        .with_max_object(o.max_object.as_u64())
-        .with_keys(KeyMap {
-            strip_prefix: o.strip_prefix.clone().unwrap_or(default_strip),
-            key_prefix: o.key_prefix.clone(),
-        }))
+    Ok(store.with_keys(KeyMap {
+        strip_prefix: o.strip_prefix.clone().unwrap_or(default_strip),
+        key_prefix: o.key_prefix.clone(),
+    }))
 }
 
 /// What the edge's caches fill from, and the seeder routing when it is part of that.
@@ -94,7 +92,8 @@ pub(crate) fn upstream(
             membership_refresh: Duration::from_secs(2),
             heartbeat_stale: r.heartbeat_stale,
             request_timeout: r.seeder_timeout,
-            max_object: cfg.origin.max_object.as_u64(),
+            // A seeder serves whole files, so it can only answer for an object of one slice.
+            max_object: cfg.cache.slice.as_u64(),
             hedge_delay: r.hedge_delay,
             max_seeders: r.max_seeders,
             probe_interval: r.probe_interval,
@@ -121,7 +120,7 @@ pub(crate) async fn disk(
         DiskConfig {
             dir: dir.clone(),
             capacity: cfg.disk_cache.capacity.as_u64(),
-            max_object: cfg.cache.max_object.as_u64(),
+            max_object: cfg.cache.slice.as_u64(),
             write_suspend: cfg.disk_cache.write_suspend,
         },
         DiskMetrics::register(registry)?,
@@ -162,7 +161,8 @@ pub(crate) fn seeder(
             heartbeat_interval: s.heartbeat_interval,
             retention: s.retention,
             pull_through: s.pull_through,
-            max_object: cfg.origin.max_object.as_u64(),
+            // Edges ask seeders only for objects of one slice.
+            max_object: cfg.cache.slice.as_u64(),
             purge_token: cfg.server.admin_token.clone(),
         },
         redis.map(|r| Directory::new(r.clone())),

@@ -62,6 +62,9 @@ pub struct Edge {
     demo_url: Option<String>,
     seeder: Option<Arc<edge_seeder::Seeder>>,
     streaming: Option<streaming::Streaming>,
+    /// The viewer pipeline, when this process is an edge (its memory tier is spilled to disk at
+    /// shutdown).
+    pipeline: Option<Arc<Pipeline>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -246,10 +249,11 @@ impl Edge {
         let pipeline_cfg = PipelineConfig {
             cache: edge_cache::CacheConfig {
                 capacity: usize::try_from(cfg.cache.memory.as_u64()).unwrap_or(usize::MAX),
-                max_object: usize::try_from(cfg.cache.max_object.as_u64()).unwrap_or(usize::MAX),
+                max_object: usize::try_from(cfg.cache.slice.as_u64()).unwrap_or(usize::MAX),
                 estimated_entries: 16_384,
                 stale_if_error: cfg.cache.stale_if_error,
             },
+            slice: cfg.cache.slice.as_u64(),
             manifest_ttl: cfg.cache.manifest_ttl,
             segment_ttl: cfg.cache.segment_ttl,
             stale_if_error: cfg.cache.stale_if_error,
@@ -332,7 +336,7 @@ impl Edge {
         if edge_role {
             listeners.serve(
                 "edge",
-                HttpApp::new(pipeline),
+                HttpApp::new(pipeline.clone()),
                 plain.into_iter().chain(secure).collect(),
             );
         }
@@ -367,6 +371,7 @@ impl Edge {
             demo_url,
             seeder,
             streaming,
+            pipeline: edge_role.then_some(pipeline),
             tasks,
         })
     }
@@ -395,6 +400,19 @@ impl Edge {
     pub async fn shutdown(self) -> usize {
         self.ready.store(false, Ordering::SeqCst);
         let cut = self.listeners.drain(self.cfg.server.drain_timeout).await;
+        if let Some(p) = &self.pipeline {
+            let started = std::time::Instant::now();
+            let spilled = tokio::time::timeout(self.cfg.server.drain_timeout, p.spill()).await;
+            match spilled {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(slices = n, took = ?started.elapsed(), "memory tier written to the disk tier")
+                }
+                Err(_) => {
+                    tracing::warn!("memory tier not fully written to disk within drain_timeout")
+                }
+            }
+        }
         if let Some(seeder) = &self.seeder {
             seeder.shutdown().await;
         }

@@ -169,7 +169,12 @@ struct Inner<V, E> {
     max_object: usize,
     stale_if_error: Duration,
     metrics: Option<CacheMetrics>,
+    evicted: std::sync::OnceLock<EvictHook<V>>,
 }
+
+/// Called with every value the cache lets go of to make room (or did not admit): its key, the
+/// value and when it expires (or expired).
+type EvictHook<V> = Box<dyn Fn(&str, &V, Instant) + Send + Sync>;
 
 impl<V, E> Cache<V, E>
 where
@@ -188,8 +193,36 @@ where
                 max_object,
                 stale_if_error: cfg.stale_if_error,
                 metrics,
+                evicted: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Calls `hook` with every value evicted to make room, or not admitted (TinyUFO), after the
+    /// fact and outside the cache's locks — not with purged or removed ones. Where a tier below
+    /// catches what memory lets go of (a victim cache). Set once; returns false after that.
+    pub fn on_evict(&self, hook: impl Fn(&str, &V, Instant) + Send + Sync + 'static) -> bool {
+        self.inner.evicted.set(Box::new(hook)).is_ok()
+    }
+
+    /// Every value held (fresh or expired, not purged), with its key and expiry: what a tier
+    /// below takes over when this one goes away (a drain).
+    pub fn snapshot(&self) -> Vec<(Arc<str>, V, Instant)> {
+        let keys: Vec<Arc<str>> = self
+            .inner
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                let e = self.inner.ufo.get(&k).filter(|e| e.key == k)?;
+                let v = e.value?;
+                Some((k, v, e.expires))
+            })
+            .collect()
     }
 
     /// The fresh value of `key`, if cached.
@@ -252,6 +285,35 @@ where
     /// Removes `key` and detaches a fetch of it in flight; returns whether it was cached.
     pub fn purge(&self, key: &str) -> bool {
         self.inner.purge(&Arc::from(key))
+    }
+
+    /// Removes `key` when its cached value satisfies `pred` (a value its reader found broken,
+    /// or of another version); fills in flight are left alone. Returns whether it removed it.
+    pub fn remove_if(&self, key: &str, pred: impl FnOnce(&V) -> bool) -> bool {
+        let key: Arc<str> = Arc::from(key);
+        let mut keys = self.inner.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(value) = self
+            .inner
+            .ufo
+            .get(&key)
+            .filter(|e| e.key == key)
+            .and_then(|e| e.value)
+        else {
+            return false;
+        };
+        if !pred(&value) {
+            return false;
+        }
+        keys.remove(&key);
+        let tombstone = Entry {
+            key: key.clone(),
+            value: None,
+            expires: Instant::now(),
+        };
+        let evicted = self.inner.ufo.put(key, tombstone, 1);
+        drop(keys);
+        self.inner.account(0, value.weight(), &evicted);
+        true
     }
 
     /// Removes every key starting with `prefix` and detaches the fetches of such keys in flight;
@@ -419,6 +481,13 @@ where
         }
         drop(keys);
         self.account(bytes, replaced, &evicted);
+        if let Some(hook) = self.evicted.get() {
+            for kv in &evicted {
+                if let Some(v) = &kv.data.value {
+                    hook(&kv.data.key, v, kv.data.expires);
+                }
+            }
+        }
     }
 }
 

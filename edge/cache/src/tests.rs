@@ -318,3 +318,40 @@ async fn a_fetch_in_flight_during_a_purge_is_not_kept() {
         assert_eq!(cache.get("/vod/k").unwrap().0, "new");
     }
 }
+
+#[tokio::test]
+async fn what_is_evicted_or_not_admitted_goes_to_the_eviction_hook() {
+    let cache: Cache<Obj, Err> = Cache::new(
+        CacheConfig {
+            capacity: 8 * 1024,
+            max_object: 8 * 1024,
+            estimated_entries: 16,
+            stale_if_error: Duration::ZERO,
+        },
+        None,
+    );
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let s = seen.clone();
+    assert!(cache.on_evict(move |key, _, _| s.lock().unwrap().push(key.to_owned())));
+    for i in 0..20 {
+        let key = format!("/k{i}");
+        cache
+            .get_or_fetch(&key, || async {
+                Ok::<_, Err>((Obj(Bytes::from(vec![0u8; 2048])), Duration::from_secs(60)))
+            })
+            .await
+            .unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    // 20 values of 2 KiB in 8 KiB: at least 16 let go of, each once; none of them still cached.
+    assert!(seen.len() >= 16, "{seen:?}");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len());
+    assert!(seen.iter().all(|k| cache.get(k).is_none()), "{seen:?}");
+    // Purges are not evictions.
+    let before = seen.len();
+    cache.purge_prefix("/k");
+    assert_eq!(before, seen.len());
+}

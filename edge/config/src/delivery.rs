@@ -44,9 +44,6 @@ pub struct OriginConfig {
     /// Wait before the first retry, doubling after each (at most 2 s). Default `100ms`.
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
-    /// Largest object the edge reads from the origin; larger ones are refused (502
-    /// `object_too_large`) instead of being held in memory whole. Default 256 MiB.
-    pub max_object: ByteSize,
 }
 
 impl Default for OriginConfig {
@@ -60,7 +57,6 @@ impl Default for OriginConfig {
             timeout: Duration::from_secs(10),
             retries: 2,
             retry_backoff: Duration::from_millis(100),
-            max_object: ByteSize::mib(256),
         }
     }
 }
@@ -117,8 +113,10 @@ impl Default for S3Config {
 pub struct CacheConfig {
     /// Bytes of object bodies kept in memory (`"256 MiB"`). Env `EDGE_CACHE_MEMORY`. Default 256 MiB.
     pub memory: ByteSize,
-    /// Largest single object admitted to the cache; larger objects are served uncached. Default 64 MiB.
-    pub max_object: ByteSize,
+    /// Objects are fetched, cached (memory and disk) and served in slices of this size: a range
+    /// or a seek costs the slices it touches, a cold object streams while it fills. An object
+    /// no larger than a slice is one entry. 64 KiB to 64 MiB. Default 4 MiB.
+    pub slice: ByteSize,
     /// How long a cached manifest (`.m3u8`, `.mpd`) is fresh; live playlists change. Default `2s`.
     /// An origin `Cache-Control: max-age` (or `s-maxage`) overrides it; `no-store`, `no-cache`
     /// and `private` are not cached.
@@ -138,7 +136,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             memory: ByteSize::mib(256),
-            max_object: ByteSize::mib(64),
+            slice: ByteSize::mib(4),
             manifest_ttl: Duration::from_secs(2),
             segment_ttl: Duration::from_secs(3600),
             stale_if_error: Duration::from_secs(86_400),
@@ -315,11 +313,14 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
     if o.retries > 10 {
         bad("origin.retries", "at most 10");
     }
-    if cfg.cache.max_object > cfg.cache.memory {
-        bad("cache.max_object", "larger than cache.memory");
+    if cfg.cache.slice < ByteSize::kib(64) || cfg.cache.slice > ByteSize::mib(64) {
+        bad("cache.slice", "must be between 64 KiB and 64 MiB");
     }
-    if cfg.disk_cache.path.is_some() && cfg.disk_cache.capacity < cfg.cache.max_object {
-        bad("disk_cache.capacity", "smaller than cache.max_object");
+    if cfg.cache.slice > cfg.cache.memory {
+        bad("cache.slice", "larger than cache.memory");
+    }
+    if cfg.disk_cache.path.is_some() && cfg.disk_cache.capacity < cfg.cache.slice {
+        bad("disk_cache.capacity", "smaller than cache.slice");
     }
     let s = &cfg.seeder;
     if s.scan_interval.is_zero() || s.heartbeat_interval.is_zero() {

@@ -33,6 +33,18 @@ pub(crate) fn parse_table(file: &Path, text: &str, errors: &mut Errors) -> Optio
     }
 }
 
+/// Keys earlier versions accepted, and what replaced them.
+const REMOVED: &[(&str, &str)] = &[
+    (
+        "origin.max_object",
+        "objects of any size are streamed; nothing is read whole (see cache.slice)",
+    ),
+    (
+        "cache.max_object",
+        "objects of any size are cached, in slices of cache.slice bytes",
+    ),
+];
+
 /// Deserialises `value` (found at `field`) into `T`, recording every unknown key and the first type
 /// error. Returns `None` when a type error was found.
 pub(crate) fn decode<T: DeserializeOwned>(
@@ -50,7 +62,11 @@ pub(crate) fn decode<T: DeserializeOwned>(
         } else {
             format!("{field}.{key}")
         };
-        errors.push(ConfigError::new(file, full, "unknown field"));
+        let message = match REMOVED.iter().find(|(name, _)| *name == full) {
+            Some((_, why)) => format!("removed: {why}"),
+            None => "unknown field".to_owned(),
+        };
+        errors.push(ConfigError::new(file, full, message));
     }
     match result {
         Ok(v) => Some(v),

@@ -35,6 +35,10 @@ pub(crate) struct Header {
     pub(crate) stored_at_ms: u64,
     pub(crate) expires_at_ms: u64,
     pub(crate) source: String,
+    /// Size of the whole object when the body is one slice of it; absent (older entries, whole
+    /// objects) = the body is the whole object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) object_len: Option<u64>,
     pub(crate) body_len: u64,
     pub(crate) sha256: String,
 }
@@ -50,6 +54,7 @@ impl Header {
             stored_at_ms: to_ms(meta.stored_at),
             expires_at_ms: to_ms(meta.expires_at),
             source: meta.source.clone(),
+            object_len: meta.object_size,
             body_len: body.len() as u64,
             sha256: hex::encode(Sha256::digest(body)),
         }
@@ -64,6 +69,7 @@ impl Header {
             stored_at: from_ms(self.stored_at_ms),
             expires_at: from_ms(self.expires_at_ms),
             source: self.source.clone(),
+            object_size: self.object_len,
         }
     }
 

@@ -36,6 +36,9 @@
 //!  "source":"origin","body_len":123456,"sha256":"<64 lowercase hex digits of the body's sha256>"}
 //! ```
 //!
+//! An entry may be one slice of a larger object (the edge caches objects in fixed-size slices,
+//! each under its own key); its header then also has `"object_len"`, the whole object's size.
+//!
 //! Times are milliseconds since the Unix epoch (so [`Meta`] times come back truncated to the
 //! millisecond); `etag`, `last_modified_ms` and `cache_control` may be `null`. A file is valid when
 //! the magic and version match, its length is exactly `9 + n + body_len`, its name is the sha256 of
@@ -152,6 +155,9 @@ pub struct Meta {
     pub expires_at: SystemTime,
     /// Where it came from: `origin` or `seeder`.
     pub source: String,
+    /// When the body is a slice of a larger object: the whole object's size (`None`: the body
+    /// is the whole object).
+    pub object_size: Option<u64>,
 }
 
 impl Meta {
@@ -164,6 +170,7 @@ impl Meta {
             stored_at,
             expires_at,
             source: source.to_owned(),
+            object_size: None,
         }
     }
 

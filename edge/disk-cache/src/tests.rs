@@ -22,6 +22,7 @@ fn meta(expires_ms: u64) -> Meta {
         stored_at: at(1_700_000_000_123),
         expires_at: at(expires_ms),
         source: "origin".into(),
+        object_size: None,
     }
 }
 

@@ -1,10 +1,12 @@
-use crate::{Object, Origin, OriginError, Tier};
+use crate::{ByteStream, ObjectInfo, Opened, Origin, OriginError, Tier};
+use futures::StreamExt;
 use object_store::{
-    Attribute, BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig,
-    aws::AmazonS3Builder, http::HttpBuilder, local::LocalFileSystem, path::Path as ObjectPath,
-    signer::Signer,
+    Attribute, BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt,
+    RetryConfig, aws::AmazonS3Builder, http::HttpBuilder, local::LocalFileSystem,
+    path::Path as ObjectPath, signer::Signer,
 };
 use std::{
+    ops::Range,
     path::Path,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -86,9 +88,10 @@ pub struct HttpSettings {
 pub struct StoreOrigin {
     store: Arc<dyn ObjectStore>,
     keys: KeyMap,
-    /// Bound on a whole read, retries included.
+    /// Bound on the origin's answer (before the body), retries included.
     deadline: Duration,
-    max_object: u64,
+    /// Bound on the wait for each chunk of a body.
+    chunk_timeout: Duration,
     description: String,
     signer: Option<Arc<dyn Signer>>,
 }
@@ -185,7 +188,7 @@ impl StoreOrigin {
             store,
             keys: KeyMap::default(),
             deadline: timeout,
-            max_object: u64::MAX,
+            chunk_timeout: timeout,
             description,
             signer: None,
         }
@@ -209,12 +212,6 @@ impl StoreOrigin {
             .map_err(map_err)
     }
 
-    /// Refuses objects larger than `bytes` before reading their body.
-    pub fn with_max_object(mut self, bytes: u64) -> Self {
-        self.max_object = bytes;
-        self
-    }
-
     /// Maps public paths to keys with `keys`.
     pub fn with_keys(mut self, keys: KeyMap) -> Self {
         if !keys.strip_prefix.is_empty() || !keys.key_prefix.is_empty() {
@@ -235,33 +232,144 @@ fn map_err(e: object_store::Error) -> OriginError {
     }
 }
 
+fn map_get_err(e: object_store::Error) -> OriginError {
+    match e {
+        object_store::Error::Precondition { .. } => OriginError::Changed,
+        other => map_err(other),
+    }
+}
+
+impl StoreOrigin {
+    async fn answer(
+        &self,
+        location: &ObjectPath,
+        range: Option<Range<u64>>,
+        if_match: Option<&str>,
+    ) -> Result<object_store::GetResult, OriginError> {
+        let opts = GetOptions {
+            range: range.clone().map(|r| {
+                if r.end == u64::MAX {
+                    GetRange::Offset(r.start)
+                } else {
+                    GetRange::Bounded(r)
+                }
+            }),
+            if_match: if_match.map(|e| format!("\"{e}\"")),
+            ..GetOptions::default()
+        };
+        match self.store.get_opts(location, opts).await {
+            Ok(r) => Ok(r),
+            // A range of an empty object is unsatisfiable; the object is still there.
+            Err(e) if range.as_ref().is_some_and(|r| r.start == 0) => {
+                let first = map_get_err(e);
+                if first == OriginError::NotFound || first == OriginError::Changed {
+                    return Err(first);
+                }
+                match self.store.head(location).await {
+                    Ok(meta) if meta.size == 0 => self
+                        .store
+                        .get_opts(location, GetOptions::default())
+                        .await
+                        .map_err(map_get_err),
+                    _ => Err(first),
+                }
+            }
+            Err(e) => Err(map_get_err(e)),
+        }
+    }
+}
+
+/// Bytes of one blocking read of a local file.
+const FILE_READ: u64 = 256 << 10;
+
+/// The bytes `range` of a local file, one blocking read of up to [`FILE_READ`] bytes at a time.
+fn file_body(file: std::fs::File, range: Range<u64>) -> ByteStream {
+    futures::stream::unfold(Some((file, range.start)), move |state| async move {
+        let (mut file, pos) = state?;
+        if pos >= range.end {
+            return None;
+        }
+        let n = (range.end - pos).min(FILE_READ) as usize;
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut buf = bytes::BytesMut::zeroed(n);
+            file.seek(SeekFrom::Start(pos))?;
+            file.read_exact(&mut buf)?;
+            Ok::<_, std::io::Error>((file, buf.freeze()))
+        })
+        .await;
+        match read {
+            Ok(Ok((file, bytes))) => Some((Ok(bytes), Some((file, pos + n as u64)))),
+            Ok(Err(e)) => Some((Err(OriginError::Unavailable(e.to_string())), None)),
+            Err(e) => Some((Err(OriginError::Unavailable(e.to_string())), None)),
+        }
+    })
+    .boxed()
+}
+
+/// `body` with every chunk awaited at most `timeout`.
+fn bounded(body: ByteStream, timeout: Duration) -> ByteStream {
+    futures::stream::unfold(Some(body), move |state| async move {
+        let mut body = state?;
+        match tokio::time::timeout(timeout, body.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+            Ok(Some(Err(e))) => Some((Err(e), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(OriginError::Timeout(timeout)), None)),
+        }
+    })
+    .boxed()
+}
+
 #[async_trait::async_trait]
 impl Origin for StoreOrigin {
-    async fn get(&self, path: &str) -> Result<Object, OriginError> {
+    async fn open(
+        &self,
+        path: &str,
+        range: Option<Range<u64>>,
+        if_match: Option<&str>,
+    ) -> Result<Opened, OriginError> {
         let location = self.keys.key(path)?;
-        let read = async {
-            let result = self.store.get(&location).await.map_err(map_err)?;
-            if result.meta.size > self.max_object {
-                return Err(OriginError::TooLarge(result.meta.size));
-            }
-            let etag = result.meta.e_tag.clone();
-            let last_modified = Some(SystemTime::from(result.meta.last_modified));
-            let cache_control = result
+        let result = tokio::time::timeout(
+            self.deadline,
+            self.answer(&location, range.clone(), if_match),
+        )
+        .await
+        .map_err(|_| OriginError::Timeout(self.deadline))??;
+        let info = ObjectInfo {
+            size: result.meta.size,
+            etag: result
+                .meta
+                .e_tag
+                .as_deref()
+                .map(|e| e.trim_start_matches("W/").trim_matches('"').to_owned()),
+            last_modified: Some(SystemTime::from(result.meta.last_modified)),
+            cache_control: result
                 .attributes
                 .get(&Attribute::CacheControl)
-                .map(|v| v.to_string());
-            let body = result.bytes().await.map_err(map_err)?;
-            Ok(Object {
-                body,
-                etag,
-                last_modified,
-                cache_control,
-                tier: Tier::Origin,
-            })
+                .map(|v| v.to_string()),
+            tier: Tier::Origin,
         };
-        tokio::time::timeout(self.deadline, read)
-            .await
-            .map_err(|_| OriginError::Timeout(self.deadline))?
+        let got = result.range.clone();
+        if let Some(asked) = &range
+            && (got.start != asked.start || got.end > asked.end)
+            && info.size > 0
+        {
+            return Err(OriginError::Unavailable(format!(
+                "origin answered bytes {got:?} for {asked:?}"
+            )));
+        }
+        let body = match result.payload {
+            // Local files: large reads on the blocking pool (object_store's own stream reads
+            // 8 KiB per blocking hop).
+            object_store::GetResultPayload::File(file, _) => file_body(file, got.clone()),
+            object_store::GetResultPayload::Stream(s) => s.map(|c| c.map_err(map_get_err)).boxed(),
+        };
+        Ok(Opened {
+            info,
+            range: got,
+            body: bounded(body, self.chunk_timeout),
+        })
     }
 
     async fn check(&self) -> Result<(), OriginError> {
@@ -308,9 +416,11 @@ mod tests {
             Err(OriginError::InvalidPath(_))
         ));
         origin.check().await.unwrap();
-        let small = origin.clone().with_max_object(4);
         assert_eq!(
-            small.get("/vod/m1/index.m3u8").await.unwrap_err(),
+            origin
+                .get_within("/vod/m1/index.m3u8", 4)
+                .await
+                .unwrap_err(),
             OriginError::TooLarge(8)
         );
         let mapped = origin.with_keys(KeyMap {
@@ -329,6 +439,65 @@ mod tests {
             mapped.get("/mediax/m1/index.m3u8").await.unwrap_err(),
             OriginError::NotFound
         );
+    }
+
+    #[tokio::test]
+    async fn ranges_are_read_as_streams_and_an_entity_tag_pins_the_object() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("v")).unwrap();
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("v/big.mp4"), &body).unwrap();
+        std::fs::write(dir.path().join("v/empty.ts"), b"").unwrap();
+        let origin = StoreOrigin::local(dir.path(), Duration::from_secs(5)).unwrap();
+
+        let read = |o: Opened| async move {
+            let mut all = Vec::new();
+            let mut body = o.body;
+            while let Some(c) = body.next().await {
+                all.extend_from_slice(&c.unwrap());
+            }
+            all
+        };
+        let mid = origin
+            .open("/v/big.mp4", Some(1000..2000), None)
+            .await
+            .unwrap();
+        assert_eq!((mid.info.size, mid.range.clone()), (100_000, 1000..2000));
+        let etag = mid.info.etag.clone().unwrap();
+        assert_eq!(read(mid).await, &body[1000..2000]);
+        // The end is clamped to the object's size.
+        let tail = origin
+            .open("/v/big.mp4", Some(99_000..200_000), Some(&etag))
+            .await
+            .unwrap();
+        assert_eq!(tail.range, 99_000..100_000);
+        assert_eq!(read(tail).await, &body[99_000..]);
+        let rest = origin
+            .open("/v/big.mp4", Some(50_000..u64::MAX), None)
+            .await
+            .unwrap();
+        assert_eq!(read(rest).await, &body[50_000..]);
+        // Another entity tag: the object changed.
+        assert_eq!(
+            origin
+                .open("/v/big.mp4", Some(0..10), Some("other"))
+                .await
+                .unwrap_err(),
+            OriginError::Changed
+        );
+        // Past the end of a non-empty object: an error; an empty object reads as empty.
+        assert!(
+            origin
+                .open("/v/big.mp4", Some(100_000..100_010), None)
+                .await
+                .is_err()
+        );
+        let empty = origin
+            .open("/v/empty.ts", Some(0..1 << 20), None)
+            .await
+            .unwrap();
+        assert_eq!((empty.info.size, empty.range.clone()), (0, 0..0));
+        assert!(read(empty).await.is_empty());
     }
 
     #[test]

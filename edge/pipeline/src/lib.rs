@@ -11,16 +11,19 @@
 //! session into an [`EdgeRequest`] and write the [`EdgeResponse`] back; everything a viewer can
 //! observe is decided here, once, for every protocol. See `ARCHITECTURE.md` for each phase.
 
+mod fill;
 mod metrics;
 mod respond;
+mod slices;
 mod tiers;
 
 pub use metrics::PipelineMetrics;
+pub use slices::Head;
 pub use tiers::Source;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use edge_cache::{Cache, CacheConfig, FetchFailure, TaskFailed, Weighted};
+use edge_cache::{Cache, CacheConfig, FetchFailure, TaskFailed};
 use edge_contract::{
     Body, Call, EdgeRequest, EdgeResponse, Handler, MediaKind, ObjectError, Objects, Service,
     classify, normalize,
@@ -65,80 +68,81 @@ impl Mount {
     }
 }
 
-/// An object as cached: body and validators.
-#[derive(Debug, Clone)]
-pub struct Object {
-    /// Whole body.
-    pub body: Bytes,
-    /// Strong entity tag, quoted (`"abc"`).
-    pub etag: Option<String>,
-    /// Last modification time.
-    pub last_modified: Option<SystemTime>,
-    /// For manifests: where tokens go, found once when the object was fetched (`None` for
-    /// segments, or a manifest that does not parse).
-    pub manifest: Option<Arc<edge_manifest::Prepared>>,
-    /// Which tier filled the memory tier with it.
-    pub source: Source,
-    /// When it was fetched from a seeder or the origin (for `Age`).
-    pub fetched_at: SystemTime,
-    /// An expired copy answering because the upstream failed.
-    pub stale: bool,
-    /// Freshness lifetime from `fetched_at` (the origin's `Cache-Control` or the configured TTL).
-    pub max_age: Duration,
-}
-
-impl Object {
-    /// An object read from `source` at `fetched_at`; manifests are prepared for token
-    /// propagation here, once. `etag` may be quoted or not.
-    pub fn new(
-        key: &str,
-        body: Bytes,
-        etag: Option<String>,
-        last_modified: Option<SystemTime>,
+/// How a response's object was obtained: one value gives both `x-cache` and the metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// From the memory tier.
+    HitMemory,
+    /// From the disk tier.
+    HitDisk,
+    /// An expired copy from memory, because the upstream failed.
+    StaleMemory,
+    /// An expired copy from disk, because the upstream failed.
+    StaleDisk,
+    /// Filled from a seeder or the origin, by this request or (`coalesced`) another one.
+    Miss {
+        /// Where from.
         source: Source,
-        fetched_at: SystemTime,
-        stale: bool,
-    ) -> Self {
-        let manifest = edge_manifest::Kind::of(key).and_then(|kind| {
-            match edge_manifest::Prepared::new(kind, &body) {
-                Ok(p) => Some(Arc::new(p)),
-                Err(e) => {
-                    tracing::warn!(path = key, error = %e, "origin manifest does not parse; served without token propagation");
-                    None
-                }
-            }
-        });
-        Self {
-            body,
-            etag: etag.map(|e| format!("\"{}\"", e.trim_matches('"'))),
-            last_modified,
-            manifest,
-            source,
-            fetched_at,
-            stale,
-            max_age: Duration::ZERO,
-        }
-    }
-
-    /// `x-cache` for this object reached through the memory tier with `status`.
-    fn x_cache(&self, status: edge_cache::Status) -> &'static str {
-        use edge_cache::Status;
-        match (status, self.source, self.stale) {
-            (Status::Hit, ..) => "HIT memory",
-            (Status::Stale, ..) => "STALE memory",
-            (_, Source::Disk, true) => "STALE disk",
-            (_, Source::Disk, false) => "HIT disk",
-            (Status::Coalesced, Source::Seeder, _) => "MISS seeder coalesced",
-            (Status::Coalesced, Source::Origin, _) => "MISS origin coalesced",
-            (_, Source::Seeder, _) => "MISS seeder",
-            (_, Source::Origin, _) => "MISS origin",
-        }
-    }
+        /// Another request's fill.
+        coalesced: bool,
+    },
 }
 
-impl Weighted for Object {
-    fn weight(&self) -> usize {
-        self.body.len()
+impl Served {
+    /// How a slice with `head`, got from memory with `status`, was obtained; a hit on a slice
+    /// still `filling` from below is a coalesced miss.
+    fn of(head: &Head, status: edge_cache::Status, filling: bool) -> Self {
+        use edge_cache::Status;
+        match (status, head.source, head.stale) {
+            (Status::Hit, Source::Seeder | Source::Origin, _) if filling => Self::Miss {
+                source: head.source,
+                coalesced: true,
+            },
+            (Status::Hit, ..) => Self::HitMemory,
+            (Status::Stale, ..) => Self::StaleMemory,
+            (_, Source::Disk, true) => Self::StaleDisk,
+            (_, Source::Disk, false) => Self::HitDisk,
+            (status, source, _) => Self::Miss {
+                source,
+                coalesced: status == Status::Coalesced,
+            },
+        }
+    }
+
+    /// The `x-cache` header.
+    pub fn x_cache(self) -> &'static str {
+        match self {
+            Self::HitMemory => "HIT memory",
+            Self::HitDisk => "HIT disk",
+            Self::StaleMemory => "STALE memory",
+            Self::StaleDisk => "STALE disk",
+            Self::Miss {
+                source: Source::Seeder,
+                coalesced: true,
+            } => "MISS seeder coalesced",
+            Self::Miss {
+                source: Source::Seeder,
+                coalesced: false,
+            } => "MISS seeder",
+            Self::Miss {
+                coalesced: true, ..
+            } => "MISS origin coalesced",
+            Self::Miss { .. } => "MISS origin",
+        }
+    }
+
+    /// The `tier` label of `edge_cache_served_bytes_total`.
+    pub fn tier(self) -> &'static str {
+        match self {
+            Self::HitMemory => "memory",
+            Self::HitDisk => "disk",
+            Self::StaleMemory | Self::StaleDisk => "stale",
+            Self::Miss { source, .. } => source.as_str(),
+        }
+    }
+
+    fn stale(self) -> bool {
+        matches!(self, Self::StaleMemory | Self::StaleDisk)
     }
 }
 
@@ -174,8 +178,10 @@ pub enum FetchError {
 /// Freshness and size settings of the pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
-    /// Cache limits.
+    /// Memory tier limits (its `max_object` is set to `slice`).
     pub cache: CacheConfig,
+    /// Objects are cached and read in slices of this many bytes.
+    pub slice: u64,
     /// Freshness of cached manifests.
     pub manifest_ttl: Duration,
     /// Freshness of cached segments.
@@ -190,8 +196,7 @@ pub struct PipelineConfig {
 /// requests in flight finish on the router they started with.
 pub struct Pipeline {
     router: ArcSwap<Router>,
-    cache: Cache<Object, FetchError>,
-    tiers: Arc<tiers::Tiers>,
+    slices: slices::Slices,
     cfg: PipelineConfig,
     metrics: PipelineMetrics,
     mounts: std::sync::OnceLock<Vec<Mount>>,
@@ -209,7 +214,9 @@ impl Pipeline {
         metrics: PipelineMetrics,
     ) -> Self {
         cfg.cache.stale_if_error = cfg.stale_if_error;
-        let cache = Cache::new(cfg.cache.clone(), Some(metrics.cache.clone()));
+        cfg.slice = cfg.slice.max(1);
+        cfg.cache.max_object = usize::try_from(cfg.slice).unwrap_or(usize::MAX);
+        let memory = Cache::new(cfg.cache.clone(), Some(metrics.cache.clone()));
         let tiers = tiers::Tiers {
             upstream,
             disk,
@@ -219,12 +226,21 @@ impl Pipeline {
                 stale_if_error: cfg.stale_if_error,
             },
             metrics: metrics.tiers.clone(),
-            events: None,
+            events: std::sync::OnceLock::new(),
+            slice: cfg.slice,
         };
+        let tiers = Arc::new(tiers);
+        if tiers.disk.is_some() {
+            let below = Arc::downgrade(&tiers);
+            memory.on_evict(move |key, slice, expires| {
+                if let Some(tiers) = below.upgrade() {
+                    tiers.victim(key, slice, expires);
+                }
+            });
+        }
         Self {
             router: ArcSwap::from_pointee(router),
-            cache,
-            tiers: Arc::new(tiers),
+            slices: slices::Slices { memory, tiers },
             cfg,
             metrics,
             mounts: std::sync::OnceLock::new(),
@@ -235,9 +251,7 @@ impl Pipeline {
     /// Records a `policy.denied` event per denial and a `cache.fill` event per fill into
     /// `events`.
     pub fn with_events(mut self, events: Arc<dyn EventSink>) -> Self {
-        if let Some(tiers) = Arc::get_mut(&mut self.tiers) {
-            tiers.events = Some(events.clone());
-        }
+        let _ = self.slices.tiers.events.set(events.clone());
         self.events = Some(events);
         self
     }
@@ -249,40 +263,44 @@ impl Pipeline {
     }
 
     /// The object at the normalised `path` through the cache tiers, as a viewer's request would
-    /// get it (coalesced, cached), without policies. For services (does a movie's manifest
-    /// exist?).
-    pub async fn lookup(&self, path: &str) -> Result<Object, FetchError> {
+    /// get it (coalesced, cached; its first slice), without policies. For services (does a
+    /// movie's manifest exist?).
+    pub async fn lookup(&self, path: &str) -> Result<Head, FetchError> {
         let kind = classify(path).map_or(MediaKind::Segment, |(_, k)| k);
-        let tiers = self.tiers.clone();
-        let key = path.to_owned();
-        self.cache
-            .get_or_fetch(path, move || async move { tiers.fill(&key, kind).await })
-            .await
-            .map(|(o, _)| o)
+        let (slice, _) = self.slices.get(path, 0, kind).await?;
+        Ok(slice.head.as_ref().clone())
     }
 
-    /// Removes `path` from every cache tier. Disk first: memory fills meanwhile may still read
-    /// the disk copy, and the memory purge then drops them (fills in flight are not kept).
+    /// Removes `path` (every slice of it) from every cache tier. Disk first: memory fills
+    /// meanwhile may still read the disk copy, and the memory purge then drops them (fills in
+    /// flight are not kept).
     pub async fn purge(&self, path: &str) -> Purged {
-        let disk = match &self.tiers.disk {
-            Some(d) => usize::from(d.remove(path).await),
-            None => 0,
-        };
-        Purged {
-            memory: usize::from(self.cache.purge(path)),
-            disk,
+        let rest = format!("{path}\0");
+        let mut purged = Purged::default();
+        if let Some(d) = &self.slices.tiers.disk {
+            purged.disk = usize::from(d.remove(path).await) + d.purge_prefix(&rest).await;
         }
+        purged.memory =
+            usize::from(self.slices.memory.purge(path)) + self.slices.memory.purge_prefix(&rest);
+        purged
+    }
+
+    /// Writes what only the memory tier holds to the disk tier (complete slices, fresh or within
+    /// stale-if-error) and returns how many slices were written; for a drain, so a restart
+    /// keeps them. Memory keeps its copies.
+    pub async fn spill(&self) -> usize {
+        self.slices.tiers.spill(&self.slices.memory).await
     }
 
     /// Removes every path starting with `prefix` from every cache tier (disk first, as
     /// [`Pipeline::purge`]).
     pub async fn purge_prefix(&self, prefix: &str) -> Purged {
-        let disk = match &self.tiers.disk {
+        let disk = match &self.slices.tiers.disk {
             Some(d) => d.purge_prefix(prefix).await,
             None => 0,
         };
         Purged {
-            memory: self.cache.purge_prefix(prefix),
+            memory: self.slices.memory.purge_prefix(prefix),
             disk,
         }
     }
@@ -299,7 +317,7 @@ impl Pipeline {
 
     /// The upstream (origin, or seeders then origin).
     pub fn origin(&self) -> &Arc<dyn Origin> {
-        &self.tiers.upstream
+        &self.slices.tiers.upstream
     }
 
     async fn serve(&self, req: &EdgeRequest) -> (String, EdgeResponse) {
@@ -378,30 +396,97 @@ impl Pipeline {
         };
         let protected = !route.is_open();
         drop(router);
+        let wanted = Wanted {
+            path: &path,
+            kind,
+            content_type,
+            protected,
+            propagate: &propagate,
+        };
+        let mut response = self.deliver(req, &wanted).await;
+        respond::add_headers(&mut response.headers, &response_headers);
+        (route_name, response)
+    }
+}
 
-        let tiers = self.tiers.clone();
-        let key = path.clone();
-        let fetched = self
-            .cache
-            .get_or_fetch(&path, move || async move { tiers.fill(&key, kind).await })
-            .await;
-        let (obj, status) = match fetched {
+/// What a viewer asked for, once admitted and authorised.
+struct Wanted<'a> {
+    path: &'a str,
+    kind: MediaKind,
+    content_type: &'static str,
+    /// A policy guarded it (`Cache-Control: private`).
+    protected: bool,
+    /// Query parameters to propagate into a manifest's URIs.
+    propagate: &'a [(String, String)],
+}
+
+impl Pipeline {
+    /// Fetch and represent: the first slice the request needs (its head says what the object
+    /// is), the HTTP semantics on that head, then the body, whole or streamed slice by slice.
+    async fn deliver(&self, req: &EdgeRequest, w: &Wanted<'_>) -> EdgeResponse {
+        let index = respond::first_byte(&req.headers) / self.slices.size();
+        let fetched = match self.slices.get(w.path, index, w.kind).await {
+            Err(_) if index > 0 => self.slices.get(w.path, 0, w.kind).await,
+            other => other,
+        };
+        let (first, status) = match fetched {
             Ok(v) => v,
-            Err(e) => return (route_name, origin_error(&e)),
+            Err(e) => return origin_error(&e),
         };
+        let served = Served::of(&first.head, status, first.data.filling());
+        let mut headers = self.object_headers(&first.head, served, w);
 
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        headers.insert("x-cache", HeaderValue::from_static(obj.x_cache(status)));
-        let stale = obj.stale || status == edge_cache::Status::Stale;
-        let tier = match status {
-            _ if stale => "stale",
-            edge_cache::Status::Hit => "memory",
-            _ => obj.source.as_str(),
+        if w.kind == MediaKind::Manifest && !w.propagate.is_empty() {
+            return self.rewritten(req, w, &first, served, headers).await;
+        }
+        let head = &first.head;
+        let plan = respond::plan(
+            &req.headers,
+            head.etag.as_deref(),
+            head.last_modified,
+            head.size,
+            &mut headers,
+        );
+        let range = match plan {
+            respond::Plan::Answer(r) => return r,
+            respond::Plan::Send(range) => range,
         };
-        self.metrics.tiers.served(tier, obj.body.len());
+        self.metrics
+            .tiers
+            .served(served.tier(), (range.end - range.start) as usize);
+        let status = if range.end - range.start == head.size {
+            StatusCode::OK
+        } else {
+            StatusCode::PARTIAL_CONTENT
+        };
+        let body = match first.data.whole() {
+            Some(b) if first.start <= range.start && range.end <= first.end() => Body::Full(
+                b.slice((range.start - first.start) as usize..(range.end - first.start) as usize),
+            ),
+            _ => Body::Stream {
+                len: Some(range.end - range.start),
+                chunks: self.slices.stream(w.path, w.kind, first.clone(), range),
+            },
+        };
+        EdgeResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The headers every answer about an object carries: type, `x-cache`, `Age`, `Warning`,
+    /// `Cache-Control`.
+    fn object_headers(&self, head: &Head, served: Served, w: &Wanted<'_>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(w.content_type),
+        );
+        headers.insert("x-cache", HeaderValue::from_static(served.x_cache()));
+        let stale = head.stale || served.stale();
         let age = SystemTime::now()
-            .duration_since(obj.fetched_at)
+            .duration_since(head.fetched_at)
             .unwrap_or_default()
             .as_secs();
         if age > 0 || stale {
@@ -416,39 +501,83 @@ impl Pipeline {
         let ttl = if stale {
             0
         } else {
-            obj.max_age.as_secs().saturating_sub(age)
+            head.max_age.as_secs().saturating_sub(age)
         };
         let cache_control = format!(
             "{}max-age={}",
-            if protected { "private, " } else { "public, " },
+            if w.protected { "private, " } else { "public, " },
             ttl
         );
         if let Ok(v) = HeaderValue::from_str(&cache_control) {
             headers.insert(header::CACHE_CONTROL, v);
         }
-        respond::add_headers(&mut headers, &response_headers);
+        headers
+    }
 
-        let rewrite = kind == MediaKind::Manifest && !propagate.is_empty();
-        let (body, etag) = if rewrite {
-            match obj
-                .manifest
-                .as_ref()
-                .map(|m| m.render(&obj.body, &propagate))
-            {
-                Some(Ok(b)) => (Bytes::from(b), obj.etag.as_ref().map(|e| format!("W/{e}"))),
-                Some(Err(e)) => {
-                    tracing::warn!(path, error = %e, "cannot propagate the token into a manifest");
-                    return (route_name, respond::error(502, "invalid_manifest", &[]));
-                }
-                None => return (route_name, respond::error(502, "invalid_manifest", &[])),
-            }
-        } else {
-            (obj.body.clone(), obj.etag.clone())
+    /// A manifest with the policy's query parameters propagated into its URIs: read whole,
+    /// rewritten for this response (weak entity tag), then the same HTTP semantics.
+    async fn rewritten(
+        &self,
+        req: &EdgeRequest,
+        w: &Wanted<'_>,
+        first: &slices::Slice,
+        served: Served,
+        mut headers: HeaderMap,
+    ) -> EdgeResponse {
+        let body = match self.slices.whole(w.path, w.kind, first).await {
+            Ok(b) => b,
+            Err(e) => return origin_error(&FetchError::Origin(e)),
         };
-        (
-            route_name,
-            respond::object(&req.headers, &obj, body, etag.as_deref(), headers),
-        )
+        let single = first.start == 0 && first.len == first.head.size;
+        let prepare = || {
+            edge_manifest::Kind::of(w.path).and_then(|kind| {
+                match edge_manifest::Prepared::new(kind, &body) {
+                    Ok(p) => Some(Arc::new(p)),
+                    Err(e) => {
+                        tracing::warn!(path = w.path, error = %e, "origin manifest does not parse; served without token propagation");
+                        None
+                    }
+                }
+            })
+        };
+        let prepared = if single {
+            first.manifest.get_or_init(prepare).clone()
+        } else {
+            prepare()
+        };
+        let rendered = match prepared.map(|m| m.render(&body, w.propagate)) {
+            Some(Ok(b)) => Bytes::from(b),
+            Some(Err(e)) => {
+                tracing::warn!(path = w.path, error = %e, "cannot propagate the token into a manifest");
+                return respond::error(502, "invalid_manifest", &[]);
+            }
+            None => return respond::error(502, "invalid_manifest", &[]),
+        };
+        let etag = first.head.etag.as_ref().map(|e| format!("W/{e}"));
+        let plan = respond::plan(
+            &req.headers,
+            etag.as_deref(),
+            first.head.last_modified,
+            rendered.len() as u64,
+            &mut headers,
+        );
+        let range = match plan {
+            respond::Plan::Answer(r) => return r,
+            respond::Plan::Send(range) => range,
+        };
+        self.metrics
+            .tiers
+            .served(served.tier(), (range.end - range.start) as usize);
+        let status = if range.end - range.start == rendered.len() as u64 {
+            StatusCode::OK
+        } else {
+            StatusCode::PARTIAL_CONTENT
+        };
+        EdgeResponse {
+            status,
+            headers,
+            body: Body::Full(rendered.slice(range.start as usize..range.end as usize)),
+        }
     }
 }
 
@@ -513,9 +642,10 @@ fn origin_error(e: &FetchError) -> EdgeResponse {
         FetchError::Origin(OriginError::InvalidPath(_)) => respond::error(400, "invalid_path", &[]),
         FetchError::Origin(OriginError::Timeout(_)) => respond::error(504, "origin_timeout", &[]),
         FetchError::Origin(OriginError::TooLarge(size)) => {
-            tracing::warn!(size, "object larger than origin.max_object refused");
+            tracing::warn!(size, "object larger than the upstream's limit");
             respond::error(502, "object_too_large", &[])
         }
+        FetchError::Origin(OriginError::Changed) => respond::error(502, "object_changed", &[]),
         FetchError::Origin(OriginError::Unavailable(reason)) => {
             tracing::warn!(%reason, "origin failed");
             respond::error(502, "origin_unavailable", &[])

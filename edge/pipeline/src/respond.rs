@@ -1,7 +1,5 @@
 //! Building responses: errors, conditional requests, single ranges.
 
-use crate::Object;
-use bytes::Bytes;
 use edge_contract::{Body, EdgeResponse};
 use headers::{ETag, HeaderMapExt, IfModifiedSince, IfNoneMatch, IfRange, LastModified};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -73,21 +71,43 @@ pub(crate) fn add_headers(headers: &mut HeaderMap, extra: &[(String, String)]) {
     }
 }
 
-/// The response to a GET/HEAD of `obj` (whose representation is `body`), honouring
-/// `If-None-Match`, `If-Modified-Since`, `If-Range` and a single `Range`.
-pub(crate) fn object(
+/// What to answer for an object, after the conditional and range headers.
+pub(crate) enum Plan {
+    /// A complete answer without the object's bytes: 304 or 416.
+    Answer(EdgeResponse),
+    /// Send these bytes of the representation: all of it (200) or a part (206, with
+    /// `Content-Range` set in the headers).
+    Send(std::ops::Range<u64>),
+}
+
+/// The first byte a request for one range asks for explicitly (`bytes=N-…`), else 0: which slice
+/// to read first. Only a hint; [`plan`] validates the range against the object.
+pub(crate) fn first_byte(req: &HeaderMap) -> u64 {
+    req.get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .filter(|v| !v.contains(','))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(start, _)| start.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The answer to a GET/HEAD of a representation of `len` bytes with `etag` and
+/// `last_modified`, honouring `If-None-Match`, `If-Modified-Since`, `If-Range` and a single
+/// `Range`. Adds the validators, `Accept-Ranges` and (for a part) `Content-Range` to `headers`.
+pub(crate) fn plan(
     req: &HeaderMap,
-    obj: &Object,
-    body: Bytes,
     etag: Option<&str>,
-    mut headers: HeaderMap,
-) -> EdgeResponse {
+    last_modified: Option<std::time::SystemTime>,
+    len: u64,
+    headers: &mut HeaderMap,
+) -> Plan {
     let etag = etag.and_then(|e| e.parse::<ETag>().ok());
-    let last_modified = obj.last_modified.map(LastModified::from);
+    let lm = last_modified.map(LastModified::from);
     if let Some(e) = &etag {
         headers.typed_insert(e.clone());
     }
-    if let Some(lm) = last_modified {
+    if let Some(lm) = lm {
         headers.typed_insert(lm);
     }
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -95,25 +115,25 @@ pub(crate) fn object(
     let not_modified = match (req.typed_get::<IfNoneMatch>(), &etag) {
         (Some(inm), Some(e)) => !inm.precondition_passes(e),
         (Some(_), None) => false,
-        (None, _) => match (req.typed_get::<IfModifiedSince>(), obj.last_modified) {
+        (None, _) => match (req.typed_get::<IfModifiedSince>(), last_modified) {
             (Some(ims), Some(lm)) => !ims.is_modified(lm),
             _ => false,
         },
     };
     if not_modified {
+        let mut headers = std::mem::take(headers);
         headers.remove(header::CONTENT_TYPE);
-        return EdgeResponse {
+        return Plan::Answer(EdgeResponse {
             status: StatusCode::NOT_MODIFIED,
             headers,
             body: Body::empty(),
-        };
+        });
     }
 
-    let len = body.len() as u64;
     let range = req.get(header::RANGE).and_then(|v| v.to_str().ok());
     let if_range_ok = req
         .typed_get::<IfRange>()
-        .is_none_or(|ir| !ir.is_modified(etag.as_ref(), last_modified.as_ref()));
+        .is_none_or(|ir| !ir.is_modified(etag.as_ref(), lm.as_ref()));
     if let (Some(range), true) = (range, if_range_ok) {
         // Malformed ranges and other units are ignored, as RFC 9110 allows; so are multiple
         // ranges (the whole representation is simpler for players than multipart).
@@ -124,12 +144,7 @@ pub(crate) fn object(
                     if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
                         headers.insert(header::CONTENT_RANGE, v);
                     }
-                    let part = body.slice(start as usize..=end as usize);
-                    return EdgeResponse {
-                        status: StatusCode::PARTIAL_CONTENT,
-                        headers,
-                        body: Body::Full(part),
-                    };
+                    return Plan::Send(start..end + 1);
                 }
                 Ok(ranges) if ranges.len() > 1 => {}
                 Err(http_range_header::RangeUnsatisfiableError::FileSuffixOutOfBounds)
@@ -139,14 +154,10 @@ pub(crate) fn object(
                     if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                         r.headers.insert(header::CONTENT_RANGE, v);
                     }
-                    return r;
+                    return Plan::Answer(r);
                 }
             }
         }
     }
-    EdgeResponse {
-        status: StatusCode::OK,
-        headers,
-        body: Body::Full(body),
-    }
+    Plan::Send(0..len)
 }

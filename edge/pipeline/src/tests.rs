@@ -1,8 +1,25 @@
 use super::*;
 
-/// The whole body of a response the pipeline answered from cache (never a stream yet).
-fn whole(r: &EdgeResponse) -> Bytes {
-    r.body_bytes().cloned().expect("a whole body")
+/// A response with its body read whole.
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+trait Ask {
+    async fn ask(&self, req: EdgeRequest) -> Got;
+}
+
+impl Ask for Pipeline {
+    async fn ask(&self, req: EdgeRequest) -> Got {
+        let r = self.handle(req).await;
+        Got {
+            status: r.status,
+            headers: r.headers,
+            body: r.body.collect(u64::MAX).await.expect("a complete body"),
+        }
+    }
 }
 use edge_config::{PolicySet, WasmConfig};
 use edge_contract::Protocol;
@@ -24,13 +41,18 @@ struct Counting {
 
 #[async_trait::async_trait]
 impl Origin for Counting {
-    async fn get(&self, path: &str) -> Result<edge_origin::Object, OriginError> {
+    async fn open(
+        &self,
+        path: &str,
+        range: Option<std::ops::Range<u64>>,
+        if_match: Option<&str>,
+    ) -> Result<edge_origin::Opened, OriginError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(20)).await;
         if self.down.load(Ordering::SeqCst) {
             return Err(OriginError::Unavailable("origin down (test)".into()));
         }
-        let read = self.inner.get(path).await;
+        let read = self.inner.open(path, range, if_match).await;
         if self.hold.load(Ordering::SeqCst) {
             self.held.fetch_add(1, Ordering::SeqCst);
             self.release.notified().await;
@@ -114,6 +136,7 @@ fn fixture_with(disk: Option<DiskCache>, segment_ttl: Duration) -> Fixture {
     let router = runtime.load(&set).unwrap();
     let cfg = PipelineConfig {
         cache: CacheConfig::default(),
+        slice: 4 << 20,
         manifest_ttl: Duration::from_secs(2),
         segment_ttl,
         stale_if_error: Duration::from_secs(3600),
@@ -153,7 +176,7 @@ fn get(path: &str, headers: &[(&'static str, &str)]) -> EdgeRequest {
 
 async fn status(f: &Fixture, headers: &[(&'static str, &str)]) -> u16 {
     f.pipeline
-        .handle(get("/vod/movies/m1/index.m3u8", headers))
+        .ask(get("/vod/movies/m1/index.m3u8", headers))
         .await
         .status
         .as_u16()
@@ -162,10 +185,7 @@ async fn status(f: &Fixture, headers: &[(&'static str, &str)]) -> u16 {
 #[tokio::test]
 async fn serves_objects_with_validators() {
     let f = fixture();
-    let r = f
-        .pipeline
-        .handle(get("/vod/movies/m1/index.m3u8", &[]))
-        .await;
+    let r = f.pipeline.ask(get("/vod/movies/m1/index.m3u8", &[])).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, MANIFEST);
     assert_eq!(r.headers["content-type"], "application/vnd.apple.mpegurl");
@@ -175,10 +195,7 @@ async fn serves_objects_with_validators() {
     let lm = r.headers["last-modified"].to_str().unwrap().to_owned();
     assert!(etag.starts_with('"'));
 
-    let r = f
-        .pipeline
-        .handle(get("/vod/movies/m1/index.m3u8", &[]))
-        .await;
+    let r = f.pipeline.ask(get("/vod/movies/m1/index.m3u8", &[])).await;
     assert_eq!(r.headers["x-cache"], "HIT memory");
     assert_eq!(status(&f, &[("if-none-match", &etag)]).await, 304);
     assert_eq!(status(&f, &[("if-none-match", "\"other\"")]).await, 200);
@@ -199,22 +216,22 @@ async fn single_ranges() {
     let f = fixture();
     let r = f
         .pipeline
-        .handle(get(
+        .ask(get(
             "/vod/movies/m1/seg_000.ts",
             &[("range", "bytes=10-19")],
         ))
         .await;
     assert_eq!(r.status, 206);
     assert_eq!(r.headers["content-range"], "bytes 10-19/4096");
-    assert_eq!(&whole(&r)[..], &(10..20u8).collect::<Vec<_>>()[..]);
+    assert_eq!(&r.body.clone()[..], &(10..20u8).collect::<Vec<_>>()[..]);
     let r = f
         .pipeline
-        .handle(get("/vod/movies/m1/seg_000.ts", &[("range", "bytes=-16")]))
+        .ask(get("/vod/movies/m1/seg_000.ts", &[("range", "bytes=-16")]))
         .await;
-    assert_eq!((r.status.as_u16(), whole(&r).len()), (206, 16));
+    assert_eq!((r.status.as_u16(), r.body.clone().len()), (206, 16));
     let r = f
         .pipeline
-        .handle(get(
+        .ask(get(
             "/vod/movies/m1/seg_000.ts",
             &[("range", "bytes=5000-")],
         ))
@@ -223,15 +240,15 @@ async fn single_ranges() {
     assert_eq!(r.headers["content-range"], "bytes */4096");
     let r = f
         .pipeline
-        .handle(get(
+        .ask(get(
             "/vod/movies/m1/seg_000.ts",
             &[("range", "bytes=0-1,5-6")],
         ))
         .await;
-    assert_eq!((r.status.as_u16(), whole(&r).len()), (200, 4096));
+    assert_eq!((r.status.as_u16(), r.body.clone().len()), (200, 4096));
     let r = f
         .pipeline
-        .handle(get(
+        .ask(get(
             "/vod/movies/m1/seg_000.ts",
             &[("range", "bytes=0-9"), ("if-range", "\"stale\"")],
         ))
@@ -244,7 +261,7 @@ async fn refuses_what_it_does_not_serve() {
     let f = fixture();
     let mut post = get("/vod/movies/m1/index.m3u8", &[]);
     post.method = Method::POST;
-    let r = f.pipeline.handle(post).await;
+    let r = f.pipeline.ask(post).await;
     assert_eq!(
         (r.status.as_u16(), r.headers["allow"].to_str().unwrap()),
         (405, "GET, HEAD")
@@ -258,10 +275,14 @@ async fn refuses_what_it_does_not_serve() {
         ("/vod/movies/m1%2f..%2fx.ts", 400, "encoded_separator"),
         ("/vod/movies/m1/a%00.ts", 400, "control_character"),
     ] {
-        let r = f.pipeline.handle(get(path, &[])).await;
+        let r = f.pipeline.ask(get(path, &[])).await;
         assert_eq!(r.status, status, "{path}");
         assert_eq!(r.headers["x-edge-reason"], reason, "{path}");
-        assert!(std::str::from_utf8(&whole(&r)).unwrap().contains(reason));
+        assert!(
+            std::str::from_utf8(&r.body.clone())
+                .unwrap()
+                .contains(reason)
+        );
     }
 }
 
@@ -272,14 +293,12 @@ async fn concurrent_misses_read_the_origin_once() {
     for _ in 0..100 {
         let f = f.clone();
         tasks.push(tokio::spawn(async move {
-            f.pipeline
-                .handle(get("/vod/movies/m1/seg_000.ts", &[]))
-                .await
+            f.pipeline.ask(get("/vod/movies/m1/seg_000.ts", &[])).await
         }));
     }
     for t in tasks {
         let r = t.await.unwrap();
-        assert_eq!((r.status.as_u16(), whole(&r).len()), (200, 4096));
+        assert_eq!((r.status.as_u16(), r.body.clone().len()), (200, 4096));
     }
     assert_eq!(f.origin.reads.load(Ordering::SeqCst), 1);
 }
@@ -289,16 +308,13 @@ async fn cors_for_browser_players() {
     let f = fixture();
     let r = f
         .pipeline
-        .handle(get(
+        .ask(get(
             "/vod/movies/m1/index.m3u8",
             &[("origin", "https://player.example")],
         ))
         .await;
     assert_eq!(r.headers["access-control-allow-origin"], "*");
-    let denied = f
-        .pipeline
-        .handle(get("/vod/movies/m1/missing.ts", &[]))
-        .await;
+    let denied = f.pipeline.ask(get("/vod/movies/m1/missing.ts", &[])).await;
     assert!(
         denied.headers["access-control-expose-headers"]
             .to_str()
@@ -310,7 +326,7 @@ async fn cors_for_browser_players() {
         &[("access-control-request-headers", "range")],
     );
     pre.method = Method::OPTIONS;
-    let r = f.pipeline.handle(pre).await;
+    let r = f.pipeline.ask(pre).await;
     assert_eq!(r.status, 204);
     assert!(
         r.headers["access-control-allow-headers"]
@@ -326,33 +342,37 @@ const SEGMENT: &str = "/vod/movies/m1/seg_000.ts";
 async fn the_disk_tier_answers_after_memory_is_gone() {
     let cache_dir = tempfile::tempdir().unwrap();
     let f = fixture_with(Some(disk(cache_dir.path()).await), Duration::from_secs(60));
-    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    let r = f.pipeline.ask(get(SEGMENT, &[])).await;
     assert_eq!(r.headers["x-cache"], "MISS origin");
-    let body = whole(&r);
-    // The disk write happens behind the response.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(f.pipeline.cache.purge(SEGMENT), "memory only");
-    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    let body = r.body.clone();
+    // A victim cache: nothing on disk while memory holds it, until memory lets go of it (a
+    // drain spills it).
+    assert!(f.pipeline.slices.tiers.disk.as_ref().unwrap().is_empty());
+    assert_eq!(f.pipeline.spill().await, 1);
+    assert_eq!(f.pipeline.spill().await, 1, "memory still holds it");
+    assert!(f.pipeline.slices.memory.purge(SEGMENT), "memory only");
+    let r = f.pipeline.ask(get(SEGMENT, &[])).await;
     assert_eq!(r.headers["x-cache"], "HIT disk");
-    assert_eq!(whole(&r), body);
+    assert_eq!(r.body.clone(), body);
     assert_eq!(f.origin.reads.load(Ordering::SeqCst), 1);
+    assert_eq!(f.pipeline.spill().await, 0, "from disk: already there");
     let r = f
         .pipeline
-        .handle(get(SEGMENT, &[("range", "bytes=10-19")]))
+        .ask(get(SEGMENT, &[("range", "bytes=10-19")]))
         .await;
     assert_eq!(
         (r.status.as_u16(), r.headers["x-cache"].to_str().unwrap()),
         (206, "HIT memory")
     );
-    assert_eq!(whole(&r), body.slice(10..20));
+    assert_eq!(r.body.clone(), body.slice(10..20));
 }
 
 #[tokio::test]
 async fn a_corrupted_disk_copy_is_refetched() {
     let cache_dir = tempfile::tempdir().unwrap();
     let f = fixture_with(Some(disk(cache_dir.path()).await), Duration::from_secs(60));
-    let body = whole(&f.pipeline.handle(get(SEGMENT, &[])).await);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let body = f.pipeline.ask(get(SEGMENT, &[])).await.body;
+    f.pipeline.spill().await;
     let files: Vec<_> = walk(cache_dir.path())
         .into_iter()
         .filter(|p| !p.ends_with("lock"))
@@ -362,13 +382,13 @@ async fn a_corrupted_disk_copy_is_refetched() {
     let last = raw.len() - 1;
     raw[last] ^= 0xff;
     std::fs::write(&files[0], raw).unwrap();
-    assert!(f.pipeline.cache.purge(SEGMENT));
-    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    assert!(f.pipeline.slices.memory.purge(SEGMENT));
+    let r = f.pipeline.ask(get(SEGMENT, &[])).await;
     assert_eq!(
         r.headers["x-cache"], "MISS origin",
         "the damaged copy is not served"
     );
-    assert_eq!(whole(&r), body);
+    assert_eq!(r.body.clone(), body);
     assert_eq!(f.origin.reads.load(Ordering::SeqCst), 2);
 }
 
@@ -389,29 +409,27 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn stale_copies_answer_while_the_origin_is_down() {
     let cache_dir = tempfile::tempdir().unwrap();
     let f = fixture_with(Some(disk(cache_dir.path()).await), Duration::from_secs(1));
-    let fresh = f.pipeline.handle(get(SEGMENT, &[])).await;
+    let fresh = f.pipeline.ask(get(SEGMENT, &[])).await;
     assert_eq!(fresh.status, 200);
+    f.pipeline.spill().await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     f.origin.down.store(true, Ordering::SeqCst);
 
-    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    let r = f.pipeline.ask(get(SEGMENT, &[])).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["x-cache"], "STALE disk");
     assert_eq!(r.headers["warning"], "110 edge \"Response is Stale\"");
     assert!(r.headers["age"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
-    assert_eq!(whole(&r), whole(&fresh));
+    assert_eq!(r.body.clone(), fresh.body.clone());
 
-    let disk = f.pipeline.tiers.disk.as_ref().unwrap();
+    let disk = f.pipeline.slices.tiers.disk.as_ref().unwrap();
     assert!(disk.remove(SEGMENT).await);
-    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    let r = f.pipeline.ask(get(SEGMENT, &[])).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["x-cache"], "STALE memory");
-    assert_eq!(whole(&r), whole(&fresh));
+    assert_eq!(r.body.clone(), fresh.body.clone());
 
-    let r = f
-        .pipeline
-        .handle(get("/vod/movies/m1/index.m3u8", &[]))
-        .await;
+    let r = f.pipeline.ask(get("/vod/movies/m1/index.m3u8", &[])).await;
     assert_eq!(
         (
             r.status.as_u16(),
@@ -421,7 +439,7 @@ async fn stale_copies_answer_while_the_origin_is_down() {
     );
 
     f.origin.down.store(false, Ordering::SeqCst);
-    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    let r = f.pipeline.ask(get(SEGMENT, &[])).await;
     assert_eq!(r.headers["x-cache"], "MISS origin");
     assert!(!r.headers.contains_key("warning"));
 }
@@ -432,9 +450,9 @@ async fn purges_reach_every_tier_by_path_and_prefix() {
     let f = fixture_with(Some(disk(cache_dir.path()).await), Duration::from_secs(60));
     std::fs::write(f.dir.path().join("vod/movies/m1/seg_001.ts"), "one").unwrap();
     for p in [SEGMENT, "/vod/movies/m1/seg_001.ts"] {
-        assert_eq!(f.pipeline.handle(get(p, &[])).await.status, 200);
+        assert_eq!(f.pipeline.ask(get(p, &[])).await.status, 200);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(f.pipeline.spill().await, 2);
     assert_eq!(
         f.pipeline.purge(SEGMENT).await,
         Purged { memory: 1, disk: 1 }
@@ -443,7 +461,7 @@ async fn purges_reach_every_tier_by_path_and_prefix() {
         f.pipeline.purge_prefix("/vod/movies/").await,
         Purged { memory: 1, disk: 1 }
     );
-    let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+    let r = f.pipeline.ask(get(SEGMENT, &[])).await;
     assert_eq!(r.headers["x-cache"], "MISS origin");
 }
 
@@ -461,13 +479,15 @@ async fn a_fill_in_flight_does_not_undo_a_purge() {
         f.origin.hold.store(true, Ordering::SeqCst);
         let slow = tokio::spawn({
             let f = f.clone();
-            async move { f.pipeline.handle(get(SEGMENT, &[])).await }
+            async move { f.pipeline.ask(get(SEGMENT, &[])).await }
         });
         while f.origin.held.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        // ...while the object changes and is purged.
-        std::fs::write(&file, "new").unwrap();
+        // ...while the object changes (replaced, as object stores do: the read in flight goes
+        // on with the old bytes) and is purged.
+        std::fs::write(f.dir.path().join("new.ts"), "new").unwrap();
+        std::fs::rename(f.dir.path().join("new.ts"), &file).unwrap();
         if by_prefix {
             f.pipeline.purge_prefix("/vod/movies/m1/").await;
         } else {
@@ -478,9 +498,12 @@ async fn a_fill_in_flight_does_not_undo_a_purge() {
         assert_eq!(slow.await.unwrap().body, "old", "asked before the purge");
         // Its disk write would happen behind the response.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let r = f.pipeline.handle(get(SEGMENT, &[])).await;
+        let r = f.pipeline.ask(get(SEGMENT, &[])).await;
         assert_eq!(
-            (whole(&r).as_ref(), r.headers["x-cache"].to_str().unwrap()),
+            (
+                r.body.clone().as_ref(),
+                r.headers["x-cache"].to_str().unwrap()
+            ),
             (&b"new"[..], "MISS origin"),
             "by_prefix: {by_prefix}"
         );
@@ -509,5 +532,350 @@ fn origin_cache_control_overrides_the_configured_ttl() {
     assert_eq!(
         f.ttl(MediaKind::Manifest, Some("garbage")),
         Duration::from_secs(2)
+    );
+}
+
+/// A pipeline over any origin, with slices of `slice` bytes and no disk tier.
+fn pipeline_over(origin: Arc<dyn Origin>, slice: u64) -> Pipeline {
+    let set = PolicySet::from_toml_str(
+        "p.toml".as_ref(),
+        "[[routes]]\nname = \"vod\"\npaths = [\"/vod/**\"]\n",
+        &Default::default(),
+    )
+    .unwrap();
+    let registry = prometheus::Registry::new();
+    let engine = edge_wasm::Engine::new(&edge_wasm::EngineConfig {
+        max_instances: 4,
+        max_memory: 1 << 20,
+    })
+    .unwrap();
+    let runtime = edge_policy::PolicyRuntime::new(
+        engine,
+        WasmConfig::default(),
+        edge_policy::PolicyMetrics::new(&registry).unwrap(),
+        edge_policy::HostServices::local(1000),
+        edge_policy::TrustedKeys::default(),
+    )
+    .unwrap();
+    let cfg = PipelineConfig {
+        cache: CacheConfig::default(),
+        slice,
+        manifest_ttl: Duration::from_secs(2),
+        segment_ttl: Duration::from_secs(60),
+        stale_if_error: Duration::from_secs(3600),
+        cors_allow_origin: None,
+    };
+    Pipeline::new(
+        runtime.load(&set).unwrap(),
+        origin,
+        None,
+        cfg,
+        PipelineMetrics::new(&registry).unwrap(),
+    )
+}
+
+/// The real filesystem origin, recording every read (range, `If-Match`); a read's body can be
+/// made to break off after some bytes, or to stop after its first chunk until released.
+/// One read as the origin saw it: the range and the `If-Match` entity tag.
+type Read = (Option<std::ops::Range<u64>>, Option<String>);
+
+struct Recording {
+    inner: StoreOrigin,
+    opens: std::sync::Mutex<Vec<Read>>,
+    /// The next body breaks off after this many bytes.
+    cut_next: std::sync::Mutex<Option<u64>>,
+    /// Bodies stop after their first chunk until this is notified.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl Recording {
+    fn new(root: &std::path::Path) -> Self {
+        Self {
+            inner: StoreOrigin::local(root, Duration::from_secs(5)).unwrap(),
+            opens: Default::default(),
+            cut_next: Default::default(),
+            gate: None,
+        }
+    }
+
+    fn opens(&self) -> Vec<Read> {
+        self.opens.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Origin for Recording {
+    async fn open(
+        &self,
+        path: &str,
+        range: Option<std::ops::Range<u64>>,
+        if_match: Option<&str>,
+    ) -> Result<edge_origin::Opened, OriginError> {
+        use futures::StreamExt;
+        self.opens
+            .lock()
+            .unwrap()
+            .push((range.clone(), if_match.map(str::to_owned)));
+        let mut opened = self.inner.open(path, range, if_match).await?;
+        // Small chunks, so cuts and gates fall inside the body.
+        let body = opened
+            .body
+            .flat_map(|c| {
+                let chunks: Vec<Result<Bytes, OriginError>> = match c {
+                    Ok(b) => (0..b.len())
+                        .step_by(4096)
+                        .map(|i| Ok(b.slice(i..(i + 4096).min(b.len()))))
+                        .collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(chunks)
+            })
+            .boxed();
+        let cut = self.cut_next.lock().unwrap().take();
+        let gate = self.gate.clone();
+        let body = futures::stream::unfold(
+            (body, 0u64, cut, gate, false),
+            |(mut body, sent, cut, gate, mut opened_gate)| async move {
+                if cut.is_some_and(|c| sent >= c) {
+                    return None;
+                }
+                if sent > 0 && !opened_gate {
+                    if let Some(g) = &gate {
+                        // Returned at once: only bodies read before the release wait.
+                        drop(g.acquire().await.unwrap());
+                    }
+                    opened_gate = true;
+                }
+                let item = body.next().await?;
+                let n = item.as_ref().map_or(0, |b| b.len() as u64);
+                Some((item, (body, sent + n, cut, gate, opened_gate)))
+            },
+        )
+        .chain(futures::stream::iter(cut.map(|_| {
+            Err(OriginError::Unavailable("connection reset (test)".into()))
+        })))
+        .boxed();
+        opened.body = body;
+        Ok(opened)
+    }
+    async fn check(&self) -> Result<(), OriginError> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "recording".into()
+    }
+}
+
+/// `n` bytes of a pattern that differs from slice to slice.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 65_536) as u8).collect()
+}
+
+const BIG: &str = "/vod/movies/m1/movie.mp4";
+
+fn movie_dir(len: usize) -> (tempfile::TempDir, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("vod/movies/m1")).unwrap();
+    let body = pattern(len);
+    std::fs::write(dir.path().join("vod/movies/m1/movie.mp4"), &body).unwrap();
+    (dir, body)
+}
+
+async fn collect(r: EdgeResponse) -> Result<Bytes, edge_contract::BodyError> {
+    r.body.collect(u64::MAX).await
+}
+
+#[tokio::test]
+async fn objects_larger_than_a_slice_are_cached_and_served_slice_by_slice() {
+    const SLICE: u64 = 64 << 10;
+    let (dir, body) = movie_dir(1_000_000);
+    let origin = Arc::new(Recording::new(dir.path()));
+    let p = pipeline_over(origin.clone(), SLICE);
+
+    let r = p.handle(get(BIG, &[])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), Some(1_000_000));
+    assert_eq!(r.headers["content-type"], "video/mp4");
+    assert_eq!(collect(r).await.unwrap(), body);
+    // One read per slice, each a range of one slice.
+    let opens = origin.opens();
+    assert_eq!(opens.len(), 1_000_000usize.div_ceil(SLICE as usize));
+    for (i, (range, _)) in opens.iter().enumerate() {
+        let start = i as u64 * SLICE;
+        assert!(
+            opens.iter().any(|(r, _)| r == &Some(start..start + SLICE)),
+            "{i}: {range:?}"
+        );
+    }
+
+    // A range across three slices, from memory.
+    let r = p
+        .handle(get(BIG, &[("range", "bytes=100000-299999")]))
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.headers["content-range"], "bytes 100000-299999/1000000");
+    assert_eq!(r.headers["x-cache"], "HIT memory");
+    assert_eq!(collect(r).await.unwrap(), &body[100_000..300_000]);
+    let r = p.handle(get(BIG, &[("range", "bytes=-10")])).await;
+    assert_eq!(collect(r).await.unwrap(), &body[999_990..]);
+    let r = p.handle(get(BIG, &[("range", "bytes=1000000-")])).await;
+    assert_eq!(r.status, 416);
+    assert_eq!(r.headers["content-range"], "bytes */1000000");
+    assert_eq!(origin.opens().len(), opens.len(), "all from memory");
+}
+
+#[tokio::test]
+async fn a_seek_into_a_cold_object_reads_only_the_slices_it_needs() {
+    const SLICE: u64 = 64 << 10;
+    let (dir, body) = movie_dir(1_000_000);
+    let origin = Arc::new(Recording::new(dir.path()));
+    let p = pipeline_over(origin.clone(), SLICE);
+    let r = p
+        .handle(get(BIG, &[("range", "bytes=700000-700099")]))
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.headers["x-cache"], "MISS origin");
+    assert_eq!(collect(r).await.unwrap(), &body[700_000..700_100]);
+    let start = 700_000 / SLICE * SLICE;
+    assert_eq!(origin.opens(), vec![(Some(start..start + SLICE), None)]);
+    // If-Range with another validator: the whole object, from the first slice on.
+    let r = p
+        .handle(get(
+            BIG,
+            &[("range", "bytes=700000-"), ("if-range", "\"other\"")],
+        ))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(collect(r).await.unwrap(), body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_miss_streams_while_it_fills_and_late_viewers_follow_the_same_fill() {
+    use futures::StreamExt;
+    let (dir, body) = movie_dir(200_000);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let origin = Arc::new(Recording {
+        gate: Some(gate.clone()),
+        ..Recording::new(dir.path())
+    });
+    let p = pipeline_over(origin.clone(), 4 << 20);
+
+    // The first viewer gets its headers and first bytes while the origin holds the rest back.
+    let first = p.handle(get(BIG, &[])).await;
+    assert_eq!(
+        (first.status.as_u16(), first.body.len()),
+        (200, Some(200_000))
+    );
+    let edge_contract::Body::Stream { mut chunks, .. } = first.body else {
+        panic!("a cold miss is streamed");
+    };
+    let head = tokio::time::timeout(Duration::from_secs(5), chunks.next())
+        .await
+        .expect("the first bytes before the fill ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&head[..], &body[..head.len()]);
+    // A second viewer joins the same fill (no second read) and also gets its first bytes.
+    let second = p.handle(get(BIG, &[])).await;
+    assert_eq!(second.headers["x-cache"], "MISS origin coalesced");
+    let edge_contract::Body::Stream {
+        chunks: mut late, ..
+    } = second.body
+    else {
+        panic!("the slice is still filling");
+    };
+    let late_head = late.next().await.unwrap().unwrap();
+    assert_eq!(&late_head[..], &body[..late_head.len()]);
+    gate.add_permits(1);
+    let mut rest = head.to_vec();
+    while let Some(c) = chunks.next().await {
+        rest.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(rest, body);
+    let mut rest = late_head.to_vec();
+    while let Some(c) = late.next().await {
+        rest.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(rest, body);
+    assert_eq!(origin.opens().len(), 1, "one fill for both viewers");
+    // Complete now: a hit is one whole body.
+    let third = p.handle(get(BIG, &[])).await;
+    assert_eq!(third.body, body);
+}
+
+#[tokio::test]
+async fn a_body_that_breaks_off_is_resumed_with_a_range_for_the_same_version() {
+    let (dir, body) = movie_dir(300_000);
+    let origin = Arc::new(Recording::new(dir.path()));
+    *origin.cut_next.lock().unwrap() = Some(100_000);
+    let p = pipeline_over(origin.clone(), 4 << 20);
+    let r = p.handle(get(BIG, &[])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        collect(r).await.unwrap(),
+        body,
+        "one uninterrupted response"
+    );
+    let opens = origin.opens();
+    assert_eq!(opens.len(), 2, "{opens:?}");
+    let (range, etag) = &opens[1];
+    let from = range.as_ref().unwrap().start;
+    assert!(
+        (100_000..=104_096).contains(&from),
+        "resumed where it broke off: {from}"
+    );
+    assert_eq!(range.as_ref().unwrap().end, 300_000);
+    assert!(etag.is_some(), "the same version (If-Match)");
+
+    // The object changes while a body is broken off: the response is cut, never stitched.
+    let (dir, _) = movie_dir(300_000);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let origin = Arc::new(Recording {
+        gate: Some(gate.clone()),
+        ..Recording::new(dir.path())
+    });
+    *origin.cut_next.lock().unwrap() = Some(100_000);
+    let p = pipeline_over(origin.clone(), 4 << 20);
+    let r = p.handle(get(BIG, &[])).await;
+    // Replaced the way object stores do: the old read goes on with the old bytes.
+    let movie = dir.path().join("vod/movies/m1/movie.mp4");
+    std::fs::write(dir.path().join("new.mp4"), pattern(300_001)).unwrap();
+    std::fs::rename(dir.path().join("new.mp4"), &movie).unwrap();
+    gate.add_permits(1);
+    assert!(collect(r).await.is_err(), "cut");
+    // The broken slice is not kept: the next viewer gets the new version whole.
+    let r = p.handle(get(BIG, &[])).await;
+    assert_eq!(collect(r).await.unwrap().len(), 300_001);
+}
+
+#[tokio::test]
+async fn a_sparse_4_gib_object_is_served_by_range_without_reading_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("vod/movies/m1")).unwrap();
+    let file = std::fs::File::create(dir.path().join("vod/movies/m1/movie.mp4")).unwrap();
+    let size: u64 = (4 << 30) + 12_345;
+    file.set_len(size).unwrap();
+    drop(file);
+    let origin = Arc::new(Recording::new(dir.path()));
+    let p = pipeline_over(origin.clone(), 4 << 20);
+    let from = size - 5_000_000;
+    let r = p
+        .handle(get(BIG, &[("range", &format!("bytes={from}-"))]))
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(
+        r.headers["content-range"].to_str().unwrap(),
+        format!("bytes {from}-{}/{size}", size - 1)
+    );
+    let got = collect(r).await.unwrap();
+    assert_eq!(got.len(), 5_000_000);
+    assert!(got.iter().all(|b| *b == 0));
+    // Two slices (where the range starts, and the last), nothing before them.
+    let opens = origin.opens();
+    assert!(opens.len() <= 3, "{opens:?}");
+    assert!(
+        opens
+            .iter()
+            .all(|(r, _)| r.as_ref().unwrap().start >= from / (4 << 20) * (4 << 20))
     );
 }

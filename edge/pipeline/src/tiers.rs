@@ -1,13 +1,23 @@
-//! Filling the memory tier from the tiers below it: disk, then the upstream (seeders, origin).
+//! Filling the memory tier from the tiers below it: disk, then the upstream (seeders, origin),
+//! one slice at a time.
 //!
-//! Runs inside the memory tier's coalesced fetch, so 200 concurrent misses of one segment read
-//! the disk once and ask the upstream at most once.
+//! Runs inside the memory tier's coalesced fetch, so 200 concurrent misses of one slice read the
+//! disk once and ask the upstream at most once. A fill from the upstream answers as soon as the
+//! upstream did: its body is copied into the slice by a task of its own, which every viewer of
+//! the slice follows (see `fill.rs`); a body that breaks off is resumed from where it stopped
+//! with a range request for the same version of the object.
 
-use crate::{EventSink, FetchError, MediaKind, Object};
-use bytes::Bytes;
-use edge_disk_cache::{DiskCache, Meta};
+use crate::{
+    EventSink, FetchError, MediaKind,
+    fill::{Data, FinishGuard},
+    slices::{Head, Slice},
+};
+use bytes::{Bytes, BytesMut};
+use edge_cache::Cache;
+use edge_disk_cache::{DiskCache, Meta, PurgeMark};
 use edge_events::{CacheFill, NewRecord};
 use edge_origin::{Origin, OriginError, Tier};
+use futures::{FutureExt, StreamExt};
 use headers::{CacheControl, HeaderMapExt};
 use http::{HeaderMap, HeaderValue};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
@@ -15,6 +25,14 @@ use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
+
+/// A filling slice is handed to its readers in pieces of at most this much (or less when the
+/// upstream pauses), so they follow the fill closely without a wake-up per network read.
+const PIECE: usize = 256 << 10;
+
+/// How often a body that broke off is resumed (range request from where it stopped) before the
+/// fill fails.
+const RESUMES: usize = 2;
 
 /// Where the object a viewer got came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +62,8 @@ impl Source {
 /// |---|---|---|
 /// | `edge_cache_lookups_total` | tier=`disk`, result | `hit`, `miss`, `stale` (expired copy served because the upstream failed) |
 /// | `edge_cache_served_bytes_total` | tier | body bytes served to viewers by tier (`memory`, `disk`, `seeder`, `origin`, `stale`) |
-/// | `edge_upstream_fills_total` | source, result | fills from below the disk: `seeder`/`origin` × `ok`, or `error`/`not_found` |
+/// | `edge_upstream_fills_total` | source, result | slice fills from below the disk: `seeder`/`origin` × `ok`, or `error`/`not_found` |
+/// | `edge_upstream_resumes_total` | | bodies that broke off and were resumed with a range request |
 #[derive(Clone)]
 pub(crate) struct TierMetrics {
     disk_hit: IntCounter,
@@ -52,6 +71,7 @@ pub(crate) struct TierMetrics {
     disk_stale: IntCounter,
     served: IntCounterVec,
     fills: IntCounterVec,
+    resumes: IntCounter,
 }
 
 impl TierMetrics {
@@ -73,14 +93,20 @@ impl TierMetrics {
             ),
             &["source", "result"],
         )?;
+        let resumes = IntCounter::new(
+            "edge_upstream_resumes_total",
+            "Upstream bodies that broke off and were resumed with a range request",
+        )?;
         registry.register(Box::new(served.clone()))?;
         registry.register(Box::new(fills.clone()))?;
+        registry.register(Box::new(resumes.clone()))?;
         Ok(Self {
             disk_hit: lookups.with_label_values(&["disk", "hit"]),
             disk_miss: lookups.with_label_values(&["disk", "miss"]),
             disk_stale: lookups.with_label_values(&["disk", "stale"]),
             served,
             fills,
+            resumes,
         })
     }
 
@@ -128,95 +154,120 @@ pub(crate) struct Tiers {
     pub(crate) disk: Option<DiskCache>,
     pub(crate) freshness: Freshness,
     pub(crate) metrics: TierMetrics,
-    pub(crate) events: Option<Arc<dyn EventSink>>,
+    pub(crate) events: std::sync::OnceLock<Arc<dyn EventSink>>,
+    /// Bytes per slice.
+    pub(crate) slice: u64,
+}
+
+/// The key of the slice starting at byte `start` of the object at `path`: the path itself for
+/// the first slice (so an object of one slice is cached under its path, as before slicing),
+/// `path` NUL `start` for the others (normalised paths never hold a NUL).
+pub(crate) fn slice_key(path: &str, start: u64) -> String {
+    if start == 0 {
+        path.to_owned()
+    } else {
+        format!("{path}\0{start}")
+    }
+}
+
+/// A slice being filled from the upstream, handed to its task.
+struct Filling {
+    key: String,
+    path: String,
+    slice: Slice,
+    /// The object as the upstream described it (for resuming the same version).
+    info: edge_origin::ObjectInfo,
+    ttl: Duration,
+    mark: Option<PurgeMark>,
+    started: Instant,
 }
 
 impl Tiers {
-    /// The object at `key` from disk (fresh) or the upstream; an expired disk copy when the
-    /// upstream is down. Returns the object and how long the memory tier may keep it. Every
-    /// fill is recorded as a `cache.fill` event when events are on.
+    /// The slice `index` of the object at `path` (of media `kind`) from disk (fresh) or the
+    /// upstream; an expired disk copy when the upstream is down. Returns as soon as the upstream
+    /// answered, with how long the memory tier may keep the slice; its body then fills in a task
+    /// that removes the slice from `memory` again if the body fails.
     pub(crate) async fn fill(
-        &self,
-        key: &str,
+        self: &Arc<Self>,
+        memory: &Cache<Slice, FetchError>,
+        path: &str,
+        index: u64,
         kind: MediaKind,
-    ) -> Result<(Object, Duration), FetchError> {
-        let start = Instant::now();
-        let filled = self.fill_from_below(key, kind).await;
-        if let Some(events) = &self.events {
-            let (source, result, bytes) = match &filled {
-                Ok((o, _)) => (
-                    o.source.as_str(),
-                    if o.stale { "stale" } else { "ok" },
-                    o.body.len() as u64,
-                ),
-                Err(FetchError::Origin(OriginError::NotFound)) => ("upstream", "not_found", 0),
-                Err(_) => ("upstream", "error", 0),
-            };
-            let fill = CacheFill {
-                path: key.to_owned(),
-                source: source.to_owned(),
-                result: result.to_owned(),
-                bytes,
-                millis: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
-                timestamp: edge_events::timestamp(SystemTime::now()),
-            };
-            events.emit(NewRecord::new(&fill, key));
-        }
-        filled
-    }
-
-    async fn fill_from_below(
-        &self,
-        key: &str,
-        kind: MediaKind,
-    ) -> Result<(Object, Duration), FetchError> {
+    ) -> Result<(Slice, Duration), FetchError> {
+        let started = Instant::now();
+        let start = index.saturating_mul(self.slice);
+        let key = slice_key(path, start);
         let now = SystemTime::now();
         // Before the lookup: a purge from here on drops the disk write of what the upstream
         // returns, which may have been read before the purge.
         let mark = self.disk.as_ref().map(DiskCache::purge_mark);
         let mut expired = None;
         if let Some(disk) = &self.disk {
-            match disk.get(key).await {
+            match disk.get(&key).await {
+                Some(e) if !self.fits(&e.meta, e.body.len() as u64, start) => {
+                    disk.remove(&key).await;
+                }
                 Some(e) if e.meta.expires_at > now => {
                     self.metrics.disk_hit.inc();
                     let ttl = e.meta.expires_at.duration_since(now).unwrap_or_default();
-                    return Ok((from_disk(key, e.body, &e.meta, Source::Disk, false), ttl));
+                    let slice = from_disk(start, e.body, &e.meta, false);
+                    self.emit(&key, "disk", "ok", slice.len, started);
+                    return Ok((slice, ttl));
                 }
                 Some(e) => expired = Some(e),
                 None => {}
             }
             self.metrics.disk_miss.inc();
         }
-        match self.upstream.get(key).await {
-            Ok(o) => {
-                let source = match o.tier {
-                    Tier::Seeder => Source::Seeder,
-                    Tier::Origin => Source::Origin,
+        let range = start..start.saturating_add(self.slice);
+        match self.upstream.open(path, Some(range), None).await {
+            Ok(opened) => {
+                let source = match opened.info.tier {
+                    Tier::Seeder => crate::Source::Seeder,
+                    Tier::Origin => crate::Source::Origin,
                 };
+                let expected = opened.info.size.saturating_sub(start).min(self.slice);
+                let got = opened.range.end - opened.range.start;
+                if opened.range.start != start || got != expected {
+                    let e = OriginError::Unavailable(format!(
+                        "upstream answered bytes {:?} of {} for slice at {start}",
+                        opened.range, opened.info.size
+                    ));
+                    return Err(self.failed(&key, e, started));
+                }
                 self.metrics
                     .fills
                     .with_label_values(&[source.as_str(), "ok"])
                     .inc();
-                let ttl = self.freshness.ttl(kind, o.cache_control.as_deref());
-                let mut obj = Object::new(key, o.body, o.etag, o.last_modified, source, now, false);
-                obj.max_age = ttl;
-                if let Some((disk, mark)) = self.disk.clone().zip(mark).filter(|_| !ttl.is_zero()) {
-                    let meta = Meta {
-                        etag: obj.etag.clone(),
-                        last_modified: obj.last_modified,
-                        cache_control: o.cache_control,
-                        stored_at: now,
-                        expires_at: now + ttl,
-                        source: source.as_str().to_owned(),
-                    };
-                    let (key, body) = (key.to_owned(), obj.body.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = disk.put_since(&key, body, meta, mark).await {
-                            tracing::debug!(key, error = %e, "not kept on disk");
-                        }
-                    });
-                }
-                Ok((obj, ttl))
+                let ttl = self
+                    .freshness
+                    .ttl(kind, opened.info.cache_control.as_deref());
+                let head = Head {
+                    size: opened.info.size,
+                    etag: opened
+                        .info
+                        .etag
+                        .as_deref()
+                        .map(|e| format!("\"{}\"", e.trim_matches('"'))),
+                    last_modified: opened.info.last_modified,
+                    cache_control: opened.info.cache_control.clone(),
+                    source,
+                    fetched_at: now,
+                    stale: false,
+                    max_age: ttl,
+                };
+                let slice = Slice::new(Arc::new(head), start, Arc::new(Data::empty(got)));
+                let task = Filling {
+                    key,
+                    path: path.to_owned(),
+                    slice: slice.clone(),
+                    info: opened.info,
+                    ttl,
+                    mark,
+                    started,
+                };
+                tokio::spawn(self.clone().copy(memory.clone(), task, opened.body));
+                Ok((slice, ttl))
             }
             Err(e) => {
                 let result = if e == OriginError::NotFound {
@@ -235,40 +286,284 @@ impl Tiers {
                     {
                         self.metrics.disk_stale.inc();
                         tracing::warn!(key, error = %e, "upstream failed; serving the expired disk copy");
-                        Ok((
-                            from_disk(key, entry.body, &entry.meta, Source::Disk, true),
-                            Duration::ZERO,
-                        ))
+                        let slice = from_disk(start, entry.body, &entry.meta, true);
+                        self.emit(&key, "disk", "stale", slice.len, started);
+                        Ok((slice, Duration::ZERO))
                     }
                     Some(_) if e == OriginError::NotFound => {
                         if let Some(disk) = &self.disk {
-                            disk.remove(key).await;
+                            disk.remove(&key).await;
                         }
-                        Err(e.into())
+                        Err(self.failed(&key, e, started))
                     }
-                    _ => Err(e.into()),
+                    _ => Err(self.failed(&key, e, started)),
                 }
             }
         }
     }
+
+    /// Whether a disk entry of `len` bytes is the slice at `start` under the current slice size
+    /// (entries written whole, or with another slice size, are not).
+    fn fits(&self, meta: &Meta, len: u64, start: u64) -> bool {
+        let size = meta.object_size.unwrap_or(len);
+        start < size.max(1) && len == size.saturating_sub(start).min(self.slice)
+    }
+
+    fn failed(&self, key: &str, e: OriginError, started: Instant) -> FetchError {
+        let result = if e == OriginError::NotFound {
+            "not_found"
+        } else {
+            "error"
+        };
+        self.emit(key, "upstream", result, 0, started);
+        e.into()
+    }
+
+    /// Records a `cache.fill` event, when events are on.
+    fn emit(&self, key: &str, source: &str, result: &str, bytes: u64, started: Instant) {
+        let Some(events) = self.events.get() else {
+            return;
+        };
+        let fill = CacheFill {
+            path: key.split('\0').next().unwrap_or(key).to_owned(),
+            source: source.to_owned(),
+            result: result.to_owned(),
+            bytes,
+            millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            timestamp: edge_events::timestamp(SystemTime::now()),
+        };
+        events.emit(NewRecord::new(&fill, key));
+    }
+
+    /// Copies the upstream body into the slice; then keeps it on disk. A failed body ends the
+    /// slice's readers with the error and takes the slice out of `memory`.
+    async fn copy(
+        self: Arc<Self>,
+        memory: Cache<Slice, FetchError>,
+        task: Filling,
+        body: edge_origin::ByteStream,
+    ) {
+        let data = task.slice.data.clone();
+        let guard = FinishGuard(data.clone());
+        let source = task.slice.head.source.as_str();
+        match self.body(&task, body).await {
+            Ok(()) => {
+                data.finish(Ok(()));
+                self.emit(&task.key, source, "ok", task.slice.len, task.started);
+                // The disk tier is a victim cache: what memory holds goes there when memory
+                // lets go of it; a slice memory did not keep (not admitted, evicted while it
+                // filled, or not cacheable in memory) goes there now.
+                let held = memory
+                    .get(&task.key)
+                    .is_some_and(|s| Arc::ptr_eq(&s.data, &data));
+                if !held {
+                    self.keep(&task.key, &task.slice, task.mark, task.ttl);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(path = task.path, slice = task.slice.start, error = %e, "fill failed mid-body");
+                data.finish(Err(e));
+                memory.remove_if(&task.key, |s| Arc::ptr_eq(&s.data, &data));
+                self.emit(&task.key, source, "error", 0, task.started);
+            }
+        }
+        drop(guard);
+    }
+
+    /// Moves the bytes of `task.opened` into its slice, resuming a body that broke off.
+    async fn body(
+        &self,
+        task: &Filling,
+        mut body: edge_origin::ByteStream,
+    ) -> Result<(), OriginError> {
+        let len = task.slice.len;
+        let data = &task.slice.data;
+        let mut buf = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+        let mut done = 0u64;
+        let mut resumes = 0;
+        loop {
+            let item = match body.next().now_or_never() {
+                Some(item) => item,
+                None => {
+                    // The upstream pauses: hand readers what is here, then wait.
+                    if !buf.is_empty() {
+                        done += buf.len() as u64;
+                        data.push(buf.split().freeze());
+                    }
+                    body.next().await
+                }
+            };
+            match item {
+                Some(Ok(chunk)) => {
+                    if done + (buf.len() + chunk.len()) as u64 > len {
+                        return Err(OriginError::Unavailable(format!(
+                            "upstream sent more than the {len} bytes of the slice"
+                        )));
+                    }
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() >= PIECE {
+                        done += buf.len() as u64;
+                        data.push(buf.split().freeze());
+                    }
+                }
+                None if done + buf.len() as u64 == len => break,
+                end => {
+                    let error = match end {
+                        Some(Err(e)) => e,
+                        _ => OriginError::Unavailable("body ended early".into()),
+                    };
+                    if !buf.is_empty() {
+                        done += buf.len() as u64;
+                        data.push(buf.split().freeze());
+                    }
+                    if resumes == RESUMES || error == OriginError::Changed {
+                        return Err(error);
+                    }
+                    resumes += 1;
+                    body = self.resume(task, done, &error).await?;
+                }
+            }
+        }
+        if !buf.is_empty() {
+            data.push(buf.split().freeze());
+        }
+        Ok(())
+    }
+
+    /// The rest of the slice of `task` from byte `done` of it, of the same version of the object.
+    async fn resume(
+        &self,
+        task: &Filling,
+        done: u64,
+        error: &OriginError,
+    ) -> Result<edge_origin::ByteStream, OriginError> {
+        let from = task.slice.start + done;
+        let to = task.slice.start + task.slice.len;
+        tracing::info!(path = task.path, from, to, %error, "upstream body broke off; resuming with a range request");
+        self.metrics.resumes.inc();
+        let etag = task.info.etag.as_deref();
+        let opened = self.upstream.open(&task.path, Some(from..to), etag).await?;
+        // Checked here too: not every origin honours If-Match.
+        let same = match etag {
+            Some(e) => opened.info.etag.as_deref() == Some(e),
+            None => opened.info.last_modified == task.info.last_modified,
+        };
+        if !same || opened.range != (from..to) || opened.info.size != task.slice.head.size {
+            return Err(OriginError::Changed);
+        }
+        Ok(opened.body)
+    }
+
+    /// Writes `slice` (when complete) to disk under `key` in the background, fresh for `ttl`
+    /// more; dropped if a purge of `key` came after `mark`.
+    pub(crate) fn keep(&self, key: &str, slice: &Slice, mark: Option<PurgeMark>, ttl: Duration) {
+        if let Some(write) = self.disk_write(key, slice, mark, ttl) {
+            tokio::spawn(write);
+        }
+    }
+
+    /// The disk write of [`Tiers::keep`], to run wherever the caller likes.
+    pub(crate) fn disk_write(
+        &self,
+        key: &str,
+        slice: &Slice,
+        mark: Option<PurgeMark>,
+        ttl: Duration,
+    ) -> Option<impl std::future::Future<Output = bool> + Send + 'static> {
+        let (Some(disk), Some(mark)) = (self.disk.clone(), mark) else {
+            return None;
+        };
+        let body = slice.data.whole().filter(|_| !ttl.is_zero())?;
+        let head = &slice.head;
+        let meta = Meta {
+            etag: head.etag.clone(),
+            last_modified: head.last_modified,
+            cache_control: head.cache_control.clone(),
+            stored_at: head.fetched_at,
+            expires_at: SystemTime::now() + ttl,
+            source: head.source.as_str().to_owned(),
+            object_size: Some(head.size),
+        };
+        let key = key.to_owned();
+        Some(async move {
+            match disk.put_since(&key, body, meta, mark).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(key, error = %e, "not kept on disk");
+                    false
+                }
+            }
+        })
+    }
+
+    /// What memory evicted (or did not admit), caught by the disk tier: complete slices that did
+    /// not come from disk, fresh or still within stale-if-error.
+    pub(crate) fn victim(&self, key: &str, slice: &Slice, expires: tokio::time::Instant) {
+        let (Some(disk), Some(left)) = (&self.disk, self.victim_ttl(key, slice, expires)) else {
+            return;
+        };
+        // A slice still filling is written by its fill task when it completes.
+        self.keep(key, slice, Some(disk.purge_mark()), left);
+    }
+
+    /// Whether `slice` (under `key`, expiring at `expires`) should go to disk when memory lets
+    /// go of it, and for how long it stays fresh there.
+    fn victim_ttl(
+        &self,
+        key: &str,
+        slice: &Slice,
+        expires: tokio::time::Instant,
+    ) -> Option<Duration> {
+        let disk = self.disk.as_ref()?;
+        if slice.head.source == crate::Source::Disk && disk.expires_at(key).is_some() {
+            return None;
+        }
+        let left = expires.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() && self.freshness.stale_if_error.is_zero() {
+            return None;
+        }
+        Some(left.max(Duration::from_millis(1)))
+    }
+
+    /// Writes every complete slice memory holds (and disk does not) to disk, one after the
+    /// other; returns how many were written. For a drain: a victim cache keeps nothing of what
+    /// only memory held across a restart otherwise.
+    pub(crate) async fn spill(&self, memory: &Cache<Slice, FetchError>) -> usize {
+        let Some(disk) = &self.disk else { return 0 };
+        let mark = disk.purge_mark();
+        let mut written = 0;
+        for (key, slice, expires) in memory.snapshot() {
+            let Some(ttl) = self.victim_ttl(&key, &slice, expires) else {
+                continue;
+            };
+            if let Some(write) = self.disk_write(&key, &slice, Some(mark), ttl)
+                && write.await
+            {
+                written += 1;
+            }
+        }
+        written
+    }
 }
 
-fn from_disk(key: &str, body: Bytes, meta: &Meta, source: Source, stale: bool) -> Object {
-    let etag = meta.etag.clone();
-    let mut obj = Object::new(
-        key,
-        body,
-        etag,
-        meta.last_modified,
-        source,
-        meta.stored_at,
-        stale,
-    );
-    if !stale {
-        obj.max_age = meta
-            .expires_at
+fn from_disk(start: u64, body: Bytes, meta: &Meta, stale: bool) -> Slice {
+    let len = body.len() as u64;
+    let max_age = if stale {
+        Duration::ZERO
+    } else {
+        meta.expires_at
             .duration_since(meta.stored_at)
-            .unwrap_or_default();
-    }
-    obj
+            .unwrap_or_default()
+    };
+    let head = Head {
+        size: meta.object_size.unwrap_or(len),
+        etag: meta.etag.clone(),
+        last_modified: meta.last_modified,
+        cache_control: meta.cache_control.clone(),
+        source: crate::Source::Disk,
+        fetched_at: meta.stored_at,
+        stale,
+        max_age,
+    };
+    Slice::new(Arc::new(head), start, Arc::new(Data::complete(body)))
 }

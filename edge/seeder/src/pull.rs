@@ -25,9 +25,6 @@ pub(crate) enum PullError {
     /// The origin refused or failed.
     #[error(transparent)]
     Origin(#[from] OriginError),
-    /// The object is larger than `max_object`.
-    #[error("object of {0} bytes is larger than max_object")]
-    TooLarge(u64),
     /// It could not be stored.
     #[error("cannot store the object: {0}")]
     Store(String),
@@ -89,11 +86,8 @@ impl Seeder {
             return Ok(Pulled { body });
         }
         let origin = self.origin.clone().ok_or(OriginError::NotFound)?;
-        let object = origin.get(&path).await?;
+        let object = origin.get_within(&path, self.cfg.max_object).await?;
         let len = object.body.len() as u64;
-        if len > self.cfg.max_object {
-            return Err(PullError::TooLarge(len));
-        }
         let (catalog, p, bytes) = (self.catalog.clone(), path.clone(), object.body.clone());
         let stored = tokio::task::spawn_blocking(move || catalog.store(&p, &bytes))
             .await

@@ -136,9 +136,7 @@ impl Seeder {
                 tracing::warn!(path, error = %e, "pull-through failed");
                 let code = match e {
                     PullError::Origin(OriginError::Timeout(_)) => "origin_timeout",
-                    PullError::Origin(OriginError::TooLarge(_)) | PullError::TooLarge(_) => {
-                        "object_too_large"
-                    }
+                    PullError::Origin(OriginError::TooLarge(_)) => "object_too_large",
                     PullError::Store(_) => "store_failed",
                     _ => "origin_unavailable",
                 };

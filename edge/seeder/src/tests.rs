@@ -2,7 +2,7 @@ use super::*;
 use bytes::Bytes;
 use edge_contract::{EdgeRequest, EdgeResponse, Handler, Protocol};
 use edge_kv::{RedisSettings, RedisStore};
-use edge_origin::{Object, OriginError, StoreOrigin};
+use edge_origin::{Opened, OriginError, StoreOrigin};
 use edge_testinfra::Redis;
 use http::{HeaderMap, Method, StatusCode};
 use sha2::{Digest, Sha256};
@@ -366,10 +366,15 @@ struct Counting {
 
 #[async_trait::async_trait]
 impl Origin for Counting {
-    async fn get(&self, path: &str) -> Result<Object, OriginError> {
+    async fn open(
+        &self,
+        path: &str,
+        range: Option<std::ops::Range<u64>>,
+        if_match: Option<&str>,
+    ) -> Result<Opened, OriginError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        self.inner.get(path).await
+        self.inner.open(path, range, if_match).await
     }
 
     async fn check(&self) -> Result<(), OriginError> {
@@ -385,7 +390,12 @@ struct Broken;
 
 #[async_trait::async_trait]
 impl Origin for Broken {
-    async fn get(&self, _: &str) -> Result<Object, OriginError> {
+    async fn open(
+        &self,
+        _: &str,
+        _: Option<std::ops::Range<u64>>,
+        _: Option<&str>,
+    ) -> Result<Opened, OriginError> {
         Err(OriginError::Unavailable("down".into()))
     }
 

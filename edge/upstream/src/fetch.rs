@@ -1,7 +1,7 @@
 //! One attempt at one seeder: `GET http://<address><path>`, the whole body, verified.
 
 use bytes::{Bytes, BytesMut};
-use edge_origin::{Object, Tier};
+use edge_origin::{ObjectInfo, Opened, Tier};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use reqwest::{StatusCode, header};
 use sha2::{Digest, Sha256};
@@ -40,6 +40,10 @@ pub(crate) enum Failure {
     /// The seeder answered 404: it does not hold the object. Not held against its health.
     #[error("not found")]
     NotFound,
+    /// The object is larger than what was asked for (a slice of a larger object): the seeder's
+    /// checksum covers the whole file, so only the origin can serve a part of it.
+    #[error("{0}")]
+    TooLarge(String),
     /// The seeder answered, but its own pull from the origin failed (502/504 carrying its
     /// `x-seeder-id`): the origin is unwell, not the seeder, so it stays healthy.
     #[error("{0}")]
@@ -56,7 +60,8 @@ fn failed(what: &str, e: impl std::fmt::Display) -> Failure {
 
 /// Fetches `path` (a decoded public path) from the seeder at `address`, within `timeout` (body
 /// included). The body must arrive whole, be at most `max_object` bytes and hash to the seeder's
-/// `x-content-sha256` and to `checksum`, the directory's record, when known.
+/// `x-content-sha256` and to `checksum`, the directory's record, when known; it is returned as a
+/// read of the whole object that is already complete.
 pub(crate) async fn fetch(
     client: &reqwest::Client,
     address: &str,
@@ -64,7 +69,7 @@ pub(crate) async fn fetch(
     timeout: Duration,
     max_object: u64,
     checksum: Option<&str>,
-) -> Result<Object, Failure> {
+) -> Result<Opened, Failure> {
     let url = format!("http://{address}{}", utf8_percent_encode(path, PATH_SET));
     let mut resp = client
         .get(&url)
@@ -93,11 +98,7 @@ pub(crate) async fn fetch(
     };
     let announced = text(header::HeaderName::from_static(CHECKSUM_HEADER))
         .ok_or_else(|| Failure::Failed(format!("no {CHECKSUM_HEADER} header")))?;
-    let too_large = |n: u64| {
-        Failure::Failed(format!(
-            "body of {n} bytes or more is larger than max_object"
-        ))
-    };
+    let too_large = |n: u64| Failure::TooLarge(format!("body of {n} bytes or more"));
     if let Some(n) = resp.content_length().filter(|n| *n > max_object) {
         return Err(too_large(n));
     }
@@ -126,13 +127,15 @@ pub(crate) async fn fetch(
             )));
         }
     }
-    Ok(Object {
-        body,
+    let size = body.len() as u64;
+    let info = ObjectInfo {
+        size,
         etag: text(header::ETAG).map(|e| unquote(&e).to_owned()),
         last_modified: text(header::LAST_MODIFIED).and_then(|v| httpdate::parse_http_date(&v).ok()),
         cache_control: None,
         tier: Tier::Seeder,
-    })
+    };
+    Ok(Opened::whole(info, 0..size, body))
 }
 
 /// Whether the seeder at `address` says it is ready (`GET /_seeder/health` → 200).

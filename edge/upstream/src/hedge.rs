@@ -6,17 +6,18 @@ use crate::{
     metrics::FetchResult,
     route::Candidate,
 };
-use edge_origin::{Object, OriginError};
+use edge_origin::{Opened, OriginError};
 use futures::{StreamExt, stream::FuturesUnordered};
+use std::ops::Range;
 use std::{future::Future, pin::Pin};
 use tokio::time::{Instant, sleep};
 
 /// How one link of the chain ended.
 enum Link {
     /// A seeder's attempt: its object, or `None` when it failed (already counted against it).
-    Seeder(Option<Object>),
+    Seeder(Option<Opened>),
     /// The origin's answer.
-    Origin(Result<Object, OriginError>),
+    Origin(Result<Opened, OriginError>),
 }
 
 type Attempt<'a> = Pin<Box<dyn Future<Output = Link> + Send + 'a>>;
@@ -24,14 +25,14 @@ type Attempt<'a> = Pin<Box<dyn Future<Output = Link> + Send + 'a>>;
 impl SeederOrigin {
     /// One attempt at a seeder, its outcome counted (an attempt dropped because another won
     /// counts nothing).
-    async fn attempt(&self, candidate: &Candidate, path: &str) -> Option<Object> {
+    async fn attempt(&self, candidate: &Candidate, path: &str, limit: u64) -> Option<Opened> {
         let seeder = &candidate.seeder;
         let result = fetch::fetch(
             &self.client,
             &candidate.address,
             path,
             self.cfg.request_timeout,
-            self.cfg.max_object,
+            limit,
             candidate.checksum.as_deref(),
         )
         .await;
@@ -44,6 +45,10 @@ impl SeederOrigin {
             Err(Failure::NotFound) => {
                 tracing::debug!(seeder = %seeder.id, path, "seeder does not have it");
                 self.metrics.fetch(&seeder.id, FetchResult::NotFound);
+                None
+            }
+            Err(Failure::TooLarge(error)) => {
+                tracing::debug!(seeder = %seeder.id, path, %error, "larger than asked for");
                 None
             }
             Err(Failure::Upstream(error)) => {
@@ -60,19 +65,32 @@ impl SeederOrigin {
         }
     }
 
-    /// Runs the chain `candidates` → origin for `path`: the next link starts when the running
-    /// one failed, or when it has not finished within `hedge_delay`; the first success wins and
-    /// the attempts still running are dropped. When every link failed, the origin's error.
+    /// Runs the chain `candidates` → origin for `path` from its first byte (`range`: up to
+    /// `range.end`; a seeder holding more than that is passed over): the next link starts when
+    /// the running one failed, or when it has not finished within `hedge_delay`; the first
+    /// success wins and the attempts still running are dropped. When every link failed, the
+    /// origin's error.
     pub(crate) async fn hedged(
         &self,
         path: &str,
+        range: Option<Range<u64>>,
         candidates: &[Candidate],
-    ) -> Result<Object, OriginError> {
+    ) -> Result<Opened, OriginError> {
         let links = candidates.len() + 1;
+        let limit = range
+            .as_ref()
+            .map_or(self.cfg.max_object, |r| r.end.min(self.cfg.max_object));
         let start = |i: usize| -> Attempt<'_> {
             match candidates.get(i) {
-                Some(c) => Box::pin(async move { Link::Seeder(self.attempt(c, path).await) }),
-                None => Box::pin(async move { Link::Origin(self.fallback.get(path).await) }),
+                Some(c) => {
+                    Box::pin(async move { Link::Seeder(self.attempt(c, path, limit).await) })
+                }
+                None => {
+                    let range = range.clone();
+                    Box::pin(
+                        async move { Link::Origin(self.fallback.open(path, range, None).await) },
+                    )
+                }
             }
         };
         let mut running = FuturesUnordered::new();

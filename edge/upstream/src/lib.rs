@@ -60,8 +60,9 @@ mod route;
 
 use arc_swap::ArcSwap;
 use edge_directory::{Directory, SegmentRef};
-use edge_origin::{Object, Origin, OriginError};
+use edge_origin::{Opened, Origin, OriginError};
 use std::{
+    ops::Range,
     sync::{Arc, Weak, atomic::AtomicBool},
     time::Duration,
 };
@@ -286,16 +287,25 @@ impl SeederOrigin {
 impl Origin for SeederOrigin {
     /// A segment from the seeders (verified) or the origin; any other path from the origin. The
     /// error, when everything failed, is the origin's: `NotFound` only if the origin says so.
-    async fn get(&self, path: &str) -> Result<Object, OriginError> {
-        let Some(segment) = SegmentRef::from_path(&self.cfg.streams_prefix, path) else {
-            return self.fallback.get(path).await;
+    /// Seeders serve whole segments (their checksum covers the file): a read that starts past
+    /// the first byte, or asks for a version (`if_match`), goes to the origin.
+    async fn open(
+        &self,
+        path: &str,
+        range: Option<Range<u64>>,
+        if_match: Option<&str>,
+    ) -> Result<Opened, OriginError> {
+        let whole = range.as_ref().is_none_or(|r| r.start == 0) && if_match.is_none();
+        let segment = SegmentRef::from_path(&self.cfg.streams_prefix, path).filter(|_| whole);
+        let Some(segment) = segment else {
+            return self.fallback.open(path, range, if_match).await;
         };
         let Some(holders) = self.holders(&segment).await else {
             self.metrics.fallbacks.inc();
-            return self.fallback.get(path).await;
+            return self.fallback.open(path, range, None).await;
         };
         let candidates = self.candidates(path, &holders);
-        self.hedged(path, &candidates).await
+        self.hedged(path, range, &candidates).await
     }
 
     /// The origin's check: seeders are an optimisation, the edge is healthy without them.

@@ -3,7 +3,7 @@
 //! sends far more than asked, and a counting origin.
 
 use bytes::Bytes;
-use edge_origin::{Object, Origin, OriginError, Tier};
+use edge_origin::{ObjectInfo, Opened, Origin, OriginError, Tier};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -372,21 +372,34 @@ impl CountingOrigin {
 
 #[async_trait::async_trait]
 impl Origin for CountingOrigin {
-    async fn get(&self, path: &str) -> Result<Object, OriginError> {
+    async fn open(
+        &self,
+        path: &str,
+        range: Option<std::ops::Range<u64>>,
+        _: Option<&str>,
+    ) -> Result<Opened, OriginError> {
         self.hits.fetch_add(1, Ordering::Relaxed);
-        let body = self
+        let body: bytes::Bytes = self
             .objects
             .lock()
             .get(path)
             .cloned()
             .ok_or(OriginError::NotFound)?;
-        Ok(Object {
-            body,
+        let size = body.len() as u64;
+        let r = range.unwrap_or(0..size);
+        let r = r.start.min(size)..r.end.min(size);
+        let info = ObjectInfo {
+            size,
             etag: None,
             last_modified: None,
             cache_control: None,
             tier: Tier::Origin,
-        })
+        };
+        Ok(Opened::whole(
+            info,
+            r.clone(),
+            body.slice(r.start as usize..r.end as usize),
+        ))
     }
 
     async fn check(&self) -> Result<(), OriginError> {

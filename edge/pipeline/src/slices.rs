@@ -1,0 +1,285 @@
+//! Objects of any size through the memory tier, in fixed-size slices.
+//!
+//! An object is cached as slices of `cache.slice` bytes (the last one shorter), each its own
+//! entry in the memory and disk tiers, as nginx's `slice` module and CloudFront do: a viewer
+//! seeking into a 4 GiB MP4 costs the slices it reads, never the whole object, and what is held
+//! in memory is bounded by the memory tier plus the slices filling. A slice is coalesced like any
+//! entry (one upstream read however many viewers want it) and handed out while it fills: the
+//! first byte of a cold object goes out when the upstream's first byte arrived.
+//!
+//! A response spanning several slices reads them in order, asking for the next one while the
+//! current one is sent, and checks that each is of the same version of the object (size and
+//! entity tag) as the first: a slice of another version is fetched again once, then the response
+//! is cut (never a body stitched from two versions).
+
+use crate::{
+    FetchError, MediaKind, Source,
+    fill::Data,
+    tiers::{Tiers, slice_key},
+};
+use bytes::Bytes;
+use edge_cache::{Cache, Status, Weighted};
+use edge_contract::{BodyError, BodyStream};
+use edge_origin::OriginError;
+use futures::{StreamExt, stream::BoxStream};
+use std::{
+    ops::Range,
+    sync::{Arc, OnceLock},
+    time::{Duration, SystemTime},
+};
+
+/// An object as the tiers know it, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The whole object's size.
+    pub size: u64,
+    /// Strong entity tag, quoted (`"abc"`).
+    pub etag: Option<String>,
+    /// Last modification time.
+    pub last_modified: Option<SystemTime>,
+    /// The origin's `Cache-Control` for the object.
+    pub cache_control: Option<String>,
+    /// Which tier filled the memory tier with it.
+    pub source: Source,
+    /// When it was fetched from a seeder or the origin (for `Age`).
+    pub fetched_at: SystemTime,
+    /// An expired copy answering because the upstream failed.
+    pub stale: bool,
+    /// Freshness lifetime from `fetched_at` (the origin's `Cache-Control` or the configured TTL).
+    pub max_age: Duration,
+}
+
+impl Head {
+    /// Whether `other` describes the same version of the object.
+    fn same_version(&self, other: &Head) -> bool {
+        self.size == other.size
+            && self.etag == other.etag
+            && (self.etag.is_some() || self.last_modified == other.last_modified)
+    }
+}
+
+/// One slice of an object, as the memory tier holds it: complete or filling.
+#[derive(Clone)]
+pub(crate) struct Slice {
+    pub(crate) head: Arc<Head>,
+    /// Offset of its first byte in the object.
+    pub(crate) start: u64,
+    /// Its length.
+    pub(crate) len: u64,
+    pub(crate) data: Arc<Data>,
+    /// For a manifest of one slice: where tokens go, found once (`None` when it does not parse).
+    pub(crate) manifest: Arc<OnceLock<Option<Arc<edge_manifest::Prepared>>>>,
+}
+
+impl Slice {
+    pub(crate) fn new(head: Arc<Head>, start: u64, data: Arc<Data>) -> Self {
+        Self {
+            head,
+            start,
+            len: data.len(),
+            data,
+            manifest: Arc::default(),
+        }
+    }
+
+    /// One past its last byte in the object.
+    pub(crate) fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+impl Weighted for Slice {
+    fn weight(&self) -> usize {
+        usize::try_from(self.len).unwrap_or(usize::MAX)
+    }
+}
+
+/// The memory tier over slices, and the tiers that fill it. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Slices {
+    pub(crate) memory: Cache<Slice, FetchError>,
+    pub(crate) tiers: Arc<Tiers>,
+}
+
+impl Slices {
+    /// Bytes per slice.
+    pub(crate) fn size(&self) -> u64 {
+        self.tiers.slice
+    }
+
+    /// Slice `index` of the object at `path`: from memory, or one coalesced fill.
+    pub(crate) async fn get(
+        &self,
+        path: &str,
+        index: u64,
+        kind: MediaKind,
+    ) -> Result<(Slice, Status), FetchError> {
+        let key = slice_key(path, index.saturating_mul(self.size()));
+        for _ in 0..2 {
+            let (tiers, memory, p) = (self.tiers.clone(), self.memory.clone(), path.to_owned());
+            let got = self
+                .memory
+                .get_or_fetch(&key, move || async move {
+                    tiers.fill(&memory, &p, index, kind).await
+                })
+                .await?;
+            // A fill that failed after it was cached is on its way out: ask again.
+            if !got.0.data.failed() {
+                return Ok(got);
+            }
+            self.memory
+                .remove_if(&key, |s| Arc::ptr_eq(&s.data, &got.0.data));
+        }
+        Err(FetchError::Origin(OriginError::Unavailable(
+            "slice fill failed".into(),
+        )))
+    }
+
+    /// The slice holding byte `at` (the first slice, `first`, when it does), of the same
+    /// version as `first`.
+    async fn slice_at(
+        &self,
+        path: &str,
+        kind: MediaKind,
+        first: &Slice,
+        at: u64,
+    ) -> Result<Slice, OriginError> {
+        if (first.start..first.end()).contains(&at) {
+            return Ok(first.clone());
+        }
+        let index = at / self.size();
+        for _ in 0..2 {
+            let (slice, _) = self.get(path, index, kind).await.map_err(|e| match e {
+                FetchError::Origin(e) => e,
+                FetchError::Task(e) => OriginError::Unavailable(e.to_string()),
+            })?;
+            if slice.head.same_version(&first.head) {
+                return Ok(slice);
+            }
+            // Another version of the object: drop that slice and ask the tiers again.
+            let key = slice_key(path, slice.start);
+            self.memory
+                .remove_if(&key, |s| Arc::ptr_eq(&s.data, &slice.data));
+        }
+        Err(OriginError::Changed)
+    }
+
+    /// The bytes `range` of the object whose first slice read is `first`, slice after slice,
+    /// the next one asked for while the current one is sent.
+    pub(crate) fn stream(
+        &self,
+        path: &str,
+        kind: MediaKind,
+        first: Slice,
+        range: Range<u64>,
+    ) -> BodyStream {
+        let cursor = Cursor {
+            slices: self.clone(),
+            path: Arc::from(path),
+            kind,
+            first,
+            pos: range.start,
+            end: range.end,
+            reading: None,
+            ahead: 0,
+        };
+        futures::stream::unfold(cursor, |mut c| async move {
+            let item = c.next().await?;
+            if item.is_err() {
+                c.pos = c.end;
+                c.reading = None;
+            }
+            Some((item, c))
+        })
+        .boxed()
+    }
+
+    /// The whole object whose first slice is `first` (manifests, which are rewritten whole).
+    pub(crate) async fn whole(
+        &self,
+        path: &str,
+        kind: MediaKind,
+        first: &Slice,
+    ) -> Result<Bytes, OriginError> {
+        if first.start == 0
+            && first.len == first.head.size
+            && let Some(b) = first.data.whole()
+        {
+            return Ok(b);
+        }
+        let mut body = self.stream(path, kind, first.clone(), 0..first.head.size);
+        let mut all = bytes::BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            all.extend_from_slice(&chunk.map_err(|e| OriginError::Unavailable(e.to_string()))?);
+        }
+        Ok(all.freeze())
+    }
+}
+
+/// Where a streamed response is.
+struct Cursor {
+    slices: Slices,
+    path: Arc<str>,
+    kind: MediaKind,
+    first: Slice,
+    pos: u64,
+    end: u64,
+    reading: Option<BoxStream<'static, Result<Bytes, OriginError>>>,
+    /// Slices before this index were asked for ahead already.
+    ahead: u64,
+}
+
+impl Cursor {
+    async fn next(&mut self) -> Option<Result<Bytes, BodyError>> {
+        loop {
+            if let Some(reading) = &mut self.reading {
+                match reading.next().await {
+                    Some(Ok(b)) => {
+                        self.pos += b.len() as u64;
+                        return Some(Ok(b));
+                    }
+                    Some(Err(e)) => return Some(Err(BodyError::Interrupted(e.to_string()))),
+                    None => self.reading = None,
+                }
+            }
+            if self.pos >= self.end {
+                return None;
+            }
+            let slice = match self
+                .slices
+                .slice_at(&self.path, self.kind, &self.first, self.pos)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => return Some(Err(BodyError::Interrupted(e.to_string()))),
+            };
+            if slice.end() <= self.pos {
+                return Some(Err(BodyError::Interrupted(format!(
+                    "slice at {} ends before byte {}",
+                    slice.start, self.pos
+                ))));
+            }
+            self.read_ahead(&slice);
+            let (from, to) = (
+                self.pos - slice.start,
+                self.end.min(slice.end()) - slice.start,
+            );
+            self.reading = Some(slice.data.clone().read(from, to).boxed());
+        }
+    }
+
+    /// Asks for the slice after `current` (when the response reaches into it), so it fills
+    /// while `current` is sent.
+    fn read_ahead(&mut self, current: &Slice) {
+        let size = self.slices.size();
+        let next = current.end() / size;
+        if current.end() >= self.end || next < self.ahead {
+            return;
+        }
+        self.ahead = next + 1;
+        let (slices, path, kind) = (self.slices.clone(), self.path.clone(), self.kind);
+        tokio::spawn(async move {
+            let _ = slices.get(&path, next, kind).await;
+        });
+    }
+}
