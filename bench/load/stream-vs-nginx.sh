@@ -5,7 +5,9 @@
 # Origin: a static nginx (bench/load/nginx-origin.conf.template, one worker) with
 #   limit_rate RATE per connection (default 50m = 50 MB/s), serving two sparse files made at start:
 #   vod/movies/big/cold.mp4 (BIG_MIB, default 1024) and vod/movies/big/join.mp4 (JOIN_MIB, 256).
-#   Its access log counts the requests and body bytes each contender fetched.
+#   Its access log counts the requests and body bytes each contender fetched. nginx's limit_rate
+#   holds per request: the edge's ranged slice requests (two at a time with read-ahead) each get
+#   the rate, so total times say how each uses such an origin, not which is faster per se.
 # Contenders, fresh for each phase, pinned to core SERVER_CPU with the origin, one worker/thread:
 #   nginx: proxy_cache (key $uri, proxy_cache_lock on, its default 5 s lock timeout) -> origin
 #          (bench/load/nginx-proxy-cache.conf.template, max_size 4 GiB)
@@ -121,7 +123,7 @@ watch_interval = "0s"
 EOF
     unset EDGE_CONFIG EDGE_POLICIES EDGE_ORIGIN_ROOT EDGE_ORIGIN_URL EDGE_CACHE_MEMORY EDGE_THREADS \
         EDGE_DISK_CACHE_PATH EDGE_DISK_CACHE_SIZE EDGE_DATA_DIR REDIS_HOST S3_BUCKET_NAME 2>/dev/null || true
-    export RUST_LOG=warn
+    export RUST_LOG=warn,edge=info
     (cd "$ROOT" && exec taskset -c "$SERVER_CPU" "$EDGE_BIN" serve --config "$WORK/edge.toml" \
         --listen 127.0.0.1:0 --no-tls --admin-listen 127.0.0.1:0) 2>"$WORK/edge.log" &
     FRONT_PID=$! PID_OF_SERVER=$FRONT_PID
@@ -144,8 +146,8 @@ start_sampler() {
     : >"$WORK/rss"
     (
         while :; do
-            pids=$(pgrep -P "$PID_OF_SERVER" 2>/dev/null | tr '\n' ' ')
-            ps -o rss= -p "$PID_OF_SERVER $pids" 2>/dev/null | awk '{ s += $1 } END { print s }' >>"$WORK/rss"
+            pids=$(pgrep -P "$PID_OF_SERVER" 2>/dev/null | paste -sd, - || true)
+            ps -o rss= -p "$PID_OF_SERVER${pids:+,$pids}" 2>/dev/null | awk '{ s += $1 } END { print s + 0 }' >>"$WORK/rss"
             sleep 0.1
         done
     ) &

@@ -115,7 +115,7 @@ pub struct CacheConfig {
     pub memory: ByteSize,
     /// Objects are fetched, cached (memory and disk) and served in slices of this size: a range
     /// or a seek costs the slices it touches, a cold object streams while it fills. An object
-    /// no larger than a slice is one entry. 64 KiB to 64 MiB. Default 4 MiB.
+    /// no larger than a slice is one entry. 64 KiB to 32 MiB. Default 4 MiB.
     pub slice: ByteSize,
     /// How long a cached manifest (`.m3u8`, `.mpd`) is fresh; live playlists change. Default `2s`.
     /// An origin `Cache-Control: max-age` (or `s-maxage`) overrides it; `no-store`, `no-cache`
@@ -313,8 +313,8 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
     if o.retries > 10 {
         bad("origin.retries", "at most 10");
     }
-    if cfg.cache.slice < ByteSize::kib(64) || cfg.cache.slice > ByteSize::mib(64) {
-        bad("cache.slice", "must be between 64 KiB and 64 MiB");
+    if cfg.cache.slice < ByteSize::kib(64) || cfg.cache.slice > ByteSize::mib(32) {
+        bad("cache.slice", "must be between 64 KiB and 32 MiB");
     }
     if cfg.cache.slice > cfg.cache.memory {
         bad("cache.slice", "larger than cache.memory");

@@ -280,7 +280,7 @@ impl StoreOrigin {
 }
 
 /// Bytes of one blocking read of a local file.
-const FILE_READ: u64 = 256 << 10;
+const FILE_READ: u64 = 1 << 20;
 
 /// The bytes `range` of a local file, one blocking read of up to [`FILE_READ`] bytes at a time.
 fn file_body(file: std::fs::File, range: Range<u64>) -> ByteStream {

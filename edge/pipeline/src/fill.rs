@@ -2,9 +2,9 @@
 //! viewers at their own pace, each from where it is.
 //!
 //! The fill task appends pieces (views into one allocation sized for the slice, so nothing is
-//! copied while it fills) and wakes the readers; once the slice is complete its pieces are joined
-//! into one buffer, so a later hit is written to the socket in one piece. A fill that fails ends
-//! every reader with the error: a reader never takes a short slice for a complete one.
+//! copied while it fills or after) and wakes the readers; a slice that arrived in one piece is
+//! answered whole, others piece by piece. A fill that fails ends every reader with the error: a
+//! reader never takes a short slice for a complete one.
 
 use bytes::Bytes;
 use edge_origin::OriginError;
@@ -19,6 +19,8 @@ pub(crate) struct Data {
     filled: watch::Sender<u64>,
     /// Expected length.
     len: u64,
+    /// The memory tier let go of it (evicted, or did not admit it): the disk tier takes it.
+    let_go: std::sync::atomic::AtomicBool,
 }
 
 struct State {
@@ -39,6 +41,7 @@ impl Data {
             }),
             filled: watch::Sender::new(len),
             len,
+            let_go: Default::default(),
         }
     }
 
@@ -52,6 +55,7 @@ impl Data {
             }),
             filled: watch::Sender::new(0),
             len,
+            let_go: Default::default(),
         }
     }
 
@@ -78,8 +82,9 @@ impl Data {
         self.filled.send_replace(have);
     }
 
-    /// Ends the fill: `Ok` once all `len` bytes were pushed (then the pieces are joined), or the
-    /// error that ended it. Only the first call counts.
+    /// Ends the fill: `Ok` once all `len` bytes were pushed, or the error that ended it. Only
+    /// the first call counts. The pieces stay as they are (views into the one buffer the fill
+    /// wrote): joining them would copy every slice and hold two buffers for a while.
     pub(crate) fn finish(&self, result: Result<(), OriginError>) {
         let have = {
             let mut st = self.lock();
@@ -93,20 +98,13 @@ impl Data {
                 ))),
                 other => other,
             };
-            if result.is_ok() && st.pieces.len() > 1 {
-                let mut joined = bytes::BytesMut::with_capacity(self.len as usize);
-                for p in &st.pieces {
-                    joined.extend_from_slice(p);
-                }
-                st.pieces = vec![joined.freeze()];
-            }
             st.end = Some(result);
             st.have
         };
         self.filled.send_replace(have);
     }
 
-    /// The whole slice, when it is complete.
+    /// The whole slice, when it is complete and in one piece.
     pub(crate) fn whole(&self) -> Option<Bytes> {
         let st = self.lock();
         match (&st.end, st.pieces.as_slice()) {
@@ -116,9 +114,33 @@ impl Data {
         }
     }
 
+    /// Records that the memory tier let go of this slice.
+    pub(crate) fn mark_let_go(&self) {
+        self.let_go.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the memory tier let go of this slice.
+    pub(crate) fn let_go(&self) -> bool {
+        self.let_go.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The pieces of the complete slice (`None` while it fills or after it failed).
+    pub(crate) fn pieces(&self) -> Option<Vec<Bytes>> {
+        let st = self.lock();
+        matches!(st.end, Some(Ok(()))).then(|| st.pieces.clone())
+    }
+
     /// Whether the fill is still going.
     pub(crate) fn filling(&self) -> bool {
         self.lock().end.is_none()
+    }
+
+    /// The error that ended the fill (or that it has not ended well).
+    pub(crate) fn error(&self) -> OriginError {
+        match &self.lock().end {
+            Some(Err(e)) => e.clone(),
+            _ => OriginError::Unavailable("slice incomplete".into()),
+        }
     }
 
     /// Whether the fill ended with an error.
@@ -218,9 +240,12 @@ mod tests {
         data.finish(Ok(()));
         assert_eq!(early.await.unwrap().unwrap(), b"0123456789");
         assert_eq!(middle.await.unwrap().unwrap(), b"3456");
-        assert_eq!(data.whole().unwrap(), "0123456789");
-        // Late readers read the joined slice.
-        assert_eq!(all(data.clone().read(8, 10)).await.unwrap(), b"89");
+        assert!(data.whole().is_none(), "two pieces");
+        assert_eq!(data.pieces().unwrap().concat(), b"0123456789");
+        // Late readers read across the pieces.
+        assert_eq!(all(data.clone().read(2, 10)).await.unwrap(), b"23456789");
+        let one = Data::complete(Bytes::from_static(b"abc"));
+        assert_eq!(one.whole().unwrap(), "abc");
 
         let broken = Arc::new(Data::empty(10));
         let reader = tokio::spawn(all(broken.clone().read(0, 10)));

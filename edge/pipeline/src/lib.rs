@@ -271,17 +271,21 @@ impl Pipeline {
         Ok(slice.head.as_ref().clone())
     }
 
-    /// Removes `path` (every slice of it) from every cache tier. Disk first: memory fills
-    /// meanwhile may still read the disk copy, and the memory purge then drops them (fills in
-    /// flight are not kept).
+    /// Removes `path` (every slice of it) from every cache tier (fills in flight are not kept).
     pub async fn purge(&self, path: &str) -> Purged {
         let rest = format!("{path}\0");
-        let mut purged = Purged::default();
+        let memory =
+            || usize::from(self.slices.memory.purge(path)) + self.slices.memory.purge_prefix(&rest);
+        // Memory, disk, memory again: a slice memory evicts meanwhile is written to disk with
+        // a mark from before the disk purge (dropped) or stays in memory until the second pass.
+        let mut purged = Purged {
+            memory: memory(),
+            disk: 0,
+        };
         if let Some(d) = &self.slices.tiers.disk {
             purged.disk = usize::from(d.remove(path).await) + d.purge_prefix(&rest).await;
         }
-        purged.memory =
-            usize::from(self.slices.memory.purge(path)) + self.slices.memory.purge_prefix(&rest);
+        purged.memory += memory();
         purged
     }
 
@@ -292,17 +296,15 @@ impl Pipeline {
         self.slices.tiers.spill(&self.slices.memory).await
     }
 
-    /// Removes every path starting with `prefix` from every cache tier (disk first, as
-    /// [`Pipeline::purge`]).
+    /// Removes every path starting with `prefix` from every cache tier (as [`Pipeline::purge`]).
     pub async fn purge_prefix(&self, prefix: &str) -> Purged {
+        let mut memory = self.slices.memory.purge_prefix(prefix);
         let disk = match &self.slices.tiers.disk {
             Some(d) => d.purge_prefix(prefix).await,
             None => 0,
         };
-        Purged {
-            memory: self.slices.memory.purge_prefix(prefix),
-            disk,
-        }
+        memory += self.slices.memory.purge_prefix(prefix);
+        Purged { memory, disk }
     }
 
     /// Replaces the routes and policy chains for new requests.
@@ -409,6 +411,10 @@ impl Pipeline {
     }
 }
 
+/// Largest manifest rewritten for token propagation (a 10-hour VOD playlist of 2 s segments is
+/// about 1 MiB).
+const MAX_MANIFEST: u64 = 16 << 20;
+
 /// What a viewer asked for, once admitted and authorised.
 struct Wanted<'a> {
     path: &'a str,
@@ -424,9 +430,19 @@ impl Pipeline {
     /// Fetch and represent: the first slice the request needs (its head says what the object
     /// is), the HTTP semantics on that head, then the body, whole or streamed slice by slice.
     async fn deliver(&self, req: &EdgeRequest, w: &Wanted<'_>) -> EdgeResponse {
-        let index = respond::first_byte(&req.headers) / self.slices.size();
+        let mut index = respond::first_byte(&req.headers) / self.slices.size();
+        // A cached first slice knows the size: a range past the end is answered from it.
+        if index > 0
+            && let Some(first) = self.slices.memory.get(w.path)
+            && index * self.slices.size() >= first.head.size
+        {
+            index = 0;
+        }
         let fetched = match self.slices.get(w.path, index, w.kind).await {
-            Err(_) if index > 0 => self.slices.get(w.path, 0, w.kind).await,
+            // Past the end of the object, or an outage: the first slice says which.
+            Err(FetchError::Origin(e)) if index > 0 && e != OriginError::NotFound => {
+                self.slices.get(w.path, 0, w.kind).await
+            }
             other => other,
         };
         let (first, status) = match fetched {
@@ -447,18 +463,13 @@ impl Pipeline {
             head.size,
             &mut headers,
         );
-        let range = match plan {
+        let (range, status) = match plan {
             respond::Plan::Answer(r) => return r,
-            respond::Plan::Send(range) => range,
+            respond::Plan::Send { range, partial } => (range, respond::Plan::status(partial)),
         };
         self.metrics
             .tiers
             .served(served.tier(), (range.end - range.start) as usize);
-        let status = if range.end - range.start == head.size {
-            StatusCode::OK
-        } else {
-            StatusCode::PARTIAL_CONTENT
-        };
         let body = match first.data.whole() {
             Some(b) if first.start <= range.start && range.end <= first.end() => Body::Full(
                 b.slice((range.start - first.start) as usize..(range.end - first.start) as usize),
@@ -524,8 +535,12 @@ impl Pipeline {
         served: Served,
         mut headers: HeaderMap,
     ) -> EdgeResponse {
-        let body = match self.slices.whole(w.path, w.kind, first).await {
+        let body = match self.slices.whole(w.path, w.kind, first, MAX_MANIFEST).await {
             Ok(b) => b,
+            Err(OriginError::TooLarge(size)) => {
+                tracing::warn!(path = w.path, size, "manifest too large to rewrite");
+                return respond::error(502, "manifest_too_large", &[]);
+            }
             Err(e) => return origin_error(&FetchError::Origin(e)),
         };
         let single = first.start == 0 && first.len == first.head.size;
@@ -561,18 +576,13 @@ impl Pipeline {
             rendered.len() as u64,
             &mut headers,
         );
-        let range = match plan {
+        let (range, status) = match plan {
             respond::Plan::Answer(r) => return r,
-            respond::Plan::Send(range) => range,
+            respond::Plan::Send { range, partial } => (range, respond::Plan::status(partial)),
         };
         self.metrics
             .tiers
             .served(served.tier(), (range.end - range.start) as usize);
-        let status = if range.end - range.start == rendered.len() as u64 {
-            StatusCode::OK
-        } else {
-            StatusCode::PARTIAL_CONTENT
-        };
         EdgeResponse {
             status,
             headers,

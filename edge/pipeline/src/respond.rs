@@ -75,9 +75,24 @@ pub(crate) fn add_headers(headers: &mut HeaderMap, extra: &[(String, String)]) {
 pub(crate) enum Plan {
     /// A complete answer without the object's bytes: 304 or 416.
     Answer(EdgeResponse),
-    /// Send these bytes of the representation: all of it (200) or a part (206, with
-    /// `Content-Range` set in the headers).
-    Send(std::ops::Range<u64>),
+    /// Send these bytes of the representation: all of it (200), or what a valid single range
+    /// asked for (`partial`: 206, with `Content-Range` set in the headers — also when the range
+    /// covers the whole representation, as `bytes=0-` does).
+    Send {
+        range: std::ops::Range<u64>,
+        partial: bool,
+    },
+}
+
+impl Plan {
+    /// The status of a [`Plan::Send`].
+    pub(crate) fn status(partial: bool) -> StatusCode {
+        if partial {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        }
+    }
 }
 
 /// The first byte a request for one range asks for explicitly (`bytes=N-…`), else 0: which slice
@@ -144,7 +159,10 @@ pub(crate) fn plan(
                     if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
                         headers.insert(header::CONTENT_RANGE, v);
                     }
-                    return Plan::Send(start..end + 1);
+                    return Plan::Send {
+                        range: start..end + 1,
+                        partial: true,
+                    };
                 }
                 Ok(ranges) if ranges.len() > 1 => {}
                 Err(http_range_header::RangeUnsatisfiableError::FileSuffixOutOfBounds)
@@ -159,5 +177,8 @@ pub(crate) fn plan(
             }
         }
     }
-    Plan::Send(0..len)
+    Plan::Send {
+        range: 0..len,
+        partial: false,
+    }
 }

@@ -115,51 +115,64 @@ impl Slices {
         kind: MediaKind,
     ) -> Result<(Slice, Status), FetchError> {
         let key = slice_key(path, index.saturating_mul(self.size()));
+        let mut last = None;
         for _ in 0..2 {
-            let (tiers, memory, p) = (self.tiers.clone(), self.memory.clone(), path.to_owned());
-            let got = self
-                .memory
-                .get_or_fetch(&key, move || async move {
-                    tiers.fill(&memory, &p, index, kind).await
-                })
-                .await?;
+            let fill = || {
+                let (tiers, memory, p) = (self.tiers.clone(), self.memory.clone(), path.to_owned());
+                async move { tiers.fill(&memory, &p, index, kind).await }
+            };
+            let got = self.memory.get_or_fetch(&key, fill).await?;
             // A fill that failed after it was cached is on its way out: ask again.
             if !got.0.data.failed() {
                 return Ok(got);
             }
             self.memory
                 .remove_if(&key, |s| Arc::ptr_eq(&s.data, &got.0.data));
+            last = Some(got.0);
         }
-        Err(FetchError::Origin(OriginError::Unavailable(
-            "slice fill failed".into(),
-        )))
+        let why = last
+            .map(|s| s.data.error())
+            .unwrap_or_else(|| OriginError::Unavailable("slice fill failed".into()));
+        Err(FetchError::Origin(why))
     }
 
-    /// The slice holding byte `at` (the first slice, `first`, when it does), of the same
-    /// version as `first`.
-    async fn slice_at(
+    /// `got`, the slice at `index` of the object at `path`, when it is of the version `head`
+    /// describes. Another version: its copies (memory and disk) are dropped and the slice is
+    /// asked for once more; still another version, the object changed at the origin, and every
+    /// cached slice of it is dropped so the next viewer starts on one version.
+    async fn same_version(
         &self,
         path: &str,
         kind: MediaKind,
-        first: &Slice,
-        at: u64,
+        head: &Head,
+        index: u64,
+        mut got: Slice,
     ) -> Result<Slice, OriginError> {
-        if (first.start..first.end()).contains(&at) {
-            return Ok(first.clone());
-        }
-        let index = at / self.size();
-        for _ in 0..2 {
-            let (slice, _) = self.get(path, index, kind).await.map_err(|e| match e {
-                FetchError::Origin(e) => e,
-                FetchError::Task(e) => OriginError::Unavailable(e.to_string()),
-            })?;
-            if slice.head.same_version(&first.head) {
-                return Ok(slice);
+        for attempt in 0..2 {
+            if got.head.same_version(head) {
+                return Ok(got);
             }
-            // Another version of the object: drop that slice and ask the tiers again.
-            let key = slice_key(path, slice.start);
+            let key = slice_key(path, got.start);
             self.memory
-                .remove_if(&key, |s| Arc::ptr_eq(&s.data, &slice.data));
+                .remove_if(&key, |s| Arc::ptr_eq(&s.data, &got.data));
+            if let Some(disk) = &self.tiers.disk {
+                disk.remove(&key).await;
+            }
+            if attempt == 1 {
+                break;
+            }
+            got = self.get(path, index, kind).await.map_err(origin_error)?.0;
+        }
+        tracing::warn!(
+            path,
+            "object changed at the origin while being served; cached slices dropped"
+        );
+        let rest = format!("{path}\0");
+        self.memory.purge(path);
+        self.memory.purge_prefix(&rest);
+        if let Some(disk) = &self.tiers.disk {
+            disk.remove(path).await;
+            disk.purge_prefix(&rest).await;
         }
         Err(OriginError::Changed)
     }
@@ -177,11 +190,12 @@ impl Slices {
             slices: self.clone(),
             path: Arc::from(path),
             kind,
-            first,
+            head: first.head.clone(),
+            first: Some(first),
             pos: range.start,
             end: range.end,
             reading: None,
-            ahead: 0,
+            ahead: None,
         };
         futures::stream::unfold(cursor, |mut c| async move {
             let item = c.next().await?;
@@ -194,13 +208,18 @@ impl Slices {
         .boxed()
     }
 
-    /// The whole object whose first slice is `first` (manifests, which are rewritten whole).
+    /// The whole object whose first slice is `first` (manifests, which are rewritten whole), up
+    /// to `limit` bytes.
     pub(crate) async fn whole(
         &self,
         path: &str,
         kind: MediaKind,
         first: &Slice,
+        limit: u64,
     ) -> Result<Bytes, OriginError> {
+        if first.head.size > limit {
+            return Err(OriginError::TooLarge(first.head.size));
+        }
         if first.start == 0
             && first.len == first.head.size
             && let Some(b) = first.data.whole()
@@ -216,17 +235,31 @@ impl Slices {
     }
 }
 
+fn origin_error(e: FetchError) -> OriginError {
+    match e {
+        FetchError::Origin(e) => e,
+        FetchError::Task(e) => OriginError::Unavailable(e.to_string()),
+    }
+}
+
+/// A slice asked for ahead of the reader.
+type Ahead = (u64, tokio::task::JoinHandle<Result<Slice, OriginError>>);
+
 /// Where a streamed response is.
 struct Cursor {
     slices: Slices,
     path: Arc<str>,
     kind: MediaKind,
-    first: Slice,
+    /// The version every slice must be of.
+    head: Arc<Head>,
+    /// The slice the response was planned on, until it is read.
+    first: Option<Slice>,
     pos: u64,
     end: u64,
     reading: Option<BoxStream<'static, Result<Bytes, OriginError>>>,
-    /// Slices before this index were asked for ahead already.
-    ahead: u64,
+    /// The next slice, asked for while the current one is sent (held here: a slice the memory
+    /// tier does not keep would otherwise be filled twice).
+    ahead: Option<Ahead>,
 }
 
 impl Cursor {
@@ -245,17 +278,13 @@ impl Cursor {
             if self.pos >= self.end {
                 return None;
             }
-            let slice = match self
-                .slices
-                .slice_at(&self.path, self.kind, &self.first, self.pos)
-                .await
-            {
+            let slice = match self.slice_at(self.pos).await {
                 Ok(s) => s,
                 Err(e) => return Some(Err(BodyError::Interrupted(e.to_string()))),
             };
-            if slice.end() <= self.pos {
+            if slice.end() <= self.pos || slice.start > self.pos {
                 return Some(Err(BodyError::Interrupted(format!(
-                    "slice at {} ends before byte {}",
+                    "slice at {} does not hold byte {}",
                     slice.start, self.pos
                 ))));
             }
@@ -268,18 +297,57 @@ impl Cursor {
         }
     }
 
+    /// The slice holding byte `at`, of the response's version.
+    async fn slice_at(&mut self, at: u64) -> Result<Slice, OriginError> {
+        if let Some(first) = self.first.take()
+            && (first.start..first.end()).contains(&at)
+        {
+            return Ok(first);
+        }
+        let index = at / self.slices.size();
+        let got = match self.ahead.take() {
+            Some((i, task)) if i == index => task
+                .await
+                .map_err(|e| OriginError::Unavailable(e.to_string()))??,
+            _ => {
+                self.slices
+                    .get(&self.path, index, self.kind)
+                    .await
+                    .map_err(origin_error)?
+                    .0
+            }
+        };
+        let head = self.head.clone();
+        self.slices
+            .same_version(&self.path, self.kind, &head, index, got)
+            .await
+    }
+
     /// Asks for the slice after `current` (when the response reaches into it), so it fills
     /// while `current` is sent.
     fn read_ahead(&mut self, current: &Slice) {
-        let size = self.slices.size();
-        let next = current.end() / size;
-        if current.end() >= self.end || next < self.ahead {
+        if current.end() >= self.end || self.ahead.is_some() {
             return;
         }
-        self.ahead = next + 1;
+        let next = current.end() / self.slices.size();
         let (slices, path, kind) = (self.slices.clone(), self.path.clone(), self.kind);
-        tokio::spawn(async move {
-            let _ = slices.get(&path, next, kind).await;
+        let task = tokio::spawn(async move {
+            slices
+                .get(&path, next, kind)
+                .await
+                .map(|(s, _)| s)
+                .map_err(origin_error)
         });
+        self.ahead = Some((next, task));
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        // A viewer gone: the slice asked for ahead is not waited for (its fill, once started,
+        // completes in its own task and stays cached).
+        if let Some((_, task)) = self.ahead.take() {
+            task.abort();
+        }
     }
 }

@@ -26,9 +26,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-/// A filling slice is handed to its readers in pieces of at most this much (or less when the
-/// upstream pauses), so they follow the fill closely without a wake-up per network read.
-const PIECE: usize = 256 << 10;
+/// A filling slice is handed to its readers in pieces of at most this much, and of at least
+/// [`MIN_PIECE`] when the upstream pauses (the first bytes go at once): readers follow the fill
+/// closely without a wake-up per network read, and a complete slice is a few pieces to write.
+const PIECE: usize = 1 << 20;
+const MIN_PIECE: usize = 64 << 10;
 
 /// How often a body that broke off is resumed (range request from where it stopped) before the
 /// fill fails.
@@ -200,12 +202,14 @@ impl Tiers {
         let now = SystemTime::now();
         // Before the lookup: a purge from here on drops the disk write of what the upstream
         // returns, which may have been read before the purge.
-        let mark = self.disk.as_ref().map(DiskCache::purge_mark);
+        let mut mark = self.disk.as_ref().map(DiskCache::purge_mark);
         let mut expired = None;
         if let Some(disk) = &self.disk {
             match disk.get(&key).await {
                 Some(e) if !self.fits(&e.meta, e.body.len() as u64, start) => {
                     disk.remove(&key).await;
+                    // After our own removal: the slice read below may be kept.
+                    mark = Some(disk.purge_mark());
                 }
                 Some(e) if e.meta.expires_at > now => {
                     self.metrics.disk_hit.inc();
@@ -350,14 +354,16 @@ impl Tiers {
             Ok(()) => {
                 data.finish(Ok(()));
                 self.emit(&task.key, source, "ok", task.slice.len, task.started);
-                // The disk tier is a victim cache: what memory holds goes there when memory
-                // lets go of it; a slice memory did not keep (not admitted, evicted while it
-                // filled, or not cacheable in memory) goes there now.
-                let held = memory
-                    .get(&task.key)
-                    .is_some_and(|s| Arc::ptr_eq(&s.data, &data));
-                if !held {
-                    self.keep(&task.key, &task.slice, task.mark, task.ttl);
+                // The disk tier is a victim cache: a slice goes there when memory lets go of
+                // it. One memory let go of while it filled (evicted, not admitted) is written
+                // now; the eviction hook writes those it lets go of later.
+                if data.let_go() && !task.ttl.is_zero() {
+                    self.keep(
+                        &task.key,
+                        &task.slice,
+                        task.mark,
+                        SystemTime::now() + task.ttl,
+                    );
                 }
             }
             Err(e) => {
@@ -385,8 +391,9 @@ impl Tiers {
             let item = match body.next().now_or_never() {
                 Some(item) => item,
                 None => {
-                    // The upstream pauses: hand readers what is here, then wait.
-                    if !buf.is_empty() {
+                    // The upstream pauses: hand readers what is here (the first bytes at once,
+                    // later ones in pieces of at least MIN_PIECE), then wait.
+                    if !buf.is_empty() && (done == 0 || buf.len() >= MIN_PIECE) {
                         done += buf.len() as u64;
                         data.push(buf.split().freeze());
                     }
@@ -406,7 +413,8 @@ impl Tiers {
                         data.push(buf.split().freeze());
                     }
                 }
-                None if done + buf.len() as u64 == len => break,
+                // Every byte is here: however the stream ends, the slice is complete.
+                _ if done + buf.len() as u64 == len => break,
                 end => {
                     let error = match end {
                         Some(Err(e)) => e,
@@ -454,38 +462,57 @@ impl Tiers {
         Ok(opened.body)
     }
 
-    /// Writes `slice` (when complete) to disk under `key` in the background, fresh for `ttl`
-    /// more; dropped if a purge of `key` came after `mark`.
-    pub(crate) fn keep(&self, key: &str, slice: &Slice, mark: Option<PurgeMark>, ttl: Duration) {
-        if let Some(write) = self.disk_write(key, slice, mark, ttl) {
-            tokio::spawn(write);
-        }
-    }
-
-    /// The disk write of [`Tiers::keep`], to run wherever the caller likes.
-    pub(crate) fn disk_write(
+    /// Writes `slice` (when complete) to disk under `key` in the background, fresh until
+    /// `expires_at`; dropped if a purge of `key` came after `mark`.
+    pub(crate) fn keep(
         &self,
         key: &str,
         slice: &Slice,
         mark: Option<PurgeMark>,
-        ttl: Duration,
+        expires_at: SystemTime,
+    ) {
+        if let Some(write) = self.disk_write(key, slice, mark, expires_at) {
+            tokio::spawn(write);
+        }
+    }
+
+    /// The disk write of [`Tiers::keep`], to run wherever the caller likes; `None` when there is
+    /// nothing to write (no disk tier, the slice incomplete, or no longer servable even stale).
+    fn disk_write(
+        &self,
+        key: &str,
+        slice: &Slice,
+        mark: Option<PurgeMark>,
+        expires_at: SystemTime,
     ) -> Option<impl std::future::Future<Output = bool> + Send + 'static> {
         let (Some(disk), Some(mark)) = (self.disk.clone(), mark) else {
             return None;
         };
-        let body = slice.data.whole().filter(|_| !ttl.is_zero())?;
+        if expires_at + self.freshness.stale_if_error <= SystemTime::now() {
+            return None;
+        }
+        let pieces = slice.data.pieces()?;
         let head = &slice.head;
         let meta = Meta {
             etag: head.etag.clone(),
             last_modified: head.last_modified,
             cache_control: head.cache_control.clone(),
             stored_at: head.fetched_at,
-            expires_at: SystemTime::now() + ttl,
+            expires_at,
             source: head.source.as_str().to_owned(),
             object_size: Some(head.size),
         };
         let key = key.to_owned();
         Some(async move {
+            let body = match pieces.as_slice() {
+                [one] => one.clone(),
+                _ => {
+                    match tokio::task::spawn_blocking(move || Bytes::from(pieces.concat())).await {
+                        Ok(b) => b,
+                        Err(_) => return false,
+                    }
+                }
+            };
             match disk.put_since(&key, body, meta, mark).await {
                 Ok(()) => true,
                 Err(e) => {
@@ -496,53 +523,56 @@ impl Tiers {
         })
     }
 
-    /// What memory evicted (or did not admit), caught by the disk tier: complete slices that did
-    /// not come from disk, fresh or still within stale-if-error.
+    /// What memory evicted (or did not admit), caught by the disk tier. A slice still filling
+    /// is marked, and written by its fill task once complete.
     pub(crate) fn victim(&self, key: &str, slice: &Slice, expires: tokio::time::Instant) {
-        let (Some(disk), Some(left)) = (&self.disk, self.victim_ttl(key, slice, expires)) else {
+        let Some(disk) = &self.disk else { return };
+        // Marked before looking at its bytes: either this sees it complete, or its fill task,
+        // finishing after, sees the mark (or both, and it is written twice: harmless).
+        slice.data.mark_let_go();
+        if slice.data.filling() || self.on_disk(key, slice) {
             return;
-        };
-        // A slice still filling is written by its fill task when it completes.
-        self.keep(key, slice, Some(disk.purge_mark()), left);
+        }
+        self.keep(key, slice, Some(disk.purge_mark()), wall_clock(expires));
     }
 
-    /// Whether `slice` (under `key`, expiring at `expires`) should go to disk when memory lets
-    /// go of it, and for how long it stays fresh there.
-    fn victim_ttl(
-        &self,
-        key: &str,
-        slice: &Slice,
-        expires: tokio::time::Instant,
-    ) -> Option<Duration> {
-        let disk = self.disk.as_ref()?;
-        if slice.head.source == crate::Source::Disk && disk.expires_at(key).is_some() {
-            return None;
-        }
-        let left = expires.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() && self.freshness.stale_if_error.is_zero() {
-            return None;
-        }
-        Some(left.max(Duration::from_millis(1)))
+    /// Whether the disk tier has this slice already (it came from there and is still there).
+    fn on_disk(&self, key: &str, slice: &Slice) -> bool {
+        slice.head.source == crate::Source::Disk
+            && self
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.expires_at(key).is_some())
     }
 
     /// Writes every complete slice memory holds (and disk does not) to disk, one after the
     /// other; returns how many were written. For a drain: a victim cache keeps nothing of what
-    /// only memory held across a restart otherwise.
+    /// only memory held across a restart otherwise. Slices still filling are not waited for.
     pub(crate) async fn spill(&self, memory: &Cache<Slice, FetchError>) -> usize {
         let Some(disk) = &self.disk else { return 0 };
         let mark = disk.purge_mark();
         let mut written = 0;
         for (key, slice, expires) in memory.snapshot() {
-            let Some(ttl) = self.victim_ttl(&key, &slice, expires) else {
+            if self.on_disk(&key, &slice) {
                 continue;
-            };
-            if let Some(write) = self.disk_write(&key, &slice, Some(mark), ttl)
+            }
+            if let Some(write) = self.disk_write(&key, &slice, Some(mark), wall_clock(expires))
                 && write.await
             {
                 written += 1;
             }
         }
         written
+    }
+}
+
+/// The wall-clock time of the monotonic `at`.
+fn wall_clock(at: tokio::time::Instant) -> SystemTime {
+    let now = tokio::time::Instant::now();
+    if at >= now {
+        SystemTime::now() + (at - now)
+    } else {
+        SystemTime::now() - (now - at)
     }
 }
 

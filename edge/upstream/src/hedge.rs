@@ -87,9 +87,20 @@ impl SeederOrigin {
                 }
                 None => {
                     let range = range.clone();
-                    Box::pin(
-                        async move { Link::Origin(self.fallback.open(path, range, None).await) },
-                    )
+                    // Read whole (at most `limit` bytes), as a seeder's answer is: the origin
+                    // does not win a race against a seeder by answering its head first.
+                    Box::pin(async move {
+                        let read = match self.fallback.open(path, range, None).await {
+                            Ok(opened) => {
+                                let (info, got) = (opened.info.clone(), opened.range.clone());
+                                edge_origin::collect(opened, limit)
+                                    .await
+                                    .map(|o| Opened::whole(info, got, o.body))
+                            }
+                            Err(e) => Err(e),
+                        };
+                        Link::Origin(read)
+                    })
                 }
             }
         };
