@@ -87,7 +87,24 @@ enum EventsCommand {
     },
 }
 
+/// Large buffers (the cache's slices, 4 MiB by default) always get their own mapping, returned to
+/// the system when freed. glibc otherwise raises its mmap threshold to the size of the first such
+/// buffer freed and serves later ones from its heaps, which keep what is freed: an edge that had
+/// streamed a 1 GiB object through its 256 MiB memory tier held 520 MiB instead of 340 MiB.
+#[allow(
+    unsafe_code,
+    reason = "mallopt has no safe binding; the only unsafe in the project"
+)]
+fn map_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
 fn main() -> ExitCode {
+    map_large_buffers();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
