@@ -199,7 +199,7 @@ where
     }
 
     /// Calls `hook` with every value evicted to make room, or not admitted (TinyUFO), after the
-    /// fact and outside the cache's locks — not with purged or removed ones. Where a tier below
+    /// fact and outside the cache's locks — not with the purged or removed values themselves. Where a tier below
     /// catches what memory lets go of (a victim cache). Set once; returns false after that.
     pub fn on_evict(&self, hook: impl Fn(&str, &V, Instant) + Send + Sync + 'static) -> bool {
         self.inner.evicted.set(Box::new(hook)).is_ok()
@@ -311,8 +311,10 @@ where
             expires: Instant::now(),
         };
         let evicted = self.inner.ufo.put(key, tombstone, 1);
+        self.inner.forget_evicted(&mut keys, &evicted);
         drop(keys);
         self.inner.account(0, value.weight(), &evicted);
+        self.inner.hand_over(&evicted);
         true
     }
 
@@ -370,9 +372,12 @@ where
             value: None,
             expires: Instant::now(),
         };
+        // The tombstone's put may evict other entries: they leave as any eviction does.
         let evicted = self.ufo.put(key.clone(), tombstone, 1);
+        self.forget_evicted(&mut keys, &evicted);
         drop(keys);
         self.account(0, held, &evicted);
+        self.hand_over(&evicted);
         true
     }
 
@@ -470,7 +475,15 @@ where
         let replaced = self.held(key);
         keys.insert(key.clone());
         let evicted = self.ufo.put(key.clone(), entry, units);
-        for kv in &evicted {
+        self.forget_evicted(&mut keys, &evicted);
+        drop(keys);
+        self.account(bytes, replaced, &evicted);
+        self.hand_over(&evicted);
+    }
+
+    /// Drops the keys of what a put evicted from the key set (under its lock).
+    fn forget_evicted(&self, keys: &mut BTreeSet<Arc<str>>, evicted: &[tinyufo::KV<Entry<V>>]) {
+        for kv in evicted {
             if self
                 .ufo
                 .get(&kv.data.key)
@@ -479,10 +492,12 @@ where
                 keys.remove(&kv.data.key);
             }
         }
-        drop(keys);
-        self.account(bytes, replaced, &evicted);
+    }
+
+    /// Gives what a put evicted to the eviction hook (outside the locks).
+    fn hand_over(&self, evicted: &[tinyufo::KV<Entry<V>>]) {
         if let Some(hook) = self.evicted.get() {
-            for kv in &evicted {
+            for kv in evicted {
                 if let Some(v) = &kv.data.value {
                     hook(&kv.data.key, v, kv.data.expires);
                 }

@@ -25,6 +25,8 @@ pub(crate) struct Data {
 
 struct State {
     pieces: Vec<Bytes>,
+    /// Offset one past each piece (`ends[i]` = bytes in pieces `0..=i`), for a binary search.
+    ends: Vec<u64>,
     have: u64,
     end: Option<Result<(), OriginError>>,
 }
@@ -36,6 +38,7 @@ impl Data {
         Self {
             state: Mutex::new(State {
                 pieces: vec![body],
+                ends: vec![len],
                 have: len,
                 end: Some(Ok(())),
             }),
@@ -50,6 +53,7 @@ impl Data {
         Self {
             state: Mutex::new(State {
                 pieces: Vec::new(),
+                ends: Vec::new(),
                 have: 0,
                 end: None,
             }),
@@ -76,6 +80,8 @@ impl Data {
         let have = {
             let mut st = self.lock();
             st.have += piece.len() as u64;
+            let end = st.have;
+            st.ends.push(end);
             st.pieces.push(piece);
             st.have
         };
@@ -152,16 +158,12 @@ impl Data {
     fn next_at(&self, pos: u64, to: u64) -> Option<Result<Bytes, OriginError>> {
         let st = self.lock();
         if st.have > pos {
-            let mut at = 0u64;
-            for p in &st.pieces {
-                let end = at + p.len() as u64;
-                if pos < end {
-                    let from = (pos - at) as usize;
-                    let until = (to.min(end) - at) as usize;
-                    return Some(Ok(p.slice(from..until)));
-                }
-                at = end;
-            }
+            let i = st.ends.partition_point(|end| *end <= pos);
+            let (p, end) = (&st.pieces[i], st.ends[i]);
+            let at = end - p.len() as u64;
+            let from = (pos - at) as usize;
+            let until = (to.min(end) - at) as usize;
+            return Some(Ok(p.slice(from..until)));
         }
         match &st.end {
             Some(Err(e)) => Some(Err(e.clone())),

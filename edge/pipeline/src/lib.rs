@@ -214,7 +214,8 @@ impl Pipeline {
         metrics: PipelineMetrics,
     ) -> Self {
         cfg.cache.stale_if_error = cfg.stale_if_error;
-        cfg.slice = cfg.slice.max(1);
+        // The memory tier weighs entries in u16 KiB units: a slice must stay below 64 MiB.
+        cfg.slice = cfg.slice.clamp(1, 32 << 20);
         cfg.cache.max_object = usize::try_from(cfg.slice).unwrap_or(usize::MAX);
         let memory = Cache::new(cfg.cache.clone(), Some(metrics.cache.clone()));
         let tiers = tiers::Tiers {
@@ -273,20 +274,7 @@ impl Pipeline {
 
     /// Removes `path` (every slice of it) from every cache tier (fills in flight are not kept).
     pub async fn purge(&self, path: &str) -> Purged {
-        let rest = format!("{path}\0");
-        let memory =
-            || usize::from(self.slices.memory.purge(path)) + self.slices.memory.purge_prefix(&rest);
-        // Memory, disk, memory again: a slice memory evicts meanwhile is written to disk with
-        // a mark from before the disk purge (dropped) or stays in memory until the second pass.
-        let mut purged = Purged {
-            memory: memory(),
-            disk: 0,
-        };
-        if let Some(d) = &self.slices.tiers.disk {
-            purged.disk = usize::from(d.remove(path).await) + d.purge_prefix(&rest).await;
-        }
-        purged.memory += memory();
-        purged
+        self.slices.purge(path).await
     }
 
     /// Writes what only the memory tier holds to the disk tier (complete slices, fresh or within

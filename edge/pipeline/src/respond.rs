@@ -165,8 +165,18 @@ pub(crate) fn plan(
                     };
                 }
                 Ok(ranges) if ranges.len() > 1 => {}
+                // `bytes=-N` with N past the size: the whole representation, as a 206.
                 Err(http_range_header::RangeUnsatisfiableError::FileSuffixOutOfBounds)
-                    if len > 0 => {}
+                    if len > 0 =>
+                {
+                    if let Ok(v) = HeaderValue::from_str(&format!("bytes 0-{}/{len}", len - 1)) {
+                        headers.insert(header::CONTENT_RANGE, v);
+                    }
+                    return Plan::Send {
+                        range: 0..len,
+                        partial: true,
+                    };
+                }
                 _ => {
                     let mut r = error(416, "range_not_satisfiable", &[]);
                     if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {

@@ -167,14 +167,25 @@ impl Slices {
             path,
             "object changed at the origin while being served; cached slices dropped"
         );
-        let rest = format!("{path}\0");
-        self.memory.purge(path);
-        self.memory.purge_prefix(&rest);
-        if let Some(disk) = &self.tiers.disk {
-            disk.remove(path).await;
-            disk.purge_prefix(&rest).await;
-        }
+        self.purge(path).await;
         Err(OriginError::Changed)
+    }
+
+    /// Removes `path` (every slice of it) from memory and disk: memory, disk, memory again — a
+    /// slice memory evicts meanwhile is written to disk with a mark from before the disk purge
+    /// (dropped), or stays in memory until the second pass.
+    pub(crate) async fn purge(&self, path: &str) -> crate::Purged {
+        let rest = format!("{path}\0");
+        let memory = || usize::from(self.memory.purge(path)) + self.memory.purge_prefix(&rest);
+        let mut purged = crate::Purged {
+            memory: memory(),
+            disk: 0,
+        };
+        if let Some(d) = &self.tiers.disk {
+            purged.disk = usize::from(d.remove(path).await) + d.purge_prefix(&rest).await;
+        }
+        purged.memory += memory();
+        purged
     }
 
     /// The bytes `range` of the object whose first slice read is `first`, slice after slice,

@@ -31,6 +31,8 @@ use std::{
 /// closely without a wake-up per network read, and a complete slice is a few pieces to write.
 const PIECE: usize = 1 << 20;
 const MIN_PIECE: usize = 64 << 10;
+/// How long bytes smaller than [`MIN_PIECE`] wait for more before readers get them anyway.
+const LINGER: Duration = Duration::from_millis(2);
 
 /// How often a body that broke off is resumed (range request from where it stopped) before the
 /// fill fails.
@@ -362,7 +364,7 @@ impl Tiers {
                         &task.key,
                         &task.slice,
                         task.mark,
-                        SystemTime::now() + task.ttl,
+                        task.slice.head.fetched_at + task.ttl,
                     );
                 }
             }
@@ -392,12 +394,24 @@ impl Tiers {
                 Some(item) => item,
                 None => {
                     // The upstream pauses: hand readers what is here (the first bytes at once,
-                    // later ones in pieces of at least MIN_PIECE), then wait.
+                    // later ones in pieces of at least MIN_PIECE, or whatever is here once the
+                    // pause lasts LINGER), then wait.
                     if !buf.is_empty() && (done == 0 || buf.len() >= MIN_PIECE) {
                         done += buf.len() as u64;
                         data.push(buf.split().freeze());
                     }
-                    body.next().await
+                    if buf.is_empty() {
+                        body.next().await
+                    } else {
+                        match tokio::time::timeout(LINGER, body.next()).await {
+                            Ok(item) => item,
+                            Err(_) => {
+                                done += buf.len() as u64;
+                                data.push(buf.split().freeze());
+                                body.next().await
+                            }
+                        }
+                    }
                 }
             };
             match item {
@@ -408,6 +422,10 @@ impl Tiers {
                         )));
                     }
                     buf.extend_from_slice(&chunk);
+                    // Complete: readers get the rest now, not when the stream says it ended.
+                    if done + buf.len() as u64 == len {
+                        break;
+                    }
                     if buf.len() >= PIECE {
                         done += buf.len() as u64;
                         data.push(buf.split().freeze());

@@ -305,6 +305,11 @@ impl Origin for SeederOrigin {
             return self.fallback.open(path, range, None).await;
         };
         let candidates = self.candidates(path, &holders);
+        if candidates.is_empty() {
+            // No seeder to race: the origin's read streams (and can be resumed).
+            self.metrics.fallbacks.inc();
+            return self.fallback.open(path, range, None).await;
+        }
         self.hedged(path, range, &candidates).await
     }
 
