@@ -451,13 +451,10 @@ impl Pipeline {
             head.size,
             &mut headers,
         );
-        let (range, status) = match plan {
-            respond::Plan::Answer(r) => return r,
-            respond::Plan::Send { range, partial } => (range, respond::Plan::status(partial)),
+        let (range, status) = match self.sending(plan, served) {
+            Ok(v) => v,
+            Err(answer) => return *answer,
         };
-        self.metrics
-            .tiers
-            .served(served.tier(), (range.end - range.start) as usize);
         let body = match first.data.whole() {
             Some(b) if first.start <= range.start && range.end <= first.end() => Body::Full(
                 b.slice((range.start - first.start) as usize..(range.end - first.start) as usize),
@@ -471,6 +468,23 @@ impl Pipeline {
             status,
             headers,
             body,
+        }
+    }
+
+    /// What a plan sends, counted as served by `served`'s tier; or its complete answer.
+    fn sending(
+        &self,
+        plan: respond::Plan,
+        served: Served,
+    ) -> Result<(std::ops::Range<u64>, StatusCode), Box<EdgeResponse>> {
+        match plan {
+            respond::Plan::Answer(r) => Err(Box::new(r)),
+            respond::Plan::Send { range, partial } => {
+                self.metrics
+                    .tiers
+                    .served(served.tier(), (range.end - range.start) as usize);
+                Ok((range, respond::Plan::status(partial)))
+            }
         }
     }
 
@@ -564,13 +578,10 @@ impl Pipeline {
             rendered.len() as u64,
             &mut headers,
         );
-        let (range, status) = match plan {
-            respond::Plan::Answer(r) => return r,
-            respond::Plan::Send { range, partial } => (range, respond::Plan::status(partial)),
+        let (range, status) = match self.sending(plan, served) {
+            Ok(v) => v,
+            Err(answer) => return *answer,
         };
-        self.metrics
-            .tiers
-            .served(served.tier(), (range.end - range.start) as usize);
         EdgeResponse {
             status,
             headers,

@@ -76,6 +76,30 @@ struct Fixture {
 const MANIFEST: &str =
     "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nseg_000.ts\n#EXT-X-ENDLIST\n";
 
+/// One route for `/vod/**` without policies, on a real policy runtime.
+fn vod_router(registry: &prometheus::Registry) -> Router {
+    let set = PolicySet::from_toml_str(
+        "p.toml".as_ref(),
+        "[[routes]]\nname = \"vod\"\npaths = [\"/vod/**\"]\n",
+        &Default::default(),
+    )
+    .unwrap();
+    let engine = edge_wasm::Engine::new(&edge_wasm::EngineConfig {
+        max_instances: 4,
+        max_memory: 1 << 20,
+    })
+    .unwrap();
+    let runtime = edge_policy::PolicyRuntime::new(
+        engine,
+        WasmConfig::default(),
+        edge_policy::PolicyMetrics::new(registry).unwrap(),
+        edge_policy::HostServices::local(1000),
+        edge_policy::TrustedKeys::default(),
+    )
+    .unwrap();
+    runtime.load(&set).unwrap()
+}
+
 fn fixture() -> Fixture {
     fixture_with(None, Duration::from_secs(60))
 }
@@ -113,27 +137,8 @@ fn fixture_with(disk: Option<DiskCache>, segment_ttl: Duration) -> Fixture {
         held: AtomicUsize::new(0),
         release: tokio::sync::Notify::new(),
     });
-    let set = PolicySet::from_toml_str(
-        "p.toml".as_ref(),
-        "[[routes]]\nname = \"vod\"\npaths = [\"/vod/**\"]\n",
-        &Default::default(),
-    )
-    .unwrap();
     let registry = prometheus::Registry::new();
-    let engine = edge_wasm::Engine::new(&edge_wasm::EngineConfig {
-        max_instances: 4,
-        max_memory: 1 << 20,
-    })
-    .unwrap();
-    let runtime = edge_policy::PolicyRuntime::new(
-        engine,
-        WasmConfig::default(),
-        edge_policy::PolicyMetrics::new(&registry).unwrap(),
-        edge_policy::HostServices::local(1000),
-        edge_policy::TrustedKeys::default(),
-    )
-    .unwrap();
-    let router = runtime.load(&set).unwrap();
+    let router = vod_router(&registry);
     let cfg = PipelineConfig {
         cache: CacheConfig::default(),
         slice: 4 << 20,
@@ -546,26 +551,7 @@ fn origin_cache_control_overrides_the_configured_ttl() {
 
 /// A pipeline over any origin, with slices of `slice` bytes and no disk tier.
 fn pipeline_over(origin: Arc<dyn Origin>, slice: u64) -> Pipeline {
-    let set = PolicySet::from_toml_str(
-        "p.toml".as_ref(),
-        "[[routes]]\nname = \"vod\"\npaths = [\"/vod/**\"]\n",
-        &Default::default(),
-    )
-    .unwrap();
     let registry = prometheus::Registry::new();
-    let engine = edge_wasm::Engine::new(&edge_wasm::EngineConfig {
-        max_instances: 4,
-        max_memory: 1 << 20,
-    })
-    .unwrap();
-    let runtime = edge_policy::PolicyRuntime::new(
-        engine,
-        WasmConfig::default(),
-        edge_policy::PolicyMetrics::new(&registry).unwrap(),
-        edge_policy::HostServices::local(1000),
-        edge_policy::TrustedKeys::default(),
-    )
-    .unwrap();
     let cfg = PipelineConfig {
         cache: CacheConfig::default(),
         slice,
@@ -575,7 +561,7 @@ fn pipeline_over(origin: Arc<dyn Origin>, slice: u64) -> Pipeline {
         cors_allow_origin: None,
     };
     Pipeline::new(
-        runtime.load(&set).unwrap(),
+        vod_router(&registry),
         origin,
         None,
         cfg,
