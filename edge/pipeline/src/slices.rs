@@ -207,6 +207,7 @@ impl Slices {
             end: range.end,
             reading: None,
             ahead: None,
+            ahead_at: None,
         };
         futures::stream::unfold(cursor, |mut c| async move {
             let item = c.next().await?;
@@ -271,6 +272,10 @@ struct Cursor {
     /// The next slice, asked for while the current one is sent (held here: a slice the memory
     /// tier does not keep would otherwise be filled twice).
     ahead: Option<Ahead>,
+    /// When the reader passes this byte, the slice starting at the second one is asked for:
+    /// half-way through the current slice, so a player that probes and hangs up costs no extra
+    /// slice.
+    ahead_at: Option<(u64, u64)>,
 }
 
 impl Cursor {
@@ -280,6 +285,7 @@ impl Cursor {
                 match reading.next().await {
                     Some(Ok(b)) => {
                         self.pos += b.len() as u64;
+                        self.maybe_read_ahead();
                         return Some(Ok(b));
                     }
                     Some(Err(e)) => return Some(Err(BodyError::Interrupted(e.to_string()))),
@@ -299,7 +305,10 @@ impl Cursor {
                     slice.start, self.pos
                 ))));
             }
-            self.read_ahead(&slice);
+            if slice.end() < self.end {
+                self.ahead_at = Some((slice.start + slice.len / 2, slice.end()));
+                self.maybe_read_ahead();
+            }
             let (from, to) = (
                 self.pos - slice.start,
                 self.end.min(slice.end()) - slice.start,
@@ -334,13 +343,17 @@ impl Cursor {
             .await
     }
 
-    /// Asks for the slice after `current` (when the response reaches into it), so it fills
-    /// while `current` is sent.
-    fn read_ahead(&mut self, current: &Slice) {
-        if current.end() >= self.end || self.ahead.is_some() {
+    /// Asks for the slice starting at the end of the current one once the reader is half-way
+    /// through it, so it fills while the rest of the current one is sent.
+    fn maybe_read_ahead(&mut self) {
+        let Some((at, next_start)) = self.ahead_at else {
+            return;
+        };
+        if self.pos < at || self.ahead.is_some() {
             return;
         }
-        let next = current.end() / self.slices.size();
+        self.ahead_at = None;
+        let next = next_start / self.slices.size();
         let (slices, path, kind) = (self.slices.clone(), self.path.clone(), self.kind);
         let task = tokio::spawn(async move {
             slices

@@ -875,3 +875,27 @@ async fn a_sparse_4_gib_object_is_served_by_range_without_reading_the_rest() {
             .all(|(r, _)| r.as_ref().unwrap().start >= from / (4 << 20) * (4 << 20))
     );
 }
+
+#[tokio::test]
+async fn a_player_that_probes_and_hangs_up_costs_no_slice_ahead() {
+    use futures::StreamExt;
+    const SLICE: u64 = 4 << 20;
+    let (dir, body) = movie_dir(9_000_000);
+    let origin = Arc::new(Recording::new(dir.path()));
+    let p = pipeline_over(origin.clone(), SLICE);
+    let r = p.handle(get(BIG, &[("range", "bytes=0-")])).await;
+    assert_eq!(r.status, 206);
+    let edge_contract::Body::Stream { mut chunks, .. } = r.body else {
+        panic!("a range across slices is streamed");
+    };
+    let first = chunks.next().await.unwrap().unwrap();
+    assert_eq!(&first[..], &body[..first.len()]);
+    assert!((first.len() as u64) < SLICE / 2);
+    drop(chunks);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(origin.opens().len(), 1, "only the slice it read");
+    // Read on, and the next slice is asked for while the first is sent.
+    let r = p.handle(get(BIG, &[("range", "bytes=0-5000000")])).await;
+    assert_eq!(collect(r).await.unwrap(), &body[..=5_000_000]);
+    assert_eq!(origin.opens().len(), 2);
+}
