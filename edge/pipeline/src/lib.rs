@@ -461,7 +461,7 @@ impl Pipeline {
             ),
             _ => Body::Stream {
                 len: Some(range.end - range.start),
-                chunks: self.slices.stream(w.path, w.kind, first.clone(), range),
+                chunks: self.slices.stream(w.path, w.kind, first, range),
             },
         };
         EdgeResponse {

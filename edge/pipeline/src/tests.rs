@@ -593,6 +593,16 @@ impl Recording {
         }
     }
 
+    /// One whose bodies stop after their first chunk until the returned gate gets a permit.
+    fn gated(root: &std::path::Path) -> (Arc<Self>, Arc<tokio::sync::Semaphore>) {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let origin = Self {
+            gate: Some(gate.clone()),
+            ..Self::new(root)
+        };
+        (Arc::new(origin), gate)
+    }
+
     fn opens(&self) -> Vec<Read> {
         self.opens.lock().unwrap().clone()
     }
@@ -676,6 +686,16 @@ fn movie_dir(len: usize) -> (tempfile::TempDir, Vec<u8>) {
     (dir, body)
 }
 
+/// `first` and the rest of `chunks`, which must not fail.
+async fn drain(first: Bytes, mut chunks: edge_contract::BodyStream) -> Vec<u8> {
+    use futures::StreamExt;
+    let mut all = first.to_vec();
+    while let Some(c) = chunks.next().await {
+        all.extend_from_slice(&c.unwrap());
+    }
+    all
+}
+
 async fn collect(r: EdgeResponse) -> Result<Bytes, edge_contract::BodyError> {
     r.body.collect(u64::MAX).await
 }
@@ -748,11 +768,7 @@ async fn a_seek_into_a_cold_object_reads_only_the_slices_it_needs() {
 async fn a_cold_miss_streams_while_it_fills_and_late_viewers_follow_the_same_fill() {
     use futures::StreamExt;
     let (dir, body) = movie_dir(200_000);
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let origin = Arc::new(Recording {
-        gate: Some(gate.clone()),
-        ..Recording::new(dir.path())
-    });
+    let (origin, gate) = Recording::gated(dir.path());
     let p = pipeline_over(origin.clone(), 4 << 20);
 
     // The first viewer gets its headers and first bytes while the origin holds the rest back.
@@ -782,16 +798,8 @@ async fn a_cold_miss_streams_while_it_fills_and_late_viewers_follow_the_same_fil
     let late_head = late.next().await.unwrap().unwrap();
     assert_eq!(&late_head[..], &body[..late_head.len()]);
     gate.add_permits(1);
-    let mut rest = head.to_vec();
-    while let Some(c) = chunks.next().await {
-        rest.extend_from_slice(&c.unwrap());
-    }
-    assert_eq!(rest, body);
-    let mut rest = late_head.to_vec();
-    while let Some(c) = late.next().await {
-        rest.extend_from_slice(&c.unwrap());
-    }
-    assert_eq!(rest, body);
+    assert_eq!(drain(head, chunks).await, body);
+    assert_eq!(drain(late_head, late).await, body);
     assert_eq!(origin.opens().len(), 1, "one fill for both viewers");
     // Complete now: a hit, from memory.
     let third = p.handle(get(BIG, &[])).await;
@@ -825,11 +833,7 @@ async fn a_body_that_breaks_off_is_resumed_with_a_range_for_the_same_version() {
 
     // The object changes while a body is broken off: the response is cut, never stitched.
     let (dir, _) = movie_dir(300_000);
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let origin = Arc::new(Recording {
-        gate: Some(gate.clone()),
-        ..Recording::new(dir.path())
-    });
+    let (origin, gate) = Recording::gated(dir.path());
     *origin.cut_next.lock().unwrap() = Some(100_000);
     let p = pipeline_over(origin.clone(), 4 << 20);
     let r = p.handle(get(BIG, &[])).await;

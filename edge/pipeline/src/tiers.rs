@@ -166,11 +166,11 @@ pub(crate) struct Tiers {
 /// The key of the slice starting at byte `start` of the object at `path`: the path itself for
 /// the first slice (so an object of one slice is cached under its path, as before slicing),
 /// `path` NUL `start` for the others (normalised paths never hold a NUL).
-pub(crate) fn slice_key(path: &str, start: u64) -> String {
+pub(crate) fn slice_key(path: &str, start: u64) -> std::borrow::Cow<'_, str> {
     if start == 0 {
-        path.to_owned()
+        path.into()
     } else {
-        format!("{path}\0{start}")
+        format!("{path}\0{start}").into()
     }
 }
 
@@ -264,7 +264,7 @@ impl Tiers {
                 };
                 let slice = Slice::new(Arc::new(head), start, Arc::new(Data::empty(got)));
                 let task = Filling {
-                    key,
+                    key: key.into_owned(),
                     path: path.to_owned(),
                     slice: slice.clone(),
                     info: opened.info,
@@ -276,14 +276,9 @@ impl Tiers {
                 Ok((slice, ttl))
             }
             Err(e) => {
-                let result = if e == OriginError::NotFound {
-                    "not_found"
-                } else {
-                    "error"
-                };
                 self.metrics
                     .fills
-                    .with_label_values(&["upstream", result])
+                    .with_label_values(&["upstream", outcome(&e)])
                     .inc();
                 match expired {
                     Some(entry)
@@ -291,7 +286,7 @@ impl Tiers {
                             && entry.meta.expires_at + self.freshness.stale_if_error > now =>
                     {
                         self.metrics.disk_stale.inc();
-                        tracing::warn!(key, error = %e, "upstream failed; serving the expired disk copy");
+                        tracing::warn!(key = &*key, error = %e, "upstream failed; serving the expired disk copy");
                         let slice = from_disk(start, entry.body, &entry.meta, true);
                         self.emit(&key, "disk", "stale", slice.len, started);
                         Ok((slice, Duration::ZERO))
@@ -316,12 +311,7 @@ impl Tiers {
     }
 
     fn failed(&self, key: &str, e: OriginError, started: Instant) -> FetchError {
-        let result = if e == OriginError::NotFound {
-            "not_found"
-        } else {
-            "error"
-        };
-        self.emit(key, "upstream", result, 0, started);
+        self.emit(key, "upstream", outcome(&e), 0, started);
         e.into()
     }
 
@@ -378,7 +368,7 @@ impl Tiers {
         drop(guard);
     }
 
-    /// Moves the bytes of `task.opened` into its slice, resuming a body that broke off.
+    /// Moves the bytes of `body` into the slice of `task`, resuming a body that broke off.
     async fn body(
         &self,
         task: &Filling,
@@ -396,9 +386,8 @@ impl Tiers {
                     // The upstream pauses: hand readers what is here (the first bytes at once,
                     // later ones in pieces of at least MIN_PIECE, or whatever is here once the
                     // pause lasts LINGER), then wait.
-                    if !buf.is_empty() && (done == 0 || buf.len() >= MIN_PIECE) {
-                        done += buf.len() as u64;
-                        data.push(buf.split().freeze());
+                    if done == 0 || buf.len() >= MIN_PIECE {
+                        hand_over(data, &mut buf, &mut done);
                     }
                     if buf.is_empty() {
                         body.next().await
@@ -406,8 +395,7 @@ impl Tiers {
                         match tokio::time::timeout(LINGER, body.next()).await {
                             Ok(item) => item,
                             Err(_) => {
-                                done += buf.len() as u64;
-                                data.push(buf.split().freeze());
+                                hand_over(data, &mut buf, &mut done);
                                 body.next().await
                             }
                         }
@@ -427,8 +415,7 @@ impl Tiers {
                         break;
                     }
                     if buf.len() >= PIECE {
-                        done += buf.len() as u64;
-                        data.push(buf.split().freeze());
+                        hand_over(data, &mut buf, &mut done);
                     }
                 }
                 // Every byte is here: however the stream ends, the slice is complete.
@@ -438,10 +425,7 @@ impl Tiers {
                         Some(Err(e)) => e,
                         _ => OriginError::Unavailable("body ended early".into()),
                     };
-                    if !buf.is_empty() {
-                        done += buf.len() as u64;
-                        data.push(buf.split().freeze());
-                    }
+                    hand_over(data, &mut buf, &mut done);
                     if resumes == RESUMES || error == OriginError::Changed {
                         return Err(error);
                     }
@@ -450,9 +434,7 @@ impl Tiers {
                 }
             }
         }
-        if !buf.is_empty() {
-            data.push(buf.split().freeze());
-        }
+        hand_over(data, &mut buf, &mut done);
         Ok(())
     }
 
@@ -581,6 +563,23 @@ impl Tiers {
             }
         }
         written
+    }
+}
+
+/// `not_found` or `error`, for metrics and events.
+fn outcome(e: &OriginError) -> &'static str {
+    if *e == OriginError::NotFound {
+        "not_found"
+    } else {
+        "error"
+    }
+}
+
+/// Gives the slice's readers what `buf` holds (nothing when it is empty), counting it in `done`.
+fn hand_over(data: &Data, buf: &mut BytesMut, done: &mut u64) {
+    if !buf.is_empty() {
+        *done += buf.len() as u64;
+        data.push(buf.split().freeze());
     }
 }
 
