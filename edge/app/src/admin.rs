@@ -30,7 +30,9 @@ pub(crate) struct Admin {
     pub(crate) seeder: Option<Arc<edge_seeder::Seeder>>,
     pub(crate) routing: Option<Arc<edge_upstream::SeederOrigin>>,
     pub(crate) token: Option<String>,
-    pub(crate) deps: Arc<crate::streaming::Health>,
+    /// The roles this process runs.
+    pub(crate) roles: Vec<&'static str>,
+    pub(crate) health: Arc<crate::health::Monitor>,
 }
 
 /// Most bytes of a purge request body.
@@ -157,13 +159,15 @@ impl Admin {
 
     async fn health(&self) -> EdgeResponse {
         let ready = self.ready.load(Ordering::SeqCst);
-        let (origin, deps) = tokio::join!(self.origin.check(), self.deps.report());
+        let (report, deps) = self.health.detailed().await;
+        let origin = &report.origin;
         let healthy = ready && origin.is_ok();
         let mut policies = self.policies.summary();
         policies["status"] = "ok".into();
         let body = serde_json::json!({
             "status": if healthy { "ok" } else { "degraded" },
             "ready": ready,
+            "roles": self.roles,
             "s3": deps["s3"],
             "redis": deps["redis"],
             "kafka": deps["kafka"],
@@ -172,7 +176,7 @@ impl Admin {
                 "origin": {
                     "status": if origin.is_ok() { "ok" } else { "down" },
                     "kind": self.origin.describe(),
-                    "error": origin.err().map(|e| e.to_string()),
+                    "error": origin.as_ref().err(),
                 },
                 "policies": policies,
                 "cache": { "status": "ok", "edge": self.pipeline.is_some() },

@@ -17,19 +17,20 @@
 
 mod admin;
 mod delivery;
+mod health;
 mod policies;
+mod roles;
 mod secrets;
 mod streaming;
 
 pub use secrets::signing_secret;
 
-use anyhow::Context as _;
-use edge_config::EdgeConfig;
+use edge_config::{EdgeConfig, Role};
 use edge_http::{BoundListener, HttpApp, Listeners};
 use edge_origin::Origin;
-use edge_pipeline::{Pipeline, PipelineConfig, PipelineMetrics};
 use edge_policy::Router;
 use policies::PolicyControl;
+use roles::{edge::EdgeRole, seeder::SeederRole};
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -53,18 +54,17 @@ pub struct Addrs {
     pub seeder: Option<SocketAddr>,
 }
 
-/// A running edge.
+/// A running edge: every role of its config, and the admin listener.
 pub struct Edge {
     addrs: Addrs,
     listeners: Listeners,
     ready: Arc<AtomicBool>,
     cfg: EdgeConfig,
     demo_url: Option<String>,
-    seeder: Option<Arc<edge_seeder::Seeder>>,
-    streaming: Option<streaming::Streaming>,
-    /// The viewer pipeline, when this process is an edge (its memory tier is spilled to disk at
-    /// shutdown).
-    pipeline: Option<Arc<Pipeline>>,
+    /// The started roles, in start order (stopped in reverse).
+    roles: Vec<Box<dyn roles::Role>>,
+    /// The edge role's event spool.
+    spool: Option<edge_events::Spool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -174,204 +174,116 @@ fn sign_with(secret: &str, param: &str, path: &str, ttl_secs: u64) -> String {
 }
 
 impl Edge {
-    /// Loads everything, binds every listener, then serves on the current tokio runtime.
+    /// Loads everything, binds every listener of every role, builds the roles, then serves on
+    /// the current tokio runtime.
     pub async fn start(cfg: EdgeConfig) -> anyhow::Result<Self> {
         let registry = prometheus::Registry::new();
         let loaded = load(&cfg, &registry)?;
-        let tls_pem = if cfg.server.tls_listen.is_empty() {
-            None
-        } else {
-            Some(secrets::tls_pem(&cfg)?)
-        };
-        let bind = |addr: &SocketAddr, tls: bool| -> anyhow::Result<BoundListener> {
-            let settings = match (&tls_pem, tls) {
-                (Some((cert, key)), true) => Some(edge_http::tls_settings(cert, key)?),
-                _ => None,
-            };
-            BoundListener::bind(*addr, settings).with_context(|| format!("cannot listen on {addr}"))
-        };
-        let plain: Vec<_> = cfg
-            .server
-            .listen
-            .iter()
-            .map(|a| bind(a, false))
-            .collect::<anyhow::Result<_>>()?;
-        let secure: Vec<_> = cfg
-            .server
-            .tls_listen
-            .iter()
-            .map(|a| bind(a, true))
-            .collect::<anyhow::Result<_>>()?;
-        let admin = BoundListener::bind(cfg.server.admin_listen, None)
-            .with_context(|| format!("cannot listen on {}", cfg.server.admin_listen))?;
-        let seeder_listener = cfg
-            .seeder
-            .enabled
-            .then(|| {
-                BoundListener::bind(cfg.seeder.listen, None)
-                    .with_context(|| format!("cannot listen on {}", cfg.seeder.listen))
-            })
+        // Every socket first: a bad address fails before anything is built or serves.
+        let admin_socket = roles::bind_plain(cfg.server.admin_listen)?;
+        let edge_sockets = cfg
+            .runs(Role::Edge)
+            .then(|| EdgeRole::bind(&cfg))
+            .transpose()?;
+        let seeder_socket = cfg
+            .runs(Role::Seeder)
+            .then(|| SeederRole::bind(&cfg))
             .transpose()?;
         let addrs = Addrs {
-            http: plain.iter().map(BoundListener::local_addr).collect(),
-            https: secure.iter().map(BoundListener::local_addr).collect(),
-            admin: admin.local_addr(),
-            seeder: seeder_listener.as_ref().map(BoundListener::local_addr),
+            http: edge_sockets
+                .as_ref()
+                .map(|s| s.http.clone())
+                .unwrap_or_default(),
+            https: edge_sockets
+                .as_ref()
+                .map(|s| s.https.clone())
+                .unwrap_or_default(),
+            admin: admin_socket.local_addr(),
+            seeder: seeder_socket.as_ref().map(BoundListener::local_addr),
         };
 
-        // Everything that can fail comes before anything starts serving or running.
-        let edge_role = !(plain.is_empty() && secure.is_empty());
-        let disk = if edge_role {
-            delivery::disk(&cfg, &registry).await?
-        } else {
-            None
+        // Then every role is built: everything that can fail comes before anything serves.
+        let shared = roles::Shared {
+            cfg: &cfg,
+            registry: &registry,
+            origin: loaded.origin.clone(),
+            store_origin: &loaded.store_origin,
+            redis: loaded.redis.clone(),
         };
-        let (upstream, routing) = if edge_role {
-            delivery::upstream(
-                &cfg,
-                loaded.origin.clone(),
-                loaded.redis.as_ref(),
-                &registry,
-            )?
-        } else {
-            (loaded.origin.clone(), None)
-        };
-        let seeder = match &seeder_listener {
-            Some(l) => Some(delivery::seeder(
-                &cfg,
-                l.local_addr(),
-                loaded.origin.clone(),
-                loaded.redis.as_ref(),
-                &registry,
-            )?),
-            None => None,
-        };
-        let pipeline_cfg = PipelineConfig {
-            cache: edge_cache::CacheConfig {
-                capacity: usize::try_from(cfg.cache.memory.as_u64()).unwrap_or(usize::MAX),
-                max_object: usize::try_from(cfg.cache.slice.as_u64()).unwrap_or(usize::MAX),
-                estimated_entries: 16_384,
-                stale_if_error: cfg.cache.stale_if_error,
-            },
-            slice: cfg.cache.slice.as_u64(),
-            manifest_ttl: cfg.cache.manifest_ttl,
-            segment_ttl: cfg.cache.segment_ttl,
-            stale_if_error: cfg.cache.stale_if_error,
-            cors_allow_origin: Some(cfg.server.cors_allow_origin.as_str())
-                .filter(|o| !o.is_empty())
-                .and_then(|o| http::HeaderValue::from_str(o).ok()),
-        };
-        let streaming = if edge_role {
-            Some(
-                streaming::Streaming::start(
-                    &cfg,
-                    &loaded.store_origin,
-                    loaded.redis.as_ref(),
-                    &loaded.jwt,
-                    &loaded.secret,
-                    &registry,
+        let control = Arc::new(loaded.policies);
+        let edge = match edge_sockets {
+            Some(sockets) => Some(
+                EdgeRole::build(
+                    &shared,
+                    sockets,
+                    roles::edge::Policies {
+                        router: loaded.router,
+                        control: control.clone(),
+                        secret: loaded.secret.clone(),
+                        jwt: loaded.jwt,
+                    },
                 )
                 .await?,
-            )
-        } else {
-            None
+            ),
+            None => None,
         };
-        let mut pipeline = Pipeline::new(
-            loaded.router,
-            upstream.clone(),
-            disk,
-            pipeline_cfg,
-            PipelineMetrics::new(&registry)?,
-        );
-        if let Some(sink) = streaming.as_ref().and_then(|s| s.analytics(&cfg)) {
-            pipeline = pipeline.with_events(sink);
-        }
-        let pipeline = Arc::new(pipeline);
-        let deps = Arc::new(streaming::Health {
-            origin: upstream.clone(),
-            redis: loaded.redis.clone(),
-            kafka: streaming.as_ref().and_then(|s| s.kafka.clone()),
-            spool: streaming.as_ref().map(|s| s.spool.clone()),
-        });
-        let mut mounts = streaming
+        let seeder = seeder_socket
+            .map(|s| SeederRole::build(&shared, s))
+            .transpose()?;
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin = admin::Admin {
+            registry: registry.clone(),
+            ready: ready.clone(),
+            origin: edge
+                .as_ref()
+                .map_or_else(|| loaded.origin.clone(), |e| e.upstream.clone()),
+            policies: control,
+            pipeline: edge.as_ref().map(|e| e.pipeline.clone()),
+            seeder: seeder.as_ref().map(|s| s.seeder.clone()),
+            routing: edge.as_ref().and_then(|e| e.routing.clone()),
+            token: cfg.server.admin_token.clone(),
+            roles: cfg.roles.iter().map(Role::name).collect(),
+            health: edge.as_ref().map_or_else(
+                || {
+                    Arc::new(health::Monitor::new(
+                        loaded.origin.clone(),
+                        loaded.redis.clone(),
+                        None,
+                        None,
+                    ))
+                },
+                |e| e.health.clone(),
+            ),
+        };
+        let spool = edge.as_ref().map(|e| e.streaming.spool.clone());
+        let demo_url = edge
             .as_ref()
-            .map(|s| s.mounts.clone())
-            .unwrap_or_default();
-        mounts.push(edge_pipeline::Mount {
-            path: "/health".into(),
-            subtree: false,
-            open: true,
-            service: deps.clone(),
-        });
-        pipeline.mount(mounts);
+            .and_then(|_| demo_url(&cfg, &addrs, &loaded.secret));
+
+        let mut started: Vec<Box<dyn roles::Role>> = Vec::new();
+        if let Some(e) = edge {
+            started.push(Box::new(e));
+        }
+        if let Some(s) = seeder {
+            started.push(Box::new(s));
+        }
         let mut listeners = Listeners::default();
         let mut tasks = Vec::new();
-        if let (Some(seeder), Some(l)) = (&seeder, seeder_listener) {
-            tasks.push(seeder.spawn());
-            listeners.serve("seeder", HttpApp::new(seeder.clone()), vec![l]);
+        for role in &mut started {
+            tasks.extend(role.start(&mut listeners));
         }
-        if let Some(r) = &routing {
-            tasks.extend(r.spawn());
-        }
-        let ready = Arc::new(AtomicBool::new(false));
-        let policies = Arc::new(loaded.policies);
-        if edge_role {
-            policies.attach(pipeline.clone());
-            if !cfg.policies.watch_interval.is_zero() {
-                tasks.push(policies.clone().watch(cfg.policies.watch_interval));
-            }
-        }
-        let admin_handler = Arc::new(admin::Admin {
-            registry,
-            ready: ready.clone(),
-            origin: upstream,
-            policies,
-            pipeline: edge_role.then(|| pipeline.clone()),
-            seeder: seeder.clone(),
-            routing,
-            token: cfg.server.admin_token.clone(),
-            deps,
-        });
-
-        if edge_role {
-            listeners.serve(
-                "edge",
-                HttpApp::new(pipeline.clone()),
-                plain.into_iter().chain(secure).collect(),
-            );
-        }
-        listeners.serve("admin", HttpApp::new(admin_handler), vec![admin]);
+        listeners.serve("admin", HttpApp::new(Arc::new(admin)), vec![admin_socket]);
         ready.store(true, Ordering::SeqCst);
-
-        let demo_url = (edge_role && !cfg.server.demo_stream.is_empty()).then(|| {
-            let base = cfg
-                .server
-                .public_url
-                .clone()
-                .unwrap_or_else(|| match addrs.http.first() {
-                    Some(a) => format!("http://{a}"),
-                    None => format!("https://{}", addrs.https[0]),
-                });
-            format!(
-                "{}{}",
-                base.trim_end_matches('/'),
-                sign_with(
-                    &loaded.secret,
-                    &cfg.signed_url.param,
-                    &cfg.server.demo_stream,
-                    cfg.signed_url.expiration
-                )
-            )
-        });
+        tracing::info!(roles = %cfg.roles, "started");
         Ok(Self {
             addrs,
             listeners,
             ready,
             cfg,
             demo_url,
-            seeder,
-            streaming,
-            pipeline: edge_role.then_some(pipeline),
+            roles: started,
+            spool,
             tasks,
         })
     }
@@ -388,40 +300,53 @@ impl Edge {
 
     /// Waits until every event queued so far (analytics included) is in the spool and synced.
     pub async fn flush_events(&self) {
-        if let Some(s) = &self.streaming
-            && let Err(e) = s.spool.flush().await
+        if let Some(s) = &self.spool
+            && let Err(e) = s.flush().await
         {
             tracing::error!(error = %e, "cannot sync the event spool");
         }
     }
 
     /// Drains: readiness turns false, listeners stop accepting, in-flight requests finish (up to
-    /// `server.drain_timeout`). Returns how many requests were cut off (0 after a clean drain).
+    /// `server.drain_timeout`); then each role finishes what it owes (in reverse start order).
+    /// Returns how many requests were cut off (0 after a clean drain).
     pub async fn shutdown(self) -> usize {
         self.ready.store(false, Ordering::SeqCst);
         let cut = self.listeners.drain(self.cfg.server.drain_timeout).await;
-        if let Some(p) = &self.pipeline {
-            let started = std::time::Instant::now();
-            let spilled = tokio::time::timeout(self.cfg.server.drain_timeout, p.spill()).await;
-            match spilled {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(slices = n, took = ?started.elapsed(), "memory tier written to the disk tier")
-                }
-                Err(_) => {
-                    tracing::warn!("memory tier not fully written to disk within drain_timeout")
-                }
-            }
-        }
-        if let Some(seeder) = &self.seeder {
-            seeder.shutdown().await;
-        }
-        if let Some(s) = self.streaming {
-            s.shutdown().await;
+        for role in self.roles.into_iter().rev() {
+            role.stop().await;
         }
         for task in self.tasks {
             task.abort();
         }
         cut
     }
+}
+
+/// A ready-to-play signed URL of `server.demo_stream` on this edge's first listener (or its
+/// public URL).
+fn demo_url(cfg: &EdgeConfig, addrs: &Addrs, secret: &str) -> Option<String> {
+    if cfg.server.demo_stream.is_empty() {
+        return None;
+    }
+    let base = match (
+        &cfg.server.public_url,
+        addrs.http.first(),
+        addrs.https.first(),
+    ) {
+        (Some(url), _, _) => url.clone(),
+        (None, Some(a), _) => format!("http://{a}"),
+        (None, None, Some(a)) => format!("https://{a}"),
+        (None, None, None) => return None,
+    };
+    Some(format!(
+        "{}{}",
+        base.trim_end_matches('/'),
+        sign_with(
+            secret,
+            &cfg.signed_url.param,
+            &cfg.server.demo_stream,
+            cfg.signed_url.expiration
+        )
+    ))
 }

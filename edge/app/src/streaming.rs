@@ -1,13 +1,12 @@
-//! The streaming side of the edge: the event spool, shipping to Kafka, watch progress, the
-//! streaming API and the viewer-listener `/health`.
+//! The streaming side of the edge: the event spool, shipping to Kafka, watch progress and the
+//! streaming API.
 
 use crate::secrets;
 use edge_config::{EdgeConfig, Fsync};
-use edge_contract::{Call, EdgeRequest, EdgeResponse, Service};
 use edge_events::{FsyncPolicy, ShipperConfig, Spool, SpoolConfig};
 use edge_kafka::KafkaSink;
 use edge_kv::RedisStore;
-use edge_origin::{Origin, StoreOrigin};
+use edge_origin::StoreOrigin;
 use edge_pipeline::{EventSink, Mount};
 use edge_stream::{LocalProgress, ManifestUrls, Progress, RedisProgress, Sessions, StreamApi};
 use std::{sync::Arc, time::Duration};
@@ -199,86 +198,5 @@ impl Streaming {
         if let Err(e) = self.spool.flush().await {
             tracing::error!(error = %e, "cannot sync the event spool");
         }
-    }
-}
-
-/// The dependencies `/health` reports, in the replaced service's shape:
-/// `{"status": "healthy"|"degraded", "s3": "ok"|"error", "redis": "ok"|"error"|"disabled",
-/// "kafka": "enabled"|"unavailable"|"disabled", ...}`.
-pub(crate) struct Health {
-    pub(crate) origin: Arc<dyn Origin>,
-    pub(crate) redis: Option<Arc<RedisStore>>,
-    pub(crate) kafka: Option<Arc<KafkaSink>>,
-    pub(crate) spool: Option<Spool>,
-}
-
-impl Health {
-    /// Probes every dependency (each bounded by its own timeout).
-    pub(crate) async fn report(&self) -> serde_json::Value {
-        let origin = async {
-            match tokio::time::timeout(Duration::from_secs(3), self.origin.check()).await {
-                Ok(Ok(())) => "ok".to_owned(),
-                Ok(Err(e)) => format!("error: {e}"),
-                Err(_) => "error: timed out".to_owned(),
-            }
-        };
-        let redis = async {
-            match &self.redis {
-                None => "disabled".to_owned(),
-                Some(r) => match r
-                    .run(async |mut c| redis::cmd("PING").query_async::<String>(&mut c).await)
-                    .await
-                {
-                    Ok(_) => "ok".to_owned(),
-                    Err(e) => format!("error: {e}"),
-                },
-            }
-        };
-        let kafka = async {
-            match &self.kafka {
-                None => "disabled".to_owned(),
-                Some(k) => match k.health().await {
-                    edge_kafka::Health::Ok => "enabled".to_owned(),
-                    edge_kafka::Health::Unavailable(e) => format!("unavailable: {e}"),
-                },
-            }
-        };
-        let (s3, redis, kafka) = tokio::join!(origin, redis, kafka);
-        let healthy = s3 == "ok"
-            && (redis == "ok" || redis == "disabled")
-            && (kafka == "enabled" || kafka == "disabled");
-        let mut v = serde_json::json!({
-            "status": if healthy { "healthy" } else { "degraded" },
-            "s3": s3,
-            "redis": redis,
-            "kafka": kafka,
-            "origin": self.origin.describe(),
-        });
-        if let Some(spool) = &self.spool {
-            let st = spool.stats();
-            v["events"] = serde_json::json!({
-                "spool": spool.dir().display().to_string(),
-                "backlog_bytes": st.backlog_bytes,
-                "bytes_on_disk": st.bytes_on_disk,
-                "next_seq": st.next_seq,
-            });
-        }
-        v
-    }
-}
-
-#[async_trait::async_trait]
-impl Service for Health {
-    async fn call(&self, req: &EdgeRequest, _call: Call<'_>) -> EdgeResponse {
-        if req.method != http::Method::GET && req.method != http::Method::HEAD {
-            let mut r =
-                EdgeResponse::error(http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
-            r.headers.insert(
-                http::header::ALLOW,
-                http::HeaderValue::from_static("GET, HEAD"),
-            );
-            return r;
-        }
-        crate::admin::json(http::StatusCode::OK, &self.report().await)
     }
 }

@@ -19,8 +19,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve viewers until SIGTERM/SIGINT, then drain.
+    /// Run the configured roles (`roles`, default the edge) until SIGTERM/SIGINT, then drain.
     Serve {
+        /// A role to run: edge, seeder, or all (repeatable; replaces `roles` of the config).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
         /// Plain HTTP/1.1 + h2c listener (repeatable; replaces `server.listen`; port 0 = any free port).
         #[arg(long)]
         listen: Vec<SocketAddr>,
@@ -34,8 +37,9 @@ enum Command {
         #[arg(long)]
         admin_listen: Option<SocketAddr>,
     },
-    /// Run only the seeder role: serve `seeder.cache_path` to edges, publish it in the Redis
-    /// directory (`stream:<id>:segment:*`), expire old files. Same config file as `serve`.
+    /// Run only the seeder role (`serve --role seeder`): serve `seeder.cache_path` to edges,
+    /// publish it in the Redis directory (`stream:<id>:segment:*`), expire old files. Same config
+    /// file as `serve`.
     Seeder {
         /// Seeder listener (replaces `seeder.listen`; port 0 = any free port).
         #[arg(long)]
@@ -138,12 +142,25 @@ fn main() -> ExitCode {
         Command::Validate => edge_app::validate(&cfg).map(|summary| println!("{summary}")),
         Command::SignUrl { path, ttl, base } => sign_url(&cfg, &path, ttl, base),
         Command::Serve {
+            roles,
             listen,
             tls_listen,
             no_tls,
             admin_listen,
         } => {
             let mut cfg = cfg;
+            if !roles.is_empty() {
+                match edge_config::Roles::parse(&roles) {
+                    Ok(r) => cfg.roles = r,
+                    Err(problems) => {
+                        for p in &problems {
+                            eprintln!("--role: {p}");
+                        }
+                        eprintln!("edge: {} error(s)", problems.len());
+                        return ExitCode::from(2);
+                    }
+                }
+            }
             if !listen.is_empty() {
                 cfg.server.listen = listen;
             }
@@ -163,9 +180,7 @@ fn main() -> ExitCode {
             admin_listen,
         } => {
             let mut cfg = cfg;
-            cfg.server.listen.clear();
-            cfg.server.tls_listen.clear();
-            cfg.seeder.enabled = true;
+            cfg.roles = edge_config::Roles::of([edge_config::Role::Seeder]);
             if let Some(a) = listen {
                 cfg.seeder.listen = a;
             }
@@ -211,12 +226,20 @@ fn sign_url(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(path.starts_with('/'), "PATH must start with /");
     let signed = edge_app::sign_path(cfg, path, ttl.unwrap_or(cfg.signed_url.expiration))?;
-    let base = base
-        .or_else(|| cfg.server.public_url.clone())
-        .unwrap_or_else(|| match cfg.server.listen.first() {
-            Some(a) => format!("http://{a}"),
-            None => format!("https://{}", cfg.server.tls_listen[0]),
-        });
+    let base = match (
+        base.or_else(|| cfg.server.public_url.clone()),
+        cfg.server.listen.first(),
+        cfg.server.tls_listen.first(),
+    ) {
+        (Some(base), _, _) => base,
+        (None, Some(a), _) => format!("http://{a}"),
+        (None, None, Some(a)) => format!("https://{a}"),
+        (None, None, None) => {
+            anyhow::bail!(
+                "no viewer listener to build the URL on: pass --base or set server.public_url"
+            )
+        }
+    };
     println!("{}{signed}", base.trim_end_matches('/'));
     Ok(())
 }

@@ -163,19 +163,26 @@ struct Served {
 
 impl Served {
     fn start(data: &Path) -> (Self, String) {
-        let mut child = edge(data)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--tls-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut served = Self::spawn(edge(data).args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]));
+        let http = served
+            .wait_for("listening on http://")
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap()
+            .to_owned();
+        (served, http)
+    }
+
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
         let (tx, lines) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -185,14 +192,23 @@ impl Served {
                 }
             }
         });
-        let mut served = Self { child, lines };
-        let http = served
-            .wait_for("listening on http://")
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap()
-            .to_owned();
-        (served, http)
+        Self { child, lines }
+    }
+
+    /// Every listener logged, as `(label, http://addr)`, up to the admin one (logged last).
+    fn listeners(&mut self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        loop {
+            let line = self.wait_for("listening on ");
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "on").unwrap();
+            let label = words[at + 2..].join(" ");
+            let label = label.trim_matches(|c| c == '(' || c == ')').to_owned();
+            found.push((label.clone(), words[at + 1].to_owned()));
+            if label == "admin" {
+                return found;
+            }
+        }
     }
 
     fn wait_for(&mut self, needle: &str) -> String {
@@ -269,6 +285,55 @@ fn serve_logs_its_listeners_answers_signed_urls_and_drains_on_sigterm() {
     served.wait_for("stopped");
     let status = served.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "edge must exit 0 after draining");
+}
+
+/// `--role` picks what one process runs: a seeder-only process has no viewer listener, a bad
+/// name is refused before anything starts.
+#[test]
+fn serve_runs_the_roles_it_is_given() {
+    let data = tempfile::tempdir().unwrap();
+    let out = edge(data.path())
+        .args(["serve", "--role", "edge", "--role", "sedeer"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(r#"--role: unknown role "sedeer""#),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
+
+    let mut served = Served::spawn(edge(data.path()).env("SEEDER_LISTEN", "127.0.0.1:0").args([
+        "serve",
+        "--role",
+        "seeder",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]));
+    let listeners = served.listeners();
+    let labels: Vec<&str> = listeners.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels, ["seeder", "admin"]);
+    let (status, body) = get(&listeners[1].1, "/health");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""roles":["seeder"]"#), "{body}");
+    // The seeder answers edges (a miss for a file it does not hold), not viewers' playlists.
+    let (status, body) = get(&listeners[0].1, "/vod/movies/none/seg_000.ts");
+    assert_eq!(status, 404, "{body}");
+    drop(served);
+
+    let mut served = Served::spawn(edge(data.path()).env("SEEDER_LISTEN", "127.0.0.1:0").args([
+        "serve",
+        "--role",
+        "all",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-tls",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]));
+    let labels: Vec<String> = served.listeners().into_iter().map(|(l, _)| l).collect();
+    assert_eq!(labels, ["http/1.1, h2c", "seeder", "admin"]);
 }
 
 /// `edge policy ...` run in `dir`; needs no edge config.

@@ -174,7 +174,8 @@ impl Default for DiskCacheConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct SeederConfig {
-    /// Run the seeder role in this process (`edge seeder` always does). Env `SEEDER_ENABLED`.
+    /// Adds the seeder to this process's `roles` (the switch of the seeder deployment this
+    /// replaces; `roles` says the same). Env `SEEDER_ENABLED`.
     pub enabled: bool,
     /// The segment directory. Env `SEEDER_CACHE_PATH`. Default `.edge-data/seeder`.
     pub cache_path: PathBuf,

@@ -1,6 +1,7 @@
 use crate::{
     ConfigError, Env, Errors,
     delivery::{CacheConfig, DiskCacheConfig, OriginConfig, RoutingConfig, S3Config, SeederConfig},
+    roles::{Role, Roles},
     section,
     streaming::{EventsConfig, KafkaConfig, StreamApiConfig},
 };
@@ -19,6 +20,9 @@ use std::{
 pub struct EdgeConfig {
     /// The file this was loaded from (`<defaults>` when none).
     pub source: PathBuf,
+    /// What this process runs (`roles = ["edge", "seeder"]`, env `EDGE_ROLES`, `edge serve
+    /// --role`). Default `["edge"]`; `seeder.enabled = true` adds the seeder.
+    pub roles: Roles,
     /// Listeners, data directory, draining.
     pub server: ServerConfig,
     /// TLS certificate for the TLS listeners.
@@ -233,6 +237,22 @@ impl Default for SignedUrlConfig {
     }
 }
 
+/// The top-level `roles` list (every problem recorded; the default when it has any).
+fn take_roles(file: &Path, table: &mut toml::Table, errors: &mut Errors) -> Roles {
+    let Some(value) = table.remove("roles") else {
+        return Roles::default();
+    };
+    let Some(names) = section::decode::<Vec<String>>(file, "roles", value, errors) else {
+        return Roles::default();
+    };
+    Roles::parse(&names).unwrap_or_else(|problems| {
+        for p in problems {
+            errors.push(ConfigError::new(file, "roles", p));
+        }
+        Roles::default()
+    })
+}
+
 impl EdgeConfig {
     /// Loads `path` (or the defaults when `None`), applies environment overrides and validates.
     pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Self, Errors> {
@@ -276,8 +296,10 @@ impl EdgeConfig {
         let mut errors = Errors::default();
         let mut table = section::parse_table(file, text, &mut errors).unwrap_or_default();
         crate::env::apply(env, &mut table, &mut errors, file.is_file());
-        let cfg = Self {
+        let roles = take_roles(file, &mut table, &mut errors);
+        let mut cfg = Self {
             source: file.to_path_buf(),
+            roles,
             server: section::take(file, &mut table, "server", &mut errors),
             tls: section::take(file, &mut table, "tls", &mut errors),
             origin: section::take(file, &mut table, "origin", &mut errors),
@@ -296,6 +318,9 @@ impl EdgeConfig {
             vars: crate::Vars(env.all()),
         };
         section::reject_rest(file, table, &mut errors);
+        if cfg.seeder.enabled {
+            cfg.roles.add(Role::Seeder);
+        }
         cfg.validate(&mut errors);
         (cfg, errors)
     }
@@ -303,11 +328,14 @@ impl EdgeConfig {
     fn validate(&self, errors: &mut Errors) {
         let mut bad =
             |field: &str, msg: &str| errors.push(ConfigError::new(&self.source, field, msg));
-        if self.server.listen.is_empty()
+        if self.roles.has(Role::Edge)
+            && self.server.listen.is_empty()
             && self.server.tls_listen.is_empty()
-            && !self.seeder.enabled
         {
-            bad("server.listen", "no listener: set `listen` or `tls_listen`");
+            bad(
+                "server.listen",
+                "the edge role has no listener: set `listen` or `tls_listen` (or leave \"edge\" out of `roles`)",
+            );
         }
         if self.server.threads == 0 {
             bad("server.threads", "must be at least 1");
@@ -392,6 +420,11 @@ impl EdgeConfig {
                 "must be a non-empty name of letters, digits, `_` or `-`",
             );
         }
+    }
+
+    /// Whether this process runs `role`.
+    pub fn runs(&self, role: Role) -> bool {
+        self.roles.has(role)
     }
 
     /// Resolves `path` relative to the directory of the edge file (or the working directory).

@@ -74,7 +74,9 @@ pub(crate) enum Kind {
 
 /// Environment variables that override fields of the edge file: (variable, section, key, kind).
 /// Names follow the deployments the edge replaces where one existed.
+/// An empty section is the top level of the file.
 pub(crate) const OVERRIDES: &[(&str, &str, &str, Kind)] = &[
+    ("EDGE_ROLES", "", "roles", Kind::List),
     ("EDGE_LISTEN", "server", "listen", Kind::List),
     ("EDGE_TLS_LISTEN", "server", "tls_listen", Kind::List),
     ("EDGE_ADMIN_LISTEN", "server", "admin_listen", Kind::Str),
@@ -184,6 +186,10 @@ pub(crate) fn apply(
                 }
             },
         };
+        if section.is_empty() {
+            table.insert(key.to_owned(), value);
+            continue;
+        }
         let entry = table
             .entry(section)
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));

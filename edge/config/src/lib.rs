@@ -19,6 +19,7 @@ mod edge;
 mod env;
 mod error;
 mod policies;
+mod roles;
 mod section;
 mod streaming;
 
@@ -32,6 +33,7 @@ pub use edge::{
 pub use env::{Env, MapEnv, ProcessEnv, Vars};
 pub use error::{ConfigError, Errors};
 pub use policies::{FailMode, Isolation, PolicySet, PolicySpec, RouteSpec, signature_path};
+pub use roles::{Role, Roles};
 pub use streaming::{EventsConfig, Fsync, KafkaConfig, ManifestUrls, StreamApiConfig};
 
 #[cfg(test)]
@@ -83,6 +85,55 @@ mod tests {
                 "server.threads",
                 "wasm.deadline"
             ]
+        );
+    }
+
+    #[test]
+    fn roles_come_from_the_file_the_environment_and_seeder_enabled() {
+        let none = MapEnv::default();
+        let cfg = EdgeConfig::from_toml_str("e.toml", "", &none).unwrap();
+        assert_eq!(cfg.roles.to_string(), "edge");
+        let cfg = EdgeConfig::from_toml_str("e.toml", "roles = [\"all\"]\n", &none).unwrap();
+        assert!(cfg.runs(Role::Edge) && cfg.runs(Role::Seeder));
+        // A seeder-only process needs no viewer listener.
+        let text = "roles = [\"seeder\"]\n[server]\nlisten = []\ntls_listen = []\n";
+        let cfg = EdgeConfig::from_toml_str("e.toml", text, &none).unwrap();
+        assert_eq!(cfg.roles.to_string(), "seeder");
+        let cfg = EdgeConfig::from_toml_str("e.toml", "[seeder]\nenabled = true\n", &none).unwrap();
+        assert_eq!(cfg.roles.to_string(), "edge,seeder");
+        let env = MapEnv::default().with("EDGE_ROLES", "seeder");
+        let cfg = EdgeConfig::from_toml_str("e.toml", "roles = [\"edge\"]\n", &env).unwrap();
+        assert_eq!(cfg.roles.to_string(), "seeder");
+    }
+
+    #[test]
+    fn bad_roles_name_the_field_with_the_other_errors() {
+        let text = "roles = [\"edge\", \"sedeer\", \"edge\"]\n[server]\nthreads = 0\n";
+        let errs = EdgeConfig::from_toml_str("e.toml", text, &MapEnv::default()).unwrap_err();
+        let got: Vec<_> = errs
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            got[0].starts_with("roles: ") && got[0].contains("sedeer"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("roles: ") && got[1].contains("twice"),
+            "{got:?}"
+        );
+        assert!(got[2].starts_with("server.threads"), "{got:?}");
+        // Only the edge role needs a viewer listener.
+        let errs = EdgeConfig::from_toml_str(
+            "e.toml",
+            "[server]\nlisten = []\ntls_listen = []\n",
+            &MapEnv::default(),
+        )
+        .unwrap_err();
+        assert!(
+            errs.to_string().contains("the edge role has no listener"),
+            "{errs}"
         );
     }
 }
