@@ -1,21 +1,25 @@
-//! The state of what the process depends on (origin, Redis, Kafka, the event spool), checked in
-//! the background.
+//! The state of what the process depends on (origin, Redis, Kafka, the event spool).
 //!
-//! The viewer listener's `/health` answers the latest check, never a check of its own: a flood
-//! of it costs no origin `list`, Redis `PING` or Kafka metadata request (the Kafka one blocks a
-//! thread of the pool that disk and seeder reads share), and it names no bucket, endpoint or
-//! path. The admin listener's `/health` checks live and reports the details.
+//! The viewer listener's `/health` answers the latest check while it is younger than [`MAX_AGE`]
+//! and otherwise runs one check for every caller waiting (single flight): a flood of it costs at
+//! most one origin `list`, Redis `PING` and Kafka metadata request per [`MAX_AGE`] (the Kafka one
+//! blocks a thread of the pool that disk and seeder reads share), none while nobody asks, and it
+//! names no bucket, endpoint or path. The admin listener's `/health` checks live and reports the
+//! details.
 
 use edge_contract::{Call, EdgeRequest, EdgeResponse, Service};
 use edge_events::Spool;
 use edge_kafka::KafkaSink;
 use edge_kv::RedisStore;
 use edge_origin::Origin;
-use std::{sync::Arc, time::Duration};
-use tokio::{sync::watch, task::JoinHandle};
+use parking_lot::Mutex;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-/// How often the background check runs.
-const REFRESH: Duration = Duration::from_secs(2);
+/// How old a check the viewer `/health` answers with at most.
+const MAX_AGE: Duration = Duration::from_secs(2);
 /// Bound on the origin's check.
 const ORIGIN_CHECK: Duration = Duration::from_secs(3);
 
@@ -65,7 +69,10 @@ pub(crate) struct Monitor {
     redis: Option<Arc<RedisStore>>,
     kafka: Option<Arc<KafkaSink>>,
     spool: Option<Spool>,
-    latest: watch::Sender<Option<Arc<Report>>>,
+    /// The newest check and when it started.
+    latest: Mutex<Option<(Instant, Arc<Report>)>>,
+    /// Held while a viewer's check runs: the others wait for it instead of checking too.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Monitor {
@@ -80,12 +87,15 @@ impl Monitor {
             redis,
             kafka,
             spool,
-            latest: watch::channel(None).0,
+            latest: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Checks every dependency now (each bounded by its own timeout) and keeps the result.
+    /// Checks every dependency now (each bounded by its own timeout) and keeps the result unless
+    /// a check that started later finished first.
     pub(crate) async fn check(&self) -> Arc<Report> {
+        let started = Instant::now();
         let origin = async {
             match tokio::time::timeout(ORIGIN_CHECK, self.origin.check()).await {
                 Ok(Ok(())) => Ok(()),
@@ -114,23 +124,32 @@ impl Monitor {
             redis,
             kafka,
         });
-        self.latest.send_replace(Some(report.clone()));
+        let mut latest = self.latest.lock();
+        if latest.as_ref().is_none_or(|(at, _)| *at < started) {
+            *latest = Some((started, report.clone()));
+        }
+        drop(latest);
         report
     }
 
-    /// The latest check; the first one when none has finished yet.
+    /// The latest check if it started less than [`MAX_AGE`] ago, else a new one (one at a time;
+    /// whoever waited for it takes its result).
     pub(crate) async fn latest(&self) -> Arc<Report> {
-        let mut rx = self.latest.subscribe();
-        let first = rx
-            .wait_for(Option::is_some)
-            .await
-            .ok()
-            .and_then(|r| r.clone());
-        match first {
-            Some(r) => r,
-            // The sender lives in `self`: unreachable, but a live check is the right answer.
-            None => self.check().await,
+        let fresh = || {
+            self.latest
+                .lock()
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < MAX_AGE)
+                .map(|(_, r)| r.clone())
+        };
+        if let Some(r) = fresh() {
+            return r;
         }
+        let _refreshing = self.refreshing.lock().await;
+        if let Some(r) = fresh() {
+            return r;
+        }
+        self.check().await
     }
 
     /// The detailed report of the admin listener: every dependency checked now, with the
@@ -150,23 +169,10 @@ impl Monitor {
         }
         (report, v)
     }
-
-    /// Checks every [`REFRESH`] until the task is aborted; one check at a time.
-    pub(crate) fn spawn(self: &Arc<Self>) -> JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(REFRESH);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                this.check().await;
-            }
-        })
-    }
 }
 
-/// `/health` on the viewer listeners: the latest background check, in the replaced service's
-/// shape (no details).
+/// `/health` on the viewer listeners: the latest check ([`Monitor::latest`]), in the replaced
+/// service's shape (no details).
 pub(crate) struct ViewerHealth(pub(crate) Arc<Monitor>);
 
 #[async_trait::async_trait]
@@ -222,20 +228,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn viewers_read_the_latest_check_and_never_cause_one() {
+    async fn a_flood_of_viewer_checks_costs_one_check() {
         let origin = Arc::new(Checked::default());
         let monitor = Arc::new(Monitor::new(origin.clone(), None, None, None));
-        let task = monitor.spawn();
+        assert_eq!(
+            origin.checks.load(Ordering::SeqCst),
+            0,
+            "none while nobody asks"
+        );
+        let mut flood = tokio::task::JoinSet::new();
         for _ in 0..1000 {
-            assert!(monitor.latest().await.healthy());
+            let m = monitor.clone();
+            flood.spawn(async move { m.latest().await.healthy() });
         }
-        // One check at start (the interval's first tick); the next comes 2 s later.
+        while let Some(healthy) = flood.join_next().await {
+            assert!(healthy.unwrap());
+        }
         assert_eq!(origin.checks.load(Ordering::SeqCst), 1);
 
         origin.down.store(true, Ordering::SeqCst);
         let detailed = monitor.detailed().await.1;
+        // The admin's live check is the newest: viewers see it too.
         let viewer = monitor.latest().await.json(false);
-        task.abort();
+        assert_eq!(origin.checks.load(Ordering::SeqCst), 2);
         assert_eq!(
             viewer,
             serde_json::json!({"status": "degraded", "s3": "error", "redis": "disabled", "kafka": "disabled"}),

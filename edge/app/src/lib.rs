@@ -210,6 +210,10 @@ impl Edge {
             store_origin: &loaded.store_origin,
             redis: loaded.redis.clone(),
         };
+        // The seeder first: it starts nothing while built, the edge role's event spool does.
+        let seeder = seeder_socket
+            .map(|s| SeederRole::build(&shared, s))
+            .transpose()?;
         let control = Arc::new(loaded.policies);
         let edge = match edge_sockets {
             Some(sockets) => Some(
@@ -227,9 +231,6 @@ impl Edge {
             ),
             None => None,
         };
-        let seeder = seeder_socket
-            .map(|s| SeederRole::build(&shared, s))
-            .transpose()?;
 
         let ready = Arc::new(AtomicBool::new(false));
         let admin = admin::Admin {
@@ -268,7 +269,10 @@ impl Edge {
         if let Some(s) = seeder {
             started.push(Box::new(s));
         }
-        let mut listeners = Listeners::default();
+        let mut listeners = Listeners::new(
+            limits(&cfg.server),
+            edge_http::ConnectionMetrics::new(&registry)?,
+        );
         let mut tasks = Vec::new();
         for role in &mut started {
             tasks.extend(role.start(&mut listeners));
@@ -320,6 +324,18 @@ impl Edge {
             task.abort();
         }
         cut
+    }
+}
+
+/// The connection limits of `[server]`.
+fn limits(server: &edge_config::ServerConfig) -> edge_http::Limits {
+    edge_http::Limits {
+        header_timeout: server.header_timeout,
+        keepalive_timeout: server.keepalive_timeout,
+        body_timeout: server.body_timeout,
+        max_connections: server.max_connections,
+        max_connections_per_client: server.max_connections_per_client,
+        max_header_bytes: usize::try_from(server.max_header_bytes.as_u64()).unwrap_or(usize::MAX),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use edge_config::{EdgeConfig, ProcessEnv};
+use edge_config::{EdgeConfig, Env, ProcessEnv, Role, Roles};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 mod policy;
@@ -107,6 +107,24 @@ fn map_large_buffers() {
     }
 }
 
+/// The process environment, with `--role` in place of `EDGE_ROLES`.
+struct CliEnv {
+    roles: Option<String>,
+}
+
+impl Env for CliEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        match (name, &self.roles) {
+            ("EDGE_ROLES", Some(roles)) => Some(roles.clone()),
+            _ => ProcessEnv.var(name),
+        }
+    }
+
+    fn all(&self) -> std::collections::HashMap<String, String> {
+        ProcessEnv.all()
+    }
+}
+
 fn main() -> ExitCode {
     map_large_buffers();
     let cli = Cli::parse();
@@ -121,7 +139,26 @@ fn main() -> ExitCode {
         Command::Policy { command } => return policy::run(command),
         other => other,
     };
-    let (cfg, errors) = EdgeConfig::load_partial(cli.config.as_deref(), &ProcessEnv);
+    // Roles named on the command line replace the file's before it is validated (a seeder-only
+    // process needs no viewer listener).
+    let cli_roles: Vec<String> = match &command {
+        Command::Serve { roles, .. } => roles.clone(),
+        Command::Seeder { .. } => vec![Role::Seeder.name().to_owned()],
+        _ => Vec::new(),
+    };
+    if let Err(problems) = Roles::parse(&cli_roles)
+        && !cli_roles.is_empty()
+    {
+        for p in &problems {
+            eprintln!("--role: {p}");
+        }
+        eprintln!("edge: {} error(s)", problems.len());
+        return ExitCode::from(2);
+    }
+    let env = CliEnv {
+        roles: (!cli_roles.is_empty()).then(|| cli_roles.join(",")),
+    };
+    let (cfg, errors) = EdgeConfig::load_partial(cli.config.as_deref(), &env);
     if !errors.is_empty() {
         eprintln!("{errors}");
         let mut count = errors.len();
@@ -142,25 +179,13 @@ fn main() -> ExitCode {
         Command::Validate => edge_app::validate(&cfg).map(|summary| println!("{summary}")),
         Command::SignUrl { path, ttl, base } => sign_url(&cfg, &path, ttl, base),
         Command::Serve {
-            roles,
+            roles: _,
             listen,
             tls_listen,
             no_tls,
             admin_listen,
         } => {
             let mut cfg = cfg;
-            if !roles.is_empty() {
-                match edge_config::Roles::parse(&roles) {
-                    Ok(r) => cfg.roles = r,
-                    Err(problems) => {
-                        for p in &problems {
-                            eprintln!("--role: {p}");
-                        }
-                        eprintln!("edge: {} error(s)", problems.len());
-                        return ExitCode::from(2);
-                    }
-                }
-            }
             if !listen.is_empty() {
                 cfg.server.listen = listen;
             }
@@ -180,7 +205,6 @@ fn main() -> ExitCode {
             admin_listen,
         } => {
             let mut cfg = cfg;
-            cfg.roles = edge_config::Roles::of([edge_config::Role::Seeder]);
             if let Some(a) = listen {
                 cfg.seeder.listen = a;
             }

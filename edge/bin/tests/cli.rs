@@ -304,13 +304,24 @@ fn serve_runs_the_roles_it_is_given() {
     );
     assert!(!stderr.contains("listening on"), "{stderr}");
 
-    let mut served = Served::spawn(edge(data.path()).env("SEEDER_LISTEN", "127.0.0.1:0").args([
-        "serve",
-        "--role",
-        "seeder",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]));
+    // A file without viewer listeners is invalid for the edge role, valid for a seeder-only one.
+    let file = data.path().join("seeder.toml");
+    std::fs::write(&file, "[server]\nlisten = []\ntls_listen = []\n").unwrap();
+    let file = file.to_str().unwrap();
+    let out = edge(data.path())
+        .args(["validate", "--config", file])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the edge role has no listener"), "{stderr}");
+    let mut served = Served::spawn(
+        edge(data.path())
+            .env("SEEDER_LISTEN", "127.0.0.1:0")
+            .env("EDGE_POLICIES", "policies/default.toml")
+            .env("EDGE_ORIGIN_ROOT", "deploy/demo/origin")
+            .args(["serve", "--config", file, "--role", "seeder"])
+            .args(["--admin-listen", "127.0.0.1:0"]),
+    );
     let listeners = served.listeners();
     let labels: Vec<&str> = listeners.iter().map(|(l, _)| l.as_str()).collect();
     assert_eq!(labels, ["seeder", "admin"]);

@@ -91,6 +91,27 @@ pub struct ServerConfig {
     /// `POST /admin/policies/reload`): `Authorization: Bearer <token>`. Env `EDGE_ADMIN_TOKEN`.
     /// When unset, purging is refused and reloads are allowed from the admin listener as before.
     pub admin_token: Option<String>,
+    /// From a connection's accept (TLS handshake included) to the end of its first request's
+    /// head; a reused HTTP/1.1 connection has `keepalive_timeout` to start the next request and
+    /// this long again to finish its head. Missed: the connection is closed. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Idle time after which a keep-alive HTTP/1.1 connection, or an HTTP/2 connection without
+    /// open streams, is closed. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Longest wait for the next piece of a request body being read (stalled uploads are cut).
+    /// Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Open connections of one role's listeners at most; more are closed at accept. Default
+    /// 10000 (keep it under the process's open-file limit).
+    pub max_connections: usize,
+    /// Open connections from one client address at most. Default 256.
+    pub max_connections_per_client: usize,
+    /// Largest request head (request line and headers; HTTP/2 header list): 431 above it.
+    /// Default `64 KiB`.
+    pub max_header_bytes: ByteSize,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +127,12 @@ impl Default for ServerConfig {
             demo_stream: "/vod/movies/demo/index.m3u8".into(),
             cors_allow_origin: "*".into(),
             admin_token: None,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_client: 256,
+            max_header_bytes: ByteSize::kib(64),
         }
     }
 }
@@ -339,6 +366,34 @@ impl EdgeConfig {
         }
         if self.server.threads == 0 {
             bad("server.threads", "must be at least 1");
+        }
+        for (field, value) in [
+            ("server.header_timeout", self.server.header_timeout),
+            ("server.keepalive_timeout", self.server.keepalive_timeout),
+            ("server.body_timeout", self.server.body_timeout),
+        ] {
+            if value < Duration::from_secs(1) {
+                bad(field, "must be at least 1s");
+            }
+        }
+        if self.server.max_connections == 0 {
+            bad("server.max_connections", "must be at least 1");
+        }
+        if self.server.max_connections_per_client == 0 {
+            bad("server.max_connections_per_client", "must be at least 1");
+        } else if self.server.max_connections_per_client > self.server.max_connections {
+            bad(
+                "server.max_connections_per_client",
+                "is larger than server.max_connections",
+            );
+        }
+        if self.server.max_header_bytes < ByteSize::kib(1)
+            || self.server.max_header_bytes > ByteSize::mib(1)
+        {
+            bad(
+                "server.max_header_bytes",
+                "must be between 1 KiB and 1 MiB (the most a head may take)",
+            );
         }
         if let Some(url) = &self.server.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

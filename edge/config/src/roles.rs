@@ -60,15 +60,20 @@ impl Roles {
     /// Parses names as written in the file or on the command line: each a role's name, or `all`.
     /// Returns every problem (unknown names, duplicates, an empty list) as one message each.
     pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Self, Vec<String>> {
+        // Names listed (a name twice is a mistake); `all` overlaps with any of them, as a set.
+        let mut named = Vec::new();
         let mut roles = Vec::new();
         let mut problems = Vec::new();
         for name in names.iter().map(AsRef::as_ref) {
             match (name, Role::from_name(name)) {
                 ("all", _) => roles.extend_from_slice(Role::ALL),
-                (_, Some(r)) if roles.contains(&r) => {
+                (_, Some(r)) if named.contains(&r) => {
                     problems.push(format!("{name:?} is listed twice"));
                 }
-                (_, Some(r)) => roles.push(r),
+                (_, Some(r)) => {
+                    named.push(r);
+                    roles.push(r);
+                }
                 (_, None) => problems.push(format!(
                     "unknown role {name:?}; the roles are {} (or \"all\")",
                     Role::ALL
@@ -133,5 +138,12 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[1].contains("\"edge\", \"seeder\""), "{problems:?}");
         assert!(Roles::parse::<&str>(&[]).is_err());
+        // `all` overlaps with the names, in any order.
+        for names in [["all", "edge"], ["edge", "all"], ["all", "all"]] {
+            assert_eq!(
+                Roles::parse(&names).unwrap(),
+                Roles::parse(&["all"]).unwrap()
+            );
+        }
     }
 }

@@ -1,3 +1,4 @@
+use crate::conn::{self, ConnectionMetrics, Limits};
 use async_trait::async_trait;
 use edge_contract::{
     Body, BodyError, BodySender, EdgeRequest, EdgeResponse, Handler, Protocol, RequestBody,
@@ -6,7 +7,10 @@ use futures::StreamExt;
 use http::{Method, StatusCode, header};
 use pingora_core::{
     apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream},
-    protocols::http::ServerSession,
+    protocols::http::{
+        ServerSession,
+        v2::server::{H2Options, default_h2_options},
+    },
     server::ShutdownWatch,
 };
 use pingora_http::ResponseHeader;
@@ -19,9 +23,6 @@ use std::{
     time::Duration,
 };
 
-/// Idle keep-alive timeout of HTTP/1.1 connections, seconds.
-const KEEPALIVE_SECS: u64 = 60;
-
 /// Requests being handled by one app.
 pub(crate) struct InFlight(pub(crate) AtomicUsize);
 
@@ -30,10 +31,12 @@ pub struct HttpApp<H> {
     handler: Arc<H>,
     options: HttpServerOptions,
     in_flight: Arc<InFlight>,
+    conn: Arc<conn::Shared>,
 }
 
 impl<H: Handler> HttpApp<H> {
     /// An app for `handler`; plain-text listeners also accept HTTP/2 with prior knowledge (h2c).
+    /// Its limits are those of the [`crate::Listeners`] that serves it.
     pub fn new(handler: Arc<H>) -> Self {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
@@ -41,11 +44,91 @@ impl<H: Handler> HttpApp<H> {
             handler,
             options,
             in_flight: Arc::new(InFlight(AtomicUsize::new(0))),
+            conn: Arc::new(conn::Shared::new(
+                "",
+                Limits::default(),
+                ConnectionMetrics::unregistered(),
+            )),
         }
     }
 
     pub(crate) fn in_flight(&self) -> Arc<InFlight> {
         self.in_flight.clone()
+    }
+
+    /// Takes the limits and metrics of the listener set that serves it.
+    pub(crate) fn limited_by(mut self, conn: Arc<conn::Shared>) -> Self {
+        self.options.h2_idle_timeout = Some(conn.limits.keepalive_timeout);
+        self.conn = conn;
+        self
+    }
+
+    /// The same app over the same handler, speaking only HTTP/1.1 on plain connections.
+    pub(crate) fn h1_only(&self) -> Self {
+        let mut options = self.options.clone();
+        options.h2c = false;
+        Self {
+            handler: self.handler.clone(),
+            options,
+            in_flight: self.in_flight.clone(),
+            conn: self.conn.clone(),
+        }
+    }
+
+    /// Reads the request head within its deadline (see [`Limits::header_timeout`]). `false`: the
+    /// connection is done (closed, broken, idle past keep-alive, or cut).
+    async fn read_head(&self, session: &mut ServerSession) -> bool {
+        let limits = &self.conn.limits;
+        if session.is_http2() {
+            // The h2 connection has parsed the head already (bounded by max_header_list_size).
+            return session.read_request().await.unwrap_or(false);
+        }
+        let reused = session.take_connection_user_context().is_some();
+        let budget = if reused {
+            limits.keepalive_timeout + limits.header_timeout
+        } else {
+            // From the accept (TLS handshake and the first bytes' wait included).
+            let since_accept = session
+                .digest()
+                .and_then(|d| d.timing_digest.first().cloned().flatten())
+                .and_then(|t| t.established_ts.elapsed().ok())
+                .unwrap_or_default();
+            limits.header_timeout.saturating_sub(since_accept)
+        };
+        match tokio::time::timeout(budget, session.read_request()).await {
+            Ok(r) => r.unwrap_or(false),
+            Err(_) => {
+                self.conn.metrics.cut(&self.conn.name, "header_timeout");
+                false
+            }
+        }
+    }
+
+    /// Whether an HTTP/1.1 head is larger than [`Limits::max_header_bytes`] (pingora reads up
+    /// to 1 MiB of it); answers 431 and closes when it is.
+    async fn refuse_large_head(&self, session: &mut ServerSession) -> bool {
+        if session.is_http2() {
+            return false;
+        }
+        let head = session.req_header();
+        let size = head.method.as_str().len()
+            + head.uri.to_string().len()
+            + head
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        if size <= self.conn.limits.max_header_bytes {
+            return false;
+        }
+        self.conn.metrics.cut(&self.conn.name, "header_too_large");
+        session.set_keepalive(None);
+        let response = EdgeResponse::error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "header_too_large",
+        );
+        let _ = write_response(session, response, false).await;
+        true
     }
 }
 
@@ -64,14 +147,17 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return None,
+        if !self.read_head(&mut session).await {
+            return None;
         }
         self.in_flight.0.fetch_add(1, Ordering::SeqCst);
         let _busy = Busy(&self.in_flight.0);
+        if self.refuse_large_head(&mut session).await {
+            return None;
+        }
         let draining = *shutdown.borrow();
-        session.set_keepalive(if draining { None } else { Some(KEEPALIVE_SECS) });
+        let keepalive = self.conn.limits.keepalive_timeout.as_secs().max(1);
+        session.set_keepalive(if draining { None } else { Some(keepalive) });
 
         let (req, body) = request_head(&mut session);
         let head = req.method == Method::HEAD;
@@ -82,7 +168,7 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
             Some(body) => {
                 // The body is read from the connection only while the handler asks for it.
                 let handle = self.handler.handle(req);
-                let pump = pump_body(&mut session, body, &failed);
+                let pump = pump_body(&mut session, body, &failed, &self.conn);
                 tokio::pin!(handle, pump);
                 tokio::select! {
                     r = &mut handle => r,
@@ -101,7 +187,9 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
             linger(&mut session).await;
             return None;
         }
-        let persistent = HttpPersistentSettings::for_session(&session);
+        let mut persistent = HttpPersistentSettings::for_session(&session);
+        // Tells the next request's head it comes on a reused connection.
+        persistent.set_user_context(Box::new(Reused));
         match session.finish().await {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
             _ => None,
@@ -111,7 +199,18 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
     fn server_options(&self) -> Option<&HttpServerOptions> {
         Some(&self.options)
     }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        let mut options = default_h2_options();
+        options.max_header_list_size(
+            u32::try_from(self.conn.limits.max_header_bytes).unwrap_or(u32::MAX),
+        );
+        Some(options)
+    }
 }
+
+/// Marks an HTTP/1.1 connection that served a request already.
+struct Reused;
 
 /// After answering a request whose body was not read: how long, and how many body bytes, the
 /// listener reads and discards before closing. Closing with unread data makes the kernel reset
@@ -188,14 +287,16 @@ fn request_head(session: &mut ServerSession) -> (EdgeRequest, Option<BodySender>
     )
 }
 
-/// How long the listener waits for the next piece of a request body the handler asked for
-/// (pingora's HTTP/2 body reads have no timeout of their own; HTTP/1.1 reads have 60 s).
-const BODY_IDLE: Duration = Duration::from_secs(30);
-
 /// Moves the request body from the connection to the handler, one chunk per demand. Answers
 /// `Expect: 100-continue` only when the handler first asks for the body. Sets `failed` when the
-/// body broke (the connection must not be reused).
-async fn pump_body(session: &mut ServerSession, tx: BodySender, failed: &AtomicBool) {
+/// body broke (the connection must not be reused). Waits [`Limits::body_timeout`] at most for
+/// each piece (pingora's HTTP/2 body reads have no timeout of their own; HTTP/1.1 reads 60 s).
+async fn pump_body(
+    session: &mut ServerSession,
+    tx: BodySender,
+    failed: &AtomicBool,
+    conn: &conn::Shared,
+) {
     if session.is_body_done() {
         return; // dropping `tx` ends the body
     }
@@ -218,7 +319,7 @@ async fn pump_body(session: &mut ServerSession, tx: BodySender, failed: &AtomicB
             }
             session.read_request_body().await.map_err(|e| e.to_string())
         };
-        match tokio::time::timeout(BODY_IDLE, read).await {
+        match tokio::time::timeout(conn.limits.body_timeout, read).await {
             Ok(Ok(Some(chunk))) => {
                 if !tx.send(Ok(chunk)).await {
                     return;
@@ -232,6 +333,7 @@ async fn pump_body(session: &mut ServerSession, tx: BodySender, failed: &AtomicB
             }
             Err(_) => {
                 failed.store(true, Ordering::SeqCst);
+                conn.metrics.cut(&conn.name, "body_timeout");
                 tx.send(Err(BodyError::Interrupted(
                     "request body idle timeout".into(),
                 )))

@@ -11,9 +11,11 @@
 //! own runtime instead and drains by counting requests in flight.
 
 mod app;
+mod conn;
 mod tls;
 
 pub use app::HttpApp;
+pub use conn::{ConnectionMetrics, Limits};
 pub use tls::{TlsError, tls_settings};
 
 use pingora_core::{
@@ -67,20 +69,32 @@ pub struct Listeners {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     apps: Vec<Arc<app::InFlight>>,
+    limits: Limits,
+    metrics: ConnectionMetrics,
 }
 
 impl Default for Listeners {
+    /// The default [`Limits`], metrics registered nowhere.
     fn default() -> Self {
-        Self {
-            shutdown: watch::channel(false).0,
-            tasks: Vec::new(),
-            apps: Vec::new(),
-        }
+        Self::new(Limits::default(), ConnectionMetrics::unregistered())
     }
 }
 
 impl Listeners {
-    /// Serves `app` on `listeners` (on the current tokio runtime) until [`Listeners::drain`].
+    /// Listener sets served with `limits` (each set its own connection counts), reporting to
+    /// `metrics`.
+    pub fn new(limits: Limits, metrics: ConnectionMetrics) -> Self {
+        Self {
+            shutdown: watch::channel(false).0,
+            tasks: Vec::new(),
+            apps: Vec::new(),
+            limits,
+            metrics,
+        }
+    }
+
+    /// Serves `app` on `listeners` (on the current tokio runtime) until [`Listeners::drain`];
+    /// `name` labels its connection metrics.
     pub fn serve<H: edge_contract::Handler>(
         &mut self,
         name: &str,
@@ -88,6 +102,8 @@ impl Listeners {
         listeners: Vec<BoundListener>,
     ) {
         self.apps.push(app.in_flight());
+        let shared = Arc::new(conn::Shared::new(name, self.limits, self.metrics.clone()));
+        let app = conn::Guarded::new(app.limited_by(shared.clone()), shared);
         let mut service = Service::new(name.to_owned(), app);
         let mut fds = Fds::new();
         for l in listeners {

@@ -65,7 +65,9 @@ impl EdgeRole {
         }
         anyhow::ensure!(
             !listeners.is_empty(),
-            "the edge role has no listener: set server.listen or server.tls_listen"
+            "{}: the edge role has no listener: set `server.listen` or `server.tls_listen` (or \
+             pass --listen), or run without the edge role",
+            cfg.source.display()
         );
         let addrs = |tls: bool| {
             listeners
@@ -170,7 +172,7 @@ impl Role for EdgeRole {
             HttpApp::new(self.pipeline.clone()),
             std::mem::take(&mut self.sockets),
         );
-        let mut tasks = vec![self.health.spawn()];
+        let mut tasks = Vec::new();
         if let Some(r) = &self.routing {
             tasks.extend(r.spawn());
         }
