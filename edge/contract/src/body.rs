@@ -39,6 +39,8 @@ pub enum Body {
         /// listener cuts the response.
         chunks: BodyStream,
     },
+    /// No body: after the `101` the connection itself, given to this ([`crate::EdgeResponse::upgrade`]).
+    Upgrade(crate::OnUpgrade),
 }
 
 impl Body {
@@ -63,6 +65,7 @@ impl Body {
         match self {
             Self::Full(b) => Some(b.len() as u64),
             Self::Stream { len, .. } => *len,
+            Self::Upgrade(_) => Some(0),
         }
     }
 
@@ -75,7 +78,7 @@ impl Body {
     pub fn as_bytes(&self) -> Option<&Bytes> {
         match self {
             Self::Full(b) => Some(b),
-            Self::Stream { .. } => None,
+            Self::Stream { .. } | Self::Upgrade(_) => None,
         }
     }
 
@@ -86,6 +89,7 @@ impl Body {
             Self::Full(b) => Ok(b),
             Self::Stream { len: Some(n), .. } if n > limit => Err(BodyError::TooLarge { limit }),
             Self::Stream { chunks, .. } => gather(chunks, limit).await,
+            Self::Upgrade(_) => Ok(Bytes::new()),
         }
     }
 }
@@ -112,6 +116,7 @@ impl fmt::Debug for Body {
         match self {
             Self::Full(b) => f.debug_tuple("Full").field(&b.len()).finish(),
             Self::Stream { len, .. } => f.debug_struct("Stream").field("len", len).finish(),
+            Self::Upgrade(_) => f.write_str("Upgrade"),
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`EdgeRequest`]: method, raw path and query, headers, client, protocol, and a
 //!   [`RequestBody`] that is read from the connection only when the handler asks for it;
-//! - [`EdgeResponse`]: status, headers and a [`Body`] that is whole bytes or a stream;
+//! - [`EdgeResponse`]: status, headers and a [`Body`] that is whole bytes, a stream, or — after a
+//!   `101 Switching Protocols` — the upgraded connection itself ([`EdgeResponse::upgrade`]);
 //! - [`normalize`]: the only way a viewer's path becomes an object key;
 //! - [`EdgeResponse::error`]: the one JSON error shape of everything the edge answers itself.
 //!
@@ -14,11 +15,13 @@ mod body;
 mod error;
 mod media;
 mod path;
+mod upgrade;
 
 pub use body::{Body, BodyError, BodySender, BodyStream, RequestBody};
 pub use error::{ErrorBody, REASON_HEADER};
 pub use media::{MediaKind, classify};
 pub use path::{MAX_PATH, PathError, normalize};
+pub use upgrade::{OnUpgrade, UPGRADE_BUFFER, Upgraded};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -54,6 +57,18 @@ pub struct EdgeRequest {
     pub tls: bool,
     /// Request body, read on demand.
     pub body: RequestBody,
+}
+
+impl EdgeRequest {
+    /// The protocol this request asks to switch to (`websocket`), lowercased, when its listener
+    /// can upgrade it (HTTP/1.1 `Upgrade`; not HTTP/2 or HTTP/3 yet). Answer it with
+    /// [`EdgeResponse::upgrade`].
+    pub fn upgrade_protocol(&self) -> Option<String> {
+        if self.protocol != Protocol::Http1 || self.method != Method::GET {
+            return None;
+        }
+        upgrade::requested(&self.headers)
+    }
 }
 
 /// A response. For HEAD the listener sends the headers only, with the `Content-Length` a GET
@@ -94,6 +109,27 @@ impl EdgeResponse {
     /// [`EdgeResponse::uncached`] JSON.
     pub fn json(status: StatusCode, body: impl Into<Body>) -> Self {
         Self::uncached(status, "application/json", body)
+    }
+
+    /// `101 Switching Protocols` to `protocol` (add the protocol's own headers, such as
+    /// `Sec-WebSocket-Accept`): once it is sent, `on_upgrade` owns the connection. Only for a
+    /// request whose [`EdgeRequest::upgrade_protocol`] is `Some`; otherwise the listener answers
+    /// 500 `upgrade_unavailable` instead.
+    pub fn upgrade(
+        protocol: &str,
+        on_upgrade: impl FnOnce(Upgraded) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + 'static,
+    ) -> Self {
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(protocol) {
+            headers.insert(header::UPGRADE, v);
+        }
+        Self {
+            status: StatusCode::SWITCHING_PROTOCOLS,
+            headers,
+            body: Body::Upgrade(Box::new(on_upgrade)),
+        }
     }
 
     /// The bytes of a whole body (`None` for a stream); for tests and small answers.

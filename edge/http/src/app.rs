@@ -2,6 +2,7 @@ use crate::conn::{self, ConnectionMetrics, Limits};
 use async_trait::async_trait;
 use edge_contract::{
     Body, BodyError, BodySender, EdgeRequest, EdgeResponse, Handler, Protocol, RequestBody,
+    Upgraded,
 };
 use futures::StreamExt;
 use http::{Method, StatusCode, header};
@@ -176,6 +177,10 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
                 }
             }
         };
+        if matches!(response.body, Body::Upgrade(_)) {
+            upgrade(&mut session, response, shutdown).await;
+            return None;
+        }
         // A body the handler did not read to the end (or that broke) may leave bytes on the
         // wire: the connection is not reused for another request.
         let unread = failed.load(Ordering::SeqCst) || !session.is_body_done();
@@ -344,6 +349,95 @@ async fn pump_body(
     }
 }
 
+/// Sends a handler's `101` and hands it the connection ([`Body::Upgrade`]) until both are done
+/// with it; a 500 `upgrade_unavailable` when the request cannot be upgraded (HTTP/2, no
+/// `Upgrade` asked for, a status other than 101).
+async fn upgrade(session: &mut ServerSession, response: EdgeResponse, shutdown: &ShutdownWatch) {
+    let EdgeResponse {
+        status,
+        headers,
+        body,
+    } = response;
+    let Body::Upgrade(on_upgrade) = body else {
+        return;
+    };
+    session.set_keepalive(None);
+    if status != StatusCode::SWITCHING_PROTOCOLS || session.is_http2() || !session.is_upgrade_req()
+    {
+        tracing::error!(%status, "a handler upgraded a request that cannot be upgraded");
+        let refused = EdgeResponse::error(StatusCode::INTERNAL_SERVER_ERROR, "upgrade_unavailable");
+        let _ = write_response(session, refused, false).await;
+        return;
+    }
+    let Ok(mut head) = ResponseHeader::build(status, Some(headers.len() + 1)) else {
+        return;
+    };
+    for (name, value) in &headers {
+        if matches!(
+            name,
+            &header::CONTENT_LENGTH | &header::TRANSFER_ENCODING | &header::CONNECTION
+        ) {
+            continue;
+        }
+        if head.append_header(name.clone(), value.clone()).is_err() {
+            return;
+        }
+    }
+    if head.insert_header(header::CONNECTION, "upgrade").is_err()
+        || session.write_response_header(Box::new(head)).await.is_err()
+        || !session.was_upgraded()
+    {
+        return;
+    }
+    // The upgraded protocol keeps its own time (WebSocket pings); reads wait as long as it does.
+    session.set_read_timeout(None);
+    let (theirs, ours) = Upgraded::pair(shutdown.clone());
+    tokio::join!(on_upgrade(theirs), relay(session, ours));
+    session.shutdown().await;
+}
+
+/// Copies the client's bytes to the handler and the handler's to the client until the handler
+/// closes its side (or the client's connection breaks). At most one piece of each direction is in
+/// flight: a side that does not read holds the other back, nothing piles up.
+async fn relay(session: &mut ServerSession, ours: tokio::io::DuplexStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_handler, mut to_handler) = tokio::io::split(ours);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut pending = bytes::Bytes::new();
+    let mut client_open = true;
+    loop {
+        tokio::select! {
+            read = session.read_request_body(), if client_open && pending.is_empty() => match read {
+                Ok(Some(chunk)) => pending = chunk,
+                // The client closed its side (or broke): the handler reads the end.
+                Ok(None) | Err(_) => {
+                    client_open = false;
+                    let _ = to_handler.shutdown().await;
+                }
+            },
+            written = to_handler.write(&pending), if !pending.is_empty() => match written {
+                Ok(n) => {
+                    let _ = pending.split_to(n);
+                }
+                // The handler stopped reading: what the client sends goes nowhere.
+                Err(_) => {
+                    pending.clear();
+                    client_open = false;
+                }
+            },
+            read = from_handler.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    if session.write_response_body(chunk, false).await.is_err() {
+                        return;
+                    }
+                }
+            },
+        }
+    }
+}
+
 async fn write_response(
     session: &mut ServerSession,
     response: EdgeResponse,
@@ -371,6 +465,11 @@ async fn write_response(
     if !bodyless {
         match body.len() {
             Some(n) => resp.insert_header(header::CONTENT_LENGTH, n).ok()?,
+            // HTTP/1.0 has no chunked encoding: the body ends when the connection does (and a
+            // cut body is then indistinguishable from a complete one, as HTTP/1.0 has it).
+            None if session.req_header().version == http::Version::HTTP_10 => {
+                session.set_keepalive(None);
+            }
             None if !session.is_http2() => resp
                 .insert_header(header::TRANSFER_ENCODING, "chunked")
                 .ok()?,
@@ -384,6 +483,8 @@ async fn write_response(
     match body {
         Body::Full(bytes) if bytes.is_empty() => Some(()),
         Body::Full(bytes) => session.write_response_body(bytes, true).await.ok(),
+        // Handled before (`upgrade`): never reaches here.
+        Body::Upgrade(_) => None,
         Body::Stream { len, mut chunks } => {
             let mut sent = 0u64;
             while let Some(chunk) = chunks.next().await {

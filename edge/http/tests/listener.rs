@@ -141,6 +141,14 @@ async fn streamed_bodies_with_and_without_length() {
         "the chunked body is terminated"
     );
 
+    // HTTP/1.0 knows no chunked encoding: the body ends with the connection.
+    let (raw, closed) = exchange(addr, b"GET /chunked/3 HTTP/1.0\r\n\r\n", idle).await;
+    let (head, body) = split(&raw);
+    assert!(closed, "a close-delimited body ends with the connection");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert_eq!(body.len(), 3 * 1024, "the raw body, no chunk framing");
+
     // HEAD: the length a GET would get, no body.
     let (raw, _) = exchange(addr, b"HEAD /stream/8 HTTP/1.1\r\nHost: x\r\n\r\n", idle).await;
     let (head, body) = split(&raw);

@@ -1,0 +1,101 @@
+//! Upgraded connections (HTTP/1.1 `Upgrade`, `101 Switching Protocols`): after the 101 the
+//! connection is a byte stream in both directions, handed to the handler as [`Upgraded`]
+//! (tokio's `AsyncRead + AsyncWrite`, what WebSocket libraries take).
+
+use http::{HeaderMap, header};
+use std::{
+    fmt,
+    future::Future,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf},
+    sync::watch,
+};
+
+/// What runs once the 101 is sent: it owns the connection until it returns (then the listener
+/// closes it).
+pub type OnUpgrade = Box<dyn FnOnce(Upgraded) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// Bytes buffered in each direction between the listener and the handler.
+pub const UPGRADE_BUFFER: usize = 64 * 1024;
+
+/// Both directions of an upgraded connection: reading gives what the client sends (EOF when it
+/// closed its side), writing sends to the client; shutting the writer down ends the connection.
+pub struct Upgraded {
+    io: DuplexStream,
+    draining: watch::Receiver<bool>,
+}
+
+impl fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upgraded").finish_non_exhaustive()
+    }
+}
+
+impl Upgraded {
+    /// A connected pair: the handler's side and the listener's (which pumps it to the socket),
+    /// with the listener's drain signal.
+    pub fn pair(draining: watch::Receiver<bool>) -> (Self, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(UPGRADE_BUFFER);
+        (Self { io: ours, draining }, theirs)
+    }
+
+    /// Resolves when the process starts draining: close the connection soon (a WebSocket
+    /// server sends a close frame, "going away"); the listener cuts it at the drain deadline.
+    /// Independent of `self`, so that it can be awaited after the stream was handed to a
+    /// protocol library.
+    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.draining.clone();
+        async move {
+            let _ = rx.wait_for(|d| *d).await;
+        }
+    }
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` and
+/// `Upgrade: <protocol>`, RFC 9110 §7.8), lowercased; `None` when it asks for none.
+pub(crate) fn requested(headers: &HeaderMap) -> Option<String> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return None;
+    }
+    let protocol = headers.get(header::UPGRADE)?.to_str().ok()?;
+    let first = protocol.split(',').next()?.trim();
+    (!first.is_empty()).then(|| first.to_ascii_lowercase())
+}
