@@ -26,6 +26,7 @@ if [[ "${1:-}" == "--test" ]]; then
     redis-server # shared kv scope, seeder directory, stream sessions and progress
     procps # kill(1): the tests signal the processes they start (drain on SIGTERM, SIGKILL faults)
     mount # mount(8)/umount(8): the disk-full test fills a real 512 KiB tmpfs
+    python3 # http.server: the HTTP origin that ignores Range (edge-origin/tests/http.rs)
   )
 fi
 missing=()

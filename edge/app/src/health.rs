@@ -71,8 +71,11 @@ pub(crate) struct Monitor {
     spool: Option<Spool>,
     /// The newest check and when it started.
     latest: Mutex<Option<(Instant, Arc<Report>)>>,
-    /// Held while a viewer's check runs: the others wait for it instead of checking too.
+    /// Held while a viewer's check runs: the others wait for it and take its result instead of
+    /// checking too.
     refreshing: tokio::sync::Mutex<()>,
+    /// Viewer checks finished (read before waiting for `refreshing`).
+    refreshed: std::sync::atomic::AtomicU64,
 }
 
 impl Monitor {
@@ -89,6 +92,7 @@ impl Monitor {
             spool,
             latest: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            refreshed: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -145,11 +149,22 @@ impl Monitor {
         if let Some(r) = fresh() {
             return r;
         }
+        // A check that finished while this caller waited answers it, however long it took (a
+        // slow dependency must not make every waiter check again, one after another).
+        use std::sync::atomic::Ordering::SeqCst;
+        let seen = self.refreshed.load(SeqCst);
         let _refreshing = self.refreshing.lock().await;
+        if self.refreshed.load(SeqCst) != seen
+            && let Some((_, r)) = self.latest.lock().as_ref()
+        {
+            return r.clone();
+        }
         if let Some(r) = fresh() {
             return r;
         }
-        self.check().await
+        let report = self.check().await;
+        self.refreshed.fetch_add(1, SeqCst);
+        report
     }
 
     /// The detailed report of the admin listener: every dependency checked now, with the
@@ -203,6 +218,8 @@ mod tests {
     struct Checked {
         checks: AtomicUsize,
         down: AtomicBool,
+        /// How long a check takes.
+        slow: Option<Duration>,
     }
 
     #[async_trait::async_trait]
@@ -217,6 +234,9 @@ mod tests {
         }
         async fn check(&self) -> Result<(), OriginError> {
             self.checks.fetch_add(1, Ordering::SeqCst);
+            if let Some(d) = self.slow {
+                tokio::time::sleep(d).await;
+            }
             if self.down.load(Ordering::SeqCst) {
                 return Err(OriginError::Unavailable("bucket gone".into()));
             }
@@ -225,6 +245,26 @@ mod tests {
         fn describe(&self) -> String {
             "test:/secret/path".into()
         }
+    }
+
+    /// A check slower than MAX_AGE (an origin timing out) answers every caller that waited for
+    /// it: one check, not one per caller in turn.
+    #[tokio::test]
+    async fn a_slow_check_answers_everyone_waiting_for_it() {
+        let origin = Arc::new(Checked {
+            slow: Some(MAX_AGE + Duration::from_millis(300)),
+            ..Checked::default()
+        });
+        let monitor = Arc::new(Monitor::new(origin.clone(), None, None, None));
+        let mut flood = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let m = monitor.clone();
+            flood.spawn(async move { m.latest().await.healthy() });
+        }
+        while let Some(healthy) = flood.join_next().await {
+            assert!(healthy.unwrap());
+        }
+        assert_eq!(origin.checks.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -333,6 +333,7 @@ fn limits(server: &edge_config::ServerConfig) -> edge_http::Limits {
         header_timeout: server.header_timeout,
         keepalive_timeout: server.keepalive_timeout,
         body_timeout: server.body_timeout,
+        send_timeout: server.send_timeout,
         max_connections: server.max_connections,
         max_connections_per_client: server.max_connections_per_client,
         max_header_bytes: usize::try_from(server.max_header_bytes.as_u64()).unwrap_or(usize::MAX),

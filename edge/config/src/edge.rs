@@ -91,9 +91,10 @@ pub struct ServerConfig {
     /// `POST /admin/policies/reload`): `Authorization: Bearer <token>`. Env `EDGE_ADMIN_TOKEN`.
     /// When unset, purging is refused and reloads are allowed from the admin listener as before.
     pub admin_token: Option<String>,
-    /// From a connection's accept (TLS handshake included) to the end of its first request's
-    /// head; a reused HTTP/1.1 connection has `keepalive_timeout` to start the next request and
-    /// this long again to finish its head. Missed: the connection is closed. Default `10s`.
+    /// From a connection's accept to the end of its first request's head (HTTP/2: its first
+    /// stream); a reused HTTP/1.1 connection has `keepalive_timeout` to start the next request
+    /// and this long again to finish its head. Missed: the connection is closed. Default `10s`.
+    /// (The TLS handshake is bounded by pingora, 60 s, before this starts counting.)
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
     /// Idle time after which a keep-alive HTTP/1.1 connection, or an HTTP/2 connection without
@@ -104,10 +105,15 @@ pub struct ServerConfig {
     /// Default `30s`.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// Longest wait for a client to take the next piece of a response; a client that stops
+    /// reading is cut (a paused progressive download resumes with a range request). Default
+    /// `60s` (nginx's `send_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// Open connections of one role's listeners at most; more are closed at accept. Default
     /// 10000 (keep it under the process's open-file limit).
     pub max_connections: usize,
-    /// Open connections from one client address at most. Default 256.
+    /// Open connections from one client (an IPv4 address, an IPv6 /64) at most. Default 256.
     pub max_connections_per_client: usize,
     /// Largest request head (request line and headers; HTTP/2 header list): 431 above it.
     /// Default `64 KiB`.
@@ -130,6 +136,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_connections_per_client: 256,
             max_header_bytes: ByteSize::kib(64),
@@ -345,7 +352,8 @@ impl EdgeConfig {
             vars: crate::Vars(env.all()),
         };
         section::reject_rest(file, table, &mut errors);
-        if cfg.seeder.enabled {
+        // `seeder.enabled` adds to the file's roles; `EDGE_ROLES` (and `--role`) replace both.
+        if cfg.seeder.enabled && env.var("EDGE_ROLES").is_none() {
             cfg.roles.add(Role::Seeder);
         }
         cfg.validate(&mut errors);
@@ -371,9 +379,10 @@ impl EdgeConfig {
             ("server.header_timeout", self.server.header_timeout),
             ("server.keepalive_timeout", self.server.keepalive_timeout),
             ("server.body_timeout", self.server.body_timeout),
+            ("server.send_timeout", self.server.send_timeout),
         ] {
-            if value < Duration::from_secs(1) {
-                bad(field, "must be at least 1s");
+            if value < Duration::from_secs(1) || value > Duration::from_secs(3600) {
+                bad(field, "must be between 1s and 1h");
             }
         }
         if self.server.max_connections == 0 {

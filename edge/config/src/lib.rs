@@ -104,6 +104,11 @@ mod tests {
         let env = MapEnv::default().with("EDGE_ROLES", "seeder");
         let cfg = EdgeConfig::from_toml_str("e.toml", "roles = [\"edge\"]\n", &env).unwrap();
         assert_eq!(cfg.roles.to_string(), "seeder");
+        // The environment (and `--role`, which goes through it) replaces `seeder.enabled` too.
+        let env = MapEnv::default().with("EDGE_ROLES", "edge");
+        let text = "[seeder]\nenabled = true\n";
+        let cfg = EdgeConfig::from_toml_str("e.toml", text, &env).unwrap();
+        assert_eq!(cfg.roles.to_string(), "edge");
     }
 
     #[test]

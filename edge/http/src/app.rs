@@ -82,6 +82,7 @@ impl<H: Handler> HttpApp<H> {
         let limits = &self.conn.limits;
         if session.is_http2() {
             // The h2 connection has parsed the head already (bounded by max_header_list_size).
+            self.conn.h2_stream(session);
             return session.read_request().await.unwrap_or(false);
         }
         let reused = session.take_connection_user_context().is_some();
@@ -129,6 +130,9 @@ impl<H: Handler> HttpApp<H> {
             "header_too_large",
         );
         let _ = write_response(session, response, false).await;
+        // A body may follow the head: read some of it, so that closing does not reset the
+        // connection before the client saw the answer.
+        linger(session).await;
         true
     }
 }
@@ -156,6 +160,10 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
         if self.refuse_large_head(&mut session).await {
             return None;
         }
+        // Each body read waits body_timeout at most (pingora's default is 60 s per read); each
+        // write send_timeout (a client that stops reading is cut, as nginx's send_timeout).
+        session.set_read_timeout(Some(self.conn.limits.body_timeout));
+        session.set_write_timeout(Some(self.conn.limits.send_timeout));
         let draining = *shutdown.borrow();
         let keepalive = self.conn.limits.keepalive_timeout.as_secs().max(1);
         session.set_keepalive(if draining { None } else { Some(keepalive) });

@@ -6,8 +6,10 @@
 //! once) and, on plain listeners, waits at most [`Limits::header_timeout`] for the first bytes,
 //! which say whether the client speaks HTTP/2 with prior knowledge (h2c) or HTTP/1.1. Pingora's
 //! own h2c detection waits, without a deadline, for 24 bytes — a client that sends less holds the
-//! connection forever, and a short HTTP/1.0 request is never answered. The rest of the limits
-//! apply per request in [`crate::HttpApp`].
+//! connection forever, and a short HTTP/1.0 request is never answered. An HTTP/2 connection (h2c,
+//! or h2 by ALPN on TLS) must start its first stream by the same deadline — pingora's h2 handshake
+//! and SETTINGS wait have no deadline of their own. The rest of the limits apply per request in
+//! [`crate::HttpApp`].
 
 use crate::app::HttpApp;
 use async_trait::async_trait;
@@ -15,17 +17,17 @@ use edge_contract::Handler;
 use parking_lot::Mutex;
 use pingora_core::{
     apps::ServerApp,
-    protocols::{Stream, l4::stream::Stream as L4Stream},
+    protocols::{ALPN, Stream, l4::stream::Stream as L4Stream},
     server::ShutdownWatch,
 };
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     sync::Arc,
     time::{Duration, Instant},
 };
-use tokio::io::AsyncReadExt;
+use tokio::{io::AsyncReadExt, sync::Notify};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -42,6 +44,9 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Longest wait for the next piece of a request body the handler asked for.
     pub body_timeout: Duration,
+    /// Longest wait for the client to take the next piece of a response (a client that stops
+    /// reading is cut; a paused progressive download resumes with a range request).
+    pub send_timeout: Duration,
     /// Open connections of one listener set (a role's listeners) at most; more are closed at
     /// accept.
     pub max_connections: usize,
@@ -57,6 +62,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_connections_per_client: 256,
             max_header_bytes: 64 * 1024,
@@ -117,6 +123,18 @@ struct Counts {
     per_client: HashMap<IpAddr, usize>,
 }
 
+/// The address a client's connections are counted under: IPv4 as it is (IPv4-mapped IPv6
+/// included), IPv6 by its /64 (one subscriber's network, which hands out the rest freely).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 /// One admitted connection; dropping it gives its place back.
 struct Admitted<'a> {
     guard: &'a Shared,
@@ -150,6 +168,9 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     pub(crate) metrics: ConnectionMetrics,
     counts: Mutex<Counts>,
+    /// HTTP/2 connections that have not started a stream yet, by their socket digest's address
+    /// (the same `Arc` their sessions carry): notified by the first stream.
+    h2_waiting: Mutex<HashMap<usize, Arc<Notify>>>,
 }
 
 impl Shared {
@@ -159,6 +180,22 @@ impl Shared {
             limits,
             metrics,
             counts: Mutex::new(Counts::default()),
+            h2_waiting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Called for every HTTP/2 stream: the connection's first one ends its head deadline.
+    pub(crate) fn h2_stream(&self, session: &pingora_core::protocols::http::ServerSession) {
+        let Some(digest) = session.digest().and_then(|d| d.socket_digest.as_ref()) else {
+            return;
+        };
+        let key = Arc::as_ptr(digest) as usize;
+        let mut waiting = self.h2_waiting.lock();
+        if waiting.is_empty() {
+            return;
+        }
+        if let Some(started) = waiting.remove(&key) {
+            started.notify_one();
         }
     }
 
@@ -167,12 +204,13 @@ impl Shared {
         if counts.all >= self.limits.max_connections {
             return Err("max_connections");
         }
+        let client = client.map(client_key);
         if let Some(ip) = client {
-            let n = counts.per_client.entry(ip).or_insert(0);
-            if *n >= self.limits.max_connections_per_client {
+            let n = counts.per_client.get(&ip).copied().unwrap_or(0);
+            if n >= self.limits.max_connections_per_client {
                 return Err("max_connections_per_client");
             }
-            *n += 1;
+            counts.per_client.insert(ip, n + 1);
         }
         counts.all += 1;
         drop(counts);
@@ -237,6 +275,39 @@ async fn first_bytes(stream: &mut L4Stream, deadline: Instant) -> Start {
     start
 }
 
+impl<H: Handler> Guarded<H> {
+    /// Serves an HTTP/2 connection, closed at `deadline` unless its first stream started.
+    async fn serve_h2(
+        &self,
+        stream: Stream,
+        deadline: Instant,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Some(key) = stream.get_socket_digest().map(|d| Arc::as_ptr(&d) as usize) else {
+            return self.h2c.process_new(stream, shutdown).await;
+        };
+        let started = Arc::new(Notify::new());
+        self.shared.h2_waiting.lock().insert(key, started.clone());
+        let serve = self.h2c.process_new(stream, shutdown);
+        tokio::pin!(serve);
+        let first = tokio::time::timeout_at(deadline.into(), started.notified());
+        let in_time = tokio::select! {
+            done = &mut serve => {
+                self.shared.h2_waiting.lock().remove(&key);
+                return done;
+            }
+            first = first => first.is_ok(),
+        };
+        self.shared.h2_waiting.lock().remove(&key);
+        if in_time {
+            return serve.await;
+        }
+        // Dropping the connection's future closes it.
+        self.shared.metrics.cut(&self.shared.name, "header_timeout");
+        None
+    }
+}
+
 #[async_trait]
 impl<H: Handler> ServerApp for Guarded<H> {
     async fn process_new(
@@ -261,8 +332,12 @@ impl<H: Handler> ServerApp for Guarded<H> {
                 return None;
             }
         };
+        let deadline = accepted + shared.limits.header_timeout;
         if stream.get_ssl_digest().is_some() {
-            // ALPN chose the protocol; the first request's head has its own deadline.
+            // ALPN chose the protocol; an h1 head has its own deadline in `HttpApp`.
+            if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+                return self.serve_h2(stream, deadline, shutdown).await;
+            }
             return self.h2c.process_new(stream, shutdown).await;
         }
         let mut plain = match stream.into_any().downcast::<L4Stream>() {
@@ -272,9 +347,8 @@ impl<H: Handler> ServerApp for Guarded<H> {
                 return None;
             }
         };
-        let deadline = accepted + shared.limits.header_timeout;
         match first_bytes(&mut plain, deadline).await {
-            Start::H2 => self.h2c.process_new(plain, shutdown).await,
+            Start::H2 => self.serve_h2(plain, deadline, shutdown).await,
             Start::H1 => self.h1.process_new(plain, shutdown).await,
             Start::Gone(reason) => {
                 if let Some(reason) = reason {

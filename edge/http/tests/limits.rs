@@ -40,6 +40,7 @@ const LIMITS: Limits = Limits {
     header_timeout: Duration::from_secs(1),
     keepalive_timeout: Duration::from_secs(1),
     body_timeout: Duration::from_secs(1),
+    send_timeout: Duration::from_secs(5),
     max_connections: 40,
     max_connections_per_client: 20,
     max_header_bytes: 8 * 1024,
@@ -152,6 +153,37 @@ async fn slow_and_silent_heads_are_cut_while_requests_are_served() {
     assert_eq!(
         metric(&registry, "edge_connections_open", ("listener", "test")),
         0.0
+    );
+    listeners.drain(Duration::from_secs(1)).await;
+}
+
+/// An HTTP/2 connection that sends its preface (and SETTINGS) but never a stream is closed at the
+/// head deadline too; pingora's h2 handshake has none of its own.
+#[tokio::test]
+async fn an_h2_connection_without_a_stream_is_cut() {
+    // A keep-alive (h2 idle timeout) far longer than the head deadline: only the latter can cut.
+    let (addr, registry, listeners) = serve(Limits {
+        keepalive_timeout: Duration::from_secs(30),
+        ..LIMITS
+    });
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "closed");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(
+        metric(
+            &registry,
+            "edge_connections_cut_total",
+            ("reason", "header_timeout")
+        ),
+        1.0
     );
     listeners.drain(Duration::from_secs(1)).await;
 }

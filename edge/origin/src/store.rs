@@ -94,6 +94,8 @@ pub struct StoreOrigin {
     chunk_timeout: Duration,
     description: String,
     signer: Option<Arc<dyn Signer>>,
+    /// Whether the origin was seen answering a range request with the whole object.
+    ignores_range: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn client_options(timeout: Duration) -> ClientOptions {
@@ -164,6 +166,7 @@ impl StoreOrigin {
         Ok(Self {
             deadline: deadline(retry, timeout),
             signer: Some(store.clone()),
+            ignores_range: Arc::default(),
             ..Self::new(store, timeout, format!("s3://{}@{at}", s3.bucket))
         })
     }
@@ -191,6 +194,7 @@ impl StoreOrigin {
             chunk_timeout: timeout,
             description,
             signer: None,
+            ignores_range: Arc::default(),
         }
     }
 
@@ -232,6 +236,23 @@ fn map_err(e: object_store::Error) -> OriginError {
     }
 }
 
+/// Whether object_store refused a 200 answered to a range request: the HTTP store says
+/// `NotSupported` ("Range request not supported"); the cloud clients' error type is private
+/// (known by its words).
+fn is_not_partial(e: &object_store::Error) -> bool {
+    if matches!(e, object_store::Error::NotSupported { .. }) {
+        return true;
+    }
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cause {
+        if c.to_string().contains("non-partial response") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn map_get_err(e: object_store::Error) -> OriginError {
     match e {
         object_store::Error::Precondition { .. } => OriginError::Changed,
@@ -259,6 +280,27 @@ impl StoreOrigin {
         };
         match self.store.get_opts(location, opts).await {
             Ok(r) => Ok(r),
+            // An HTTP origin that ignores `Range` answers 200 with the whole object; object_store
+            // refuses that. Ask for the whole object: `open` reads only the bytes asked for.
+            Err(e) if range.is_some() && is_not_partial(&e) => {
+                if !self
+                    .ignores_range
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        origin = %self.description,
+                        "the origin ignores Range: every slice reads the object from its start"
+                    );
+                }
+                let whole = GetOptions {
+                    if_match: if_match.map(|e| format!("\"{e}\"")),
+                    ..GetOptions::default()
+                };
+                self.store
+                    .get_opts(location, whole)
+                    .await
+                    .map_err(map_get_err)
+            }
             // A range of an empty object is unsatisfiable; the object is still there.
             Err(e) if range.as_ref().is_some_and(|r| r.start == 0) => {
                 let first = map_get_err(e);
@@ -308,6 +350,35 @@ fn file_body(file: std::fs::File, range: Range<u64>) -> ByteStream {
 }
 
 /// `body` with every chunk awaited at most `timeout`.
+/// `take` bytes of `body` after its first `skip` (the rest is not read: dropping the stream
+/// closes the origin's connection).
+fn narrow(body: ByteStream, skip: u64, take: u64) -> ByteStream {
+    futures::stream::unfold(
+        (body, skip, take),
+        |(mut body, mut skip, take)| async move {
+            if take == 0 {
+                return None;
+            }
+            loop {
+                let mut chunk = match body.next().await? {
+                    Ok(c) => c,
+                    Err(e) => return Some((Err(e), (body, 0, 0))),
+                };
+                let dropped = skip.min(chunk.len() as u64);
+                let _ = chunk.split_to(usize::try_from(dropped).unwrap_or(usize::MAX));
+                skip -= dropped;
+                if chunk.is_empty() {
+                    continue;
+                }
+                chunk.truncate(usize::try_from(take).unwrap_or(usize::MAX));
+                let left = take - chunk.len() as u64;
+                return Some((Ok(chunk), (body, skip, left)));
+            }
+        },
+    )
+    .boxed()
+}
+
 fn bounded(body: ByteStream, timeout: Duration) -> ByteStream {
     futures::stream::unfold(Some(body), move |state| async move {
         let mut body = state?;
@@ -351,23 +422,33 @@ impl Origin for StoreOrigin {
             tier: Tier::Origin,
         };
         let got = result.range.clone();
-        if let Some(asked) = &range
-            && (got.start != asked.start || got.end > asked.end)
-            && info.size > 0
-        {
-            return Err(OriginError::Unavailable(format!(
-                "origin answered bytes {got:?} for {asked:?}"
-            )));
-        }
+        // The bytes asked for, within what came (more came from an origin ignoring `Range`).
+        let wanted = match &range {
+            Some(asked) if info.size > 0 => {
+                let end = asked.end.min(info.size);
+                if asked.start < got.start || end > got.end || asked.start >= end {
+                    return Err(OriginError::Unavailable(format!(
+                        "origin answered bytes {got:?} for {asked:?}"
+                    )));
+                }
+                asked.start..end
+            }
+            _ => got.clone(),
+        };
         let body = match result.payload {
             // Local files: large reads on the blocking pool (object_store's own stream reads
             // 8 KiB per blocking hop).
             object_store::GetResultPayload::File(file, _) => file_body(file, got.clone()),
             object_store::GetResultPayload::Stream(s) => s.map(|c| c.map_err(map_get_err)).boxed(),
         };
+        let body = if wanted == got {
+            body
+        } else {
+            narrow(body, wanted.start - got.start, wanted.end - wanted.start)
+        };
         Ok(Opened {
             info,
-            range: got,
+            range: wanted,
             body: bounded(body, self.chunk_timeout),
         })
     }

@@ -189,3 +189,42 @@ impl Drop for S3 {
         self.stop();
     }
 }
+
+/// Python's `http.server` over a directory on a free loopback port: a plain HTTP origin that
+/// ignores `Range` (it answers every GET with 200 and the whole file, as many simple servers do).
+#[derive(Debug)]
+pub struct PlainHttp {
+    child: Child,
+    port: u16,
+}
+
+impl PlainHttp {
+    /// Serves `dir`. Panics with an install hint when `python3` is missing.
+    pub fn start(dir: &std::path::Path) -> Self {
+        let port = free_port();
+        let mut child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run python3 ({e}); deploy/dev/test.sh installs it (apt python3)")
+            });
+        wait_for_port(port, &mut child, "python3 -m http.server");
+        Self { child, port }
+    }
+
+    /// Its base URL (`http://127.0.0.1:PORT/`).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for PlainHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
