@@ -130,6 +130,15 @@ pub struct CacheConfig {
     /// (stale-if-error, with `Warning: 110` and `Age`); `0s` = never. Default `1d`.
     #[serde(with = "humantime_serde")]
     pub stale_if_error: Duration,
+    /// Slices filling from seeders or the origin at once, at most (each holds a slice buffer:
+    /// `max_fills × slice` bounds the memory of fills in progress). A fill that finds none free
+    /// waits up to 10 s, then fails as an outage (a stale copy answers if there is one).
+    /// Default 64.
+    pub max_fills: usize,
+    /// Longest a slice may take to fill, resumptions included (an upstream that trickles is cut
+    /// and the slice fails). Default `2m` (a 4 MiB slice at 35 KB/s).
+    #[serde(with = "humantime_serde")]
+    pub fill_timeout: Duration,
 }
 
 impl Default for CacheConfig {
@@ -140,6 +149,8 @@ impl Default for CacheConfig {
             manifest_ttl: Duration::from_secs(2),
             segment_ttl: Duration::from_secs(3600),
             stale_if_error: Duration::from_secs(86_400),
+            max_fills: 64,
+            fill_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -319,6 +330,12 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
     }
     if cfg.cache.slice > cfg.cache.memory {
         bad("cache.slice", "larger than cache.memory");
+    }
+    if cfg.cache.max_fills == 0 {
+        bad("cache.max_fills", "must be at least 1");
+    }
+    if cfg.cache.fill_timeout < Duration::from_secs(1) {
+        bad("cache.fill_timeout", "must be at least 1s");
     }
     if cfg.disk_cache.path.is_some() && cfg.disk_cache.capacity < cfg.cache.slice {
         bad("disk_cache.capacity", "smaller than cache.slice");

@@ -190,6 +190,10 @@ pub struct PipelineConfig {
     pub stale_if_error: Duration,
     /// `Access-Control-Allow-Origin` for every response; `None` disables CORS.
     pub cors_allow_origin: Option<HeaderValue>,
+    /// Slices filling from the upstream at once, at most.
+    pub max_fills: usize,
+    /// Longest one slice may take to fill.
+    pub fill_timeout: Duration,
 }
 
 /// The viewer-facing pipeline. Routes can be swapped at run time ([`Pipeline::set_router`]):
@@ -229,6 +233,8 @@ impl Pipeline {
             metrics: metrics.tiers.clone(),
             events: std::sync::OnceLock::new(),
             slice: cfg.slice,
+            fills: Arc::new(tokio::sync::Semaphore::new(cfg.max_fills.max(1))),
+            fill_timeout: cfg.fill_timeout,
         };
         let tiers = Arc::new(tiers);
         if tiers.disk.is_some() {

@@ -146,6 +146,8 @@ fn fixture_with(disk: Option<DiskCache>, segment_ttl: Duration) -> Fixture {
         segment_ttl,
         stale_if_error: Duration::from_secs(3600),
         cors_allow_origin: Some(HeaderValue::from_static("*")),
+        max_fills: 64,
+        fill_timeout: Duration::from_secs(120),
     };
     let pipeline = Pipeline::new(
         router,
@@ -551,6 +553,16 @@ fn origin_cache_control_overrides_the_configured_ttl() {
 
 /// A pipeline over any origin, with slices of `slice` bytes and no disk tier.
 fn pipeline_over(origin: Arc<dyn Origin>, slice: u64) -> Pipeline {
+    pipeline_with(origin, slice, 64, Duration::from_secs(120))
+}
+
+/// [`pipeline_over`] with `max_fills` and `fill_timeout`.
+fn pipeline_with(
+    origin: Arc<dyn Origin>,
+    slice: u64,
+    max_fills: usize,
+    fill_timeout: Duration,
+) -> Pipeline {
     let registry = prometheus::Registry::new();
     let cfg = PipelineConfig {
         cache: CacheConfig::default(),
@@ -559,6 +571,8 @@ fn pipeline_over(origin: Arc<dyn Origin>, slice: u64) -> Pipeline {
         segment_ttl: Duration::from_secs(60),
         stale_if_error: Duration::from_secs(3600),
         cors_allow_origin: None,
+        max_fills,
+        fill_timeout,
     };
     Pipeline::new(
         vod_router(&registry),
@@ -901,5 +915,64 @@ async fn a_player_that_probes_and_hangs_up_costs_no_slice_ahead() {
     // Read on, and the next slice is asked for while the first is sent.
     let r = p.handle(get(BIG, &[("range", "bytes=0-5000000")])).await;
     assert_eq!(collect(r).await.unwrap(), &body[..=5_000_000]);
+    assert_eq!(origin.opens().len(), 2);
+}
+
+/// With one fill allowed, a second slice waits for the first fill's place instead of reading
+/// (and buffering) at the same time; then it is served, exactly.
+#[tokio::test]
+async fn fills_beyond_max_fills_wait_for_a_place() {
+    let (dir, body) = movie_dir(200_000);
+    let (origin, gate) = Recording::gated(dir.path());
+    let p = Arc::new(pipeline_with(
+        origin.clone(),
+        64 << 10,
+        1,
+        Duration::from_secs(120),
+    ));
+    let first = p.handle(get(BIG, &[])).await;
+    assert_eq!(origin.opens().len(), 1);
+    let later = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            let r = p.handle(get(BIG, &[("range", "bytes=140000-")])).await;
+            (r.status, collect(r).await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        origin.opens().len(),
+        1,
+        "the second slice waits for a place"
+    );
+    assert!(!later.is_finished());
+    gate.add_permits(100);
+    assert_eq!(collect(first).await.unwrap(), body);
+    let (status, tail) = tokio::time::timeout(Duration::from_secs(5), later)
+        .await
+        .expect("served once the first fill is done")
+        .unwrap();
+    assert_eq!((status.as_u16(), &tail[..]), (206, &body[140_000..]));
+}
+
+/// An upstream that stops sending mid-slice is cut at `fill_timeout`: the viewer's body fails
+/// (never a short 200), the slice is not kept, and the next viewer gets a new fill.
+#[tokio::test]
+async fn a_fill_that_outlasts_fill_timeout_is_cut() {
+    let (dir, body) = movie_dir(200_000);
+    let (origin, gate) = Recording::gated(dir.path());
+    let p = pipeline_with(origin.clone(), 4 << 20, 64, Duration::from_secs(1));
+    let stuck = p.handle(get(BIG, &[])).await;
+    let cut = tokio::time::timeout(Duration::from_secs(5), collect(stuck))
+        .await
+        .expect("cut by fill_timeout");
+    assert!(
+        cut.is_err(),
+        "a trickling fill ends in an error, not a short body"
+    );
+    gate.add_permits(100);
+    let r = p.handle(get(BIG, &[])).await;
+    assert_ne!(r.headers["x-cache"], "HIT memory");
+    assert_eq!(collect(r).await.unwrap(), body);
     assert_eq!(origin.opens().len(), 2);
 }

@@ -66,7 +66,7 @@ impl Source {
 /// |---|---|---|
 /// | `edge_cache_lookups_total` | tier=`disk`, result | `hit`, `miss`, `stale` (expired copy served because the upstream failed) |
 /// | `edge_cache_served_bytes_total` | tier | body bytes served to viewers by tier (`memory`, `disk`, `seeder`, `origin`, `stale`) |
-/// | `edge_upstream_fills_total` | source, result | slice fills from below the disk: `seeder`/`origin` × `ok`, or `error`/`not_found` |
+/// | `edge_upstream_fills_total` | source, result | slice fills from below the disk: `seeder`/`origin` × `ok`, or `upstream` × `error`/`not_found`/`busy` (no free place among `max_fills` within 10 s) |
 /// | `edge_upstream_resumes_total` | | bodies that broke off and were resumed with a range request |
 #[derive(Clone)]
 pub(crate) struct TierMetrics {
@@ -161,7 +161,14 @@ pub(crate) struct Tiers {
     pub(crate) events: std::sync::OnceLock<Arc<dyn EventSink>>,
     /// Bytes per slice.
     pub(crate) slice: u64,
+    /// One permit per fill from the upstream in progress (`max_fills`).
+    pub(crate) fills: Arc<tokio::sync::Semaphore>,
+    /// Longest one slice may take to fill.
+    pub(crate) fill_timeout: Duration,
 }
+
+/// How long a fill waits for a free place among `max_fills` before it fails as an outage.
+const FILL_WAIT: Duration = Duration::from_secs(10);
 
 /// The key of the slice starting at byte `start` of the object at `path`: the path itself for
 /// the first slice (so an object of one slice is cached under its path, as before slicing),
@@ -184,6 +191,8 @@ struct Filling {
     ttl: Duration,
     mark: Option<PurgeMark>,
     started: Instant,
+    /// Its place among `max_fills`, given back when the body is in.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Tiers {
@@ -225,9 +234,31 @@ impl Tiers {
             }
             self.metrics.disk_miss.inc();
         }
+        let permit = match tokio::time::timeout(FILL_WAIT, self.fills.clone().acquire_owned()).await
+        {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(OriginError::Unavailable(
+                "every fill slot is taken (cache.max_fills)".into(),
+            )),
+        };
+        let busy = permit.is_err();
         let range = start..start.saturating_add(self.slice);
-        match self.upstream.open(path, Some(range), None).await {
-            Ok(opened) => {
+        let opened = match permit {
+            Ok(permit) => self
+                .upstream
+                .open(path, Some(range), None)
+                .await
+                .map(|o| (o, permit)),
+            Err(busy) => {
+                self.metrics
+                    .fills
+                    .with_label_values(&["upstream", "busy"])
+                    .inc();
+                Err(busy)
+            }
+        };
+        match opened {
+            Ok((opened, permit)) => {
                 let source = match opened.info.tier {
                     Tier::Seeder => crate::Source::Seeder,
                     Tier::Origin => crate::Source::Origin,
@@ -271,15 +302,18 @@ impl Tiers {
                     ttl,
                     mark,
                     started,
+                    _permit: permit,
                 };
                 tokio::spawn(self.clone().copy(memory.clone(), task, opened.body));
                 Ok((slice, ttl))
             }
             Err(e) => {
-                self.metrics
-                    .fills
-                    .with_label_values(&["upstream", outcome(&e)])
-                    .inc();
+                if !busy {
+                    self.metrics
+                        .fills
+                        .with_label_values(&["upstream", outcome(&e)])
+                        .inc();
+                }
                 match expired {
                     Some(entry)
                         if e.is_outage()
@@ -342,7 +376,10 @@ impl Tiers {
         let data = task.slice.data.clone();
         let guard = FinishGuard(data.clone());
         let source = task.slice.head.source.as_str();
-        match self.body(&task, body).await {
+        let filled = tokio::time::timeout(self.fill_timeout, self.body(&task, body))
+            .await
+            .unwrap_or(Err(OriginError::Timeout(self.fill_timeout)));
+        match filled {
             Ok(()) => {
                 data.finish(Ok(()));
                 self.emit(&task.key, source, "ok", task.slice.len, task.started);

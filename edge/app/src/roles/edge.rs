@@ -158,6 +158,8 @@ fn pipeline_config(cfg: &EdgeConfig) -> PipelineConfig {
         manifest_ttl: cfg.cache.manifest_ttl,
         segment_ttl: cfg.cache.segment_ttl,
         stale_if_error: cfg.cache.stale_if_error,
+        max_fills: cfg.cache.max_fills,
+        fill_timeout: cfg.cache.fill_timeout,
         cors_allow_origin: Some(cfg.server.cors_allow_origin.as_str())
             .filter(|o| !o.is_empty())
             .and_then(|o| http::HeaderValue::from_str(o).ok()),
