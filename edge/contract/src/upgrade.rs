@@ -44,7 +44,8 @@ impl Upgraded {
     }
 
     /// Resolves when the process starts draining: close the connection soon (a WebSocket
-    /// server sends a close frame, "going away"); the listener cuts it at the drain deadline.
+    /// server sends a close frame, "going away"). The drain waits for upgraded connections up
+    /// to its deadline like for any request; one still open then ends when the process exits.
     /// Independent of `self`, so that it can be awaited after the stream was handed to a
     /// protocol library.
     pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {

@@ -129,7 +129,7 @@ impl<H: Handler> HttpApp<H> {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "header_too_large",
         );
-        let _ = write_response(session, response, false).await;
+        let _ = write_response(session, response, false, self.conn.limits.send_timeout).await;
         // A body may follow the head: read some of it, so that closing does not reset the
         // connection before the client saw the answer.
         linger(session).await;
@@ -186,7 +186,13 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
             }
         };
         if matches!(response.body, Body::Upgrade(_)) {
-            upgrade(&mut session, response, shutdown).await;
+            upgrade(
+                &mut session,
+                response,
+                shutdown,
+                self.conn.limits.send_timeout,
+            )
+            .await;
             return None;
         }
         // A body the handler did not read to the end (or that broke) may leave bytes on the
@@ -195,7 +201,8 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
         if unread {
             session.set_keepalive(None);
         }
-        write_response(&mut session, response, head).await?;
+        let send_timeout = self.conn.limits.send_timeout;
+        write_response(&mut session, response, head, send_timeout).await?;
         if unread && !session.is_http2() {
             linger(&mut session).await;
             return None;
@@ -203,7 +210,8 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
         let mut persistent = HttpPersistentSettings::for_session(&session);
         // Tells the next request's head it comes on a reused connection.
         persistent.set_user_context(Box::new(Reused));
-        match session.finish().await {
+        let finished = tokio::time::timeout(send_timeout, session.finish()).await;
+        match finished.unwrap_or(Ok(None)) {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
             _ => None,
         }
@@ -255,6 +263,10 @@ fn request_head(session: &mut ServerSession) -> (EdgeRequest, Option<BodySender>
     let path = head.uri.path().to_owned();
     let query = head.uri.query().unwrap_or_default().to_owned();
     let mut headers = head.headers.clone();
+    // HTTP/1.0 has no upgrade (RFC 9110 §7.8: ignore `Upgrade` there); pingora would not switch.
+    if head.version == http::Version::HTTP_10 {
+        headers.remove(header::UPGRADE);
+    }
     if !headers.contains_key(http::header::HOST)
         && let Some(v) = head
             .uri
@@ -360,7 +372,12 @@ async fn pump_body(
 /// Sends a handler's `101` and hands it the connection ([`Body::Upgrade`]) until both are done
 /// with it; a 500 `upgrade_unavailable` when the request cannot be upgraded (HTTP/2, no
 /// `Upgrade` asked for, a status other than 101).
-async fn upgrade(session: &mut ServerSession, response: EdgeResponse, shutdown: &ShutdownWatch) {
+async fn upgrade(
+    session: &mut ServerSession,
+    response: EdgeResponse,
+    shutdown: &ShutdownWatch,
+    send_timeout: Duration,
+) {
     let EdgeResponse {
         status,
         headers,
@@ -374,7 +391,7 @@ async fn upgrade(session: &mut ServerSession, response: EdgeResponse, shutdown: 
     {
         tracing::error!(%status, "a handler upgraded a request that cannot be upgraded");
         let refused = EdgeResponse::error(StatusCode::INTERNAL_SERVER_ERROR, "upgrade_unavailable");
-        let _ = write_response(session, refused, false).await;
+        let _ = write_response(session, refused, false, send_timeout).await;
         return;
     }
     let Ok(mut head) = ResponseHeader::build(status, Some(headers.len() + 1)) else {
@@ -391,17 +408,16 @@ async fn upgrade(session: &mut ServerSession, response: EdgeResponse, shutdown: 
             return;
         }
     }
-    if head.insert_header(header::CONNECTION, "upgrade").is_err()
-        || session.write_response_header(Box::new(head)).await.is_err()
-        || !session.was_upgraded()
-    {
+    let head_ok = head.insert_header(header::CONNECTION, "upgrade");
+    let written = tokio::time::timeout(send_timeout, session.write_response_header(Box::new(head)));
+    if head_ok.is_err() || !matches!(written.await, Ok(Ok(()))) || !session.was_upgraded() {
         return;
     }
     // The upgraded protocol keeps its own time (WebSocket pings); reads wait as long as it does.
     session.set_read_timeout(None);
     let (theirs, ours) = Upgraded::pair(shutdown.clone());
     tokio::join!(on_upgrade(theirs), relay(session, ours));
-    session.shutdown().await;
+    close(session).await;
 }
 
 /// Copies the client's bytes to the handler and the handler's to the client until the handler
@@ -417,8 +433,10 @@ async fn relay(session: &mut ServerSession, ours: tokio::io::DuplexStream) {
         tokio::select! {
             read = session.read_request_body(), if client_open && pending.is_empty() => match read {
                 Ok(Some(chunk)) => pending = chunk,
-                // The client closed its side (or broke): the handler reads the end.
-                Ok(None) | Err(_) => {
+                // The connection broke: nothing more goes either way.
+                Err(_) => return,
+                // The client closed its side: the handler reads the end.
+                Ok(None) => {
                     client_open = false;
                     let _ = to_handler.shutdown().await;
                 }
@@ -446,10 +464,33 @@ async fn relay(session: &mut ServerSession, ours: tokio::io::DuplexStream) {
     }
 }
 
+/// Most bytes of one write to the client: `send_timeout` bounds each write, so it measures
+/// progress (a slow reader that keeps reading is not cut in the middle of a 4 MiB slice).
+const WRITE_PIECE: usize = 256 * 1024;
+
+/// How long a connection being closed may take to flush what is buffered for the client.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+
+/// Closes the connection (h1: flush and close, h2: reset the stream); a client that does not
+/// read cannot hold it.
+async fn close(session: &mut ServerSession) {
+    let _ = tokio::time::timeout(CLOSE_FLUSH, session.shutdown()).await;
+}
+
+/// Writes `bytes` in pieces of at most [`WRITE_PIECE`].
+async fn write_pieces(session: &mut ServerSession, mut bytes: bytes::Bytes) -> Option<()> {
+    while bytes.len() > WRITE_PIECE {
+        let piece = bytes.split_to(WRITE_PIECE);
+        session.write_response_body(piece, false).await.ok()?;
+    }
+    session.write_response_body(bytes, false).await.ok()
+}
+
 async fn write_response(
     session: &mut ServerSession,
     response: EdgeResponse,
     head: bool,
+    send_timeout: Duration,
 ) -> Option<()> {
     let EdgeResponse {
         status,
@@ -484,13 +525,20 @@ async fn write_response(
             None => {}
         }
     }
-    session.write_response_header(Box::new(resp)).await.ok()?;
+    // pingora bounds body writes (send_timeout), not the head's.
+    tokio::time::timeout(send_timeout, session.write_response_header(Box::new(resp)))
+        .await
+        .ok()?
+        .ok()?;
     if head || bodyless {
         return Some(());
     }
     match body {
         Body::Full(bytes) if bytes.is_empty() => Some(()),
-        Body::Full(bytes) => session.write_response_body(bytes, true).await.ok(),
+        Body::Full(bytes) => {
+            write_pieces(session, bytes).await?;
+            session.finish_body().await.ok()
+        }
         // Handled before (`upgrade`): never reaches here.
         Body::Upgrade(_) => None,
         Body::Stream { len, mut chunks } => {
@@ -502,19 +550,19 @@ async fn write_response(
                         // Cut the response (h1: close, h2: reset) so that the client cannot
                         // take what it got for the whole body.
                         tracing::debug!(error = %e, sent, "response body failed; cut");
-                        session.shutdown().await;
+                        close(session).await;
                         return None;
                     }
                 };
                 sent += chunk.len() as u64;
                 if len.is_some_and(|n| sent > n) {
-                    session.shutdown().await;
+                    close(session).await;
                     return None;
                 }
-                session.write_response_body(chunk, false).await.ok()?;
+                write_pieces(session, chunk).await?;
             }
             if len.is_some_and(|n| sent != n) {
-                session.shutdown().await;
+                close(session).await;
                 return None;
             }
             session.finish_body().await.ok()

@@ -242,6 +242,25 @@ impl<H: Handler> Guarded<H> {
     }
 }
 
+/// An HTTP/2 connection's entry in `h2_waiting`, removed on drop if it is still this one's.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    key: usize,
+    started: Arc<Notify>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.shared.h2_waiting.lock();
+        if waiting
+            .get(&self.key)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.started))
+        {
+            waiting.remove(&self.key);
+        }
+    }
+}
+
 /// Which protocol a plain connection's first bytes start.
 enum Start {
     H2,
@@ -288,17 +307,20 @@ impl<H: Handler> Guarded<H> {
         };
         let started = Arc::new(Notify::new());
         self.shared.h2_waiting.lock().insert(key, started.clone());
+        // Taken out again however this ends (cancelled included), and only if still ours: the
+        // address may belong to a newer connection once this one's digest is freed.
+        let _waiting = Waiting {
+            shared: &self.shared,
+            key,
+            started: started.clone(),
+        };
         let serve = self.h2c.process_new(stream, shutdown);
         tokio::pin!(serve);
         let first = tokio::time::timeout_at(deadline.into(), started.notified());
         let in_time = tokio::select! {
-            done = &mut serve => {
-                self.shared.h2_waiting.lock().remove(&key);
-                return done;
-            }
+            done = &mut serve => return done,
             first = first => first.is_ok(),
         };
-        self.shared.h2_waiting.lock().remove(&key);
         if in_time {
             return serve.await;
         }

@@ -18,7 +18,8 @@ use tokio::{
     net::TcpStream,
 };
 
-/// `/echo` reads the body (limit 1 MiB); anything else answers at once.
+/// `/echo` reads the body (limit 1 MiB); `/big` answers 16 MiB at once; anything else answers at
+/// once.
 struct Echo;
 
 #[async_trait::async_trait]
@@ -32,15 +33,20 @@ impl Handler for Echo {
                 }
             };
         }
+        if req.path == "/big" {
+            return EdgeResponse::new(StatusCode::OK, vec![7u8; BIG]);
+        }
         EdgeResponse::new(StatusCode::OK, "ok")
     }
 }
+
+const BIG: usize = 16 << 20;
 
 const LIMITS: Limits = Limits {
     header_timeout: Duration::from_secs(1),
     keepalive_timeout: Duration::from_secs(1),
     body_timeout: Duration::from_secs(1),
-    send_timeout: Duration::from_secs(5),
+    send_timeout: Duration::from_secs(2),
     max_connections: 40,
     max_connections_per_client: 20,
     max_header_bytes: 8 * 1024,
@@ -348,5 +354,50 @@ async fn a_request_shorter_than_the_h2_preface_is_answered() {
         "{r}"
     );
     assert!(r.ends_with("ok"), "{r}");
+    listeners.drain(Duration::from_secs(1)).await;
+}
+
+/// `send_timeout` bounds each wait for the client to take more, not the whole answer: a viewer
+/// reading a 16 MiB body steadily at a few MB/s takes longer than the timeout and gets all of it;
+/// one that stops reading is cut.
+#[tokio::test]
+async fn a_slow_reader_is_served_and_a_stopped_one_is_cut() {
+    let (addr, _, listeners) = serve(LIMITS);
+    let request = b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let connect = || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        s
+    };
+
+    let mut slow = connect().await;
+    let started = Instant::now();
+    let mut got = 0usize;
+    // At most 16 KiB per 3 ms: about 5 MB/s at most, so more than 3 s for the body.
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = slow.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let took = started.elapsed();
+    assert!(got > BIG, "the whole body and its head: {got}");
+    assert!(
+        took > LIMITS.send_timeout,
+        "slower than send_timeout in all ({took:?}), so the bound is per write"
+    );
+
+    let mut stopped = connect().await;
+    let mut head = [0u8; 1024];
+    let _ = stopped.read(&mut head).await.unwrap();
+    tokio::time::sleep(LIMITS.send_timeout + Duration::from_secs(2)).await;
+    let (rest, closed) = read_until_closed(&mut stopped, Duration::from_secs(10)).await;
+    assert!(closed, "the server gave up on it");
+    assert!(rest.len() < BIG, "cut: {} bytes", rest.len());
     listeners.drain(Duration::from_secs(1)).await;
 }

@@ -236,6 +236,10 @@ fn map_err(e: object_store::Error) -> OriginError {
     }
 }
 
+/// How far into an object a slice may start and still be read from a whole-object answer (an
+/// origin that ignores `Range`): further, each slice would read this much and more first.
+const WHOLE_READ_MAX: u64 = 64 << 20;
+
 /// Whether object_store refused a 200 answered to a range request: the HTTP store says
 /// `NotSupported` ("Range request not supported"); the cloud clients' error type is private
 /// (known by its words).
@@ -282,7 +286,10 @@ impl StoreOrigin {
             Ok(r) => Ok(r),
             // An HTTP origin that ignores `Range` answers 200 with the whole object; object_store
             // refuses that. Ask for the whole object: `open` reads only the bytes asked for.
-            Err(e) if range.is_some() && is_not_partial(&e) => {
+            Err(e)
+                if range.as_ref().is_some_and(|r| r.start <= WHOLE_READ_MAX)
+                    && is_not_partial(&e) =>
+            {
                 if !self
                     .ignores_range
                     .swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -349,7 +356,6 @@ fn file_body(file: std::fs::File, range: Range<u64>) -> ByteStream {
     .boxed()
 }
 
-/// `body` with every chunk awaited at most `timeout`.
 /// `take` bytes of `body` after its first `skip` (the rest is not read: dropping the stream
 /// closes the origin's connection).
 fn narrow(body: ByteStream, skip: u64, take: u64) -> ByteStream {
@@ -379,6 +385,7 @@ fn narrow(body: ByteStream, skip: u64, take: u64) -> ByteStream {
     .boxed()
 }
 
+/// `body` with every chunk awaited at most `timeout`.
 fn bounded(body: ByteStream, timeout: Duration) -> ByteStream {
     futures::stream::unfold(Some(body), move |state| async move {
         let mut body = state?;
@@ -441,6 +448,9 @@ impl Origin for StoreOrigin {
             object_store::GetResultPayload::File(file, _) => file_body(file, got.clone()),
             object_store::GetResultPayload::Stream(s) => s.map(|c| c.map_err(map_get_err)).boxed(),
         };
+        // Each chunk bounded (also those `narrow` skips: the skipped prefix of a whole-object
+        // answer is not one long wait).
+        let body = bounded(body, self.chunk_timeout);
         let body = if wanted == got {
             body
         } else {
@@ -449,7 +459,7 @@ impl Origin for StoreOrigin {
         Ok(Opened {
             info,
             range: wanted,
-            body: bounded(body, self.chunk_timeout),
+            body,
         })
     }
 
