@@ -367,3 +367,16 @@ fn demo_url(cfg: &EdgeConfig, addrs: &Addrs, secret: &str) -> Option<String> {
         )
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    /// `[server]`'s connection defaults and `edge_http::Limits::default()` are written twice (the
+    /// config crate may not depend on the listener's): they must say the same.
+    #[test]
+    fn server_defaults_are_the_listener_defaults() {
+        assert_eq!(
+            super::limits(&edge_config::ServerConfig::default()),
+            edge_http::Limits::default()
+        );
+    }
+}

@@ -95,6 +95,8 @@ enum EventsCommand {
 /// the system when freed. glibc otherwise raises its mmap threshold to the size of the first such
 /// buffer freed and serves later ones from its heaps, which keep what is freed: an edge that had
 /// streamed a 1 GiB object through its 256 MiB memory tier held 520 MiB instead of 340 MiB.
+/// 1 MiB, not lower: at 256 KiB every segment-sized buffer (a disk hit, a 256 KiB slice) was an
+/// mmap + munmap and its page faults, -20 % requests/s on the zipf bench (bench/RESULTS.md).
 #[allow(
     unsafe_code,
     reason = "mallopt has no safe binding; the only unsafe in the project"
@@ -103,7 +105,7 @@ fn map_large_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 
