@@ -247,6 +247,18 @@ mod tests {
         }
     }
 
+    /// `n` concurrent viewer checks, each of which must report healthy.
+    async fn viewers_all_see_healthy(monitor: &Arc<Monitor>, n: usize) {
+        let mut flood = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let m = monitor.clone();
+            flood.spawn(async move { m.latest().await.healthy() });
+        }
+        while let Some(healthy) = flood.join_next().await {
+            assert!(healthy.unwrap());
+        }
+    }
+
     /// A check slower than MAX_AGE (an origin timing out) answers every caller that waited for
     /// it: one check, not one per caller in turn.
     #[tokio::test]
@@ -256,14 +268,7 @@ mod tests {
             ..Checked::default()
         });
         let monitor = Arc::new(Monitor::new(origin.clone(), None, None, None));
-        let mut flood = tokio::task::JoinSet::new();
-        for _ in 0..50 {
-            let m = monitor.clone();
-            flood.spawn(async move { m.latest().await.healthy() });
-        }
-        while let Some(healthy) = flood.join_next().await {
-            assert!(healthy.unwrap());
-        }
+        viewers_all_see_healthy(&monitor, 50).await;
         assert_eq!(origin.checks.load(Ordering::SeqCst), 1);
     }
 
@@ -276,14 +281,7 @@ mod tests {
             0,
             "none while nobody asks"
         );
-        let mut flood = tokio::task::JoinSet::new();
-        for _ in 0..1000 {
-            let m = monitor.clone();
-            flood.spawn(async move { m.latest().await.healthy() });
-        }
-        while let Some(healthy) = flood.join_next().await {
-            assert!(healthy.unwrap());
-        }
+        viewers_all_see_healthy(&monitor, 1000).await;
         assert_eq!(origin.checks.load(Ordering::SeqCst), 1);
 
         origin.down.store(true, Ordering::SeqCst);

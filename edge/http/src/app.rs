@@ -114,7 +114,7 @@ impl<H: Handler> HttpApp<H> {
         }
         let head = session.req_header();
         let size = head.method.as_str().len()
-            + head.uri.to_string().len()
+            + head.raw_path().len()
             + head
                 .headers
                 .iter()
