@@ -92,8 +92,9 @@ pub(crate) fn upstream(
             membership_refresh: Duration::from_secs(2),
             heartbeat_stale: r.heartbeat_stale,
             request_timeout: r.seeder_timeout,
-            // A seeder serves whole files, so it can only answer for an object of one slice.
+            // Objects of more than one slice are read from seeders slice by slice.
             max_object: cfg.cache.slice.as_u64(),
+            slice: cfg.cache.slice.as_u64(),
             hedge_delay: r.hedge_delay,
             max_seeders: r.max_seeders,
             probe_interval: r.probe_interval,
@@ -161,8 +162,9 @@ pub(crate) fn seeder(
             heartbeat_interval: s.heartbeat_interval,
             retention: s.retention,
             pull_through: s.pull_through,
-            // Edges ask seeders only for objects of one slice.
+            // Edges ask seeders for whole objects of one slice and for slices of larger ones.
             max_object: cfg.cache.slice.as_u64(),
+            slice: cfg.cache.slice.as_u64(),
             purge_token: cfg.server.admin_token.clone(),
         },
         redis.map(|r| Directory::new(r.clone())),

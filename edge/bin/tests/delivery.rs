@@ -269,7 +269,17 @@ heartbeat_stale = "3s"
 
     /// A seeder whose cache already holds the whole demo stream.
     fn seeder(&self, id: &'static str) -> (Proc, String) {
+        self.seeder_with(id, &[])
+    }
+
+    /// A seeder whose cache holds the demo stream and `more` (paths below `/vod/movies/`).
+    fn seeder_with(&self, id: &'static str, more: &[(String, Vec<u8>)]) -> (Proc, String) {
         let cache = self.dir.path().join(id);
+        for (name, bytes) in more {
+            let p = cache.join("vod/movies").join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
         for (name, bytes) in demo_files() {
             let p = cache.join("vod/movies/demo").join(&name);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -435,6 +445,150 @@ fn an_edge_serves_from_seeders_found_in_redis_and_survives_a_seeder_killed_durin
         (r.status, r.header("x-content-sha256")),
         (200, sha(bytes).as_str())
     );
+}
+
+/// `n` bytes that differ from slice to slice (an LCG).
+fn pseudo_random(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+/// The value of the counter `name{labels}` in a Prometheus text page (0 when absent).
+fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Flips a byte of `file` at `at`, keeping its size and mtime: rot the seeder's scan cannot see.
+fn rot(file: &Path, at: usize) {
+    let mtime = std::fs::metadata(file).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[at] ^= 0x5a;
+    std::fs::write(file, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+#[test]
+fn objects_of_many_slices_come_from_seeders_by_slice_verified_and_go_on_from_the_origin() {
+    // 256 KiB slices: an object of 6 MiB + 1234 bytes is 25 of them.
+    let cluster = Cluster::new("[cache]\nslice = \"256 KiB\"\n");
+    let big = pseudo_random((6 << 20) + 1234);
+    let names = ["whole.mp4", "range.mp4", "rotten.mp4", "killed.mp4"];
+    let files: Vec<(String, Vec<u8>)> = names
+        .iter()
+        .map(|n| (format!("big/{n}"), big.clone()))
+        .collect();
+    for (name, bytes) in &files {
+        cluster.s3.put("vod", &format!("movies/{name}"), bytes);
+    }
+    // Seeder A's copy of rotten.mp4 rots in slice 5, B's in slice 9, after their scans.
+    let (mut seeder_a, _) = cluster.seeder_with("seeder-a", &files);
+    let (mut seeder_b, _) = cluster.seeder_with("seeder-b", &files);
+    let cache = |id: &str| {
+        cluster
+            .dir
+            .path()
+            .join(id)
+            .join("vod/movies/big/rotten.mp4")
+    };
+    rot(&cache("seeder-a"), 5 * (256 << 10) + 77);
+    rot(&cache("seeder-b"), 9 * (256 << 10) + 77);
+
+    // What the seeders published: the slice checksums of the content, 32 bytes a slice.
+    let mut conn = cluster.redis();
+    let list: Vec<u8> = redis::cmd("GET")
+        .arg(format!("slices:{}:{}", sha(&big), 256 << 10))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(list.len(), 25 * 32);
+    assert_eq!(
+        &list[32..64],
+        Sha256::digest(&big[256 << 10..512 << 10]).as_slice()
+    );
+
+    let (_edge, http, admin) = cluster.edge();
+    let metrics = || String::from_utf8(get(&admin, "/metrics").body).unwrap();
+    let seeder_fills = r#"edge_upstream_fills_total{result="ok",source="seeder"}"#;
+    let origin_fills = r#"edge_upstream_fills_total{result="ok",source="origin"}"#;
+
+    // Whole: every slice from the seeders, none from the origin.
+    let r = get(&http, "/vod/movies/big/whole.mp4");
+    assert_eq!((r.status, r.header("x-cache")), (200, "MISS seeder"));
+    assert_eq!(r.body.len(), big.len());
+    assert!(r.body == big, "whole object byte-exact");
+    let m = metrics();
+    assert_eq!(
+        (counter(&m, seeder_fills), counter(&m, origin_fills)),
+        (25, 0),
+        "{m}"
+    );
+
+    // A range in the middle costs the slices it touches.
+    let r = request(
+        &http,
+        "GET",
+        "/vod/movies/big/range.mp4",
+        "Range: bytes=1000000-3000000\r\n",
+        "",
+    );
+    assert_eq!(r.status, 206);
+    assert!(r.body == big[1_000_000..=3_000_000], "range byte-exact");
+    let m = metrics();
+    assert_eq!(counter(&m, seeder_fills), 25 + 9, "slices 3..=11: {m}");
+
+    // Rotten slices are refused (checksum) and read from the other seeder or the origin.
+    let r = get(&http, "/vod/movies/big/rotten.mp4");
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "rotten copies never reach the viewer");
+    let m = metrics();
+    let errors: u64 = ["seeder-a", "seeder-b"]
+        .iter()
+        .map(|id| {
+            counter(
+                &m,
+                &format!(r#"edge_upstream_fetches_total{{result="error",seeder="{id}"}}"#),
+            )
+        })
+        .sum();
+    assert!(errors >= 1, "the corrupt slice was caught: {m}");
+
+    // Both seeders killed while a viewer reads: the rest comes from the origin, verified
+    // against the seeders' slice checksums, in the same uninterrupted response.
+    let mut s = TcpStream::connect(&http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /vod/movies/big/killed.mp4 HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = vec![0; 600 << 10];
+    s.read_exact(&mut raw).unwrap();
+    seeder_a.kill();
+    seeder_b.kill();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert!(raw.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(raw.len() - split - 4, big.len(), "no byte missing");
+    assert!(
+        raw[split + 4..] == big[..],
+        "byte-identical across the kill"
+    );
+    let m = metrics();
+    assert!(counter(&m, origin_fills) > 0, "{m}");
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! | `stream:<id>:seeders` | set | ids of the seeders holding any segment of the stream | TTL renewed likewise |
 //! | `seeder:<id>` | hash | [`SeederStatus`]: `address`, `lastActive`, `startedAt`, `segments`, `bytes`, `ok`, `failed`, `successRate` | TTL renewed by the heartbeat |
 //! | `seeders` | set | every seeder id that has sent a heartbeat | members pruned by readers once `seeder:<id>` expired |
+//! | `slices:<checksum>:<slice>` | string | the SHA-256 of each `slice` bytes of the content of SHA-256 `checksum` (a file larger than a slice), 32 raw bytes each, in order | TTL renewed by every seeder holding such a file |
 //!
 //! A stream is addressed by its public path: with the streams prefix `/vod/movies/`, the path
 //! `/vod/movies/m1/720p/seg_001.ts` is segment `720p/seg_001.ts` of stream `m1` ([`SegmentRef`]).
@@ -110,6 +111,22 @@ pub fn seeder_key(id: &str) -> String {
     format!("seeder:{id}")
 }
 
+/// The checksums of the slices of a file larger than one slice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceList {
+    /// Lowercase hex SHA-256 of the whole content (the [`Holding::checksum`]).
+    pub checksum: String,
+    /// Bytes per slice (the last slice is shorter).
+    pub slice: u64,
+    /// SHA-256 of each slice, in order.
+    pub digests: Arc<[[u8; 32]]>,
+}
+
+/// `slices:<checksum>:<slice>`: content-addressed, so its value never changes.
+pub fn slices_key(checksum: &str, slice: u64) -> String {
+    format!("slices:{checksum}:{slice}")
+}
+
 const RECORD: &str = r"
 local ok = redis.call('HINCRBY', KEYS[1], 'ok', ARGV[1])
 local failed = redis.call('HINCRBY', KEYS[1], 'failed', ARGV[2])
@@ -177,6 +194,66 @@ impl Directory {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Records (or renews) slice lists, each expiring after `ttl` unless published again. A
+    /// list already there only has its TTL renewed: the value of a content-addressed key does
+    /// not change, and a large library's lists are not sent again every scan.
+    pub async fn publish_slices(&self, lists: &[SliceList], ttl: Duration) -> Result<(), KvError> {
+        let ms = millis(ttl);
+        for batch in lists.chunks(BATCH) {
+            let mut renew = redis::pipe();
+            for l in batch {
+                renew.pexpire(slices_key(&l.checksum, l.slice), ms as i64);
+            }
+            let renewed: Vec<bool> = self
+                .redis
+                .run(async |mut c| renew.query_async(&mut c).await)
+                .await?;
+            let mut write = redis::pipe();
+            let mut missing = false;
+            for (l, renewed) in batch.iter().zip(renewed) {
+                if !renewed {
+                    let value: Vec<u8> = l.digests.iter().flatten().copied().collect();
+                    write
+                        .cmd("SET")
+                        .arg(slices_key(&l.checksum, l.slice))
+                        .arg(value)
+                        .arg("PX")
+                        .arg(ms)
+                        .ignore();
+                    missing = true;
+                }
+            }
+            if missing {
+                self.redis
+                    .run(async |mut c| write.query_async::<()>(&mut c).await)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The slice checksums of the content `checksum` in slices of `slice` bytes, when a seeder
+    /// published them; `None` when none did (or the value is not a list of SHA-256 digests).
+    pub async fn slices(&self, checksum: &str, slice: u64) -> Result<Option<SliceList>, KvError> {
+        let key = slices_key(checksum, slice);
+        let value: Option<Vec<u8>> = self
+            .redis
+            .run(async |mut c| redis::cmd("GET").arg(&key).query_async(&mut c).await)
+            .await?;
+        let Some(value) = value.filter(|v| !v.is_empty() && v.len() % 32 == 0) else {
+            return Ok(None);
+        };
+        let digests: Arc<[[u8; 32]]> = value
+            .chunks_exact(32)
+            .map(|c| <[u8; 32]>::try_from(c).unwrap_or_default())
+            .collect();
+        Ok(Some(SliceList {
+            checksum: checksum.to_owned(),
+            slice,
+            digests,
+        }))
     }
 
     /// Removes `seeder_id`'s copies of `segments` (deleted files).

@@ -114,12 +114,25 @@ impl Slices {
         index: u64,
         kind: MediaKind,
     ) -> Result<(Slice, Status), FetchError> {
+        self.get_version(path, index, kind, None).await
+    }
+
+    /// [`Slices::get`], a fill asking the upstream for the version of entity tag `pin` (unquoted)
+    /// when given (a fill already running is joined whatever it reads).
+    async fn get_version(
+        &self,
+        path: &str,
+        index: u64,
+        kind: MediaKind,
+        pin: Option<&str>,
+    ) -> Result<(Slice, Status), FetchError> {
         let key = slice_key(path, index.saturating_mul(self.size()));
         let mut last = None;
         for _ in 0..2 {
             let fill = || {
                 let (tiers, memory, p) = (self.tiers.clone(), self.memory.clone(), path.to_owned());
-                async move { tiers.fill(&memory, &p, index, kind).await }
+                let pin = pin.map(str::to_owned);
+                async move { tiers.fill(&memory, &p, index, kind, pin.as_deref()).await }
             };
             let got = self.memory.get_or_fetch(&key, fill).await?;
             // A fill that failed after it was cached is on its way out: ask again.
@@ -138,8 +151,10 @@ impl Slices {
 
     /// `got`, the slice at `index` of the object at `path`, when it is of the version `head`
     /// describes. Another version: its copies (memory and disk) are dropped and the slice is
-    /// asked for once more; still another version, the object changed at the origin, and every
-    /// cached slice of it is dropped so the next viewer starts on one version.
+    /// asked for once more, of `head`'s version (its entity tag as `If-Match`: a seeder's version
+    /// stays on the seeders, an origin's on the origin); still another version, the object
+    /// changed at the origin, and every cached slice of it is dropped so the next viewer starts
+    /// on one version.
     async fn same_version(
         &self,
         path: &str,
@@ -161,7 +176,13 @@ impl Slices {
             if attempt == 1 {
                 break;
             }
-            got = self.get(path, index, kind).await.map_err(origin_error)?.0;
+            let pin = head.etag.as_deref().map(|e| e.trim_matches('"'));
+            match self.get_version(path, index, kind, pin).await {
+                Ok((slice, _)) => got = slice,
+                // The upstream no longer has that version.
+                Err(FetchError::Origin(OriginError::Changed)) => break,
+                Err(e) => return Err(origin_error(e)),
+            }
         }
         tracing::warn!(
             path,

@@ -986,3 +986,44 @@ async fn a_fill_that_outlasts_fill_timeout_is_cut() {
     assert_eq!(collect(r).await.unwrap(), body);
     assert_eq!(origin.opens().len(), 2);
 }
+
+#[tokio::test]
+async fn an_object_that_changes_mid_response_is_cut_never_stitched_and_then_served_anew() {
+    const SLICE: u64 = 64 << 10;
+    let (dir, body) = movie_dir(1_000_000);
+    let origin = Arc::new(Recording::new(dir.path()));
+    let p = pipeline_over(origin.clone(), SLICE);
+    // The first slice is cached at the old version.
+    let r = p.handle(get(BIG, &[("range", "bytes=0-999")])).await;
+    assert_eq!(collect(r).await.unwrap(), &body[..1000]);
+    let old = origin.opens()[0].clone();
+    assert_eq!(old.1, None);
+
+    // The object changes at the origin (same size, new bytes, new entity tag).
+    std::thread::sleep(Duration::from_millis(20));
+    let new: Vec<u8> = body.iter().map(|b| b ^ 0xff).collect();
+    std::fs::write(dir.path().join("vod/movies/m1/movie.mp4"), &new).unwrap();
+    let r = p.handle(get(BIG, &[])).await;
+    assert_eq!(r.status, 200);
+    let etag = r.headers["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    assert!(
+        collect(r).await.is_err(),
+        "a body stitched from two versions is never completed"
+    );
+    // Slice 1 of the new version, then slice 1 asked for the old version, which is gone.
+    let opens = origin.opens();
+    assert!(
+        opens.contains(&(Some(SLICE..2 * SLICE), Some(etag.clone()))),
+        "{opens:?}"
+    );
+
+    // Every cached slice of the old version was dropped: the next viewer gets the new one whole.
+    let r = p.handle(get(BIG, &[])).await;
+    assert_eq!(r.status, 200);
+    assert_ne!(r.headers["etag"].to_str().unwrap().trim_matches('"'), etag);
+    assert_eq!(collect(r).await.unwrap(), new);
+}

@@ -199,13 +199,16 @@ impl Tiers {
     /// The slice `index` of the object at `path` (of media `kind`) from disk (fresh) or the
     /// upstream; an expired disk copy when the upstream is down. Returns as soon as the upstream
     /// answered, with how long the memory tier may keep the slice; its body then fills in a task
-    /// that removes the slice from `memory` again if the body fails.
+    /// that removes the slice from `memory` again if the body fails. With `pin` (an unquoted
+    /// entity tag), the upstream is asked for that version (`If-Match`) and a disk copy of
+    /// another is not used.
     pub(crate) async fn fill(
         self: &Arc<Self>,
         memory: &Cache<Slice, FetchError>,
         path: &str,
         index: u64,
         kind: MediaKind,
+        pin: Option<&str>,
     ) -> Result<(Slice, Duration), FetchError> {
         let started = Instant::now();
         let start = index.saturating_mul(self.slice);
@@ -217,7 +220,12 @@ impl Tiers {
         let mut expired = None;
         if let Some(disk) = &self.disk {
             match disk.get(&key).await {
-                Some(e) if !self.fits(&e.meta, e.body.len() as u64, start) => {
+                Some(e)
+                    if !self.fits(&e.meta, e.body.len() as u64, start)
+                        || pin.is_some_and(|p| {
+                            e.meta.etag.as_deref().map(|t| t.trim_matches('"')) != Some(p)
+                        }) =>
+                {
                     disk.remove(&key).await;
                     // After our own removal: the slice read below may be kept.
                     mark = Some(disk.purge_mark());
@@ -246,7 +254,7 @@ impl Tiers {
         let opened = match permit {
             Ok(permit) => self
                 .upstream
-                .open(path, Some(range), None)
+                .open(path, Some(range), pin)
                 .await
                 .map(|o| (o, permit)),
             Err(busy) => {

@@ -9,6 +9,8 @@ use std::{
     collections::{HashMap, HashSet},
     fs,
     io::{self, Read, Write},
+    ops::Range,
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -17,15 +19,37 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+/// The SHA-256 of each slice of a file, in order.
+pub(crate) type Digests = Arc<[[u8; 32]]>;
+
 /// Where pulls write before renaming into place; hidden, so never scanned or served.
 pub(crate) const TMP_DIR: &str = ".tmp";
 
-/// A checksum and the file version it belongs to.
+/// The checksums of a file version (size and mtime): of the whole file and, for a file larger
+/// than a slice, of each slice.
 #[derive(Debug, Clone)]
 struct Hashed {
     len: u64,
     mtime: SystemTime,
     sha256: Arc<str>,
+    /// SHA-256 of each `slice` bytes of the file (the last one shorter); empty when the file is
+    /// one slice or less, whose slice checksum is `sha256`.
+    slices: Digests,
+}
+
+/// One slice of a file, read by [`Catalog::read_slice`].
+#[derive(Debug, Clone)]
+pub(crate) struct Part {
+    pub(crate) bytes: Bytes,
+    /// Lowercase hex SHA-256 of the slice, as computed when the file was scanned or stored (so a
+    /// file that rotted on disk since is caught by the edge that verifies it).
+    pub(crate) sha256: String,
+    /// Lowercase hex SHA-256 of the whole file: the version the slice belongs to.
+    pub(crate) object_sha256: Arc<str>,
+    /// Offset of the slice in the file.
+    pub(crate) start: u64,
+    /// Size of the whole file.
+    pub(crate) size: u64,
 }
 
 /// A file read whole.
@@ -41,6 +65,11 @@ pub(crate) struct Body {
 pub(crate) enum ReadError {
     /// Larger than `max_object`.
     TooLarge(u64),
+    /// The range asked for is not one slice of the file (`size`: the file's).
+    NotASlice(u64),
+    /// The file changed since it was last checksummed: it is not served by slice until the
+    /// next scan has checksummed it again.
+    NotChecksummed,
     /// The file system failed.
     Io(io::Error),
 }
@@ -74,6 +103,8 @@ pub(crate) struct Stored {
 #[derive(Debug)]
 pub(crate) struct Catalog {
     root: PathBuf,
+    /// Bytes per slice (the edges' `cache.slice`).
+    slice: u64,
     hashes: Mutex<HashMap<String, Hashed>>,
     served: Mutex<HashMap<String, SystemTime>>,
     seq: AtomicU64,
@@ -86,15 +117,76 @@ fn is_gone(e: &io::Error) -> bool {
     )
 }
 
-fn sha256_hex(bytes: &[u8]) -> Arc<str> {
-    hex::encode(Sha256::digest(bytes)).into()
+/// The checksums of a file as its bytes pass: the whole file's and each slice's.
+struct Hashes {
+    slice: u64,
+    whole: Sha256,
+    part: Sha256,
+    /// Bytes of the current slice hashed so far.
+    in_part: u64,
+    slices: Vec<[u8; 32]>,
+    len: u64,
+}
+
+impl Hashes {
+    fn new(slice: u64) -> Self {
+        Self {
+            slice,
+            whole: Sha256::new(),
+            part: Sha256::new(),
+            in_part: 0,
+            slices: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn of(slice: u64, bytes: &[u8], mtime: SystemTime) -> Hashed {
+        let mut h = Self::new(slice);
+        h.update(bytes);
+        let len = h.len;
+        h.finish(len, mtime)
+    }
+
+    fn update(&mut self, mut bytes: &[u8]) {
+        self.whole.update(bytes);
+        self.len += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let room = usize::try_from(self.slice - self.in_part).unwrap_or(usize::MAX);
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            self.part.update(now);
+            self.in_part += now.len() as u64;
+            bytes = rest;
+            if self.in_part == self.slice {
+                self.slices.push(self.part.finalize_reset().into());
+                self.in_part = 0;
+            }
+        }
+    }
+
+    /// The checksums of the file version of size `len` and `mtime`.
+    fn finish(mut self, len: u64, mtime: SystemTime) -> Hashed {
+        if self.in_part > 0 {
+            self.slices.push(self.part.finalize().into());
+        }
+        if self.len <= self.slice {
+            self.slices.clear();
+        }
+        Hashed {
+            len,
+            mtime,
+            sha256: hex::encode(self.whole.finalize()).into(),
+            slices: self.slices.into(),
+        }
+    }
 }
 
 impl Catalog {
-    /// A catalog of `root` (absolute, existing).
-    pub(crate) fn new(root: PathBuf) -> Self {
+    /// A catalog of `root` (absolute, existing) whose files are checksummed in slices of
+    /// `slice` bytes (at least 1) too.
+    pub(crate) fn new(root: PathBuf, slice: u64) -> Self {
         Self {
             root,
+            slice: slice.max(1),
             hashes: Mutex::default(),
             served: Mutex::default(),
             seq: AtomicU64::new(0),
@@ -131,8 +223,9 @@ impl Catalog {
         Some(path)
     }
 
-    /// Reads the file of `public` whole with its checksum; `None` when there is no such file.
-    pub(crate) fn read(&self, public: &str, max_object: u64) -> Result<Option<Body>, ReadError> {
+    /// Opens the regular file of `public` with its metadata (the version opened: files are
+    /// replaced by rename, never rewritten in place); `None` when there is no such file.
+    fn open(&self, public: &str) -> io::Result<Option<(fs::File, fs::Metadata)>> {
         let Some(path) = self.file(public) else {
             return Ok(None);
         };
@@ -142,15 +235,22 @@ impl Catalog {
             Ok(m) if m.is_file() => {}
             Ok(_) => return Ok(None),
             Err(e) if is_gone(&e) => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
-        let mut file = match fs::File::open(&path) {
+        let file = match fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if is_gone(&e) => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
-        // The version opened: files are replaced by rename, never rewritten in place.
         let meta = file.metadata()?;
+        Ok(Some((file, meta)))
+    }
+
+    /// Reads the file of `public` whole with its checksum; `None` when there is no such file.
+    pub(crate) fn read(&self, public: &str, max_object: u64) -> Result<Option<Body>, ReadError> {
+        let Some((mut file, meta)) = self.open(public)? else {
+            return Ok(None);
+        };
         let len = meta.len();
         if len > max_object {
             return Err(ReadError::TooLarge(len));
@@ -166,9 +266,10 @@ impl Catalog {
         let sha256 = match self.cached(public, len, mtime) {
             Some(sha) if buf.len() as u64 == len => sha,
             _ => {
-                let sha = sha256_hex(&buf);
+                let hashed = Hashes::of(self.slice, &buf, mtime);
+                let sha = hashed.sha256.clone();
                 if buf.len() as u64 == len {
-                    self.remember(public, len, mtime, sha.clone());
+                    self.remember(public, hashed);
                 }
                 sha
             }
@@ -179,6 +280,62 @@ impl Catalog {
         }))
     }
 
+    /// The slice of the file of `public` that `range` picks given the file's size (it must be
+    /// one slice: `start` on a slice boundary, `end` the next one or the end of the file), with
+    /// its checksum from the last scan or store; `None` when there is no such file. Reads only
+    /// the slice.
+    pub(crate) fn read_slice(
+        &self,
+        public: &str,
+        range: impl FnOnce(u64) -> Option<Range<u64>>,
+    ) -> Result<Option<Part>, ReadError> {
+        let Some((file, meta)) = self.open(public)? else {
+            return Ok(None);
+        };
+        let (len, mtime) = (meta.len(), meta.modified()?);
+        let range = range(len).ok_or(ReadError::NotASlice(len))?;
+        let hashed = self
+            .hashes
+            .lock()
+            .get(public)
+            .filter(|h| h.len == len && h.mtime == mtime)
+            .cloned()
+            .ok_or(ReadError::NotChecksummed)?;
+        let index = range.start / self.slice;
+        let one_slice = range.start % self.slice == 0
+            && range.start < len
+            && range.end == range.start.saturating_add(self.slice).min(len);
+        if !one_slice {
+            return Err(ReadError::NotASlice(len));
+        }
+        let sha256 = if hashed.slices.is_empty() {
+            hashed.sha256.to_string()
+        } else {
+            let i = usize::try_from(index).map_err(|_| ReadError::NotASlice(len))?;
+            hex::encode(hashed.slices.get(i).ok_or(ReadError::NotASlice(len))?)
+        };
+        let n = usize::try_from(range.end - range.start).map_err(|_| ReadError::NotASlice(len))?;
+        let mut buf = vec![0; n];
+        file.read_exact_at(&mut buf, range.start)?;
+        Ok(Some(Part {
+            bytes: Bytes::from(buf),
+            sha256,
+            object_sha256: hashed.sha256,
+            start: range.start,
+            size: len,
+        }))
+    }
+
+    /// The checksum and slice checksums of the file of `public` as last checksummed, when it is
+    /// larger than a slice.
+    pub(crate) fn slice_list(&self, public: &str) -> Option<(Arc<str>, Digests)> {
+        self.hashes
+            .lock()
+            .get(public)
+            .filter(|h| !h.slices.is_empty())
+            .map(|h| (h.sha256.clone(), h.slices.clone()))
+    }
+
     fn cached(&self, public: &str, len: u64, mtime: SystemTime) -> Option<Arc<str>> {
         self.hashes
             .lock()
@@ -187,24 +344,32 @@ impl Catalog {
             .map(|h| h.sha256.clone())
     }
 
-    fn remember(&self, public: &str, len: u64, mtime: SystemTime, sha256: Arc<str>) {
-        self.hashes
-            .lock()
-            .insert(public.to_owned(), Hashed { len, mtime, sha256 });
+    fn remember(&self, public: &str, hashed: Hashed) {
+        self.hashes.lock().insert(public.to_owned(), hashed);
     }
 
     /// The checksum of a found file: remembered when its size and mtime did not change, else
-    /// computed (streaming) and remembered.
+    /// computed (streaming, with the checksum of every slice) and remembered.
     pub(crate) fn checksum(&self, found: &Found) -> io::Result<Arc<str>> {
         if let Some(sha) = self.cached(&found.public, found.len, found.mtime) {
             return Ok(sha);
         }
         let mut file = fs::File::open(&found.path)?;
-        let mut hasher = Sha256::new();
-        let n = io::copy(&mut file, &mut hasher)?;
-        let sha: Arc<str> = hex::encode(hasher.finalize()).into();
+        let mut hashes = Hashes::new(self.slice);
+        let mut buf = vec![0; 256 << 10];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => hashes.update(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let n = hashes.len;
+        let hashed = hashes.finish(found.len, found.mtime);
+        let sha = hashed.sha256.clone();
         if n == found.len {
-            self.remember(&found.public, found.len, found.mtime, sha.clone());
+            self.remember(&found.public, hashed);
         }
         Ok(sha)
     }
@@ -316,9 +481,9 @@ impl Catalog {
             let _ = fs::remove_file(&tmp);
         }
         let mtime = stored?;
-        let sha256 = sha256_hex(body);
-        let len = body.len() as u64;
-        self.remember(public, len, mtime, sha256.clone());
+        let hashed = Hashes::of(self.slice, body, mtime);
+        let (len, sha256) = (hashed.len, hashed.sha256.clone());
+        self.remember(public, hashed);
         Ok(Stored { len, mtime, sha256 })
     }
 

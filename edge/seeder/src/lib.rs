@@ -9,7 +9,8 @@
 //! [`Seeder::spawn`] runs the maintenance loop that replaces the Java seeder worker:
 //!
 //! - **scan** every `scan_interval` ([`Seeder::scan_once`]): walk the cache, checksum new or changed
-//!   files (unchanged ones keep their SHA-256 by path, size and mtime), publish a [`Holding`] for
+//!   files, whole and per slice (unchanged ones keep their SHA-256 by path, size and mtime),
+//!   publish a [`Holding`] for
 //!   every file under the streams prefix with a TTL of `key_ttl` (so keys of a dead seeder expire
 //!   by themselves), withdraw the segments that disappeared, delete files not accessed for
 //!   `retention` (the later of their mtime and the last time this seeder served them), and log a
@@ -22,7 +23,9 @@
 //! published again, since a restarted Redis is empty. Without a directory the seeder just serves.
 //!
 //! The HTTP face is an [`edge_contract::Handler`]: `GET`/`HEAD` of a public path answers the file
-//! whole, with `x-content-sha256` for edges to verify the body; with `pull_through` a missing
+//! whole, with `x-content-sha256` for edges to verify the body; a `Range` request for one slice
+//! of a file (of any size) answers that slice alone, 206 with the slice's own checksum, computed
+//! at scan, and the whole file's (`x-object-sha256`, the version); with `pull_through` a missing
 //! segment is read once from the origin (concurrent requests share the read), stored atomically
 //! and published at once. `GET /_seeder/health` reports readiness ([`HEALTH_PATH`]).
 //!
@@ -46,10 +49,10 @@ mod serve;
 pub use purge::PURGE_PATH;
 pub use serve::HEALTH_PATH;
 
-use edge_directory::{Directory, Holding, SeederStatus, SegmentRef};
+use edge_directory::{Directory, Holding, SeederStatus, SegmentRef, SliceList};
 use edge_kv::KvError;
 use edge_origin::Origin;
-use files::Catalog;
+use files::{Catalog, Digests};
 use http::HeaderValue;
 use metrics::Metrics;
 use parking_lot::Mutex;
@@ -86,8 +89,13 @@ pub struct SeederConfig {
     pub retention: Duration,
     /// Fetch missing segments from the origin, keep them and publish them.
     pub pull_through: bool,
-    /// Largest file served or pulled, in bytes (files are read whole into memory).
+    /// Largest file served whole or pulled, in bytes (such files are read whole into memory).
+    /// Larger files are served by slice.
     pub max_object: u64,
+    /// Bytes per slice: a `Range` request for one slice of a file (`bytes=i*slice-…`, up to the
+    /// next slice or the end of the file) is answered 206 with the slice's own SHA-256, computed
+    /// when the file was scanned. The edges' `cache.slice`, which must be the same.
+    pub slice: u64,
     /// Bearer token of `POST /_seeder/purge` (the edges' `server.admin_token`); `None` refuses
     /// purges.
     pub purge_token: Option<String>,
@@ -96,7 +104,7 @@ pub struct SeederConfig {
 impl SeederConfig {
     /// Settings with the defaults of the seeder worker this replaces: streams under
     /// `/vod/movies/`, a scan every 30 s with keys living 90 s, a heartbeat every 5 s, files kept
-    /// forever, no pull-through, objects up to 64 MiB.
+    /// forever, no pull-through, whole reads up to 64 MiB, slices of 4 MiB.
     pub fn new(
         id: impl Into<String>,
         cache_path: impl Into<PathBuf>,
@@ -113,6 +121,7 @@ impl SeederConfig {
             retention: Duration::ZERO,
             pull_through: false,
             max_object: 64 * 1024 * 1024,
+            slice: 4 * 1024 * 1024,
             purge_token: None,
         }
     }
@@ -133,6 +142,9 @@ impl SeederConfig {
             || self.key_ttl.is_zero()
         {
             return bad("scan_interval, heartbeat_interval and key_ttl must be positive");
+        }
+        if self.slice == 0 {
+            return bad("slice must be positive");
         }
         Ok(())
     }
@@ -179,6 +191,8 @@ pub struct ScanReport {
 struct State {
     /// Every published segment (last scan plus pulls since).
     holdings: HashMap<SegmentRef, Holding>,
+    /// The slice checksums of the segments larger than a slice (last scan), by checksum.
+    slice_lists: HashMap<Arc<str>, Digests>,
     /// Withdrawals that failed, retried by the next directory sync.
     pending_withdraw: HashSet<SegmentRef>,
     /// Files in the cache.
@@ -252,7 +266,7 @@ impl Seeder {
         };
         std::fs::create_dir_all(&cfg.cache_path).map_err(io)?;
         let root = std::fs::canonicalize(&cfg.cache_path).map_err(io)?;
-        let catalog = Catalog::new(root);
+        let catalog = Catalog::new(root, cfg.slice);
         catalog.clear_tmp().map_err(io)?;
         let metrics = Metrics::new(registry)?;
         let id_header =
@@ -469,8 +483,17 @@ impl Seeder {
         dir: &Directory,
         stale: Vec<SegmentRef>,
     ) -> (u64, u64, Option<String>) {
-        let (holdings, withdraw) = {
+        let (holdings, withdraw, lists) = {
             let mut state = self.state.lock();
+            let lists: Vec<SliceList> = state
+                .slice_lists
+                .iter()
+                .map(|(sum, digests)| SliceList {
+                    checksum: sum.to_string(),
+                    slice: self.cfg.slice,
+                    digests: digests.clone(),
+                })
+                .collect();
             state.pending_withdraw.extend(stale);
             let holdings = &state.holdings;
             let withdraw: Vec<SegmentRef> = state
@@ -483,7 +506,7 @@ impl Seeder {
                 .iter()
                 .map(|(s, h)| (s.clone(), h.clone()))
                 .collect();
-            (holdings, withdraw)
+            (holdings, withdraw, lists)
         };
         let mut error = None;
         let mut withdrawn = 0;
@@ -515,6 +538,14 @@ impl Seeder {
                 Ok(_) => published = holdings.len() as u64,
                 Err(e) => error = Some(e.to_string()),
             }
+        }
+        // After the holdings: an edge that finds a holding without its slice list reads the
+        // seeders' slices all the same, it just cannot verify an origin's slice against them.
+        if error.is_none()
+            && !lists.is_empty()
+            && let Err(e) = self.note(dir.publish_slices(&lists, self.cfg.key_ttl).await)
+        {
+            error = Some(e.to_string());
         }
         (published, withdrawn, error)
     }

@@ -1,6 +1,9 @@
 //! The periodic scan: walk the cache, checksum, expire, publish, withdraw.
 
-use crate::{ScanReport, Seeder, files::Catalog};
+use crate::{
+    ScanReport, Seeder,
+    files::{Catalog, Digests},
+};
 use edge_directory::{Holding, SegmentRef};
 use std::{
     collections::{HashMap, HashSet},
@@ -15,9 +18,11 @@ struct DiskScan {
     files: u64,
     /// Their bytes.
     bytes: u64,
-    /// The segments among them (under the streams prefix, at most `max_object`), with their
-    /// size, checksum and last access.
+    /// The segments among them (under the streams prefix), with their size, checksum and last
+    /// access.
     segments: Vec<(SegmentRef, u64, Arc<str>, SystemTime)>,
+    /// The slice checksums of the segments larger than a slice, by checksum.
+    slice_lists: HashMap<Arc<str>, Digests>,
     /// Segments of the files deleted by retention.
     expired: Vec<SegmentRef>,
     /// Files deleted by retention.
@@ -25,13 +30,7 @@ struct DiskScan {
 }
 
 /// The blocking part of a scan.
-fn scan_disk(
-    catalog: &Catalog,
-    prefix: &str,
-    retention: Duration,
-    max_object: u64,
-    now: SystemTime,
-) -> DiskScan {
+fn scan_disk(catalog: &Catalog, prefix: &str, retention: Duration, now: SystemTime) -> DiskScan {
     let (found, errors) = catalog.walk();
     for error in errors {
         tracing::warn!(%error, "seeder scan cannot read a directory");
@@ -63,16 +62,13 @@ fn scan_disk(
         scan.files += 1;
         scan.bytes += f.len;
         let Some(segment) = segment else { continue };
-        if f.len > max_object {
-            tracing::debug!(
-                path = f.public,
-                size = f.len,
-                "file larger than max_object not published"
-            );
-            continue;
-        }
         match catalog.checksum(f) {
-            Ok(sha) => scan.segments.push((segment, f.len, sha, last_access)),
+            Ok(sha) => {
+                if let Some((sum, list)) = catalog.slice_list(&f.public) {
+                    scan.slice_lists.insert(sum, list);
+                }
+                scan.segments.push((segment, f.len, sha, last_access));
+            }
             Err(e) => tracing::warn!(path = f.public, error = %e, "cannot checksum a file"),
         }
     }
@@ -89,13 +85,9 @@ impl Seeder {
     pub async fn scan_once(&self) -> ScanReport {
         let _scan = self.scan_lock.lock().await;
         let catalog = self.catalog.clone();
-        let (prefix, retention, max_object) = (
-            self.cfg.streams_prefix.clone(),
-            self.cfg.retention,
-            self.cfg.max_object,
-        );
+        let (prefix, retention) = (self.cfg.streams_prefix.clone(), self.cfg.retention);
         let disk = tokio::task::spawn_blocking(move || {
-            scan_disk(&catalog, &prefix, retention, max_object, SystemTime::now())
+            scan_disk(&catalog, &prefix, retention, SystemTime::now())
         })
         .await;
         let disk = match disk {
@@ -143,6 +135,7 @@ impl Seeder {
                 .collect();
             state.holdings = current;
             state.holdings.extend(carried);
+            state.slice_lists = disk.slice_lists;
             state.files = disk.files;
             state.bytes = disk.bytes;
         }

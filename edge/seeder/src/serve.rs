@@ -11,7 +11,33 @@ use edge_directory::SegmentRef;
 use edge_origin::OriginError;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
-/// The health endpoint: `200 {"seederId":..,"ready":true,"segments":n,"bytes":n}`, or 503 with
+/// The header carrying the lowercase hex SHA-256 of the body (of the slice, for a 206).
+const CHECKSUM: &str = "x-content-sha256";
+/// The header carrying the lowercase hex SHA-256 of the whole file, on a 206.
+const OBJECT_CHECKSUM: &str = "x-object-sha256";
+/// The header carrying this seeder's slice size, on a 416 for a range that is not one slice.
+const SLICE: &str = "x-seeder-slice";
+
+/// The answer to a file that could not be read.
+fn read_failed(path: &str, e: &ReadError) -> (Option<Outcome>, EdgeResponse) {
+    let r = match e {
+        ReadError::TooLarge(size) => {
+            tracing::warn!(path, size, "file larger than max_object refused");
+            EdgeResponse::error(StatusCode::BAD_GATEWAY, "object_too_large")
+        }
+        ReadError::Io(e) => {
+            tracing::warn!(path, error = %e, "cannot read a cached file");
+            EdgeResponse::error(StatusCode::INTERNAL_SERVER_ERROR, "read_failed")
+        }
+        // Answered by the callers that can meet them.
+        ReadError::NotASlice(_) | ReadError::NotChecksummed => {
+            EdgeResponse::error(StatusCode::INTERNAL_SERVER_ERROR, "read_failed")
+        }
+    };
+    (Some(Outcome::Error), r)
+}
+
+/// The health endpoint: `200 {"seederId":..,"ready":true,"segments":n,"bytes":n,"slice":n}`, or 503 with
 /// `"ready":false` before the first scan finished and after shutdown.
 pub const HEALTH_PATH: &str = "/_seeder/health";
 
@@ -27,6 +53,7 @@ impl Seeder {
             "ready": ready,
             "segments": segments,
             "bytes": bytes,
+            "slice": self.cfg.slice,
         });
         let status = if ready {
             StatusCode::OK
@@ -36,24 +63,88 @@ impl Seeder {
         EdgeResponse::json(status, body.to_string())
     }
 
-    fn object(&self, path: &str, body: &Body, x_cache: &'static str) -> EdgeResponse {
+    /// The headers of an answer with a body of checksum `sha` from a file of checksum `object`.
+    fn headers(&self, path: &str, object: &str, sha: &str, x_cache: &'static str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         let content_type = classify(path).map_or("application/octet-stream", |(t, _)| t);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        let sha = &*body.sha256;
-        if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", &sha[..sha.len().min(32)])) {
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", &object[..object.len().min(32)])) {
             headers.insert(header::ETAG, v);
         }
         if let Ok(v) = HeaderValue::from_str(sha) {
-            headers.insert("x-content-sha256", v);
+            headers.insert(CHECKSUM, v);
         }
         headers.insert("x-seeder-id", self.id_header.clone());
         headers.insert("x-cache", HeaderValue::from_static(x_cache));
+        headers
+    }
+
+    fn object(&self, path: &str, body: &Body, x_cache: &'static str) -> EdgeResponse {
         EdgeResponse {
             status: StatusCode::OK,
-            headers,
+            headers: self.headers(path, &body.sha256, &body.sha256, x_cache),
             body: body.bytes.clone().into(),
         }
+    }
+
+    /// Answers a `Range` request: one slice of a file, 206 with the slice's checksum and the
+    /// file's; 416 for any other range; 404 for a missing file or one changed since it was last
+    /// checksummed (never pulled: edges ask for slices of files the directory says are here).
+    async fn slice(&self, path: &str, range: &HeaderValue) -> (Option<Outcome>, EdgeResponse) {
+        let spec = range
+            .to_str()
+            .ok()
+            .and_then(|r| http_range_header::parse_range_header(r).ok());
+        let (catalog, p) = (self.catalog.clone(), path.to_owned());
+        let read = tokio::task::spawn_blocking(move || {
+            catalog.read_slice(&p, |len| match spec?.validate(len).ok()?.as_slice() {
+                [r] => Some(*r.start()..r.end().saturating_add(1)),
+                _ => None,
+            })
+        })
+        .await;
+        let part = match read {
+            Ok(Ok(Some(part))) => part,
+            Ok(Ok(None) | Err(ReadError::NotChecksummed)) => {
+                return (
+                    Some(Outcome::NotFound),
+                    EdgeResponse::error(StatusCode::NOT_FOUND, "not_found"),
+                );
+            }
+            Ok(Err(ReadError::NotASlice(len))) => {
+                let mut r =
+                    EdgeResponse::error(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_a_slice");
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    r.headers.insert(header::CONTENT_RANGE, v);
+                }
+                r.headers.insert(SLICE, HeaderValue::from(self.cfg.slice));
+                return (Some(Outcome::Error), r);
+            }
+            Ok(Err(e)) => return read_failed(path, &e),
+            Err(e) => {
+                tracing::error!(path, error = %e, "read task failed");
+                return (
+                    Some(Outcome::Error),
+                    EdgeResponse::error(StatusCode::INTERNAL_SERVER_ERROR, "read_failed"),
+                );
+            }
+        };
+        self.catalog.touch(path);
+        let mut headers = self.headers(path, &part.object_sha256, &part.sha256, "HIT seeder");
+        if let Ok(v) = HeaderValue::from_str(&part.object_sha256) {
+            headers.insert(OBJECT_CHECKSUM, v);
+        }
+        let last = part.start + part.bytes.len() as u64 - 1;
+        let range = format!("bytes {}-{last}/{}", part.start, part.size);
+        if let Ok(v) = HeaderValue::from_str(&range) {
+            headers.insert(header::CONTENT_RANGE, v);
+        }
+        let response = EdgeResponse {
+            status: StatusCode::PARTIAL_CONTENT,
+            headers,
+            body: part.bytes.into(),
+        };
+        (Some(Outcome::Hit), response)
     }
 
     /// Answers an object request; `None` outcome for the health endpoint.
@@ -88,6 +179,9 @@ impl Seeder {
         if path.starts_with("/_seeder/") {
             return not_found();
         }
+        if let Some(range) = req.headers.get(header::RANGE) {
+            return self.slice(&path, range).await;
+        }
         let (catalog, p, max) = (self.catalog.clone(), path.clone(), self.cfg.max_object);
         let read = tokio::task::spawn_blocking(move || catalog.read(&p, max)).await;
         match read {
@@ -96,20 +190,7 @@ impl Seeder {
                 return (Some(Outcome::Hit), self.object(&path, &body, "HIT seeder"));
             }
             Ok(Ok(None)) => {}
-            Ok(Err(ReadError::TooLarge(size))) => {
-                tracing::warn!(path, size, "file larger than max_object refused");
-                return (
-                    Some(Outcome::Error),
-                    EdgeResponse::error(StatusCode::BAD_GATEWAY, "object_too_large"),
-                );
-            }
-            Ok(Err(ReadError::Io(e))) => {
-                tracing::warn!(path, error = %e, "cannot read a cached file");
-                return (
-                    Some(Outcome::Error),
-                    EdgeResponse::error(StatusCode::INTERNAL_SERVER_ERROR, "read_failed"),
-                );
-            }
+            Ok(Err(e)) => return read_failed(&path, &e),
             Err(e) => {
                 tracing::error!(path, error = %e, "read task failed");
                 return (
@@ -151,7 +232,9 @@ impl Seeder {
 
 /// `GET`/`HEAD` of a public path answers the cached file whole (`x-cache: HIT seeder`), or with
 /// pull-through the origin's copy (`x-cache: MISS seeder-pull`), with `content-type` by extension,
-/// `etag`, `x-content-sha256` (lowercase hex SHA-256 of the body) and `x-seeder-id`. Hidden paths
+/// `etag`, `x-content-sha256` (lowercase hex SHA-256 of the body) and `x-seeder-id`. With `Range`:
+/// one slice of the file as a 206 (`content-range`, `x-content-sha256` of the slice as checksummed
+/// at scan, `x-object-sha256` of the file), 416 with `x-seeder-slice` for any other range. Hidden paths
 /// (dotfiles, the pull temp directory) do not exist; `..` is refused by normalisation (400). Errors
 /// are JSON: 404 `{"error":"not_found"}`, 405, 400, 502 when the origin fails; every answer carries
 /// `x-seeder-id`. Never waits for the directory.
@@ -166,7 +249,11 @@ impl Handler for Seeder {
             .insert("x-seeder-id", self.id_header.clone());
         if let Some(outcome) = outcome {
             self.metrics.request(outcome);
-            if req.method == Method::GET && response.status == StatusCode::OK {
+            let served = matches!(
+                response.status,
+                StatusCode::OK | StatusCode::PARTIAL_CONTENT
+            );
+            if req.method == Method::GET && served {
                 self.metrics
                     .bytes_served
                     .inc_by(response.body.len().unwrap_or(0));

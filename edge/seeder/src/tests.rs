@@ -329,7 +329,7 @@ async fn handler_serves_files_with_checksums() {
     let health: serde_json::Value = serde_json::from_slice(r.body_bytes().unwrap()).unwrap();
     assert_eq!(
         health,
-        serde_json::json!({"seederId": "s1", "ready": true, "segments": 2, "bytes": body.len() + 1})
+        serde_json::json!({"seederId": "s1", "ready": true, "segments": 2, "bytes": body.len() + 1, "slice": 4 << 20})
     );
 
     let text = prometheus::TextEncoder::new()
@@ -406,6 +406,109 @@ impl Origin for Broken {
     fn describe(&self) -> String {
         "broken".into()
     }
+}
+
+async fn get_range(seeder: &Seeder, path: &str, range: &str) -> EdgeResponse {
+    let mut req = request(Method::GET, path);
+    req.headers
+        .insert(http::header::RANGE, range.parse().unwrap());
+    seeder.handle(req).await
+}
+
+#[tokio::test]
+async fn slices_of_a_file_are_served_with_the_checksums_of_the_scan() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = cache.path();
+    // 3.5 slices of 1000 bytes; whole reads up to 1500 bytes.
+    let body: Vec<u8> = (0..3500u32).map(|i| (i * 7 % 251) as u8).collect();
+    write(root, "vod/movies/big/movie.mp4", &body);
+    write(root, "vod/movies/big/small.ts", &body[..800]);
+    let registry = prometheus::Registry::new();
+    let cfg = SeederConfig {
+        slice: 1000,
+        max_object: 1500,
+        ..config(root)
+    };
+    let seeder = Seeder::new(cfg, None, None, &registry).unwrap();
+    let path = "/vod/movies/big/movie.mp4";
+    // Not checksummed yet (no scan): not served by slice.
+    let r = get_range(&seeder, path, "bytes=0-999").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let report = seeder.scan_once().await;
+    assert_eq!(report.files, 2);
+
+    let whole = sha(&body);
+    for (range, want) in [
+        ("bytes=0-999", 0..1000),
+        ("bytes=1000-1999", 1000..2000),
+        ("bytes=3000-3499", 3000..3500),
+        ("bytes=3000-", 3000..3500),
+    ] {
+        let r = get_range(&seeder, path, range).await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{range}");
+        let part = &body[want.start..want.end];
+        assert_eq!(r.body, Bytes::copy_from_slice(part), "{range}");
+        assert_eq!(header(&r, "x-content-sha256"), sha(part), "{range}");
+        assert_eq!(header(&r, "x-object-sha256"), whole);
+        assert_eq!(header(&r, "etag"), format!("\"{}\"", &whole[..32]));
+        assert_eq!(
+            header(&r, "content-range"),
+            format!("bytes {}-{}/3500", want.start, want.end - 1)
+        );
+        assert_eq!(header(&r, "x-cache"), "HIT seeder");
+    }
+    // Anything but one slice: 416 naming the size and the seeder's slice.
+    for range in [
+        "bytes=500-1499",
+        "bytes=0-1999",
+        "bytes=0-99",
+        "bytes=0-0,2000-2999",
+        "bytes=4000-4999",
+        "pages=1",
+    ] {
+        let r = get_range(&seeder, path, range).await;
+        assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+        assert_eq!(header(&r, "content-range"), "bytes */3500", "{range}");
+        assert_eq!(header(&r, "x-seeder-slice"), "1000", "{range}");
+    }
+    // Too large to be read whole; a file of one slice is its own only slice.
+    assert_eq!(get(&seeder, path).await.status, StatusCode::BAD_GATEWAY);
+    let r = get_range(&seeder, "/vod/movies/big/small.ts", "bytes=0-799").await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header(&r, "x-content-sha256"), sha(&body[..800]));
+    assert_eq!(header(&r, "x-object-sha256"), sha(&body[..800]));
+    // No pull for a slice of a file that is not here.
+    let r = get_range(&seeder, "/vod/movies/big/other.mp4", "bytes=0-999").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Bytes that rot on disk after the scan (same size and mtime) are served with the checksum
+    // of the scan, so the edge verifying them refuses them.
+    let file = root.join("vod/movies/big/movie.mp4");
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let mut rotten = body.clone();
+    rotten[1500] ^= 0xff;
+    std::fs::write(&file, &rotten).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let r = get_range(&seeder, path, "bytes=1000-1999").await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.body, Bytes::copy_from_slice(&rotten[1000..2000]));
+    assert_eq!(header(&r, "x-content-sha256"), sha(&body[1000..2000]));
+    assert_ne!(sha(&rotten[1000..2000]), sha(&body[1000..2000]));
+
+    // A file replaced since the scan is not served by slice until a scan checksummed it.
+    std::thread::sleep(Duration::from_millis(20));
+    write(root, "vod/movies/big/movie.mp4", &rotten);
+    let r = get_range(&seeder, path, "bytes=1000-1999").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    seeder.scan_once().await;
+    let r = get_range(&seeder, path, "bytes=1000-1999").await;
+    assert_eq!(header(&r, "x-content-sha256"), sha(&rotten[1000..2000]));
+    assert_eq!(header(&r, "x-object-sha256"), sha(&rotten));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

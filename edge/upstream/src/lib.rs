@@ -18,11 +18,17 @@
 //!    itself, which pulls the segment from the origin and keeps it. At most `max_seeders`.
 //! 3. **Hedged chain**: the first candidate starts; the next starts when it fails, or when it has
 //!    not finished within `hedge_delay`; the origin is the chain's last link. The first success
-//!    wins and the other attempts are dropped.
-//! 4. **Verification**: a seeder's answer counts only with status 200, the whole body (a
-//!    connection cut before `Content-Length` bytes is an error) of at most `max_object` bytes
-//!    (a larger one is cut off, never buffered whole) and a body whose SHA-256 equals
-//!    its `x-content-sha256` header and the directory's checksum. A truncated or corrupt body is
+//!    wins and the other attempts are dropped. An object larger than a slice is read slice by
+//!    slice (`Range` requests the seeder answers from its per-slice checksums), all of one
+//!    version (the first holder's checksum; a later slice asked for with that version's entity
+//!    tag stays on the seeders), and the origin serves a slice only once every seeder failed:
+//!    its entity tag is another, so a response started on the seeders' version would otherwise
+//!    be cut for a slice of the origin's.
+//! 4. **Verification**: a seeder's answer counts only with status 200 (206 for a slice), the
+//!    whole body (a connection cut before `Content-Length` bytes is an error) of at most
+//!    `max_object` bytes (a larger one is cut off, never buffered whole) and a body whose SHA-256
+//!    equals its `x-content-sha256` header; the file's checksum (the body's, or a slice's
+//!    `x-object-sha256`) and size must be the directory's. A truncated or corrupt body is
 //!    never returned. A 404 moves on to the next candidate; any other failure also takes the
 //!    seeder out of use until its `GET /_seeder/health` answers 200 again (probed every
 //!    `probe_interval`).
@@ -61,6 +67,7 @@ mod route;
 use arc_swap::ArcSwap;
 use edge_directory::{Directory, SegmentRef};
 use edge_origin::{Opened, Origin, OriginError};
+use hedge::OriginLink;
 use std::{
     ops::Range,
     sync::{Arc, Weak, atomic::AtomicBool},
@@ -83,9 +90,13 @@ pub struct RoutingConfig {
     pub heartbeat_stale: Duration,
     /// Bound on one attempt at a seeder, body included (and on a health probe).
     pub request_timeout: Duration,
-    /// Largest body accepted from a seeder, in bytes; a larger one is a failed attempt, cut off
-    /// as soon as it is known to be too large.
+    /// Largest body accepted from a seeder, in bytes (the edge's slice: larger objects are read
+    /// by slice); a larger one is a failed attempt, cut off as soon as it is known to be too
+    /// large.
     pub max_object: u64,
+    /// Bytes per slice: the edge's `cache.slice`, which its seeders must share (their slice
+    /// checksums are computed for it).
+    pub slice: u64,
     /// When the running attempt has not finished after this long, the next candidate starts too.
     pub hedge_delay: Duration,
     /// Seeders tried before the origin.
@@ -101,7 +112,7 @@ pub struct RoutingConfig {
 
 impl Default for RoutingConfig {
     /// `/vod/movies/`, lookups cached 1 s, membership every 2 s, heartbeats stale after 15 s,
-    /// 2 s per attempt, bodies up to 256 MiB, hedge after 100 ms, 2 seeders, probes every 1 s,
+    /// 2 s per attempt, bodies up to 256 MiB, slices of 4 MiB, hedge after 100 ms, 2 seeders, probes every 1 s,
     /// reports every 5 s, pull-through on.
     fn default() -> Self {
         Self {
@@ -111,6 +122,7 @@ impl Default for RoutingConfig {
             heartbeat_stale: Duration::from_secs(15),
             request_timeout: Duration::from_secs(2),
             max_object: 256 << 20,
+            slice: 4 << 20,
             hedge_delay: Duration::from_millis(100),
             max_seeders: 2,
             probe_interval: Duration::from_secs(1),
@@ -151,6 +163,7 @@ pub struct SeederOrigin {
     membership: ArcSwap<route::Membership>,
     seeders: health::Seeders,
     lookups: route::Lookups,
+    slice_lists: route::SliceLists,
     metrics: metrics::Metrics,
     /// Whether the last directory call failed (to warn once per outage).
     directory_down: AtomicBool,
@@ -196,6 +209,7 @@ impl SeederOrigin {
             .map_err(|e| prometheus::Error::Msg(format!("seeder HTTP client: {e}")))?;
         Ok(Arc::new(Self {
             lookups: route::Lookups::new(cfg.lookup_cache_ttl),
+            slice_lists: route::SliceLists::new(cfg.lookup_cache_ttl),
             cfg,
             directory,
             fallback,
@@ -287,30 +301,120 @@ impl SeederOrigin {
 impl Origin for SeederOrigin {
     /// A segment from the seeders (verified) or the origin; any other path from the origin. The
     /// error, when everything failed, is the origin's: `NotFound` only if the origin says so.
-    /// Seeders serve whole segments (their checksum covers the file): a read that starts past
-    /// the first byte, or asks for a version (`if_match`), goes to the origin.
+    ///
+    /// A segment the directory lists is read in one version — the one `if_match` names (a
+    /// seeder's entity tag), else the first healthy holder's in ring order — from the seeders
+    /// holding that version: whole when `range` covers it (the origin hedged in), else by slice
+    /// (the origin once they all failed). An origin answer whose bytes hash like that version's
+    /// (the whole checksum, or the slice's from the directory's slice list) is labelled that
+    /// version, so a response started on a seeder goes on with the origin's bytes. Any other
+    /// `if_match` goes to the origin. A segment nobody holds is asked of its ring owner, which
+    /// pulls it, for a read from its first byte.
     async fn open(
         &self,
         path: &str,
         range: Option<Range<u64>>,
         if_match: Option<&str>,
     ) -> Result<Opened, OriginError> {
-        let whole = range.as_ref().is_none_or(|r| r.start == 0) && if_match.is_none();
-        let segment = SegmentRef::from_path(&self.cfg.streams_prefix, path).filter(|_| whole);
-        let Some(segment) = segment else {
+        let Some(segment) = SegmentRef::from_path(&self.cfg.streams_prefix, path) else {
             return self.fallback.open(path, range, if_match).await;
         };
         let Some(holders) = self.holders(&segment).await else {
             self.metrics.fallbacks.inc();
-            return self.fallback.open(path, range, None).await;
+            return self.fallback.open(path, range, if_match).await;
         };
-        let candidates = self.candidates(path, &holders);
-        if candidates.is_empty() {
-            // No seeder to race: the origin's read streams (and can be resumed).
+        let mut candidates = self.candidates(path, &holders);
+        // What a whole read may hold: the bytes asked for, at most `max_object`.
+        let limit = range.as_ref().map_or(self.cfg.max_object, |r| {
+            r.end.saturating_sub(r.start).min(self.cfg.max_object)
+        });
+        let pinned = if_match.map(|e| e.trim_start_matches("W/").trim_matches('"'));
+        let version = match pinned {
+            Some(tag) => holders.iter().find(|h| etag_of(&h.checksum) == tag),
+            None => candidates
+                .first()
+                .and_then(|c| {
+                    holders
+                        .iter()
+                        .find(|h| Some(&h.checksum) == c.checksum.as_ref())
+                })
+                .or(holders.first()),
+        };
+        let Some(version) = version else {
+            if pinned.is_none()
+                && range.as_ref().is_none_or(|r| r.start == 0)
+                && !candidates.is_empty()
+            {
+                // Nobody holds it: the ring owner pulls it whole.
+                let ask = fetch::Ask {
+                    path,
+                    range: None,
+                    timeout: self.cfg.request_timeout,
+                    limit,
+                };
+                let origin = OriginLink::Hedged {
+                    range,
+                    limit,
+                    verify: None,
+                };
+                return self.hedged(&ask, &candidates, None, origin).await;
+            }
+            // No seeder to ask, or another version than theirs: the origin's read streams.
+            self.metrics.fallbacks.inc();
+            return self.fallback.open(path, range, if_match).await;
+        };
+        candidates.retain(|c| c.checksum.as_deref() == Some(version.checksum.as_str()));
+        let size = version.size;
+        let want = range.clone().unwrap_or(0..size);
+        let want = want.start..want.end.min(size);
+        if want.start >= want.end || want.end - want.start > self.cfg.max_object {
+            if pinned.is_some() {
+                return Err(OriginError::Unavailable(format!(
+                    "bytes {want:?} of {path} are not held by the seeders as asked"
+                )));
+            }
             self.metrics.fallbacks.inc();
             return self.fallback.open(path, range, None).await;
         }
-        self.hedged(path, range, &candidates).await
+        let whole = want == (0..size);
+        let slice = if whole || want.start % self.cfg.slice != 0 {
+            None
+        } else {
+            self.slice_digest(&version.checksum, want.start / self.cfg.slice)
+                .await
+        };
+        let sha256 = if whole {
+            <[u8; 32]>::try_from(hex::decode(&version.checksum).unwrap_or_default()).ok()
+        } else {
+            slice
+        };
+        let verify = sha256.map(|sha256| hedge::Verify {
+            sha256,
+            etag: etag_of(&version.checksum).to_owned(),
+            size,
+            required: pinned.is_some(),
+        });
+        let origin = match (whole, pinned, verify) {
+            (_, Some(_), None) => OriginLink::Never,
+            (true, None, verify) => OriginLink::Hedged {
+                range,
+                limit,
+                verify,
+            },
+            (_, _, verify) => OriginLink::AfterSeeders {
+                range,
+                limit,
+                verify,
+            },
+        };
+        // A whole file must be of the directory's size (checked once read); a slice is exact.
+        let ask = fetch::Ask {
+            path,
+            range: (!whole).then_some(want.clone()),
+            timeout: self.cfg.request_timeout,
+            limit: if whole { limit } else { want.end - want.start },
+        };
+        self.hedged(&ask, &candidates, slice, origin).await
     }
 
     /// The origin's check: seeders are an optimisation, the edge is healthy without them.
@@ -326,6 +430,11 @@ impl Origin for SeederOrigin {
             self.fallback.describe()
         )
     }
+}
+
+/// The entity tag a seeder gives a file of checksum `sha256` (unquoted): its first 32 digits.
+fn etag_of(sha256: &str) -> &str {
+    &sha256[..sha256.len().min(32)]
 }
 
 #[cfg(test)]

@@ -79,6 +79,48 @@ impl Lookups {
     }
 }
 
+/// The SHA-256 of each slice of a content, in order.
+pub(crate) type Digests = Arc<[[u8; 32]]>;
+
+/// Most slice lists kept (each up to 32 bytes a slice: 32 KiB for 4 GiB in 4 MiB slices).
+const MAX_SLICE_LISTS: usize = 1024;
+
+/// Slice lists read from the directory, by content checksum: found ones are kept (the key is
+/// content-addressed, its value never changes) up to [`MAX_SLICE_LISTS`], missing ones for `ttl`.
+#[derive(Debug)]
+pub(crate) struct SliceLists {
+    ttl: Duration,
+    map: Mutex<HashMap<String, (Instant, Option<Digests>)>>,
+}
+
+impl SliceLists {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            map: Mutex::default(),
+        }
+    }
+
+    /// `Some(list)` when known (`None` inside: none published, as of less than `ttl` ago).
+    #[allow(
+        clippy::option_option,
+        reason = "not looked up, looked up and absent, looked up and found"
+    )]
+    fn get(&self, checksum: &str) -> Option<Option<Digests>> {
+        let map = self.map.lock();
+        let (at, list) = map.get(checksum)?;
+        (list.is_some() || at.elapsed() < self.ttl).then(|| list.clone())
+    }
+
+    fn put(&self, checksum: &str, list: Option<Digests>) {
+        let mut map = self.map.lock();
+        if map.len() >= MAX_SLICE_LISTS {
+            map.clear();
+        }
+        map.insert(checksum.to_owned(), (Instant::now(), list));
+    }
+}
+
 /// A seeder to ask, in order.
 #[derive(Debug, Clone)]
 pub(crate) struct Candidate {
@@ -86,6 +128,8 @@ pub(crate) struct Candidate {
     pub(crate) address: String,
     /// The directory's checksum of the segment at this seeder, when it holds it.
     pub(crate) checksum: Option<String>,
+    /// The directory's size of the segment at this seeder, when it holds it.
+    pub(crate) size: Option<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -192,9 +236,9 @@ impl SeederOrigin {
             if out.len() == max {
                 return out;
             }
-            let checksum = match by_id.get(m.id.as_str()) {
-                Some(h) => Some(h.checksum.clone()),
-                None if owners => None,
+            let (checksum, size) = match by_id.get(m.id.as_str()) {
+                Some(h) => (Some(h.checksum.clone()), Some(h.size)),
+                None if owners => (None, None),
                 None => continue,
             };
             let seeder = self
@@ -205,6 +249,7 @@ impl SeederOrigin {
                     address: m.address.clone(),
                     seeder,
                     checksum,
+                    size,
                 });
             }
         }
@@ -226,10 +271,33 @@ impl SeederOrigin {
                     address: seeder.address(),
                     seeder,
                     checksum: Some(h.checksum.clone()),
+                    size: Some(h.size),
                 });
             }
         }
         out
+    }
+
+    /// The SHA-256 of slice `index` of the content `checksum`, from the slice list its seeders
+    /// published; `None` when there is none (or the directory is down).
+    pub(crate) async fn slice_digest(&self, checksum: &str, index: u64) -> Option<[u8; 32]> {
+        let index = usize::try_from(index).ok()?;
+        let list = match self.slice_lists.get(checksum) {
+            Some(list) => list,
+            None => match self.directory.slices(checksum, self.cfg.slice).await {
+                Ok(list) => {
+                    self.directory_ok();
+                    let list = list.map(|l| l.digests);
+                    self.slice_lists.put(checksum, list.clone());
+                    list
+                }
+                Err(e) => {
+                    self.directory_error(&e);
+                    None
+                }
+            },
+        };
+        list?.get(index).copied()
     }
 
     /// Counts a directory failure; warns once per outage.

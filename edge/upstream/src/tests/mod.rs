@@ -568,24 +568,22 @@ async fn a_seeder_body_larger_than_max_object_is_refused_without_buffering_it() 
     let client = reqwest::Client::new();
     let max = 1 << 20;
     let get = async |path: &str| {
-        fetch::fetch(
-            &client,
-            &flood.address(),
+        let ask = fetch::Ask {
             path,
-            Duration::from_secs(10),
-            max,
-            None,
-        )
-        .await
+            range: None,
+            timeout: Duration::from_secs(10),
+            limit: max,
+        };
+        fetch::fetch(&client, &flood.address(), &ask, fetch::Expected::default()).await
     };
     // Announced too large: refused before the body is read (not held against the seeder: the
     // object is larger than the slice asked for, the origin serves it).
-    let Err(fetch::Failure::TooLarge(why)) = get("/vod/movies/m1/announced.ts").await else {
+    let Err(fetch::Failure::CannotServe(why)) = get("/vod/movies/m1/announced.ts").await else {
         panic!("a body of {FLOOD} bytes was accepted");
     };
     assert!(why.contains("bytes or more"), "{why}");
     // Chunked: cut off once past max_object, long before the seeder is done sending.
-    let Err(fetch::Failure::TooLarge(why)) = get("/vod/movies/m1/chunked.ts").await else {
+    let Err(fetch::Failure::CannotServe(why)) = get("/vod/movies/m1/chunked.ts").await else {
         panic!("a body of {FLOOD} bytes was accepted");
     };
     assert!(why.contains("bytes or more"), "{why}");
