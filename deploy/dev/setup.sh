@@ -27,6 +27,7 @@ if [[ "${1:-}" == "--test" ]]; then
     procps # kill(1): the tests signal the processes they start (drain on SIGTERM, SIGKILL faults)
     mount # mount(8)/umount(8): the disk-full test fills a real 512 KiB tmpfs
     python3 # http.server: the HTTP origin that ignores Range (edge-origin/tests/http.rs)
+    curl # range requests as a client (edge-integration/tests/large.rs); not in a minimal Debian
   )
 fi
 missing=()

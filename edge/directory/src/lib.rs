@@ -234,17 +234,31 @@ impl Directory {
         Ok(())
     }
 
-    /// The slice checksums of the content `checksum` in slices of `slice` bytes, when a seeder
-    /// published them; `None` when none did (or the value is not a list of SHA-256 digests).
-    pub async fn slices(&self, checksum: &str, slice: u64) -> Result<Option<SliceList>, KvError> {
+    /// The `count` slice checksums of the content `checksum` in slices of `slice` bytes, when a
+    /// seeder published them; `None` when none did, or the value is not `count` SHA-256 digests
+    /// (at most one byte more than that is read, whatever the value holds).
+    pub async fn slices(
+        &self,
+        checksum: &str,
+        slice: u64,
+        count: u64,
+    ) -> Result<Option<SliceList>, KvError> {
         let key = slices_key(checksum, slice);
-        let value: Option<Vec<u8>> = self
+        let want = count.saturating_mul(32);
+        let value: Vec<u8> = self
             .redis
-            .run(async |mut c| redis::cmd("GET").arg(&key).query_async(&mut c).await)
+            .run(async |mut c| {
+                redis::cmd("GETRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(want)
+                    .query_async(&mut c)
+                    .await
+            })
             .await?;
-        let Some(value) = value.filter(|v| !v.is_empty() && v.len() % 32 == 0) else {
+        if count == 0 || value.len() as u64 != want {
             return Ok(None);
-        };
+        }
         let digests: Arc<[[u8; 32]]> = value
             .chunks_exact(32)
             .map(|c| <[u8; 32]>::try_from(c).unwrap_or_default())

@@ -122,3 +122,59 @@ async fn redis_down_is_an_error_not_a_hang() {
     ));
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn slice_lists_are_published_once_renewed_and_read_only_when_whole() {
+    let redis = Redis::start();
+    let dir = directory(redis.port());
+    let sum = "cd".repeat(32);
+    let digests: Arc<[[u8; 32]]> = (0u8..3).map(|i| [i; 32]).collect();
+    let list = SliceList {
+        checksum: sum.clone(),
+        slice: 1024,
+        digests: digests.clone(),
+    };
+    dir.publish_slices(std::slice::from_ref(&list), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let got = dir.slices(&sum, 1024, 3).await.unwrap().unwrap();
+    assert_eq!(got, list);
+    // Another slice size is another key; a wrong count is no list (never a partial one).
+    assert_eq!(dir.slices(&sum, 2048, 3).await.unwrap(), None);
+    assert_eq!(dir.slices(&sum, 1024, 2).await.unwrap(), None);
+    assert_eq!(dir.slices(&sum, 1024, 4).await.unwrap(), None);
+    assert_eq!(dir.slices(&sum, 1024, 0).await.unwrap(), None);
+
+    // A renewal extends the TTL and leaves the value alone (content-addressed).
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}/", redis.port()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = slices_key(&sum, 1024);
+    let _: () = redis::cmd("SETRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(&[9u8; 32][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(1000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    dir.publish_slices(&[list], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 50_000, "{ttl}");
+    let got = dir.slices(&sum, 1024, 3).await.unwrap().unwrap();
+    assert_eq!(got.digests[0], [9; 32]);
+    assert_eq!(got.digests[1..], digests[1..]);
+}

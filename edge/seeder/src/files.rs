@@ -120,6 +120,8 @@ fn is_gone(e: &io::Error) -> bool {
 /// The checksums of a file as its bytes pass: the whole file's and each slice's.
 struct Hashes {
     slice: u64,
+    /// Whether slices are hashed too (not for content known to be one slice or less).
+    sliced: bool,
     whole: Sha256,
     part: Sha256,
     /// Bytes of the current slice hashed so far.
@@ -129,9 +131,11 @@ struct Hashes {
 }
 
 impl Hashes {
-    fn new(slice: u64) -> Self {
+    /// Checksums of content of about `len` bytes (the file's size when hashing starts).
+    fn new(slice: u64, len: u64) -> Self {
         Self {
             slice,
+            sliced: len > slice,
             whole: Sha256::new(),
             part: Sha256::new(),
             in_part: 0,
@@ -141,7 +145,7 @@ impl Hashes {
     }
 
     fn of(slice: u64, bytes: &[u8], mtime: SystemTime) -> Hashed {
-        let mut h = Self::new(slice);
+        let mut h = Self::new(slice, bytes.len() as u64);
         h.update(bytes);
         let len = h.len;
         h.finish(len, mtime)
@@ -150,7 +154,7 @@ impl Hashes {
     fn update(&mut self, mut bytes: &[u8]) {
         self.whole.update(bytes);
         self.len += bytes.len() as u64;
-        while !bytes.is_empty() {
+        while self.sliced && !bytes.is_empty() {
             let room = usize::try_from(self.slice - self.in_part).unwrap_or(usize::MAX);
             let (now, rest) = bytes.split_at(room.min(bytes.len()));
             self.part.update(now);
@@ -168,7 +172,9 @@ impl Hashes {
         if self.in_part > 0 {
             self.slices.push(self.part.finalize().into());
         }
-        if self.len <= self.slice {
+        if self.len <= self.slice || !self.sliced {
+            // One slice (its checksum is the whole one's), or a file that grew while hashed
+            // (`len` no longer matches: not remembered).
             self.slices.clear();
         }
         Hashed {
@@ -355,7 +361,7 @@ impl Catalog {
             return Ok(sha);
         }
         let mut file = fs::File::open(&found.path)?;
-        let mut hashes = Hashes::new(self.slice);
+        let mut hashes = Hashes::new(self.slice, found.len);
         let mut buf = vec![0; 256 << 10];
         loop {
             match file.read(&mut buf) {

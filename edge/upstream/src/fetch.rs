@@ -157,7 +157,12 @@ pub(crate) async fn fetch(
         Some(r) => Some(slice_of(&headers, r, expected)?),
         None => None,
     };
-    let too_large = |n: u64| Failure::CannotServe(format!("body of {n} bytes or more"));
+    // A whole file larger than asked for is the origin's to serve; a slice longer than itself is
+    // a seeder misbehaving.
+    let too_large = |n: u64| match part {
+        None => Failure::CannotServe(format!("body of {n} bytes or more")),
+        Some(_) => Failure::Failed(format!("body of {n} bytes or more for a slice")),
+    };
     if let Some(n) = resp.content_length().filter(|n| *n > ask.limit) {
         return Err(too_large(n));
     }
@@ -216,7 +221,11 @@ pub(crate) async fn fetch(
     };
     let info = ObjectInfo {
         size,
-        etag: text(header::ETAG.as_str()).map(|e| unquote(&e).to_owned()),
+        // The version the directory lists (verified above), not what the seeder says.
+        etag: match expected.checksum {
+            Some(c) => Some(crate::etag_of(c).to_owned()),
+            None => text(header::ETAG.as_str()).map(|e| unquote(&e).to_owned()),
+        },
         last_modified: text(header::LAST_MODIFIED.as_str())
             .and_then(|v| httpdate::parse_http_date(&v).ok()),
         cache_control: None,

@@ -32,8 +32,8 @@ pub(crate) struct Verify {
     pub(crate) sha256: [u8; 32],
     /// The seeders' entity tag of the object (unquoted).
     pub(crate) etag: String,
-    /// The object's size.
-    pub(crate) size: u64,
+    /// The object's size, when known.
+    pub(crate) size: Option<u64>,
     /// Whether another answer is an error ([`OriginError::Changed`]: the read asked for the
     /// seeders' version) rather than the origin's own version.
     pub(crate) required: bool,
@@ -120,14 +120,29 @@ impl SeederOrigin {
             Ok(opened) => {
                 let (mut info, got) = (opened.info.clone(), opened.range.clone());
                 match edge_origin::collect(opened, limit).await {
-                    Ok(o) => match verify {
-                        Some(v) if v.size == info.size && v.sha256 == *Sha256::digest(&o.body) => {
-                            info.etag = Some(v.etag.clone());
-                            Ok(Opened::whole(info, got, o.body))
+                    Ok(o) => {
+                        let same = match verify {
+                            Some(v) if v.size.is_none_or(|s| s == info.size) => {
+                                let body = o.body.clone();
+                                let digest: Option<[u8; 32]> =
+                                    tokio::task::spawn_blocking(move || {
+                                        Sha256::digest(&body).into()
+                                    })
+                                    .await
+                                    .ok();
+                                digest == Some(v.sha256)
+                            }
+                            _ => false,
+                        };
+                        match verify {
+                            Some(v) if same => {
+                                info.etag = Some(v.etag.clone());
+                                Ok(Opened::whole(info, got, o.body))
+                            }
+                            Some(v) if v.required => Err(OriginError::Changed),
+                            _ => Ok(Opened::whole(info, got, o.body)),
                         }
-                        Some(v) if v.required => Err(OriginError::Changed),
-                        _ => Ok(Opened::whole(info, got, o.body)),
-                    },
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -194,7 +209,11 @@ impl SeederOrigin {
                         }
                         Link::Origin(Err(e)) => origin_error = Some(e),
                     }
-                    if next < links {
+                    // The origin after the seeders starts once none of them is still running.
+                    let wait = next >= seeders
+                        && matches!(origin, OriginLink::AfterSeeders { .. })
+                        && !running.is_empty();
+                    if next < links && !wait {
                         running.push(start(next));
                         next += 1;
                         hedge.as_mut().reset(Instant::now() + self.cfg.hedge_delay);

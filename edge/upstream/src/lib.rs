@@ -20,10 +20,12 @@
 //!    not finished within `hedge_delay`; the origin is the chain's last link. The first success
 //!    wins and the other attempts are dropped. An object larger than a slice is read slice by
 //!    slice (`Range` requests the seeder answers from its per-slice checksums), all of one
-//!    version (the first holder's checksum; a later slice asked for with that version's entity
-//!    tag stays on the seeders), and the origin serves a slice only once every seeder failed:
-//!    its entity tag is another, so a response started on the seeders' version would otherwise
-//!    be cut for a slice of the origin's.
+//!    version (the first healthy holder's checksum, or the one a later slice is asked for with
+//!    its entity tag), and the origin serves a slice only once no seeder is left running. An
+//!    origin answer that hashes like the seeders' (the whole checksum, or the slice's from the
+//!    directory's slice list, kept by the edge once read) carries their entity tag, so a
+//!    response started on a seeder goes on from the origin; without a slice list it carries
+//!    the origin's, and the response is cut at that slice (the player asks again).
 //! 4. **Verification**: a seeder's answer counts only with status 200 (206 for a slice), the
 //!    whole body (a connection cut before `Content-Length` bytes is an error) of at most
 //!    `max_object` bytes (a larger one is cut off, never buffered whole) and a body whose SHA-256
@@ -65,7 +67,7 @@ mod ring;
 mod route;
 
 use arc_swap::ArcSwap;
-use edge_directory::{Directory, SegmentRef};
+use edge_directory::{Directory, Holding, SegmentRef};
 use edge_origin::{Opened, Origin, OriginError};
 use hedge::OriginLink;
 use std::{
@@ -319,32 +321,34 @@ impl Origin for SeederOrigin {
         let Some(segment) = SegmentRef::from_path(&self.cfg.streams_prefix, path) else {
             return self.fallback.open(path, range, if_match).await;
         };
-        let Some(holders) = self.holders(&segment).await else {
-            self.metrics.fallbacks.inc();
-            return self.fallback.open(path, range, if_match).await;
-        };
-        let mut candidates = self.candidates(path, &holders);
         // What a whole read may hold: the bytes asked for, at most `max_object`.
         let limit = range.as_ref().map_or(self.cfg.max_object, |r| {
             r.end.saturating_sub(r.start).min(self.cfg.max_object)
         });
         let pinned = if_match.map(|e| e.trim_start_matches("W/").trim_matches('"'));
-        let version = match pinned {
-            Some(tag) => holders.iter().find(|h| etag_of(&h.checksum) == tag),
-            None => candidates
+        let holders = self.holders(&segment).await;
+        let version = match (&holders, pinned) {
+            (Some(h), Some(tag)) => h.iter().find(|h| etag_of(&h.checksum) == tag),
+            (Some(h), None) => self
+                .candidates(path, h)
                 .first()
-                .and_then(|c| {
-                    holders
-                        .iter()
-                        .find(|h| Some(&h.checksum) == c.checksum.as_ref())
-                })
-                .or(holders.first()),
+                .and_then(|c| h.iter().find(|h| Some(&h.checksum) == c.checksum.as_ref()))
+                .or(h.first()),
+            (None, _) => None,
         };
-        let Some(version) = version else {
-            if pinned.is_none()
-                && range.as_ref().is_none_or(|r| r.start == 0)
-                && !candidates.is_empty()
+        let Some(version) = version.cloned() else {
+            if let Some(tag) = pinned
+                && let Some(read) = self.remembered(path, range.clone(), tag, limit).await
             {
+                // A seeder version no longer listed (or the directory down), whose slice
+                // checksums this edge still has: the origin's bytes, if they are the same.
+                return read;
+            }
+            let owners = match &holders {
+                Some(h) if h.is_empty() && pinned.is_none() => self.candidates(path, h),
+                _ => Vec::new(),
+            };
+            if range.as_ref().is_none_or(|r| r.start == 0) && !owners.is_empty() {
                 // Nobody holds it: the ring owner pulls it whole.
                 let ask = fetch::Ask {
                     path,
@@ -357,13 +361,20 @@ impl Origin for SeederOrigin {
                     limit,
                     verify: None,
                 };
-                return self.hedged(&ask, &candidates, None, origin).await;
+                return self.hedged(&ask, &owners, None, origin).await;
             }
             // No seeder to ask, or another version than theirs: the origin's read streams.
             self.metrics.fallbacks.inc();
             return self.fallback.open(path, range, if_match).await;
         };
-        candidates.retain(|c| c.checksum.as_deref() == Some(version.checksum.as_str()));
+        // The seeders of that version, in ring order, up to `max_seeders`.
+        let of_version: Vec<Holding> = holders
+            .iter()
+            .flat_map(|h| h.iter())
+            .filter(|h| h.checksum == version.checksum)
+            .cloned()
+            .collect();
+        let candidates = self.candidates(path, &of_version);
         let size = version.size;
         let want = range.clone().unwrap_or(0..size);
         let want = want.start..want.end.min(size);
@@ -380,7 +391,8 @@ impl Origin for SeederOrigin {
         let slice = if whole || want.start % self.cfg.slice != 0 {
             None
         } else {
-            self.slice_digest(&version.checksum, want.start / self.cfg.slice)
+            let count = size.div_ceil(self.cfg.slice);
+            self.slice_digest(&version.checksum, want.start / self.cfg.slice, count)
                 .await
         };
         let sha256 = if whole {
@@ -388,10 +400,15 @@ impl Origin for SeederOrigin {
         } else {
             slice
         };
+        // No seeder to ask and nothing to keep the version by: the origin's read streams.
+        if candidates.is_empty() && pinned.is_none() && (whole || sha256.is_none()) {
+            self.metrics.fallbacks.inc();
+            return self.fallback.open(path, range, None).await;
+        }
         let verify = sha256.map(|sha256| hedge::Verify {
             sha256,
             etag: etag_of(&version.checksum).to_owned(),
-            size,
+            size: Some(size),
             required: pinned.is_some(),
         });
         let origin = match (whole, pinned, verify) {
@@ -432,9 +449,10 @@ impl Origin for SeederOrigin {
     }
 }
 
-/// The entity tag a seeder gives a file of checksum `sha256` (unquoted): its first 32 digits.
-fn etag_of(sha256: &str) -> &str {
-    &sha256[..sha256.len().min(32)]
+/// The entity tag a seeder gives a file of checksum `sha256` (unquoted): its first 32 digits
+/// (the whole value when it is not that long, or not ASCII: it comes from Redis).
+pub(crate) fn etag_of(sha256: &str) -> &str {
+    sha256.get(..32).unwrap_or(sha256)
 }
 
 #[cfg(test)]

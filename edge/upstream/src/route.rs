@@ -2,15 +2,18 @@
 //! local cache, and the candidate order.
 
 use crate::{
-    SeederOrigin,
+    SeederOrigin, fetch,
     health::SeederState,
+    hedge::{self, OriginLink},
     ring::{Member, Ring},
 };
 use edge_directory::{Holding, SegmentRef};
 use edge_kv::KvError;
+use edge_origin::{Opened, OriginError};
 use parking_lot::Mutex;
 use std::{
     collections::{HashMap, HashSet},
+    ops::Range,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -110,6 +113,15 @@ impl SliceLists {
         let map = self.map.lock();
         let (at, list) = map.get(checksum)?;
         (list.is_some() || at.elapsed() < self.ttl).then(|| list.clone())
+    }
+
+    /// A list found, of the content whose seeders' entity tag is `tag`, with its checksum.
+    fn by_tag(&self, tag: &str) -> Option<(String, Digests)> {
+        let map = self.map.lock();
+        map.iter().find_map(|(sum, (_, list))| {
+            let list = list.as_ref()?;
+            (crate::etag_of(sum) == tag).then(|| (sum.clone(), list.clone()))
+        })
     }
 
     fn put(&self, checksum: &str, list: Option<Digests>) {
@@ -278,13 +290,18 @@ impl SeederOrigin {
         out
     }
 
-    /// The SHA-256 of slice `index` of the content `checksum`, from the slice list its seeders
-    /// published; `None` when there is none (or the directory is down).
-    pub(crate) async fn slice_digest(&self, checksum: &str, index: u64) -> Option<[u8; 32]> {
+    /// The SHA-256 of slice `index` of the content `checksum` (of `count` slices), from the
+    /// slice list its seeders published; `None` when there is none (or the directory is down).
+    pub(crate) async fn slice_digest(
+        &self,
+        checksum: &str,
+        index: u64,
+        count: u64,
+    ) -> Option<[u8; 32]> {
         let index = usize::try_from(index).ok()?;
         let list = match self.slice_lists.get(checksum) {
             Some(list) => list,
-            None => match self.directory.slices(checksum, self.cfg.slice).await {
+            None => match self.directory.slices(checksum, self.cfg.slice, count).await {
                 Ok(list) => {
                     self.directory_ok();
                     let list = list.map(|l| l.digests);
@@ -298,6 +315,43 @@ impl SeederOrigin {
             },
         };
         list?.get(index).copied()
+    }
+
+    /// The read of `range` of `path` asked for the seeders' version of entity tag `tag` when
+    /// no seeder lists it any more (or the directory is down): the origin's slice, which must
+    /// hash like that version's slice in the list this edge kept. `None` when it kept none or
+    /// `range` is not one slice.
+    pub(crate) async fn remembered(
+        &self,
+        path: &str,
+        range: Option<Range<u64>>,
+        tag: &str,
+        limit: u64,
+    ) -> Option<Result<Opened, OriginError>> {
+        let (_, list) = self.slice_lists.by_tag(tag)?;
+        let r = range.clone()?;
+        if r.start % self.cfg.slice != 0 {
+            return None;
+        }
+        let sha256 = *list.get(usize::try_from(r.start / self.cfg.slice).ok()?)?;
+        let verify = hedge::Verify {
+            sha256,
+            etag: tag.to_owned(),
+            size: None,
+            required: true,
+        };
+        let ask = fetch::Ask {
+            path,
+            range,
+            timeout: self.cfg.request_timeout,
+            limit,
+        };
+        let origin = OriginLink::AfterSeeders {
+            range: ask.range.clone(),
+            limit,
+            verify: Some(verify),
+        };
+        Some(self.hedged(&ask, &[], None, origin).await)
     }
 
     /// Counts a directory failure; warns once per outage.
