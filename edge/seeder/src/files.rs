@@ -186,6 +186,18 @@ impl Hashes {
     }
 }
 
+/// Hashing a file with [`io::copy`].
+impl Write for Hashes {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Catalog {
     /// A catalog of `root` (absolute, existing) whose files are checksummed in slices of
     /// `slice` bytes (at least 1) too.
@@ -362,16 +374,7 @@ impl Catalog {
         }
         let mut file = fs::File::open(&found.path)?;
         let mut hashes = Hashes::new(self.slice, found.len);
-        let mut buf = vec![0; 256 << 10];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => hashes.update(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let n = hashes.len;
+        let n = io::copy(&mut file, &mut hashes)?;
         let hashed = hashes.finish(found.len, found.mtime);
         let sha = hashed.sha256.clone();
         if n == found.len {

@@ -120,29 +120,27 @@ impl SeederOrigin {
             Ok(opened) => {
                 let (mut info, got) = (opened.info.clone(), opened.range.clone());
                 match edge_origin::collect(opened, limit).await {
-                    Ok(o) => {
-                        let same = match verify {
-                            Some(v) if v.size.is_none_or(|s| s == info.size) => {
+                    Ok(o) => match verify {
+                        None => Ok(Opened::whole(info, got, o.body)),
+                        Some(v) => {
+                            let same = v.size.is_none_or(|s| s == info.size) && {
                                 let body = o.body.clone();
-                                let digest: Option<[u8; 32]> =
-                                    tokio::task::spawn_blocking(move || {
-                                        Sha256::digest(&body).into()
-                                    })
-                                    .await
-                                    .ok();
-                                digest == Some(v.sha256)
-                            }
-                            _ => false,
-                        };
-                        match verify {
-                            Some(v) if same => {
+                                tokio::task::spawn_blocking(move || {
+                                    <[u8; 32]>::from(Sha256::digest(&body))
+                                })
+                                .await
+                                .is_ok_and(|d| d == v.sha256)
+                            };
+                            if same {
                                 info.etag = Some(v.etag.clone());
                                 Ok(Opened::whole(info, got, o.body))
+                            } else if v.required {
+                                Err(OriginError::Changed)
+                            } else {
+                                Ok(Opened::whole(info, got, o.body))
                             }
-                            Some(v) if v.required => Err(OriginError::Changed),
-                            _ => Ok(Opened::whole(info, got, o.body)),
                         }
-                    }
+                    },
                     Err(e) => Err(e),
                 }
             }
