@@ -19,16 +19,22 @@
 #   2. join: VIEWERS viewers (default 64) start GETs of the cold join.mp4 one every STAGGER
 #      seconds (default 0.1), each reading it whole: bytes the origin sent for it (goal: one
 #      object's worth), the first and last viewer's total time, the edge's peak RSS.
+#   3. seeders (the edge only; skipped with SEEDERS=0): two seeder processes (`edge seeder`, on
+#      core SERVER_CPU) hold a copy of cold.mp4 and publish it in a redis-server started for the
+#      run; a fresh edge with that directory serves one cold GET of it (time to first byte, total,
+#      origin bytes: goal 0); then a fresh edge again, and both seeders are killed (SIGKILL) once
+#      the viewer has read half of the body: the edge must go on from the origin by range, the
+#      viewer's response uninterrupted and complete (total time, origin bytes: about half).
 # Prints markdown tables for bench/RESULTS.md with edge ÷ nginx ratios.
 #
 # Run from anywhere (needs the edge built: cargo build --release -p edge):
 #   bench/load/stream-vs-nginx.sh
 # Env: RATE, BIG_MIB, JOIN_MIB, VIEWERS, STAGGER; EDGE_BIN (default target/release/edge);
-#      SERVER_CPU / LOAD_CPU (default 0 / 1)
+#      SERVER_CPU / LOAD_CPU (default 0 / 1); SEEDERS (default 1; 0 skips phase 3)
 set -euo pipefail
 
 RATE=${RATE:-50m} BIG_MIB=${BIG_MIB:-1024} JOIN_MIB=${JOIN_MIB:-256} VIEWERS=${VIEWERS:-64}
-STAGGER=${STAGGER:-0.1} SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1}
+STAGGER=${STAGGER:-0.1} SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1} SEEDERS=${SEEDERS:-1}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 EDGE_BIN=${EDGE_BIN:-$ROOT/target/release/edge}
@@ -42,13 +48,17 @@ if ! command -v nginx >/dev/null || ! command -v taskset >/dev/null; then
     apt-get update && apt-get install -y --no-install-recommends nginx util-linux
 fi
 command -v curl >/dev/null || die "needs curl"
+if [[ $SEEDERS == 1 ]] && ! command -v redis-server >/dev/null; then
+    log "installing redis-server (Debian package) for the seeder phase"
+    apt-get update && apt-get install -y --no-install-recommends redis-server
+fi
 [[ -x $EDGE_BIN ]] || die "edge binary $EDGE_BIN not found: cargo build --release -p edge, or set EDGE_BIN"
 
 WORK=$(mktemp -d /tmp/stream-vs-nginx.XXXXXX)
-ORIGIN_PID='' FRONT_PID='' SAMPLER_PID=''
+ORIGIN_PID='' FRONT_PID='' SAMPLER_PID='' REDIS_PID='' SEEDER_PIDS='' READER_PID=''
 cleanup() {
     local p
-    for p in $SAMPLER_PID $FRONT_PID $ORIGIN_PID; do
+    for p in $READER_PID $SAMPLER_PID $FRONT_PID $SEEDER_PIDS $REDIS_PID $ORIGIN_PID; do
         kill -TERM "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
     done
@@ -102,7 +112,7 @@ start_nginx() {
     FRONT_PID=$! PID_OF_SERVER=$FRONT_PID
     wait_http "http://127.0.0.1:$PORT/" "nginx proxy_cache"
 }
-start_edge() {
+start_edge() {  # $1: more TOML for edge.toml (the seeder phase's [redis])
     cat >"$WORK/open-policies.toml" <<'EOF'
 [[routes]]
 name = "vod"
@@ -120,6 +130,7 @@ timeout = "10s"
 [policies]
 file = "$WORK/open-policies.toml"
 watch_interval = "0s"
+${1:-}
 EOF
     unset EDGE_CONFIG EDGE_POLICIES EDGE_ORIGIN_ROOT EDGE_ORIGIN_URL EDGE_CACHE_MEMORY EDGE_THREADS \
         EDGE_DISK_CACHE_PATH EDGE_DISK_CACHE_SIZE EDGE_DATA_DIR REDIS_HOST S3_BUCKET_NAME 2>/dev/null || true
@@ -165,7 +176,7 @@ echo "date: $(date -u '+%Y-%m-%dT%H:%M:%SZ'), nproc: $(nproc), nginx: $(nginx -v
      "servers and origin on core $SERVER_CPU, clients on core $LOAD_CPU"
 echo
 
-declare -A TTFB TOTAL RSS1 OBYTES FIRST LAST RSS2 OK
+declare -A TTFB TOTAL RSS1 CBYTES OBYTES FIRST LAST RSS2 OK
 for who in nginx edge; do
     # Phase 1: one cold viewer.
     "start_$who"
@@ -177,7 +188,8 @@ for who in nginx edge; do
     RSS1[$who]=$(stop_sampler)
     [[ $size == $((BIG_MIB << 20)) ]] || die "$who: cold.mp4 came with $size bytes"
     TTFB[$who]=$ttfb TOTAL[$who]=$total
-    log "$who cold: ttfb ${ttfb}s total ${total}s, origin bytes $(origin_bytes "$mark" /vod/movies/big/cold.mp4)"
+    CBYTES[$who]=$(origin_bytes "$mark" /vod/movies/big/cold.mp4)
+    log "$who cold: ttfb ${ttfb}s total ${total}s, origin bytes ${CBYTES[$who]}"
     stop_front
 
     # Phase 2: viewers joining one cold object at staggered times.
@@ -202,6 +214,89 @@ for who in nginx edge; do
     stop_front
 done
 
+# Phase 3: the same cold object from seeders, then with both seeders killed mid-body.
+declare -A S_TTFB S_TOTAL S_SIZE S_OBYTES S_RSS
+if [[ $SEEDERS == 1 ]]; then
+    REDIS_PORT=$(free_port)
+    taskset -c "$SERVER_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
+        --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis-cli -p "$REDIS_PORT" ping >/dev/null || die "redis-server did not come up"
+    REDIS_TOML=$(printf '[redis]\nhost = "127.0.0.1"\nport = %s\n' "$REDIS_PORT")
+    start_seeders() {
+        local id p
+        SEEDER_PIDS=''
+        redis-cli -p "$REDIS_PORT" flushall >/dev/null
+        for id in seeder-a seeder-b; do
+            mkdir -p "$WORK/$id/vod/movies/big"
+            [[ -e $WORK/$id/vod/movies/big/cold.mp4 ]] \
+                || truncate -s "${BIG_MIB}M" "$WORK/$id/vod/movies/big/cold.mp4"
+            cat >"$WORK/$id.toml" <<EOF
+[server]
+demo_stream = ""
+data_dir = "$WORK/$id-data"
+[origin]     # and has an origin (pull-through is off: nothing is fetched from it)
+url = "http://127.0.0.1:$ORIGIN_PORT/"
+[policies]   # and loads a policies file (not used to serve)
+file = "$WORK/open-policies.toml"
+watch_interval = "0s"
+[seeder]
+cache_path = "$WORK/$id"
+id = "$id"
+pull_through = false
+$REDIS_TOML
+EOF
+            (cd "$ROOT" && exec taskset -c "$SERVER_CPU" "$EDGE_BIN" seeder --config "$WORK/$id.toml" \
+                --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0) 2>"$WORK/$id.log" &
+            SEEDER_PIDS="$SEEDER_PIDS $!"
+        done
+        # Both must be in the directory (the first scan hashes the whole file) before the edge starts.
+        for _ in $(seq 600); do
+            [[ $(redis-cli -p "$REDIS_PORT" hlen stream:big:segment:cold.mp4) == 2 ]] && return
+            for p in $SEEDER_PIDS; do kill -0 "$p" 2>/dev/null || { cat "$WORK"/seeder-*.log >&2; die "a seeder exited"; }; done
+            sleep 0.1
+        done
+        cat "$WORK"/seeder-*.log >&2
+        die "the seeders did not publish cold.mp4 within 60 s"
+    }
+    stop_seeders() {
+        local p
+        for p in $SEEDER_PIDS; do kill -KILL "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+        SEEDER_PIDS=''
+    }
+    for run in healthy killed; do
+        start_seeders
+        start_edge "$REDIS_TOML"
+        PID_OF_SERVER=$FRONT_PID
+        start_sampler
+        mark=$(wc -l <"$ORIGIN_LOG")
+        rm -f "$WORK/body"; mkfifo "$WORK/body"
+        if [[ $run == killed ]]; then  # read half, kill both seeders, read the rest
+            (
+                head -c $((BIG_MIB << 19)) >/dev/null
+                for p in $SEEDER_PIDS; do kill -KILL "$p" 2>/dev/null || true; done
+                cat >/dev/null
+            ) <"$WORK/body" &
+        else
+            cat <"$WORK/body" >/dev/null &
+        fi
+        READER_PID=$!
+        read -r ttfb total size < <(taskset -c "$LOAD_CPU" curl -s -o "$WORK/body" \
+            -w '%{time_starttransfer} %{time_total} %{size_download}\n' \
+            "http://127.0.0.1:$PORT/vod/movies/big/cold.mp4")
+        wait "$READER_PID" || true
+        READER_PID=''
+        S_RSS[$run]=$(stop_sampler)
+        S_TTFB[$run]=$ttfb S_TOTAL[$run]=$total S_SIZE[$run]=$size
+        S_OBYTES[$run]=$(origin_bytes "$mark" /vod/movies/big/cold.mp4)
+        [[ $size == $((BIG_MIB << 20)) ]] || log "edge with seeders ($run): cold.mp4 came with $size bytes"
+        log "edge from seeders ($run): ttfb ${ttfb}s total ${total}s, $size bytes, origin bytes ${S_OBYTES[$run]}"
+        stop_front
+        stop_seeders
+    done
+fi
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
 echo "Cold ${BIG_MIB} MiB object, origin throttled to $RATE/s per connection, one viewer:"
@@ -221,3 +316,16 @@ echo "| origin bytes (objects' worth) | ${OBYTES[nginx]} ($(ratio "${OBYTES[ngin
 echo "| first viewer's total time (s) | ${FIRST[nginx]} | ${FIRST[edge]} |"
 echo "| slowest viewer's total time (s) | ${LAST[nginx]} | ${LAST[edge]} |"
 echo "| peak RSS (MiB) | $(mib "${RSS2[nginx]}") | $(mib "${RSS2[edge]}") |"
+
+if [[ $SEEDERS == 1 ]]; then
+    echo
+    echo "The cold ${BIG_MIB} MiB object from two seeders holding it (the origin as in phase 1), one viewer:"
+    echo
+    echo "| | edge, origin only (phase 1) | edge, seeders | edge, both seeders killed at half the body |"
+    echo "|---|---|---|---|"
+    echo "| time to first byte (s) | ${TTFB[edge]} | ${S_TTFB[healthy]} | ${S_TTFB[killed]} |"
+    echo "| total time (s) | ${TOTAL[edge]} | ${S_TOTAL[healthy]} | ${S_TOTAL[killed]} |"
+    echo "| bytes received (of $((BIG_MIB << 20))) | $((BIG_MIB << 20)) | ${S_SIZE[healthy]} | ${S_SIZE[killed]} |"
+    echo "| origin bytes (objects' worth) | ${CBYTES[edge]} ($(ratio "${CBYTES[edge]}" $((BIG_MIB << 20)))) | ${S_OBYTES[healthy]} ($(ratio "${S_OBYTES[healthy]}" $((BIG_MIB << 20)))) | ${S_OBYTES[killed]} ($(ratio "${S_OBYTES[killed]}" $((BIG_MIB << 20)))) |"
+    echo "| edge peak RSS (MiB) | $(mib "${RSS1[edge]}") | $(mib "${S_RSS[healthy]}") | $(mib "${S_RSS[killed]}") |"
+fi

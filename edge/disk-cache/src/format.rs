@@ -16,8 +16,12 @@ use std::{
 
 /// First four bytes of every entry file.
 pub(crate) const MAGIC: &[u8; 4] = b"EDGC";
-/// Format version written after the magic; files of any other version are discarded.
-pub(crate) const VERSION: u8 = 1;
+/// Format version written after the magic: 2, whose header carries the body's XXH3-128.
+/// Version 1 files (SHA-256 of the body) are still read, so an upgrade keeps the cache; files of
+/// any other version are discarded.
+pub(crate) const VERSION: u8 = 2;
+/// The version whose body checksum is a SHA-256.
+const VERSION_SHA256: u8 = 1;
 /// Bytes before the JSON header: magic, version, header length.
 pub(crate) const PREFIX_LEN: usize = 4 + 1 + 4;
 /// Longest JSON header accepted, so a garbage length cannot make the scan allocate gigabytes.
@@ -40,7 +44,12 @@ pub(crate) struct Header {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) object_len: Option<u64>,
     pub(crate) body_len: u64,
-    pub(crate) sha256: String,
+    /// Version 2: XXH3-128 of the body, 32 lowercase hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) xxh3_128: Option<String>,
+    /// Version 1: SHA-256 of the body, 64 lowercase hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sha256: Option<String>,
 }
 
 impl Header {
@@ -56,7 +65,17 @@ impl Header {
             source: meta.source.clone(),
             object_len: meta.object_size,
             body_len: body.len() as u64,
-            sha256: hex::encode(Sha256::digest(body)),
+            xxh3_128: Some(body_checksum(body)),
+            sha256: None,
+        }
+    }
+
+    /// Whether `body` hashes to the checksum this header carries.
+    fn checks(&self, body: &[u8]) -> bool {
+        match (&self.xxh3_128, &self.sha256) {
+            (Some(x), _) => *x == body_checksum(body),
+            (None, Some(s)) => *s == hex::encode(Sha256::digest(body)),
+            (None, None) => false,
         }
     }
 
@@ -88,7 +107,12 @@ impl Header {
         let json = serde_json::to_vec(self).expect("a header of strings and integers serialises");
         let mut out = Vec::with_capacity(PREFIX_LEN + json.len());
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        // A header that carries only a SHA-256 (read from a version 1 file) stays version 1.
+        out.push(if self.xxh3_128.is_some() {
+            VERSION
+        } else {
+            VERSION_SHA256
+        });
         out.extend_from_slice(&(json.len() as u32).to_le_bytes());
         out.extend_from_slice(&json);
         out
@@ -117,34 +141,52 @@ fn corrupt(why: impl Into<String>) -> Invalid {
     Invalid::Corrupt(why.into())
 }
 
-/// Parses the fixed prefix; returns the JSON header length.
-fn parse_prefix(prefix: &[u8]) -> Result<usize, Invalid> {
+/// The checksum of an entry's body: XXH3-128 in lowercase hex. It guards against a damaged
+/// disk or a torn write, not an attacker (who could write a matching checksum as easily), so a
+/// hash at memory speed replaces version 1's SHA-256, which cost more CPU than serving the entry.
+pub(crate) fn body_checksum(body: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(body))
+}
+
+/// Parses the fixed prefix; returns the JSON header length and the format version.
+fn parse_prefix(prefix: &[u8]) -> Result<(usize, u8), Invalid> {
     if prefix.len() < PREFIX_LEN {
         return Err(corrupt("truncated prefix"));
     }
     if &prefix[..4] != MAGIC {
         return Err(corrupt("bad magic"));
     }
-    if prefix[4] != VERSION {
-        return Err(corrupt(format!("unknown version {}", prefix[4])));
+    let version = prefix[4];
+    if version != VERSION && version != VERSION_SHA256 {
+        return Err(corrupt(format!("unknown version {version}")));
     }
     let len = u32::from_le_bytes(prefix[5..9].try_into().expect("4 bytes")) as usize;
     if len > MAX_HEADER {
         return Err(corrupt(format!("header of {len} bytes")));
     }
-    Ok(len)
+    Ok((len, version))
 }
 
-fn parse_header(json: &[u8]) -> Result<Header, Invalid> {
+/// Parses the JSON header of a file of `version`: it must carry that version's checksum (and
+/// only that one).
+fn parse_header(json: &[u8], version: u8) -> Result<Header, Invalid> {
     let header: Header =
         serde_json::from_slice(json).map_err(|e| corrupt(format!("header: {e}")))?;
-    let hex_ok = header.sha256.len() == 64
-        && header
-            .sha256
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !hex_ok {
-        return Err(corrupt("header: sha256 is not 64 lowercase hex digits"));
+    let lower_hex = |s: &str, digits: usize| {
+        s.len() == digits
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let ok = match (version, &header.xxh3_128, &header.sha256) {
+        (VERSION, Some(x), None) => lower_hex(x, 32),
+        (VERSION_SHA256, None, Some(s)) => lower_hex(s, 64),
+        _ => false,
+    };
+    if !ok {
+        return Err(corrupt(format!(
+            "header: no valid body checksum for version {version} (xxh3_128: 32 lowercase hex \
+             digits; version 1 sha256: 64)"
+        )));
     }
     Ok(header)
 }
@@ -155,10 +197,10 @@ pub(crate) fn read_header(path: &Path) -> Result<(Header, Metadata), Invalid> {
     let mut file = File::open(path)?;
     let mut prefix = [0u8; PREFIX_LEN];
     file.read_exact(&mut prefix)?;
-    let len = parse_prefix(&prefix)?;
+    let (len, version) = parse_prefix(&prefix)?;
     let mut json = vec![0u8; len];
     file.read_exact(&mut json)?;
-    let header = parse_header(&json)?;
+    let header = parse_header(&json, version)?;
     let metadata = file.metadata()?;
     let expected = header.file_len(len);
     if metadata.len() != expected {
@@ -171,14 +213,14 @@ pub(crate) fn read_header(path: &Path) -> Result<(Header, Metadata), Invalid> {
 }
 
 /// Decodes a whole entry file: checks magic, version, lengths, that it holds `key`, and the body's
-/// sha256. Returns the header and the body (a slice of `file`, no copy).
+/// checksum. Returns the header and the body (a slice of `file`, no copy).
 pub(crate) fn decode(file: Bytes, key: &str) -> Result<(Header, Bytes), Invalid> {
-    let len = parse_prefix(&file)?;
+    let (len, version) = parse_prefix(&file)?;
     let body_start = PREFIX_LEN + len;
     let json = file
         .get(PREFIX_LEN..body_start)
         .ok_or_else(|| corrupt("truncated header"))?;
-    let header = parse_header(json)?;
+    let header = parse_header(json, version)?;
     if header.key != key {
         return Err(corrupt(format!("holds key {:?}", header.key)));
     }
@@ -190,7 +232,7 @@ pub(crate) fn decode(file: Bytes, key: &str) -> Result<(Header, Bytes), Invalid>
         )));
     }
     let body = file.slice(body_start..);
-    if hex::encode(Sha256::digest(&body)) != header.sha256 {
+    if !header.checks(&body) {
         return Err(corrupt("body checksum mismatch"));
     }
     Ok((header, body))

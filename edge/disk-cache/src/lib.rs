@@ -14,16 +14,21 @@
 //! ```
 //!
 //! An entry is written whole to `dir/tmp/`, then `rename`d into place: a reader, a concurrent
-//! writer or a restart sees the old file or the new one, never a torn one. Nothing is fsynced:
+//! writer or a restart sees the old file or the new one, never a torn one. The file written to
+//! is, when the write evicts, the first victim's file renamed into `tmp/` (and cut to the new
+//! length) rather than a new one: a full cache then replaces entries without allocating and
+//! freeing inodes (on ext4 without a journal, allocating one next to many recently deleted ones
+//! cost more than the rest of the fill). A reader that opened the victim's file just before
+//! sees another key or a checksum mismatch: a miss. Nothing is fsynced:
 //! after a power loss a renamed file may hold garbage or zeros, which the length check at open
 //! and the checksum on every read catch (the file is then deleted and the object fetched again).
 //!
-//! # File format (version 1)
+//! # File format (version 2)
 //!
 //! | bytes | content |
 //! |---|---|
 //! | 4 | magic `EDGC` |
-//! | 1 | version, `1` |
+//! | 1 | version, `2` (`1`: the same, with a SHA-256 checksum) |
 //! | 4 | header length `n`, u32 little-endian (at most 64 KiB) |
 //! | n | JSON header |
 //! | rest | the body |
@@ -33,7 +38,7 @@
 //! ```json
 //! {"key":"/vod/a/seg_1.ts","etag":"\"abc\"","last_modified_ms":1700000000000,
 //!  "cache_control":"max-age=60","stored_at_ms":1700000001000,"expires_at_ms":1700000061000,
-//!  "source":"origin","body_len":123456,"sha256":"<64 lowercase hex digits of the body's sha256>"}
+//!  "source":"origin","body_len":123456,"xxh3_128":"<32 lowercase hex digits of the body's XXH3-128>"}
 //! ```
 //!
 //! An entry may be one slice of a larger object (the edge caches objects in fixed-size slices,
@@ -42,8 +47,12 @@
 //! Times are milliseconds since the Unix epoch (so [`Meta`] times come back truncated to the
 //! millisecond); `etag`, `last_modified_ms` and `cache_control` may be `null`. A file is valid when
 //! the magic and version match, its length is exactly `9 + n + body_len`, its name is the sha256 of
-//! `key`, and (checked on every [`DiskCache::get`]) the body hashes to `sha256`. A file of another
-//! version is treated as damaged: this is a cache.
+//! `key`, and (checked on every [`DiskCache::get`]) the body hashes to `xxh3_128`. The checksum
+//! is there for damaged disks and torn writes, not for an attacker who can write the cache
+//! directory (and so a matching checksum), hence a non-cryptographic hash at memory speed; version
+//! 1 files, whose header has `"sha256"` (64 hex digits) instead, are still read and verified
+//! with SHA-256, so an upgrade keeps the cache. A file of another version is treated as damaged:
+//! this is a cache.
 //!
 //! # Index, capacity and eviction
 //!
@@ -423,6 +432,21 @@ impl Inner {
         }
     }
 
+    /// Moves the file of `victim` (already removed from the index; `fs` lock held) to `to`, to
+    /// be overwritten by a new entry; false when it cannot be (it is then left to
+    /// [`Inner::unlink`]). A reader that opened it before sees another key or a checksum
+    /// mismatch, which it treats as a miss.
+    fn recycle(&self, victim: &str, to: &Path) -> bool {
+        match std::fs::rename(self.path(victim), to) {
+            Ok(()) => true,
+            Err(e) => {
+                // The tmp directory vanished, or the file did: nothing to recycle.
+                debug!(victim, error = %e, "disk cache: evicted file not recycled");
+                false
+            }
+        }
+    }
+
     fn read(&self, key: &str, slot: Slot) -> Option<Entry> {
         let path = self.path(key);
         let data = match std::fs::read(&path) {
@@ -482,7 +506,12 @@ impl Inner {
             return Ok(());
         }
 
-        let reservation = {
+        let tmp = self.cfg.dir.join(TMP_DIR).join(format!(
+            "{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let (reservation, recycled) = {
             let _fs = self.fs.lock();
             let mut index = self.index.lock();
             let Some(victims) = index.reserve(size, self.cfg.capacity) else {
@@ -492,21 +521,25 @@ impl Inner {
             self.update_gauges(&index);
             drop(index);
             self.metrics.evictions.inc_by(victims.len() as u64);
+            // The first victim's file becomes this write's temporary file (renamed, not
+            // unlinked): a full cache then writes without allocating an inode, which on ext4
+            // without a journal scans for recently deleted inodes, the largest cost of a fill.
+            let mut recycled = false;
             for (victim, _) in &victims {
-                self.unlink(victim);
+                if !recycled && self.recycle(victim, &tmp) {
+                    recycled = true;
+                } else {
+                    self.unlink(victim);
+                }
             }
-            Reservation {
+            let reservation = Reservation {
                 inner: self,
                 bytes: size,
-            }
+            };
+            (reservation, recycled)
         };
 
-        let tmp = self.cfg.dir.join(TMP_DIR).join(format!(
-            "{}-{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        if let Err(e) = write_new(&tmp, &prefix, body) {
+        if let Err(e) = write_file(&tmp, recycled, &prefix, body) {
             let _ = std::fs::remove_file(&tmp);
             return Err(self.write_failed(io_error(&tmp, &e)));
         }
@@ -616,16 +649,24 @@ impl Inner {
     }
 }
 
-/// Writes `prefix` then `body` to a new file at `path` (creating its directory if missing).
-fn write_new(path: &Path, prefix: &[u8], body: &[u8]) -> std::io::Result<()> {
-    let mut file = match File::create_new(path) {
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
+/// Writes `prefix` then `body` to the file at `path`: an evicted entry's file moved there when
+/// `recycled` (cut or grown to the new length first, so it never holds more than was reserved
+/// for it), otherwise a new file (creating its directory if missing).
+fn write_file(path: &Path, recycled: bool, prefix: &[u8], body: &[u8]) -> std::io::Result<()> {
+    let mut file = if recycled {
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        file.set_len((prefix.len() + body.len()) as u64)?;
+        file
+    } else {
+        match File::create_new(path) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                File::create_new(path)?
             }
-            File::create_new(path)?
+            other => other?,
         }
-        other => other?,
     };
     file.write_all(prefix)?;
     file.write_all(body)?;

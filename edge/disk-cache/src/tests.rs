@@ -101,7 +101,7 @@ async fn layout_and_file_format() {
     assert_eq!(entry_files(dir.path()), vec![path.clone()]);
     let raw = std::fs::read(&path).unwrap();
     assert_eq!(&raw[..4], b"EDGC");
-    assert_eq!(raw[4], 1);
+    assert_eq!(raw[4], 2);
     let n = u32::from_le_bytes(raw[5..9].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&raw[9..9 + n]).unwrap();
     assert_eq!(header["key"], key);
@@ -113,9 +113,10 @@ async fn layout_and_file_format() {
     assert_eq!(header["source"], "origin");
     assert_eq!(header["body_len"], 1000);
     assert_eq!(
-        header["sha256"],
-        hex::encode(Sha256::digest(vec![7u8; 1000]))
+        header["xxh3_128"],
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&[7u8; 1000]))
     );
+    assert!(header.get("sha256").is_none());
     assert_eq!(&raw[9 + n..], &vec![7u8; 1000][..]);
     assert_eq!(cache.bytes(), raw.len() as u64);
 
@@ -686,7 +687,7 @@ fn format_round_trip_and_checks() {
         Err(Invalid::Corrupt(_))
     ));
     let mut bad_version = file.clone();
-    bad_version[4] = 2;
+    bad_version[4] = 3;
     assert!(matches!(
         format::decode(Bytes::from(bad_version), "/k"),
         Err(Invalid::Corrupt(_))
@@ -697,6 +698,156 @@ fn format_round_trip_and_checks() {
         format::decode(Bytes::from(huge_header), "/k"),
         Err(Invalid::Corrupt(_))
     ));
+}
+
+/// A version 1 entry file (SHA-256 checksum), as the edge wrote before version 2.
+fn version_1_file(key: &str, payload: &[u8], meta: &Meta) -> Vec<u8> {
+    let mut header = Header::new(key, payload, meta);
+    header.xxh3_128 = None;
+    header.sha256 = Some(hex::encode(Sha256::digest(payload)));
+    let mut file = header.encode();
+    assert_eq!(file[4], 1);
+    file.extend_from_slice(payload);
+    file
+}
+
+#[test]
+fn version_1_files_decode_with_their_sha256_and_mixed_headers_do_not() {
+    let meta = fresh();
+    let payload = b"segment bytes".as_slice();
+    let file = version_1_file("/k", payload, &meta);
+    let (header, body) = format::decode(Bytes::from(file.clone()), "/k").unwrap();
+    assert_eq!(&body[..], payload);
+    assert_eq!(header.meta(), meta);
+    let mut damaged = file.clone();
+    *damaged.last_mut().unwrap() ^= 1;
+    assert!(matches!(
+        format::decode(Bytes::from(damaged), "/k"),
+        Err(Invalid::Corrupt(why)) if why.contains("checksum")
+    ));
+    // A version 1 prefix on a version 2 header (and the reverse) is damage, not a format.
+    let mut v2 = Header::new("/k", payload, &meta).encode();
+    v2.extend_from_slice(payload);
+    let mut v2_as_1 = v2.clone();
+    v2_as_1[4] = 1;
+    let mut v1_as_2 = file;
+    v1_as_2[4] = 2;
+    for wrong in [v2_as_1, v1_as_2] {
+        assert!(matches!(
+            format::decode(Bytes::from(wrong), "/k"),
+            Err(Invalid::Corrupt(why)) if why.contains("version")
+        ));
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_keeps_version_1_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = "/vod/movies/m1/seg_1.ts";
+    let path = path_of(d, key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, version_1_file(key, &[5u8; 3000], &fresh())).unwrap();
+    let (cache, metrics) = open(d, 1 << 20).await;
+    assert_eq!(cache.len(), 1, "the scan at open kept the version 1 entry");
+    let got = cache
+        .get(key)
+        .await
+        .expect("read and verified with SHA-256");
+    assert_eq!(got.body, body(5, 3000));
+    assert_eq!(got.meta, fresh());
+    assert_eq!(metrics.corrupt.get(), 0);
+    assert_consistent(d, &cache, &metrics);
+}
+
+#[tokio::test]
+async fn a_full_cache_reuses_the_files_it_evicts() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cache, metrics) = open(d, 30_000).await;
+    // Nine entries of ~3.2 KB fill 30 KB; the next ten each evict one, of another size.
+    for i in 0..12u8 {
+        cache
+            .put(&format!("/a{i}"), body(i, 3000), fresh())
+            .await
+            .unwrap();
+    }
+    assert!(metrics.evictions.get() > 0, "the cache is full");
+    let inodes = |keys: &mut dyn Iterator<Item = String>| -> Vec<u64> {
+        keys.filter_map(|k| std::fs::metadata(path_of(d, &k)).ok())
+            .map(|m| m.ino())
+            .collect()
+    };
+    let before = inodes(&mut (0..12).map(|i| format!("/a{i}")));
+    let mut reused = 0;
+    for (i, len) in [(0u8, 1000), (1, 5000), (2, 3000), (3, 100), (4, 4000)] {
+        let key = format!("/b{i}");
+        let evictions = metrics.evictions.get();
+        cache.put(&key, body(100 + i, len), fresh()).await.unwrap();
+        let ino = std::fs::metadata(path_of(d, &key)).unwrap().ino();
+        let evicted = metrics.evictions.get() > evictions;
+        assert_eq!(
+            before.contains(&ino),
+            evicted,
+            "{key} was written into an evicted entry's file if and only if it evicted one"
+        );
+        reused += usize::from(evicted);
+        let got = cache.get(&key).await.expect("the new entry reads back");
+        assert_eq!(got.body, body(100 + i, len), "{key}: exactly the new bytes");
+        assert_consistent(d, &cache, &metrics);
+    }
+    for i in 0..12 {
+        if let Some(got) = cache.get(&format!("/a{i}")).await {
+            assert_eq!(got.body, body(i, 3000), "a kept entry is untouched");
+        }
+    }
+    assert!(reused >= 3, "{reused} of 5 writes evicted");
+    assert_eq!(metrics.corrupt.get(), 0);
+    // Reopened, every entry passes the scan and its checksum.
+    let keys: Vec<String> = (0..12)
+        .map(|i| format!("/a{i}"))
+        .chain((0..5).map(|i| format!("/b{i}")))
+        .filter(|k| cache.expires_at(k).is_some())
+        .collect();
+    drop(cache);
+    let (cache, metrics) = open(d, 30_000).await;
+    assert_eq!(cache.len(), keys.len());
+    for k in &keys {
+        assert!(cache.get(k).await.is_some(), "{k} after reopen");
+    }
+    assert_eq!(metrics.corrupt.get(), 0);
+}
+
+#[tokio::test]
+async fn a_reader_of_an_entry_evicted_and_reused_under_it_misses_and_counts_no_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cache, metrics) = open(d, 40_000).await;
+    for i in 0..12u8 {
+        cache
+            .put(&format!("/a{i}"), body(i, 3000), fresh())
+            .await
+            .unwrap();
+    }
+    // The read path's decode of a file that now holds another key's entry.
+    let (victim, slot) = {
+        let index = cache.inner.index.lock();
+        let k = (0..12)
+            .map(|i| format!("/a{i}"))
+            .find(|k| index.peek(k).is_some())
+            .unwrap();
+        let slot = index.peek(&k).unwrap();
+        (k, slot)
+    };
+    let other = "/other";
+    let mut reused = Header::new(other, &[9u8; 3000], &fresh()).encode();
+    reused.extend_from_slice(&[9u8; 3000]);
+    std::fs::write(path_of(d, &victim), &reused).unwrap();
+    // Evicted meanwhile: its slot is gone from the index, so the mismatch is not damage.
+    cache.inner.index.lock().take(&victim);
+    assert!(cache.inner.read(&victim, slot).is_none());
+    assert_eq!(metrics.corrupt.get(), 0);
 }
 
 #[test]

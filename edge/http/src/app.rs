@@ -340,9 +340,13 @@ async fn pump_body(
                 session
                     .write_continue_response()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| (e.to_string(), false))?;
             }
-            session.read_request_body().await.map_err(|e| e.to_string())
+            session.read_request_body().await.map_err(|e| {
+                // Pingora's own read timeout (set to body_timeout too) may fire first.
+                let timed_out = *e.etype() == pingora_core::ErrorType::ReadTimedout;
+                (e.to_string(), timed_out)
+            })
         };
         match tokio::time::timeout(conn.limits.body_timeout, read).await {
             Ok(Ok(Some(chunk))) => {
@@ -351,12 +355,12 @@ async fn pump_body(
                 }
             }
             Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
+            Ok(Err((e, false))) => {
                 failed.store(true, Ordering::SeqCst);
                 tx.send(Err(BodyError::Interrupted(e))).await;
                 return;
             }
-            Err(_) => {
+            Err(_) | Ok(Err((_, true))) => {
                 failed.store(true, Ordering::SeqCst);
                 conn.metrics.cut(&conn.name, "body_timeout");
                 tx.send(Err(BodyError::Interrupted(
