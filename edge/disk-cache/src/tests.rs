@@ -760,19 +760,24 @@ async fn an_upgrade_keeps_version_1_entries() {
     assert_consistent(d, &cache, &metrics);
 }
 
-#[tokio::test]
-async fn a_full_cache_reuses_the_files_it_evicts() {
-    use std::os::unix::fs::MetadataExt;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (cache, metrics) = open(d, 30_000).await;
-    // Nine entries of ~3.2 KB fill 30 KB; the next ten each evict one, of another size.
+/// Entries `/a0` … `/a11`, 3000 bytes each of their index.
+async fn put_twelve(cache: &DiskCache) {
     for i in 0..12u8 {
         cache
             .put(&format!("/a{i}"), body(i, 3000), fresh())
             .await
             .unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_full_cache_reuses_the_files_it_evicts() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cache, metrics) = open(d, 30_000).await;
+    // Nine entries of ~3.2 KB fill 30 KB; the next ones each evict one, of another size.
+    put_twelve(&cache).await;
     assert!(metrics.evictions.get() > 0, "the cache is full");
     let inodes = |keys: &mut dyn Iterator<Item = String>| -> Vec<u64> {
         keys.filter_map(|k| std::fs::metadata(path_of(d, &k)).ok())
@@ -824,12 +829,7 @@ async fn a_reader_of_an_entry_evicted_and_reused_under_it_misses_and_counts_no_d
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (cache, metrics) = open(d, 40_000).await;
-    for i in 0..12u8 {
-        cache
-            .put(&format!("/a{i}"), body(i, 3000), fresh())
-            .await
-            .unwrap();
-    }
+    put_twelve(&cache).await;
     // The read path's decode of a file that now holds another key's entry.
     let (victim, slot) = {
         let index = cache.inner.index.lock();
