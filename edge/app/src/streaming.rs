@@ -69,6 +69,7 @@ fn kafka(cfg: &EdgeConfig) -> anyhow::Result<Option<Arc<KafkaSink>>> {
             .map(|(a, b)| (a.clone(), b.clone()))
             .collect(),
         request_timeout: k.request_timeout,
+        stall_timeout: k.stall_timeout,
     })?;
     Ok(Some(Arc::new(sink)))
 }

@@ -67,7 +67,7 @@ mod tests {
 
     #[test]
     fn every_error_at_once() {
-        let text = "[server]\nlisen = 1\nthreads = 0\n[cache]\nmemory = \"lots\"\n[wasm]\ndeadline = \"1h\"\n[nope]\n";
+        let text = "[server]\nlisen = 1\nthreads = 0\n[cache]\nmemory = \"lots\"\n[wasm]\ndeadline = \"1h\"\n[kafka]\nstall_timeout = \"1s\"\n[nope]\n";
         let errs = EdgeConfig::from_toml_str(
             "e.toml",
             text,
@@ -83,7 +83,8 @@ mod tests {
                 "cache.memory",
                 "nope",
                 "server.threads",
-                "wasm.deadline"
+                "wasm.deadline",
+                "kafka.stall_timeout"
             ]
         );
     }

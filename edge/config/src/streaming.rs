@@ -146,6 +146,11 @@ pub struct KafkaConfig {
     /// Bound on metadata and admin requests (health, topic creation). Default `5s`.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A delivery with no delivery report for this long while the broker answers is purged and
+    /// the producer rebuilt (records in flight may then reach consumers twice; they de-duplicate
+    /// by the `event-id` header). Default `30s`, at least `5s`.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
     /// Further librdkafka settings (`security.protocol`, `sasl.mechanisms`, …), applied last.
     pub properties: BTreeMap<String, String>,
 }
@@ -162,6 +167,7 @@ impl Default for KafkaConfig {
             partitions: 3,
             replication_factor: 1,
             request_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(30),
             properties: BTreeMap::new(),
         }
     }
@@ -269,5 +275,8 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
     }
     if k.request_timeout.is_zero() {
         bad("kafka.request_timeout", "must be greater than zero");
+    }
+    if k.stall_timeout < Duration::from_secs(5) {
+        bad("kafka.stall_timeout", "must be at least 5s");
     }
 }

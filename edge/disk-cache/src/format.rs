@@ -98,8 +98,9 @@ impl Header {
     }
 
     /// Bytes of the whole file for a JSON header of `header_len` bytes.
+    /// Saturates: a hostile `body_len` near `u64::MAX` matches no file instead of overflowing.
     pub(crate) fn file_len(&self, header_len: usize) -> u64 {
-        (PREFIX_LEN + header_len) as u64 + self.body_len
+        ((PREFIX_LEN + header_len) as u64).saturating_add(self.body_len)
     }
 
     /// Magic, version, header length and JSON header: everything that precedes the body.

@@ -432,17 +432,31 @@ impl Inner {
         }
     }
 
-    /// Moves the file of `victim` (already removed from the index; `fs` lock held) to `to`, to
-    /// be overwritten by a new entry; false when it cannot be (it is then left to
-    /// [`Inner::unlink`]). A reader that opened it before sees another key or a checksum
-    /// mismatch, which it treats as a miss.
-    fn recycle(&self, victim: &str, to: &Path) -> bool {
-        match std::fs::rename(self.path(victim), to) {
-            Ok(()) => true,
+    /// Moves the file of `victim` (already removed from the index; `fs` lock held) to `to`
+    /// and cuts or grows it to `len`, to be overwritten by a new entry; `None` when it cannot
+    /// be (a file that cannot be moved is left to [`Inner::unlink`]). Cut under the lock, so
+    /// the disk never holds the victim's bytes beyond what the index counts. A reader that
+    /// opened it before sees another key, a checksum mismatch or an entry gone from the
+    /// index, all of them a miss.
+    fn recycle(&self, victim: &str, to: &Path, len: u64) -> Option<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Err(e) = std::fs::rename(self.path(victim), to) {
+            // The tmp directory vanished, or the file did: nothing to recycle.
+            debug!(victim, error = %e, "disk cache: evicted file not recycled");
+            return None;
+        }
+        // Not through a symlink planted under an entry's name (`create_new` refuses one too).
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(to)
+            .and_then(|file| file.set_len(len).map(|()| file));
+        match opened {
+            Ok(file) => Some(file),
             Err(e) => {
-                // The tmp directory vanished, or the file did: nothing to recycle.
-                debug!(victim, error = %e, "disk cache: evicted file not recycled");
-                false
+                warn!(victim, error = %e, "disk cache: evicted file not recycled");
+                let _ = std::fs::remove_file(to);
+                None
             }
         }
     }
@@ -467,6 +481,13 @@ impl Inner {
             }
         };
         match format::decode(Bytes::from(data), key) {
+            // The file may have been recycled for another entry while it was read, its bytes
+            // overwritten under the reader (see `recycle`). Its index entry is removed before
+            // the rename, so bytes read while the entry is still indexed are nobody else's.
+            Ok(_) if self.index.lock().peek(key).map(|s| s.generation) != Some(slot.generation) => {
+                debug!(key, "disk cache: entry evicted while it was read");
+                None
+            }
             Ok((header, body)) => Some(Entry {
                 body,
                 meta: header.meta(),
@@ -524,13 +545,15 @@ impl Inner {
             // The first victim's file becomes this write's temporary file (renamed, not
             // unlinked): a full cache then writes without allocating an inode, which on ext4
             // without a journal scans for recently deleted inodes, the largest cost of a fill.
-            let mut recycled = false;
+            let mut recycled = None;
             for (victim, _) in &victims {
-                if !recycled && self.recycle(victim, &tmp) {
-                    recycled = true;
-                } else {
-                    self.unlink(victim);
+                if recycled.is_none() {
+                    recycled = self.recycle(victim, &tmp, size);
+                    if recycled.is_some() {
+                        continue;
+                    }
                 }
+                self.unlink(victim);
             }
             let reservation = Reservation {
                 inner: self,
@@ -649,16 +672,18 @@ impl Inner {
     }
 }
 
-/// Writes `prefix` then `body` to the file at `path`: an evicted entry's file moved there when
-/// `recycled` (cut or grown to the new length first, so it never holds more than was reserved
-/// for it), otherwise a new file (creating its directory if missing).
-fn write_file(path: &Path, recycled: bool, prefix: &[u8], body: &[u8]) -> std::io::Result<()> {
-    let mut file = if recycled {
-        let file = std::fs::OpenOptions::new().write(true).open(path)?;
-        file.set_len((prefix.len() + body.len()) as u64)?;
-        file
-    } else {
-        match File::create_new(path) {
+/// Writes `prefix` then `body` to the file at `path`: `recycled` (an evicted entry's file
+/// moved there, already at the new length: see [`Inner::recycle`]), otherwise a new file
+/// (creating its directory if missing).
+fn write_file(
+    path: &Path,
+    recycled: Option<File>,
+    prefix: &[u8],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut file = match recycled {
+        Some(file) => file,
+        None => match File::create_new(path) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)?;
@@ -666,7 +691,7 @@ fn write_file(path: &Path, recycled: bool, prefix: &[u8], body: &[u8]) -> std::i
                 File::create_new(path)?
             }
             other => other?,
-        }
+        },
     };
     file.write_all(prefix)?;
     file.write_all(body)?;

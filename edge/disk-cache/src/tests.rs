@@ -850,6 +850,37 @@ async fn a_reader_of_an_entry_evicted_and_reused_under_it_misses_and_counts_no_d
     assert_eq!(metrics.corrupt.get(), 0);
 }
 
+#[tokio::test]
+async fn bytes_read_after_the_entry_was_evicted_are_not_served_even_when_they_verify() {
+    // A reader that opened a file just before its eviction may read it while it is overwritten
+    // for another entry; the checksum (not cryptographic) must not be all that stands between
+    // such bytes and a viewer.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cache, metrics) = open(d, 1 << 20).await;
+    cache.put("/v", body(3, 3000), fresh()).await.unwrap();
+    let slot = cache.inner.index.lock().peek("/v").unwrap();
+    assert!(cache.inner.read("/v", slot).is_some(), "indexed: served");
+    // The file is intact and verifies, but the entry left the index before (or while) it was
+    // read: a miss.
+    cache.inner.index.lock().take("/v");
+    assert!(cache.inner.read("/v", slot).is_none());
+    assert_eq!(metrics.corrupt.get(), 0);
+}
+
+#[test]
+fn a_hostile_body_length_is_damage_not_an_overflow() {
+    let payload = b"x".as_slice();
+    let mut header = Header::new("/k", payload, &fresh());
+    header.body_len = u64::MAX;
+    let mut file = header.encode();
+    file.extend_from_slice(payload);
+    assert!(matches!(
+        format::decode(Bytes::from(file), "/k"),
+        Err(Invalid::Corrupt(why)) if why.contains("the header says")
+    ));
+}
+
 #[test]
 fn metrics_register_under_their_names() {
     let registry = prometheus::Registry::new();

@@ -37,6 +37,18 @@
 //!   batch whose response arrives after that is queued again for a retry that never comes; the
 //!   sink purges again every second) and topics the broker lost (re-created every 10 s when
 //!   `create_topics` is on).
+//! - **Stalled producer.** A third case cannot be recognised from its cause, only from its
+//!   effect, so `deliver` watches for the effect: no delivery report for `stall_timeout` (30 s)
+//!   while the broker answers metadata requests the whole time. It was met against tansu after
+//!   the broker forgot the producer id with no produce request retried yet: librdkafka then
+//!   sees "no risk of duplication", bumps the producer epoch locally and retries, tansu answers
+//!   `UNKNOWN_PRODUCER_ID` again, and so on (thousands of rounds a minute, no fatal error, no
+//!   progress; `a_broker_that_forgets_an_idle_producer_stalls_it_and_the_sink_recovers`
+//!   reproduces it every time). The sink purges what the producer holds, fails the delivery with the leading run
+//!   and "producer stalled", and the next delivery builds a new producer (a new producer id).
+//!   Records that were in flight at the purge may have been stored: they are sent again, so
+//!   consumers see them twice (de-duplicate by `event-id`, as after a fatal error). A broker
+//!   that cannot be reached is an outage, not a stall: the clock restarts.
 //!
 //! # tansu 0.6.0 (the test broker) across its own restart
 //!
@@ -59,7 +71,11 @@
 //!   retry look like a duplicate: in 2 of 3 SIGKILL runs records were lost (43, one batch) or
 //!   stored twice (15). No client setting can fix that; the test harness cuts the client
 //!   connections before it stops the broker. (Kafka appends a batch and its producer state
-//!   together.)
+//!   together.) Even after an orderly stop (connections cut first, then SIGTERM) it sometimes
+//!   answers a retried batch `OUT_OF_ORDER_SEQUENCE_NUMBER`, a fatal error: the sink rebuilds
+//!   the producer and the records of that delivery after its leading run are sent again, so the
+//!   test then checks what the sink promises (nothing lost, per-key order once duplicates are
+//!   removed, duplicates only of the failed delivery) instead of exactly once.
 //! - After a restart librdkafka reconnects on its back-off (`reconnect.backoff.max.ms`, 10 s):
 //!   the interrupted batch completed 4-11 s after the broker was back.
 
@@ -94,6 +110,9 @@ pub struct KafkaConfig {
     /// Deadline of admin and metadata requests ([`KafkaSink::ensure_topics`],
     /// [`KafkaSink::health`]), default 5 s.
     pub request_timeout: Duration,
+    /// A delivery that gets no delivery report for this long while the broker answers metadata
+    /// requests is purged and the producer rebuilt (see "stalled producer" above), default 30 s.
+    pub stall_timeout: Duration,
 }
 
 impl KafkaConfig {
@@ -108,6 +127,7 @@ impl KafkaConfig {
             create_topics: true,
             properties: Vec::new(),
             request_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::{Health, KafkaConfig, KafkaError, context::TracingContext};
 use edge_events::{Record, Sink, Undelivered};
+use futures::StreamExt;
 use parking_lot::Mutex;
 use rdkafka::{
     ClientConfig,
@@ -29,6 +30,8 @@ pub struct KafkaSink {
     admin: Option<AdminClient<TracingContext>>,
     /// Topics are known to exist (set by a successful `ensure_topics`, cleared by a failure).
     topics_ready: AtomicBool,
+    /// A delivery stalled (see [`KafkaSink::wait`]): the next one builds a new producer.
+    stalled: AtomicBool,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -72,6 +75,7 @@ impl KafkaSink {
             producer: Mutex::new(Some(producer)),
             admin: Some(admin),
             topics_ready: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
         })
     }
 
@@ -114,7 +118,10 @@ impl KafkaSink {
 
     /// Asks the brokers for metadata (within the request timeout, on a blocking thread).
     pub async fn health(&self) -> Health {
-        let producer = self.producer();
+        self.metadata(self.producer()).await
+    }
+
+    async fn metadata(&self, producer: EdgeProducer) -> Health {
         let timeout = self.cfg.request_timeout;
         let res = tokio::task::spawn_blocking(move || {
             producer
@@ -145,42 +152,71 @@ impl KafkaSink {
         self.producer.lock().clone().expect("producer until drop")
     }
 
-    /// Replaces a producer that raised a fatal error (it refuses every record from then on).
-    /// The old one is dropped on a blocking thread: dropping purges, flushes and joins threads.
-    async fn rebuild_if_fatal(&self) -> Result<(), String> {
-        let Some((code, reason)) = self.producer().client().fatal_error() else {
+    /// Replaces a producer that raised a fatal error (it refuses every record from then on) or
+    /// whose last delivery stalled. The old one is dropped on a blocking thread: dropping
+    /// purges, flushes and joins threads.
+    async fn rebuild_if_needed(&self) -> Result<(), String> {
+        if let Some((code, reason)) = self.producer().client().fatal_error() {
+            tracing::error!(%code, reason, "kafka producer fatal error; building a new producer");
+        } else if self.stalled.load(Ordering::Relaxed) {
+            tracing::warn!("kafka producer stalled in the last delivery; building a new producer");
+        } else {
             return Ok(());
-        };
-        tracing::error!(%code, reason, "kafka producer fatal error; building a new producer");
+        }
         let fresh = build_producer(&self.producer_config).map_err(|e| e.to_string())?;
         let old = self.producer.lock().replace(fresh);
+        self.stalled.store(false, Ordering::Relaxed);
         tokio::task::spawn_blocking(move || drop(old));
         Ok(())
     }
 
-    /// Waits for every delivery report. Meanwhile:
+    /// Waits for every delivery report (returned in the order of `pending`). Meanwhile:
     /// - every [`TOPICS_RECHECK`], re-creates missing topics (with `create_topics`): a broker
     ///   that lost them (tansu on `memory://` after a restart) would otherwise keep the records
     ///   waiting forever (`message.timeout.ms=0`);
     /// - every [`FATAL_CHECK`], purges a producer that raised a fatal error: librdkafka purges
     ///   its queues once, but batches whose responses arrive afterwards are re-queued for a
-    ///   retry that never comes, and would wait forever too.
+    ///   retry that never comes, and would wait forever too;
+    /// - when no report arrived for `stall_timeout` while the broker answered metadata requests
+    ///   all along, purges the producer and marks it for a rebuild (see the crate documentation,
+    ///   "stalled producer"). The returned flag says so.
     async fn wait(
         &self,
         producer: &EdgeProducer,
         pending: Vec<DeliveryFuture>,
-    ) -> Vec<<DeliveryFuture as Future>::Output> {
-        let all = futures::future::join_all(pending);
-        tokio::pin!(all);
+    ) -> (Vec<<DeliveryFuture as Future>::Output>, bool) {
+        let mut results: Vec<Option<<DeliveryFuture as Future>::Output>> =
+            std::iter::repeat_with(|| None)
+                .take(pending.len())
+                .collect();
+        let mut running: futures::stream::FuturesUnordered<_> = pending
+            .into_iter()
+            .enumerate()
+            .map(|(i, fut)| async move { (i, fut.await) })
+            .collect();
         let every = |period| {
             let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             i.set_missed_tick_behavior(MissedTickBehavior::Delay);
             i
         };
         let (mut topics, mut fatal) = (every(TOPICS_RECHECK), every(FATAL_CHECK));
+        let mut stall_check = every(STALL_CHECK.min(self.cfg.stall_timeout));
+        let purge = |p: &EdgeProducer| {
+            let p = p.clone();
+            tokio::task::spawn_blocking(move || p.purge(PurgeConfig::default().queue().inflight()))
+        };
+        // Since when nothing was delivered while the broker answered.
+        let mut quiet_since = Instant::now();
+        let mut stalled = false;
         loop {
             tokio::select! {
-                results = &mut all => return results,
+                next = running.next() => match next {
+                    Some((i, result)) => {
+                        results[i] = Some(result);
+                        quiet_since = Instant::now();
+                    }
+                    None => break,
+                },
                 _ = topics.tick(), if self.cfg.create_topics => {
                     if let Err(e) = self.ensure_topics().await {
                         tracing::debug!(error = %e, "kafka delivery waiting; topics not checked");
@@ -188,13 +224,36 @@ impl KafkaSink {
                 }
                 _ = fatal.tick() => {
                     if producer.client().fatal_error().is_some() {
-                        let p = producer.clone();
-                        let purge = PurgeConfig::default().queue().inflight();
-                        let _ = tokio::task::spawn_blocking(move || p.purge(purge)).await;
+                        let _ = purge(producer).await;
                     }
+                }
+                _ = stall_check.tick(), if !stalled => {
+                    if quiet_since.elapsed() < self.cfg.stall_timeout {
+                        continue;
+                    }
+                    if let Health::Unavailable(why) = self.metadata(producer.clone()).await {
+                        // An outage: waiting it out is the point of `message.timeout.ms=0`.
+                        tracing::debug!(why, "kafka delivery waiting for the broker");
+                        quiet_since = Instant::now();
+                        continue;
+                    }
+                    tracing::error!(
+                        stall_timeout = ?self.cfg.stall_timeout,
+                        waiting = running.len(),
+                        "kafka delivery stalled: no delivery report while the broker answers; \
+                         purging and rebuilding the producer"
+                    );
+                    stalled = true;
+                    self.stalled.store(true, Ordering::Relaxed);
+                    let _ = purge(producer).await;
                 }
             }
         }
+        let results = results
+            .into_iter()
+            .map(|r| r.expect("every delivery future finished"))
+            .collect();
+        (results, stalled)
     }
 
     /// Enqueues `batch` in order; stops at the first record librdkafka refuses (its error is
@@ -243,6 +302,8 @@ impl KafkaSink {
 const TOPICS_RECHECK: Duration = Duration::from_secs(10);
 /// How often a delivery still waiting checks the producer for a fatal error.
 const FATAL_CHECK: Duration = Duration::from_secs(1);
+/// How often a delivery still waiting checks whether it stalled (`stall_timeout`).
+const STALL_CHECK: Duration = Duration::from_secs(5);
 
 fn build_producer(config: &ClientConfig) -> Result<EdgeProducer, KafkaError> {
     config
@@ -258,7 +319,7 @@ impl Sink for KafkaSink {
 
     async fn deliver(&self, batch: &[Record]) -> Result<(), Undelivered> {
         let undelivered = |delivered, reason| Undelivered { delivered, reason };
-        self.rebuild_if_fatal()
+        self.rebuild_if_needed()
             .await
             .map_err(|r| undelivered(0, r))?;
         if self.cfg.create_topics && !self.topics_ready.load(Ordering::Relaxed) {
@@ -269,7 +330,7 @@ impl Sink for KafkaSink {
         let started = Instant::now();
         let producer = self.producer();
         let (pending, enqueue_error) = self.enqueue(&producer, batch).await;
-        let results = self.wait(&producer, pending).await;
+        let (results, stalled) = self.wait(&producer, pending).await;
         let fatal = producer.client().fatal_error();
         drop(producer);
         let delivered = results
@@ -292,9 +353,14 @@ impl Sink for KafkaSink {
                     Some((code, fatal)) => {
                         format!("fatal producer error {code:?} ({fatal}); {reason}")
                     }
+                    None if stalled => format!(
+                        "producer stalled (no delivery report in {:?} while the broker \
+                         answered), purged; {reason}",
+                        self.cfg.stall_timeout
+                    ),
                     None => reason,
                 };
-                // A fatal producer error is logged when the next delivery rebuilds the producer.
+                // A fatal or stalled producer is rebuilt (and logged) by the next delivery.
                 self.topics_ready.store(false, Ordering::Relaxed);
                 Err(undelivered(delivered, reason))
             }
