@@ -355,3 +355,51 @@ async fn what_is_evicted_or_not_admitted_goes_to_the_eviction_hook() {
     cache.purge_prefix("/k");
     assert_eq!(before, seen.len());
 }
+
+/// A value that counts its live copies.
+#[derive(Clone)]
+struct Tracked {
+    bytes: usize,
+    _alive: Arc<()>,
+}
+
+impl Weighted for Tracked {
+    fn weight(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[tokio::test]
+async fn evicted_values_are_freed_at_once_not_when_tinyufo_reclaims_its_buckets() {
+    // TinyUFO's map retires removed buckets and frees them in batches, later; a value of a
+    // retired bucket must not live on with it (with 4 MiB slices that was ~200 MiB).
+    let cache: Cache<Tracked, Err> = Cache::new(
+        CacheConfig {
+            capacity: 1 << 20,
+            max_object: 64 << 10,
+            estimated_entries: 64,
+            stale_if_error: Duration::ZERO,
+        },
+        None,
+    );
+    let alive = Arc::new(());
+    for i in 0..300 {
+        let value = Tracked {
+            bytes: 64 << 10,
+            _alive: alive.clone(),
+        };
+        let key = format!("/k{}", i % 150);
+        let (got, _) = cache
+            .get_or_fetch(&key, move || async move { Ok((value, Duration::from_secs(60))) })
+            .await
+            .unwrap();
+        drop(got);
+        if i % 7 == 0 {
+            cache.purge(&format!("/k{}", i % 150));
+        }
+    }
+    let held = cache.snapshot().len();
+    let copies = Arc::strong_count(&alive) - 1;
+    assert!(held <= 16, "{held} entries held");
+    assert_eq!(copies, held, "values alive beyond the entries the cache holds");
+}
