@@ -15,7 +15,9 @@
 #          no disk tier, a /vod/** route with no policy
 # Phases, nginx then the edge:
 #   1. cold: one GET of cold.mp4 (curl on core LOAD_CPU): time to first byte and total time; the
-#      edge's peak RSS, sampled every 100 ms.
+#      edge's peak RSS, sampled every 100 ms. Then, on the same server, TTFB_N (default 15) GETs
+#      of distinct cold 16 MiB objects one after another, each read whole: the median and the
+#      largest time to first byte (one sample of a few ms says little on a shared core).
 #   2. join: VIEWERS viewers (default 64) start GETs of the cold join.mp4 one every STAGGER
 #      seconds (default 0.1), each reading it whole: bytes the origin sent for it (goal: one
 #      object's worth), the first and last viewer's total time, the edge's peak RSS.
@@ -29,12 +31,12 @@
 #
 # Run from anywhere (needs the edge built: cargo build --release -p edge):
 #   bench/load/stream-vs-nginx.sh
-# Env: RATE, BIG_MIB, JOIN_MIB, VIEWERS, STAGGER; EDGE_BIN (default target/release/edge);
+# Env: RATE, BIG_MIB, JOIN_MIB, VIEWERS, STAGGER, TTFB_N; EDGE_BIN (default target/release/edge);
 #      SERVER_CPU / LOAD_CPU (default 0 / 1); SEEDERS (default 1; 0 skips phase 3)
 set -euo pipefail
 
 RATE=${RATE:-50m} BIG_MIB=${BIG_MIB:-1024} JOIN_MIB=${JOIN_MIB:-256} VIEWERS=${VIEWERS:-64}
-STAGGER=${STAGGER:-0.1} SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1} SEEDERS=${SEEDERS:-1}
+STAGGER=${STAGGER:-0.1} TTFB_N=${TTFB_N:-15} SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1} SEEDERS=${SEEDERS:-1}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 EDGE_BIN=${EDGE_BIN:-$ROOT/target/release/edge}
@@ -88,6 +90,9 @@ wait_http() {
 mkdir -p "$WORK/origin/vod/movies/big" "$WORK/nginx-tmp"
 truncate -s "${BIG_MIB}M" "$WORK/origin/vod/movies/big/cold.mp4"
 truncate -s "${JOIN_MIB}M" "$WORK/origin/vod/movies/big/join.mp4"
+for ((i = 0; i < TTFB_N; i++)); do
+    truncate -s 16M "$WORK/origin/vod/movies/big/nginx-$i.mp4" "$WORK/origin/vod/movies/big/edge-$i.mp4"
+done
 ORIGIN_PORT=$(free_port)
 sed -e "s|@WORK@|$WORK|g" -e "s|@ORIGIN_DIR@|$WORK/origin|g" -e "s|@PORT@|$ORIGIN_PORT|g" \
     -e "s|@LIMIT_RATE@|$RATE|g" "$HERE/nginx-origin.conf.template" >"$WORK/nginx-origin.conf"
@@ -176,7 +181,7 @@ echo "date: $(date -u '+%Y-%m-%dT%H:%M:%SZ'), nproc: $(nproc), nginx: $(nginx -v
      "servers and origin on core $SERVER_CPU, clients on core $LOAD_CPU"
 echo
 
-declare -A TTFB TOTAL RSS1 CBYTES OBYTES FIRST LAST RSS2 OK
+declare -A TTFB TOTAL RSS1 TTFB_MED TTFB_MAX CBYTES OBYTES FIRST LAST RSS2 OK
 for who in nginx edge; do
     # Phase 1: one cold viewer.
     "start_$who"
@@ -190,6 +195,14 @@ for who in nginx edge; do
     TTFB[$who]=$ttfb TOTAL[$who]=$total
     CBYTES[$who]=$(origin_bytes "$mark" /vod/movies/big/cold.mp4)
     log "$who cold: ttfb ${ttfb}s total ${total}s, origin bytes ${CBYTES[$who]}"
+    : >"$WORK/ttfb"
+    for ((i = 0; i < TTFB_N; i++)); do
+        taskset -c "$LOAD_CPU" curl -s -o /dev/null -w '%{time_starttransfer}\n' \
+            "http://127.0.0.1:$PORT/vod/movies/big/$who-$i.mp4" >>"$WORK/ttfb"
+    done
+    TTFB_MED[$who]=$(sort -n "$WORK/ttfb" | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+    TTFB_MAX[$who]=$(sort -n "$WORK/ttfb" | tail -1)
+    log "$who ttfb of $TTFB_N cold 16 MiB objects: median ${TTFB_MED[$who]}s, max ${TTFB_MAX[$who]}s"
     stop_front
 
     # Phase 2: viewers joining one cold object at staggered times.
@@ -304,6 +317,8 @@ echo
 echo "| | nginx proxy_cache | edge | edge ÷ nginx |"
 echo "|---|---|---|---|"
 echo "| time to first byte (s) | ${TTFB[nginx]} | ${TTFB[edge]} | $(ratio "${TTFB[edge]}" "${TTFB[nginx]}") |"
+echo "| time to first byte, median of $TTFB_N cold 16 MiB objects (s) | ${TTFB_MED[nginx]} | ${TTFB_MED[edge]} | $(ratio "${TTFB_MED[edge]}" "${TTFB_MED[nginx]}") |"
+echo "| time to first byte, largest of the $TTFB_N (s) | ${TTFB_MAX[nginx]} | ${TTFB_MAX[edge]} | $(ratio "${TTFB_MAX[edge]}" "${TTFB_MAX[nginx]}") |"
 echo "| total time (s) | ${TOTAL[nginx]} | ${TOTAL[edge]} | $(ratio "${TOTAL[edge]}" "${TOTAL[nginx]}") |"
 echo "| peak RSS (MiB) | $(mib "${RSS1[nginx]}") | $(mib "${RSS1[edge]}") | |"
 echo

@@ -390,7 +390,10 @@ async fn evicted_values_are_freed_at_once_not_when_tinyufo_reclaims_its_buckets(
         };
         let key = format!("/k{}", i % 150);
         let (got, _) = cache
-            .get_or_fetch(&key, move || async move { Ok((value, Duration::from_secs(60))) })
+            .get_or_fetch(
+                &key,
+                move || async move { Ok((value, Duration::from_secs(60))) },
+            )
             .await
             .unwrap();
         drop(got);
@@ -401,5 +404,8 @@ async fn evicted_values_are_freed_at_once_not_when_tinyufo_reclaims_its_buckets(
     let held = cache.snapshot().len();
     let copies = Arc::strong_count(&alive) - 1;
     assert!(held <= 16, "{held} entries held");
-    assert_eq!(copies, held, "values alive beyond the entries the cache holds");
+    assert_eq!(
+        copies, held,
+        "values alive beyond the entries the cache holds"
+    );
 }
