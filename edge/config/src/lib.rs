@@ -39,7 +39,7 @@ pub use streaming::{EventsConfig, Fsync, KafkaConfig, ManifestUrls, StreamApiCon
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use std::{path::Path, time::Duration};
 
     /// `deploy/edge.example.toml` documents every field with its default: it must parse, and
     /// parse to the defaults.
@@ -67,7 +67,7 @@ mod tests {
 
     #[test]
     fn every_error_at_once() {
-        let text = "[server]\nlisen = 1\nthreads = 0\n[cache]\nmemory = \"lots\"\n[wasm]\ndeadline = \"1h\"\n[kafka]\nstall_timeout = \"1s\"\n[nope]\n";
+        let text = "[server]\nlisen = 1\nthreads = 0\n[cache]\nmemory = \"lots\"\n[wasm]\ndeadline = \"1h\"\n[kafka]\nstall_timeout = \"30s\"\n[nope]\n";
         let errs = EdgeConfig::from_toml_str(
             "e.toml",
             text,
@@ -86,6 +86,28 @@ mod tests {
                 "wasm.deadline",
                 "kafka.stall_timeout"
             ]
+        );
+    }
+
+    #[test]
+    fn the_kafka_stall_timeout_must_outlast_the_produce_request_timeout() {
+        let none = MapEnv::default();
+        let ok = "[kafka]\nstall_timeout = \"30s\"\n[kafka.properties]\n\"request.timeout.ms\" = \"20000\"\n";
+        EdgeConfig::from_toml_str("e.toml", ok, &none).unwrap();
+        let bad = "[kafka]\nstall_timeout = \"30s\"\n[kafka.properties]\n\"request.timeout.ms\" = \"45000\"\n";
+        let errs = EdgeConfig::from_toml_str("e.toml", bad, &none).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["kafka.stall_timeout"]);
+        let nan = "[kafka.properties]\n\"request.timeout.ms\" = \"soon\"\n";
+        let errs = EdgeConfig::from_toml_str("e.toml", nan, &none).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["kafka.properties.\"request.timeout.ms\""]);
+        assert_eq!(
+            EdgeConfig::from_toml_str("e.toml", "", &none)
+                .unwrap()
+                .kafka
+                .stall_timeout,
+            Duration::from_secs(60)
         );
     }
 

@@ -148,7 +148,8 @@ pub struct KafkaConfig {
     pub request_timeout: Duration,
     /// A delivery with no delivery report for this long while the broker answers is purged and
     /// the producer rebuilt (records in flight may then reach consumers twice; they de-duplicate
-    /// by the `event-id` header). Default `30s`, at least `5s`.
+    /// by the `event-id` header). Default `60s`; longer than librdkafka's `request.timeout.ms`
+    /// (`properties`, default 30 s).
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
     /// Further librdkafka settings (`security.protocol`, `sasl.mechanisms`, …), applied last.
@@ -167,7 +168,7 @@ impl Default for KafkaConfig {
             partitions: 3,
             replication_factor: 1,
             request_timeout: Duration::from_secs(5),
-            stall_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(60),
             properties: BTreeMap::new(),
         }
     }
@@ -276,7 +277,24 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
     if k.request_timeout.is_zero() {
         bad("kafka.request_timeout", "must be greater than zero");
     }
-    if k.stall_timeout < Duration::from_secs(5) {
-        bad("kafka.stall_timeout", "must be at least 5s");
+    match k
+        .properties
+        .get("request.timeout.ms")
+        .map(|v| v.trim().parse::<u64>())
+    {
+        Some(Err(_)) => bad(
+            "kafka.properties.\"request.timeout.ms\"",
+            "must be a number of milliseconds",
+        ),
+        produce => {
+            let produce = Duration::from_millis(produce.and_then(Result::ok).unwrap_or(30_000));
+            if k.stall_timeout <= produce {
+                bad(
+                    "kafka.stall_timeout",
+                    "must be longer than librdkafka's request.timeout.ms (30 s unless \
+                     kafka.properties sets it)",
+                );
+            }
+        }
     }
 }

@@ -445,12 +445,22 @@ impl Inner {
             debug!(victim, error = %e, "disk cache: evicted file not recycled");
             return None;
         }
-        // Not through a symlink planted under an entry's name (`create_new` refuses one too).
+        // Only a plain file of ours, as `create_new` would make: not through a symlink planted
+        // under an entry's name (O_NOFOLLOW), not a FIFO (O_NONBLOCK: an open that would wait
+        // for a reader, under the lock), not another name of some other file (one link).
         let opened = std::fs::OpenOptions::new()
             .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(to)
-            .and_then(|file| file.set_len(len).map(|()| file));
+            .and_then(|file| {
+                use std::os::unix::fs::MetadataExt;
+                let meta = file.metadata()?;
+                if !meta.file_type().is_file() || meta.nlink() != 1 {
+                    return Err(std::io::Error::other("not a plain file with one link"));
+                }
+                file.set_len(len)?;
+                Ok(file)
+            });
         match opened {
             Ok(file) => Some(file),
             Err(e) => {

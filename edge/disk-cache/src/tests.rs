@@ -825,6 +825,59 @@ async fn a_full_cache_reuses_the_files_it_evicts() {
 }
 
 #[tokio::test]
+async fn only_plain_files_of_its_own_are_reused_never_a_link_or_a_fifo() {
+    // Whoever can write the cache directory puts a hard link to another file, a symlink and a
+    // FIFO where entries were: evictions must neither write through them nor hang on them.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let outside = tempfile::tempdir().unwrap();
+    let (cache, metrics) = open(d, 30_000).await;
+    put_twelve(&cache).await;
+    let kept: Vec<String> = (0..12)
+        .map(|i| format!("/a{i}"))
+        .filter(|k| cache.expires_at(k).is_some())
+        .collect();
+    let precious = outside.path().join("precious");
+    std::fs::write(&precious, b"keep me").unwrap();
+    for (n, key) in kept.iter().enumerate() {
+        let path = path_of(d, key);
+        std::fs::remove_file(&path).unwrap();
+        match n % 3 {
+            0 => std::fs::hard_link(&precious, &path).unwrap(),
+            1 => std::os::unix::fs::symlink(&precious, &path).unwrap(),
+            _ => assert!(
+                std::process::Command::new("mkfifo")
+                    .arg(&path)
+                    .status()
+                    .unwrap()
+                    .success()
+            ),
+        }
+    }
+    let writes = async {
+        for i in 0..12u8 {
+            cache
+                .put(&format!("/b{i}"), body(50 + i, 3000), fresh())
+                .await
+                .unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), writes)
+        .await
+        .expect("evictions never wait on a FIFO");
+    assert!(metrics.evictions.get() >= 12);
+    assert!(
+        std::fs::read(&precious).unwrap() == b"keep me",
+        "an eviction wrote through a link into another file"
+    );
+    for i in 0..12u8 {
+        if let Some(got) = cache.get(&format!("/b{i}")).await {
+            assert_eq!(got.body, body(50 + i, 3000));
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_reader_of_an_entry_evicted_and_reused_under_it_misses_and_counts_no_damage() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -38,8 +38,10 @@
 //!   sink purges again every second) and topics the broker lost (re-created every 10 s when
 //!   `create_topics` is on).
 //! - **Stalled producer.** A third case cannot be recognised from its cause, only from its
-//!   effect, so `deliver` watches for the effect: no delivery report for `stall_timeout` (30 s)
-//!   while the broker answers metadata requests the whole time. It was met against tansu after
+//!   effect, so `deliver` watches for the effect: no delivery report for `stall_timeout` (60 s)
+//!   while the broker answered every metadata request over that time (asked every 5 s once a
+//!   delivery is quiet; longer than librdkafka's `request.timeout.ms`, so a produce request
+//!   librdkafka still waits for is not taken for a stall). It was met against tansu after
 //!   the broker forgot the producer id with no produce request retried yet: librdkafka then
 //!   sees "no risk of duplication", bumps the producer epoch locally and retries, tansu answers
 //!   `UNKNOWN_PRODUCER_ID` again, and so on (thousands of rounds a minute, no fatal error, no
@@ -48,7 +50,10 @@
 //!   and "producer stalled", and the next delivery builds a new producer (a new producer id).
 //!   Records that were in flight at the purge may have been stored: they are sent again, so
 //!   consumers see them twice (de-duplicate by `event-id`, as after a fatal error). A broker
-//!   that cannot be reached is an outage, not a stall: the clock restarts.
+//!   that cannot be reached is an outage, not a stall: the clock restarts. A partition whose
+//!   leader is down while another broker answers, or `NOT_ENOUGH_REPLICAS` retried for a minute,
+//!   looks like a stall too: the sink then rebuilds its producer every `stall_timeout` until
+//!   the partition is back (records stay in the spool; nothing is lost).
 //!
 //! # tansu 0.6.0 (the test broker) across its own restart
 //!
@@ -111,8 +116,28 @@ pub struct KafkaConfig {
     /// [`KafkaSink::health`]), default 5 s.
     pub request_timeout: Duration,
     /// A delivery that gets no delivery report for this long while the broker answers metadata
-    /// requests is purged and the producer rebuilt (see "stalled producer" above), default 30 s.
+    /// requests is purged and the producer rebuilt (see "stalled producer" above), default 60 s.
+    /// Must be longer than librdkafka's `request.timeout.ms` (30 s unless `properties` say
+    /// otherwise): a produce request that librdkafka still waits for is not a stall.
     pub stall_timeout: Duration,
+}
+
+/// librdkafka's `request.timeout.ms` in `properties` (its default, 30 s, when absent).
+pub(crate) fn produce_request_timeout(
+    properties: &[(String, String)],
+) -> Result<Duration, KafkaError> {
+    match properties
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "request.timeout.ms")
+    {
+        None => Ok(Duration::from_secs(30)),
+        Some((_, v)) => v.trim().parse().map(Duration::from_millis).map_err(|_| {
+            KafkaError::Config(format!(
+                "request.timeout.ms: {v:?} is not a number of milliseconds"
+            ))
+        }),
+    }
 }
 
 impl KafkaConfig {
@@ -127,7 +152,7 @@ impl KafkaConfig {
             create_topics: true,
             properties: Vec::new(),
             request_timeout: Duration::from_secs(5),
-            stall_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }

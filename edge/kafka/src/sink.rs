@@ -2,7 +2,7 @@
 
 use crate::{Health, KafkaConfig, KafkaError, context::TracingContext};
 use edge_events::{Record, Sink, Undelivered};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use rdkafka::{
     ClientConfig,
@@ -46,6 +46,14 @@ impl KafkaSink {
     /// Builds the producer and the admin client. Does not contact the broker: librdkafka
     /// connects in its own threads, and records wait in its queue until a broker answers.
     pub fn new(cfg: KafkaConfig) -> Result<Self, KafkaError> {
+        let produce_timeout = crate::produce_request_timeout(&cfg.properties)?;
+        if cfg.stall_timeout <= produce_timeout {
+            return Err(KafkaError::Config(format!(
+                "stall_timeout ({:?}) must be longer than librdkafka's request.timeout.ms ({:?}): \
+                 a produce request still waiting for its answer is not a stall",
+                cfg.stall_timeout, produce_timeout
+            )));
+        }
         let mut base = ClientConfig::new();
         base.set_log_level(crate::context::log_level())
             .set("bootstrap.servers", &cfg.bootstrap_servers)
@@ -177,9 +185,10 @@ impl KafkaSink {
     /// - every [`FATAL_CHECK`], purges a producer that raised a fatal error: librdkafka purges
     ///   its queues once, but batches whose responses arrive afterwards are re-queued for a
     ///   retry that never comes, and would wait forever too;
-    /// - when no report arrived for `stall_timeout` while the broker answered metadata requests
-    ///   all along, purges the producer and marks it for a rebuild (see the crate documentation,
-    ///   "stalled producer"). The returned flag says so.
+    /// - when no report arrived for `stall_timeout` while the broker answered every metadata
+    ///   request for that long (asked every [`STALL_CHECK`] once the delivery is quiet), purges
+    ///   the producer (again every [`FATAL_CHECK`] until the delivery ends) and marks it for a
+    ///   rebuild (see the crate documentation, "stalled producer"). The returned flag says so.
     async fn wait(
         &self,
         producer: &EdgeProducer,
@@ -200,20 +209,19 @@ impl KafkaSink {
             i
         };
         let (mut topics, mut fatal) = (every(TOPICS_RECHECK), every(FATAL_CHECK));
-        let mut stall_check = every(STALL_CHECK.min(self.cfg.stall_timeout));
+        let mut stall_check = every(STALL_CHECK);
         let purge = |p: &EdgeProducer| {
             let p = p.clone();
             tokio::task::spawn_blocking(move || p.purge(PurgeConfig::default().queue().inflight()))
         };
-        // Since when nothing was delivered while the broker answered.
-        let mut quiet_since = Instant::now();
+        let mut watch = StallWatch::new();
         let mut stalled = false;
         loop {
             tokio::select! {
                 next = running.next() => match next {
                     Some((i, result)) => {
                         results[i] = Some(result);
-                        quiet_since = Instant::now();
+                        watch.progress();
                     }
                     None => break,
                 },
@@ -223,18 +231,28 @@ impl KafkaSink {
                     }
                 }
                 _ = fatal.tick() => {
-                    if producer.client().fatal_error().is_some() {
+                    if stalled || producer.client().fatal_error().is_some() {
                         let _ = purge(producer).await;
                     }
                 }
                 _ = stall_check.tick(), if !stalled => {
-                    if quiet_since.elapsed() < self.cfg.stall_timeout {
+                    if !watch.quiet_for(STALL_CHECK) {
                         continue;
                     }
-                    if let Health::Unavailable(why) = self.metadata(producer.clone()).await {
-                        // An outage: waiting it out is the point of `message.timeout.ms=0`.
-                        tracing::debug!(why, "kafka delivery waiting for the broker");
-                        quiet_since = Instant::now();
+                    let answers = match self.metadata(producer.clone()).await {
+                        Health::Ok => true,
+                        Health::Unavailable(why) => {
+                            // An outage: waiting it out is the point of `message.timeout.ms=0`.
+                            tracing::debug!(why, "kafka delivery waiting for the broker");
+                            false
+                        }
+                    };
+                    // Reports that came while the broker was asked are progress too.
+                    while let Some(Some((i, result))) = running.next().now_or_never() {
+                        results[i] = Some(result);
+                        watch.progress();
+                    }
+                    if !watch.stalled(answers, self.cfg.stall_timeout) {
                         continue;
                     }
                     tracing::error!(
@@ -302,8 +320,48 @@ impl KafkaSink {
 const TOPICS_RECHECK: Duration = Duration::from_secs(10);
 /// How often a delivery still waiting checks the producer for a fatal error.
 const FATAL_CHECK: Duration = Duration::from_secs(1);
-/// How often a delivery still waiting checks whether it stalled (`stall_timeout`).
+/// How often a quiet delivery asks the broker for metadata, to tell a stall (`stall_timeout`)
+/// from an outage.
 const STALL_CHECK: Duration = Duration::from_secs(5);
+
+/// Tells a stalled delivery from a waiting one: quiet (no delivery report) for `stall_timeout`
+/// while the broker answered every metadata request over that time (one per [`STALL_CHECK`],
+/// the first and the last `stall_timeout` apart). An outage, or a report, starts the count
+/// again, so a broker that just came back has that long to take what waited for it.
+struct StallWatch {
+    quiet_since: Instant,
+    /// Metadata requests answered in a row since the last report or outage.
+    answered: u32,
+}
+
+impl StallWatch {
+    fn new() -> Self {
+        Self {
+            quiet_since: Instant::now(),
+            answered: 0,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.quiet_since = Instant::now();
+        self.answered = 0;
+    }
+
+    fn quiet_for(&self, period: Duration) -> bool {
+        self.quiet_since.elapsed() >= period
+    }
+
+    /// Records whether the broker answered now; true when the delivery has stalled.
+    fn stalled(&mut self, answered: bool, stall_timeout: Duration) -> bool {
+        if !answered {
+            self.answered = 0;
+            return false;
+        }
+        self.answered += 1;
+        // The first and the last answered request are `stall_timeout` apart.
+        STALL_CHECK * (self.answered - 1) >= stall_timeout && self.quiet_for(stall_timeout)
+    }
+}
 
 fn build_producer(config: &ClientConfig) -> Result<EdgeProducer, KafkaError> {
     config
