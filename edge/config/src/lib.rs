@@ -92,7 +92,7 @@ mod tests {
     #[test]
     fn the_kafka_stall_timeout_must_outlast_the_produce_request_timeout() {
         let none = MapEnv::default();
-        let ok = "[kafka]\nstall_timeout = \"30s\"\n[kafka.properties]\n\"request.timeout.ms\" = \"20000\"\n";
+        let ok = "[kafka]\nstall_timeout = \"30s\"\n[kafka.properties]\n\"request.timeout.ms\" = \"20000\"\n\"socket.timeout.ms\" = \"25000\"\n";
         EdgeConfig::from_toml_str("e.toml", ok, &none).unwrap();
         let bad = "[kafka]\nstall_timeout = \"30s\"\n[kafka.properties]\n\"request.timeout.ms\" = \"45000\"\n";
         let errs = EdgeConfig::from_toml_str("e.toml", bad, &none).unwrap_err();

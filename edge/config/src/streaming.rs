@@ -148,8 +148,8 @@ pub struct KafkaConfig {
     pub request_timeout: Duration,
     /// A delivery with no delivery report for this long while the broker answers is purged and
     /// the producer rebuilt (records in flight may then reach consumers twice; they de-duplicate
-    /// by the `event-id` header). Default `60s`; longer than librdkafka's `request.timeout.ms`
-    /// (`properties`, default 30 s).
+    /// by the `event-id` header). Default `60s`; longer than librdkafka's `socket.timeout.ms`
+    /// and `request.timeout.ms` (`properties`, 30 s each by default).
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
     /// Further librdkafka settings (`security.protocol`, `sasl.mechanisms`, …), applied last.
@@ -277,24 +277,27 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
     if k.request_timeout.is_zero() {
         bad("kafka.request_timeout", "must be greater than zero");
     }
-    match k
-        .properties
-        .get("request.timeout.ms")
-        .map(|v| v.trim().parse::<u64>())
-    {
-        Some(Err(_)) => bad(
-            "kafka.properties.\"request.timeout.ms\"",
-            "must be a number of milliseconds",
-        ),
-        produce => {
-            let produce = Duration::from_millis(produce.and_then(Result::ok).unwrap_or(30_000));
-            if k.stall_timeout <= produce {
-                bad(
-                    "kafka.stall_timeout",
-                    "must be longer than librdkafka's request.timeout.ms (30 s unless \
-                     kafka.properties sets it)",
-                );
+    // A produce request librdkafka still waits for is not a stall (the sink sets
+    // socket.timeout.ms to 30 s; request.timeout.ms is librdkafka's 30 s).
+    let mut produce = Duration::ZERO;
+    for key in ["socket.timeout.ms", "request.timeout.ms"] {
+        match k.properties.get(key).map(|v| v.trim().parse::<u64>()) {
+            Some(Err(_)) => bad(
+                &format!("kafka.properties.\"{key}\""),
+                "must be a number of milliseconds",
+            ),
+            ms => {
+                produce = produce.max(Duration::from_millis(
+                    ms.and_then(Result::ok).unwrap_or(30_000),
+                ))
             }
         }
+    }
+    if k.stall_timeout <= produce {
+        bad(
+            "kafka.stall_timeout",
+            "must be longer than librdkafka's socket.timeout.ms and request.timeout.ms (30 s \
+             each unless kafka.properties sets them)",
+        );
     }
 }

@@ -195,14 +195,13 @@ fn parse_header(json: &[u8], version: u8) -> Result<Header, Invalid> {
 /// Reads only the prefix and header of the file at `path` (the scan at open) and checks that the
 /// file length matches; returns the header and the file's metadata.
 pub(crate) fn read_header(path: &Path) -> Result<(Header, Metadata), Invalid> {
-    let mut file = File::open(path)?;
+    let (mut file, metadata) = open_entry(path)?;
     let mut prefix = [0u8; PREFIX_LEN];
     file.read_exact(&mut prefix)?;
     let (len, version) = parse_prefix(&prefix)?;
     let mut json = vec![0u8; len];
     file.read_exact(&mut json)?;
     let header = parse_header(&json, version)?;
-    let metadata = file.metadata()?;
     let expected = header.file_len(len);
     if metadata.len() != expected {
         return Err(corrupt(format!(
@@ -211,6 +210,34 @@ pub(crate) fn read_header(path: &Path) -> Result<(Header, Metadata), Invalid> {
         )));
     }
     Ok((header, metadata))
+}
+
+/// Opens the entry file at `path` for reading: only a plain file. Not a FIFO planted under an
+/// entry's name (its open would wait for a writer: `O_NONBLOCK`), not a symlink (`O_NOFOLLOW`);
+/// either is damage, to be deleted.
+fn open_entry(path: &Path) -> Result<(File, Metadata), Invalid> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => corrupt("a symlink, not an entry file"),
+            _ => e.into(),
+        })?;
+    let metadata = file.metadata()?;
+    if !metadata.file_type().is_file() {
+        return Err(corrupt("not a plain file"));
+    }
+    Ok((file, metadata))
+}
+
+/// The bytes of the entry file at `path` (see [`open_entry`]).
+pub(crate) fn read_entry(path: &Path) -> Result<Vec<u8>, Invalid> {
+    let (mut file, metadata) = open_entry(path)?;
+    let mut data = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    file.read_to_end(&mut data)?;
+    Ok(data)
 }
 
 /// Decodes a whole entry file: checks magic, version, lengths, that it holds `key`, and the body's

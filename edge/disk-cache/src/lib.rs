@@ -473,24 +473,9 @@ impl Inner {
 
     fn read(&self, key: &str, slot: Slot) -> Option<Entry> {
         let path = self.path(key);
-        let data = match std::fs::read(&path) {
-            Ok(data) => data,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                // Evicted or removed since the lookup, or deleted behind our back.
-                let _fs = self.fs.lock();
-                let mut index = self.index.lock();
-                if index.remove_if(key, slot.generation).is_some() {
-                    self.update_gauges(&index);
-                    warn!(path = %path.display(), "disk cache: entry file vanished");
-                }
-                return None;
-            }
-            Err(e) => {
-                warn!(path = %path.display(), error = %e, "disk cache: read failed");
-                return None;
-            }
-        };
-        match format::decode(Bytes::from(data), key) {
+        let read =
+            format::read_entry(&path).and_then(|data| format::decode(Bytes::from(data), key));
+        match read {
             // The file may have been recycled for another entry while it was read, its bytes
             // overwritten under the reader (see `recycle`). Its index entry is removed before
             // the rename, so bytes read while the entry is still indexed are nobody else's.
@@ -512,6 +497,16 @@ impl Inner {
                     self.unlink(key);
                     self.metrics.corrupt.inc();
                     warn!(path = %path.display(), key, why, "disk cache: damaged entry deleted");
+                }
+                None
+            }
+            Err(Invalid::Io(e)) if e.kind() == ErrorKind::NotFound => {
+                // Evicted or removed since the lookup, or deleted behind our back.
+                let _fs = self.fs.lock();
+                let mut index = self.index.lock();
+                if index.remove_if(key, slot.generation).is_some() {
+                    self.update_gauges(&index);
+                    warn!(path = %path.display(), "disk cache: entry file vanished");
                 }
                 None
             }

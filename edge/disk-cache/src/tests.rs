@@ -878,6 +878,49 @@ async fn only_plain_files_of_its_own_are_reused_never_a_link_or_a_fifo() {
 }
 
 #[tokio::test]
+async fn a_fifo_or_symlink_in_place_of_an_entry_is_damage_never_a_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cache, metrics) = open(d, 1 << 20).await;
+    for key in ["/fifo", "/link", "/scanned"] {
+        cache.put(key, body(1, 3000), fresh()).await.unwrap();
+    }
+    let mkfifo = |path: &Path| {
+        std::fs::remove_file(path).unwrap();
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(path)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    mkfifo(&path_of(d, "/fifo"));
+    let target = d.join("elsewhere");
+    std::fs::write(&target, b"x").unwrap();
+    std::fs::remove_file(path_of(d, "/link")).unwrap();
+    std::os::unix::fs::symlink(&target, path_of(d, "/link")).unwrap();
+    for key in ["/fifo", "/link"] {
+        let got = tokio::time::timeout(Duration::from_secs(10), cache.get(key))
+            .await
+            .expect("a read never waits on a FIFO");
+        assert!(got.is_none(), "{key}");
+        assert!(
+            std::fs::symlink_metadata(path_of(d, key)).is_err(),
+            "{key} deleted"
+        );
+    }
+    assert_eq!(metrics.corrupt.get(), 2);
+    // The scan at open passes over one (it lists plain files only; their open is checked too).
+    mkfifo(&path_of(d, "/scanned"));
+    drop(cache);
+    let (cache, _) = tokio::time::timeout(Duration::from_secs(10), open(d, 1 << 20))
+        .await
+        .expect("the scan never waits on a FIFO");
+    assert_eq!(cache.len(), 0);
+}
+
+#[tokio::test]
 async fn a_reader_of_an_entry_evicted_and_reused_under_it_misses_and_counts_no_damage() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -40,20 +40,23 @@
 //! - **Stalled producer.** A third case cannot be recognised from its cause, only from its
 //!   effect, so `deliver` watches for the effect: no delivery report for `stall_timeout` (60 s)
 //!   while the broker answered every metadata request over that time (asked every 5 s once a
-//!   delivery is quiet; longer than librdkafka's `request.timeout.ms`, so a produce request
-//!   librdkafka still waits for is not taken for a stall). It was met against tansu after
-//!   the broker forgot the producer id with no produce request retried yet: librdkafka then
-//!   sees "no risk of duplication", bumps the producer epoch locally and retries, tansu answers
-//!   `UNKNOWN_PRODUCER_ID` again, and so on (thousands of rounds a minute, no fatal error, no
-//!   progress; `a_broker_that_forgets_an_idle_producer_stalls_it_and_the_sink_recovers`
-//!   reproduces it every time). The sink purges what the producer holds, fails the delivery with the leading run
-//!   and "producer stalled", and the next delivery builds a new producer (a new producer id).
-//!   Records that were in flight at the purge may have been stored: they are sent again, so
-//!   consumers see them twice (de-duplicate by `event-id`, as after a fatal error). A broker
-//!   that cannot be reached is an outage, not a stall: the clock restarts. A partition whose
-//!   leader is down while another broker answers, or `NOT_ENOUGH_REPLICAS` retried for a minute,
-//!   looks like a stall too: the sink then rebuilds its producer every `stall_timeout` until
-//!   the partition is back (records stay in the spool; nothing is lost).
+//!   delivery is quiet). `stall_timeout` must be longer than librdkafka's `socket.timeout.ms`
+//!   and `request.timeout.ms` (30 s each), so a produce request librdkafka still waits for is
+//!   not taken for a stall. It was met against tansu after the broker forgot the producer id
+//!   with no produce request retried yet: librdkafka then sees "no risk of duplication", bumps
+//!   the producer epoch and retries, tansu answers `UNKNOWN_PRODUCER_ID` again, and so on
+//!   (thousands of rounds a minute, no fatal error, no progress;
+//!   `a_broker_that_forgets_an_idle_producer_stalls_it_and_the_sink_recovers` reproduces it
+//!   every time). The sink purges what the producer holds (again every second until the
+//!   delivery ends), fails the delivery with the leading run and "producer stalled", and the
+//!   next delivery builds a new producer (a new producer id). Records that were in flight at
+//!   the purge may have been stored: they are sent again, so consumers see them twice
+//!   (de-duplicate by `event-id`, as after a fatal error). A broker that cannot be reached is an
+//!   outage, not a stall: the count starts again when it answers, so a broker that just came
+//!   back has `stall_timeout` to take what waited for it. A partition whose leader is down
+//!   while another broker answers, or `NOT_ENOUGH_REPLICAS` retried for a minute, looks like a
+//!   stall too: the sink then rebuilds its producer every `stall_timeout` until the partition is
+//!   back (records stay in the spool; nothing is lost).
 //!
 //! # tansu 0.6.0 (the test broker) across its own restart
 //!
@@ -117,27 +120,32 @@ pub struct KafkaConfig {
     pub request_timeout: Duration,
     /// A delivery that gets no delivery report for this long while the broker answers metadata
     /// requests is purged and the producer rebuilt (see "stalled producer" above), default 60 s.
-    /// Must be longer than librdkafka's `request.timeout.ms` (30 s unless `properties` say
-    /// otherwise): a produce request that librdkafka still waits for is not a stall.
+    /// Must be longer than librdkafka's `socket.timeout.ms` and `request.timeout.ms` (30 s each
+    /// unless `properties` say otherwise): a produce request that librdkafka still waits for is
+    /// not a stall.
     pub stall_timeout: Duration,
 }
 
-/// librdkafka's `request.timeout.ms` in `properties` (its default, 30 s, when absent).
+/// How long librdkafka may wait for a produce request's answer: the larger of
+/// `socket.timeout.ms` (the client's own wait; the sink sets 30 s, librdkafka's default is 60 s)
+/// and `request.timeout.ms` (the broker's ack timeout, 30 s), as `properties` leave them.
 pub(crate) fn produce_request_timeout(
     properties: &[(String, String)],
 ) -> Result<Duration, KafkaError> {
-    match properties
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "request.timeout.ms")
-    {
-        None => Ok(Duration::from_secs(30)),
-        Some((_, v)) => v.trim().parse().map(Duration::from_millis).map_err(|_| {
-            KafkaError::Config(format!(
-                "request.timeout.ms: {v:?} is not a number of milliseconds"
-            ))
-        }),
+    let mut longest = Duration::ZERO;
+    for (key, default) in [
+        ("socket.timeout.ms", 30_000),
+        ("request.timeout.ms", 30_000),
+    ] {
+        let ms = match properties.iter().rev().find(|(k, _)| k == key) {
+            None => default,
+            Some((_, v)) => v.trim().parse().map_err(|_| {
+                KafkaError::Config(format!("{key}: {v:?} is not a number of milliseconds"))
+            })?,
+        };
+        longest = longest.max(Duration::from_millis(ms));
     }
+    Ok(longest)
 }
 
 impl KafkaConfig {

@@ -49,8 +49,9 @@ impl KafkaSink {
         let produce_timeout = crate::produce_request_timeout(&cfg.properties)?;
         if cfg.stall_timeout <= produce_timeout {
             return Err(KafkaError::Config(format!(
-                "stall_timeout ({:?}) must be longer than librdkafka's request.timeout.ms ({:?}): \
-                 a produce request still waiting for its answer is not a stall",
+                "stall_timeout ({:?}) must be longer than librdkafka's socket.timeout.ms and \
+                 request.timeout.ms ({:?}): a produce request still waiting for its answer is \
+                 not a stall",
                 cfg.stall_timeout, produce_timeout
             )));
         }
@@ -66,6 +67,9 @@ impl KafkaSink {
             // 0 = never expire: a record is retried until the broker takes it.
             .set("message.timeout.ms", "0")
             .set("linger.ms", "5")
+            // How long a request waits for its answer (librdkafka's default is 60 s); below
+            // `stall_timeout` (60 s), which must outlast it.
+            .set("socket.timeout.ms", "30000")
             // The Java client's (and aiokafka's, the replaced service's) partitioner: a key
             // lands on the partition other Kafka clients would choose.
             .set("partitioner", "murmur2_random");

@@ -46,6 +46,7 @@ fn config(bootstrap: String) -> KafkaConfig {
 fn stalling(cfg: KafkaConfig, stall: Duration) -> KafkaConfig {
     let mut properties = cfg.properties.clone();
     properties.push(("request.timeout.ms".into(), "4000".into()));
+    properties.push(("socket.timeout.ms".into(), "4000".into()));
     KafkaConfig {
         create_topics: false,
         stall_timeout: stall,
@@ -533,7 +534,11 @@ fn a_stall_timeout_within_the_produce_request_timeout_is_refused() {
     let err = KafkaSink::new(cfg.clone()).expect_err("30 s is librdkafka's default");
     assert!(err.to_string().contains("request.timeout.ms"), "{err}");
     cfg.properties = vec![("request.timeout.ms".into(), "20000".into())];
-    KafkaSink::new(cfg).expect("30 s beyond a 20 s request timeout");
+    let err = KafkaSink::new(cfg.clone()).expect_err("socket.timeout.ms is 30 s still");
+    assert!(err.to_string().contains("socket.timeout.ms"), "{err}");
+    cfg.properties
+        .push(("socket.timeout.ms".into(), "20000".into()));
+    KafkaSink::new(cfg).expect("30 s beyond 20 s request and socket timeouts");
 }
 
 /// An outage longer than `stall_timeout` is waited out, not taken for a stall: the broker is
