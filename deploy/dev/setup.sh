@@ -28,7 +28,10 @@ if [[ "${1:-}" == "--test" ]]; then
     mount # mount(8)/umount(8): the disk-full test fills a real 512 KiB tmpfs
     python3 # http.server: the HTTP origin that ignores Range (edge-origin/tests/http.rs)
     curl # range requests as a client (edge-integration/tests/large.rs); not in a minimal Debian
+    nodejs # the npm bittorrent-tracker server, the tracker's reference (edge-integration/tests/signaling.rs)
   )
+  # Debian packages npm apart from nodejs; NodeSource's nodejs brings its own.
+  command -v npm >/dev/null || packages+=(npm)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -66,6 +69,14 @@ if [[ "${1:-}" == "--test" ]]; then
     echo "setup: installing cargo-machete 0.9.2 (~2 min)" >&2
     cargo install --quiet --locked cargo-machete@0.9.2
     phase "cargo-machete installed"
+  fi
+  # The reference tracker and a ws client, pinned by package-lock.json (no install scripts: the
+  # optional WebRTC module needs a native build and is not used by the server).
+  ref=edge/signaling/tests/reference
+  if [[ ! -d $ref/node_modules/bittorrent-tracker || $ref/package-lock.json -nt $ref/node_modules/.package-lock.json ]]; then
+    echo "setup: installing the npm bittorrent-tracker reference ($ref)" >&2
+    (cd "$ref" && npm ci --ignore-scripts --omit=optional --no-audit --no-fund --loglevel=error)
+    phase "npm reference tracker installed"
   fi
   # tansu's default features have no storage engine; dynostore brings memory:// and s3://
   # (../shared/infra.md, section Kafka).

@@ -21,6 +21,7 @@ mod health;
 mod policies;
 mod roles;
 mod secrets;
+mod signaling;
 mod streaming;
 
 pub use secrets::signing_secret;

@@ -53,6 +53,8 @@ pub struct EdgeConfig {
     pub events: EventsConfig,
     /// Where events are shipped.
     pub kafka: KafkaConfig,
+    /// The signaling role's tracker.
+    pub signaling: crate::SignalingConfig,
     /// The environment at load: what the policies file's `${VAR}` placeholders resolve against.
     pub vars: crate::Vars,
 }
@@ -349,6 +351,7 @@ impl EdgeConfig {
             stream_api: section::take(file, &mut table, "stream_api", &mut errors),
             events: section::take(file, &mut table, "events", &mut errors),
             kafka: section::take(file, &mut table, "kafka", &mut errors),
+            signaling: section::take(file, &mut table, "signaling", &mut errors),
             vars: crate::Vars(env.all()),
         };
         section::reject_rest(file, table, &mut errors);
@@ -464,6 +467,7 @@ impl EdgeConfig {
         }
         crate::delivery::validate(self, &mut bad);
         crate::streaming::validate(self, &mut bad);
+        crate::signaling::validate(self, &mut bad);
         if let Some(s) = &self.signed_url.secret
             && s.len() < 16
         {

@@ -21,6 +21,7 @@ mod error;
 mod policies;
 mod roles;
 mod section;
+mod signaling;
 mod streaming;
 
 pub use canary::{CanaryMode, CanarySpec, RollbackSpec, Sticky};
@@ -34,6 +35,7 @@ pub use env::{Env, MapEnv, ProcessEnv, Vars};
 pub use error::{ConfigError, Errors};
 pub use policies::{FailMode, Isolation, PolicySet, PolicySpec, RouteSpec, signature_path};
 pub use roles::{Role, Roles};
+pub use signaling::SignalingConfig;
 pub use streaming::{EventsConfig, Fsync, KafkaConfig, ManifestUrls, StreamApiConfig};
 
 #[cfg(test)]
@@ -108,6 +110,22 @@ mod tests {
                 .kafka
                 .stall_timeout,
             Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn signaling_runs_beside_the_edge_role_on_a_valid_path() {
+        let none = MapEnv::default();
+        let cfg = EdgeConfig::from_toml_str("e.toml", "roles = [\"all\"]\n", &none).unwrap();
+        assert!(cfg.runs(Role::Signaling));
+        assert_eq!(cfg.signaling.tracker_path, "/ws/tracker");
+        let text =
+            "roles = [\"signaling\"]\n[signaling]\ntracker_path = \"/ws/../x\"\nmax_offers = 0\n";
+        let errs = EdgeConfig::from_toml_str("e.toml", text, &none).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["roles", "signaling.tracker_path", "signaling.max_offers"]
         );
     }
 

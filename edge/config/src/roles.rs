@@ -12,17 +12,21 @@ pub enum Role {
     /// Serves `seeder.cache_path` to edges on `seeder.listen` and publishes it in the Redis
     /// directory.
     Seeder,
+    /// The WebTorrent tracker on the viewer listeners (`signaling.tracker_path`), for
+    /// P2P-assisted delivery. Runs with the edge role (its listeners and policy chains).
+    Signaling,
 }
 
 impl Role {
     /// Every role, in the order they start.
-    pub const ALL: &[Role] = &[Role::Edge, Role::Seeder];
+    pub const ALL: &[Role] = &[Role::Edge, Role::Seeder, Role::Signaling];
 
     /// The name used in the file, the environment and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Role::Edge => "edge",
             Role::Seeder => "seeder",
+            Role::Signaling => "signaling",
         }
     }
 

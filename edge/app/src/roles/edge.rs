@@ -131,6 +131,9 @@ impl EdgeRole {
             open: true,
             service: Arc::new(health::ViewerHealth(health.clone())),
         });
+        if cfg.runs(edge_config::Role::Signaling) {
+            mounts.push(crate::signaling::tracker_mount(cfg, shared.registry)?);
+        }
         pipeline.mount(mounts);
         policies.control.attach(pipeline.clone());
         Ok(Self {

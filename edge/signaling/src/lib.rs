@@ -1,0 +1,162 @@
+//! The signaling role's WebTorrent tracker: viewers' players (the `bittorrent-tracker` client,
+//! `p2p-media-loader`) open a WebSocket to the edge, announce the swarm (info hash) of what they
+//! play, and the tracker relays their WebRTC offers and answers to other peers of the swarm.
+//!
+//! ```text
+//!  viewer ──GET /ws/tracker (Upgrade)──► listener ► pipeline: route's policy chain
+//!                                                    │ allowed
+//!                                                    ▼
+//!                                   TrackerService: handshake, Origin → 101
+//!                                                    │ upgraded connection
+//!                                                    ▼
+//!                   session (tungstenite, bounded frames, rate, pings, drain → 1001)
+//!                                                    │ text frames
+//!                                                    ▼
+//!                 Tracker: swarms {info_hash → peers}; replies and relays into each
+//!                 connection's bounded outbox (a full one is cut, never waited for)
+//! ```
+//!
+//! The wire format is the npm `bittorrent-tracker` 11.x server's ([`wire`]): the same replies,
+//! key for key, so its client and `p2p-media-loader` work unchanged. Where it differs, on
+//! purpose:
+//! - ids must be 20 latin1 characters (the reference keeps the low byte of anything else);
+//!   offers need an `offer_id` and an object; an unknown `event` is refused before it creates a
+//!   swarm;
+//! - a peer id announced again from another connection moves to it (the reference keeps
+//!   sending to the first connection); a closed connection stops every peer id it announced
+//!   (the reference only its first);
+//! - peers live as long as their connection (the reference also forgets them after 20 minutes
+//!   without an announce); an empty swarm is dropped (the reference keeps it, listed by a scrape
+//!   of every swarm with zero counts);
+//! - bounds: swarms, peers per swarm (refused with `swarm full`), hashes per scrape, message
+//!   size and rate per connection, and an outbox per connection.
+//!
+//! Swarms are local to the process for now; the Redis fan-out across edges is the next step.
+
+mod service;
+mod session;
+mod tracker;
+pub mod wire;
+
+pub use service::TrackerService;
+pub use tracker::{ConnId, Outbox, Tracker};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::time::Duration;
+
+/// What the tracker holds and answers.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// The announce `interval` sent to clients, in seconds (the reference: 120); a scrape's
+    /// `min_request_interval` is five times it (600).
+    pub interval_secs: u64,
+    /// Peers an announce's offers go to at most (the reference: 82).
+    pub max_offers: usize,
+    /// Peers per swarm; a new peer beyond it is refused with `swarm full`.
+    pub max_swarm_peers: usize,
+    /// Swarms held; an announce creating one more is refused with `too many swarms`.
+    pub max_swarms: usize,
+    /// Info hashes answered per scrape.
+    pub max_scrape: usize,
+    /// Messages queued per connection; a connection with a full queue is cut.
+    pub outbox: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 120,
+            max_offers: 82,
+            max_swarm_peers: 1000,
+            max_swarms: 100_000,
+            max_scrape: 1000,
+            outbox: 256,
+        }
+    }
+}
+
+/// Bounds of one connection.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message (and frame) accepted; a larger one closes the connection (1009).
+    pub max_message: usize,
+    /// Messages a second per connection (bursts of as many); beyond it the connection is closed
+    /// (1008).
+    pub messages_per_second: u32,
+    /// A ping is sent after this long without a frame from the client.
+    pub ping_interval: Duration,
+    /// Pings in a row without any frame back before the connection is closed as idle.
+    pub idle_pings: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message: 64 * 1024,
+            messages_per_second: 50,
+            ping_interval: Duration::from_secs(30),
+            idle_pings: 2,
+        }
+    }
+}
+
+/// The tracker's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    connections: IntGauge,
+    swarms: IntGauge,
+    messages: IntCounterVec,
+    relays: IntCounterVec,
+    drops: IntCounterVec,
+    sent: IntCounter,
+}
+
+impl Metrics {
+    /// Registers `edge_signaling_*` in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self::unregistered()?;
+        registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.swarms.clone()))?;
+        registry.register(Box::new(m.messages.clone()))?;
+        registry.register(Box::new(m.relays.clone()))?;
+        registry.register(Box::new(m.drops.clone()))?;
+        registry.register(Box::new(m.sent.clone()))?;
+        Ok(m)
+    }
+
+    /// Metrics kept but not exported (tests).
+    pub fn unregistered() -> prometheus::Result<Self> {
+        Ok(Self {
+            connections: IntGauge::new(
+                "edge_signaling_connections",
+                "Open tracker WebSocket connections",
+            )?,
+            swarms: IntGauge::new("edge_signaling_swarms", "Swarms with at least one peer")?,
+            messages: IntCounterVec::new(
+                Opts::new(
+                    "edge_signaling_messages_total",
+                    "Tracker messages received, by action",
+                ),
+                &["action"],
+            )?,
+            relays: IntCounterVec::new(
+                Opts::new(
+                    "edge_signaling_relays_total",
+                    "Offers and answers relayed to another peer",
+                ),
+                &["kind"],
+            )?,
+            drops: IntCounterVec::new(
+                Opts::new(
+                    "edge_signaling_drops_total",
+                    "Messages refused or connections cut, by reason",
+                ),
+                &["reason"],
+            )?,
+            sent: IntCounter::new("edge_signaling_sent_total", "Tracker messages sent")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

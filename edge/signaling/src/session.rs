@@ -1,0 +1,132 @@
+//! One WebSocket connection of a tracker client: frames in, tracker replies and relays out,
+//! pings while idle, "going away" when the edge drains.
+
+use crate::{Limits, tracker::Tracker};
+use edge_contract::Upgraded;
+use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Error, Message,
+        protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode},
+    },
+};
+
+/// Serves `io` until the client leaves, breaks a limit, or the edge drains; then the tracker
+/// forgets the connection (a `stopped` in every swarm it announced in).
+pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
+    let draining = io.draining();
+    tokio::pin!(draining);
+    // Sized on purpose: tungstenite's defaults reserve 128 KiB per direction per connection.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits.max_message * 4)
+        .max_message_size(Some(limits.max_message))
+        .max_frame_size(Some(limits.max_message));
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let (conn, mut outbox) = tracker.connect();
+    let mut idle = tokio::time::interval(limits.ping_interval);
+    idle.reset();
+    let mut quiet_ticks = 0u32;
+    let mut budget = Budget::new(limits.messages_per_second);
+    let close = loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    quiet_ticks = 0;
+                    if !budget.take() {
+                        tracker.count_drop("rate");
+                        break Some((CloseCode::Policy, "too many messages"));
+                    }
+                    tracker.handle(conn, text.as_str());
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    quiet_ticks = 0;
+                    if !budget.take() {
+                        tracker.count_drop("rate");
+                        break Some((CloseCode::Policy, "too many messages"));
+                    }
+                    // The reference tracker reads every frame as text.
+                    tracker.handle(conn, &String::from_utf8_lossy(&bytes));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => quiet_ticks = 0,
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Ok(Message::Frame(_))) => {}
+                Some(Err(Error::Capacity(e))) => {
+                    tracing::debug!(error = %e, "tracker message too large");
+                    tracker.count_drop("size");
+                    break Some((CloseCode::Size, "message too large"));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "tracker socket error");
+                    tracker.count_drop("protocol");
+                    break Some((CloseCode::Protocol, "protocol error"));
+                }
+            },
+            out = outbox.recv() => match out {
+                Some(text) => {
+                    if ws.send(Message::text(text.as_ref())).await.is_err() {
+                        break None;
+                    }
+                }
+                // The tracker cut this connection (its queue overflowed).
+                None => break Some((CloseCode::Policy, "too slow")),
+            },
+            _ = idle.tick() => {
+                quiet_ticks += 1;
+                if quiet_ticks > limits.idle_pings {
+                    tracker.count_drop("idle");
+                    break Some((CloseCode::Away, "idle"));
+                }
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+            () = &mut draining => break Some((CloseCode::Away, "server going away; reconnect")),
+        }
+    };
+    tracker.disconnect(conn);
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let closing = async {
+            let _ = ws.close(Some(frame)).await;
+            while let Some(Ok(_)) = ws.next().await {}
+        };
+        let _ = tokio::time::timeout(limits.ping_interval, closing).await;
+    }
+}
+
+/// A token bucket: `per_second` messages a second, bursts of as many.
+struct Budget {
+    per_second: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Budget {
+    fn new(per_second: u32) -> Self {
+        Self {
+            per_second: f64::from(per_second),
+            tokens: f64::from(per_second),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.per_second);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

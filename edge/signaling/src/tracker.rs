@@ -1,0 +1,503 @@
+//! Swarms and connections of the WebTorrent tracker, and what each message does to them.
+//!
+//! One lock over the state; every send is a `try_send` into the connection's bounded outbox,
+//! so nothing waits while it is held. A connection whose outbox is full is cut (its session
+//! sees the outbox close) rather than slowing the others.
+
+use crate::wire::{
+    AnnounceReply, AnswerRelay, Event, Failure, Id, InOffer, Inbound, OfferRelay, ScrapeFile,
+    ScrapeFlags, ScrapeReply, to_text,
+};
+use crate::{Metrics, TrackerConfig};
+use parking_lot::Mutex;
+use rand::seq::IteratorRandom;
+use serde_json::value::RawValue;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+use tokio::sync::mpsc;
+
+/// A connection, as the tracker knows it.
+pub type ConnId = u64;
+
+/// What a connection's session reads: the messages to send, in order.
+pub type Outbox = mpsc::Receiver<Arc<str>>;
+
+/// The tracker of one process (its swarms are local to it).
+pub struct Tracker {
+    cfg: TrackerConfig,
+    state: Mutex<State>,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct State {
+    next_conn: ConnId,
+    next_swarm: u64,
+    conns: HashMap<ConnId, Conn>,
+    swarms: HashMap<Id, Swarm>,
+}
+
+struct Conn {
+    /// `None` once cut for being too slow.
+    outbox: Option<mpsc::Sender<Arc<str>>>,
+    /// (info hash, peer id) this connection announced and has not stopped.
+    announced: HashSet<(Id, Id)>,
+}
+
+struct Swarm {
+    /// Creation order, for a scrape of every swarm.
+    created: u64,
+    peers: HashMap<Id, Peer>,
+    complete: usize,
+    incomplete: usize,
+}
+
+struct Peer {
+    conn: ConnId,
+    complete: bool,
+}
+
+impl Swarm {
+    fn counts(&self) -> ScrapeFile {
+        ScrapeFile {
+            complete: self.complete,
+            incomplete: self.incomplete,
+            downloaded: self.complete,
+        }
+    }
+}
+
+/// An announce once validated.
+struct Announce<'a> {
+    info_hash: Id,
+    peer_id: Id,
+    event: Event,
+    left_zero: bool,
+    offers: Vec<(Id, &'a RawValue)>,
+    answer: Option<(Id, Id, &'a RawValue)>,
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new(cfg: TrackerConfig, metrics: Metrics) -> Self {
+        Self {
+            cfg,
+            state: Mutex::new(State::default()),
+            metrics,
+        }
+    }
+
+    /// Registers a connection; its session sends what arrives in the returned outbox.
+    pub fn connect(&self) -> (ConnId, Outbox) {
+        let (tx, rx) = mpsc::channel(self.cfg.outbox);
+        let mut state = self.state.lock();
+        state.next_conn += 1;
+        let id = state.next_conn;
+        state.conns.insert(
+            id,
+            Conn {
+                outbox: Some(tx),
+                announced: HashSet::new(),
+            },
+        );
+        self.metrics.connections.set(state.conns.len() as i64);
+        (id, rx)
+    }
+
+    /// Forgets a connection: a `stopped` in every swarm it announced in (no reply).
+    pub fn disconnect(&self, conn: ConnId) {
+        let mut state = self.state.lock();
+        let Some(c) = state.conns.remove(&conn) else {
+            return;
+        };
+        for (info_hash, peer_id) in c.announced {
+            stop(&mut state, info_hash, peer_id, conn);
+        }
+        self.metrics.connections.set(state.conns.len() as i64);
+        self.metrics.swarms.set(state.swarms.len() as i64);
+    }
+
+    /// Counts something dropped or refused, by reason.
+    pub fn count_drop(&self, reason: &str) {
+        self.metrics.drops.with_label_values(&[reason]).inc();
+    }
+
+    /// Handles one text frame from `conn`.
+    pub fn handle(&self, conn: ConnId, text: &str) {
+        let inbound: Inbound<'_> = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => return self.fail(conn, None, &e.to_string(), None),
+        };
+        let action = match inbound
+            .action
+            .map(|a| serde_json::from_str::<&str>(a.get()))
+        {
+            Some(Ok("announce")) => "announce",
+            Some(Ok("scrape")) => "scrape",
+            Some(Ok(other)) => {
+                let why = format!("invalid action in WS request: {other}");
+                return self.fail(conn, None, &why, None);
+            }
+            Some(Err(_)) => {
+                let raw = inbound.action.map_or("", |a| a.get());
+                let why = format!("invalid action in WS request: {raw}");
+                return self.fail(conn, None, &why, None);
+            }
+            None => {
+                return self.fail(conn, None, "invalid action in WS request: undefined", None);
+            }
+        };
+        self.metrics.messages.with_label_values(&[action]).inc();
+        match action {
+            "announce" => match self.parse_announce(&inbound) {
+                Ok(a) => self.announce(conn, a),
+                Err((why, info_hash)) => {
+                    let action = info_hash.map(|_| "announce");
+                    self.fail(conn, action, why, info_hash)
+                }
+            },
+            _ => self.scrape(conn, &inbound),
+        }
+    }
+
+    fn fail(&self, conn: ConnId, action: Option<&'static str>, why: &str, info_hash: Option<Id>) {
+        self.count_drop("invalid");
+        let text = to_text(&Failure {
+            action,
+            reason: why,
+            info_hash,
+        });
+        let mut state = self.state.lock();
+        self.send(&mut state, conn, text);
+    }
+
+    /// Checks an announce as the reference does (in its order, with its messages), and more:
+    /// ids must be latin1, offers need an `offer_id` and an object. An error before the info
+    /// hash is known is a bare failure; after it, it names the action and the hash.
+    fn parse_announce<'a>(
+        &self,
+        m: &Inbound<'a>,
+    ) -> Result<Announce<'a>, (&'static str, Option<Id>)> {
+        let id_of = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).and_then(Id::parse);
+        let info_hash = m
+            .info_hash
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+            .and_then(|s| Id::parse(&s))
+            .ok_or(("invalid info_hash", None))?;
+        let peer_id = id_of(m.peer_id.as_ref()).ok_or(("invalid peer_id", None))?;
+        let answer = match m.answer.filter(|a| truthy(a)) {
+            None => None,
+            Some(answer) => {
+                let to = id_of(m.to_peer_id.as_ref())
+                    .ok_or(("invalid `to_peer_id` (required with `answer`)", None))?;
+                let offer_id =
+                    id_of(m.offer_id.as_ref()).ok_or(("invalid offer_id", Some(info_hash)))?;
+                Some((to, offer_id, answer))
+            }
+        };
+        let event = Event::parse(m.event.as_ref()).ok_or(("invalid event", Some(info_hash)))?;
+        let offers = match &m.offers {
+            None => Vec::new(),
+            Some(offers) => offers
+                .iter()
+                .map(|o: &InOffer<'a>| {
+                    let id = id_of(o.offer_id.as_ref()).ok_or("invalid offer_id")?;
+                    let offer = o
+                        .offer
+                        .filter(|r| r.get().starts_with('{'))
+                        .ok_or("invalid offer")?;
+                    Ok((id, offer))
+                })
+                .collect::<Result<Vec<_>, &'static str>>()
+                .map_err(|why| (why, Some(info_hash)))?,
+        };
+        Ok(Announce {
+            info_hash,
+            peer_id,
+            event,
+            left_zero: left_is_zero(m.left),
+            offers,
+            answer,
+        })
+    }
+
+    fn announce(&self, conn: ConnId, a: Announce<'_>) {
+        let mut state = self.state.lock();
+        let counts = match self.apply(&mut state, conn, &a) {
+            Ok(counts) => counts,
+            Err(why) => {
+                drop(state);
+                return self.fail(conn, Some("announce"), why, Some(a.info_hash));
+            }
+        };
+        if let Some((to, offer_id, answer)) = a.answer {
+            // The reference sends nothing back for an answer.
+            let target = state
+                .swarms
+                .get(&a.info_hash)
+                .and_then(|s| s.peers.get(&to))
+                .map(|p| p.conn);
+            match target {
+                Some(target) => {
+                    let text = to_text(&AnswerRelay {
+                        action: "announce",
+                        answer,
+                        offer_id,
+                        peer_id: a.peer_id,
+                        info_hash: a.info_hash,
+                    });
+                    self.metrics.relays.with_label_values(&["answer"]).inc();
+                    self.send(&mut state, target, text);
+                }
+                None => self.count_drop("no_peer"),
+            }
+            return;
+        }
+        let reply = to_text(&AnnounceReply {
+            complete: counts.0,
+            incomplete: counts.1,
+            action: "announce",
+            interval: self.cfg.interval_secs,
+            info_hash: a.info_hash,
+        });
+        self.send(&mut state, conn, reply);
+        let want = a.offers.len().min(self.cfg.max_offers);
+        if want == 0 {
+            return;
+        }
+        let targets: Vec<ConnId> = match state.swarms.get(&a.info_hash) {
+            Some(swarm) => swarm
+                .peers
+                .iter()
+                .filter(|(id, _)| **id != a.peer_id)
+                .map(|(_, p)| p.conn)
+                .choose_multiple(&mut rand::rng(), want),
+            None => Vec::new(),
+        };
+        for (target, (offer_id, offer)) in targets.into_iter().zip(&a.offers) {
+            let text = to_text(&OfferRelay {
+                action: "announce",
+                offer,
+                offer_id: *offer_id,
+                peer_id: a.peer_id,
+                info_hash: a.info_hash,
+            });
+            self.metrics.relays.with_label_values(&["offer"]).inc();
+            self.send(&mut state, target, text);
+        }
+    }
+
+    /// Applies an announce to its swarm; the counts after it, or why it was refused.
+    fn apply(
+        &self,
+        state: &mut State,
+        conn: ConnId,
+        a: &Announce<'_>,
+    ) -> Result<(usize, usize), &'static str> {
+        if a.event == Event::Stopped {
+            stop(state, a.info_hash, a.peer_id, ConnId::MAX);
+            if let Some(c) = state.conns.get_mut(&conn) {
+                c.announced.remove(&(a.info_hash, a.peer_id));
+            }
+            self.metrics.swarms.set(state.swarms.len() as i64);
+            return Ok(state
+                .swarms
+                .get(&a.info_hash)
+                .map_or((0, 0), |s| (s.complete, s.incomplete)));
+        }
+        if !state.swarms.contains_key(&a.info_hash) {
+            if state.swarms.len() >= self.cfg.max_swarms {
+                self.count_drop("swarms");
+                return Err("too many swarms");
+            }
+            let created = state.next_swarm;
+            state.next_swarm += 1;
+            state.swarms.insert(
+                a.info_hash,
+                Swarm {
+                    created,
+                    peers: HashMap::new(),
+                    complete: 0,
+                    incomplete: 0,
+                },
+            );
+            self.metrics.swarms.set(state.swarms.len() as i64);
+        }
+        let swarm = state
+            .swarms
+            .get_mut(&a.info_hash)
+            .expect("the swarm exists now");
+        let previous = match swarm.peers.get_mut(&a.peer_id) {
+            Some(peer) => {
+                // `completed`, or an update with nothing left: complete now (never back).
+                let completes = a.event == Event::Completed || a.left_zero;
+                if completes && !peer.complete {
+                    peer.complete = true;
+                    swarm.complete += 1;
+                    swarm.incomplete -= 1;
+                }
+                // The newest connection of a peer id gets what is sent to it.
+                Some(std::mem::replace(&mut peer.conn, conn))
+            }
+            None => {
+                if swarm.peers.len() >= self.cfg.max_swarm_peers {
+                    self.count_drop("swarm_full");
+                    return Err("swarm full");
+                }
+                swarm.peers.insert(
+                    a.peer_id,
+                    Peer {
+                        conn,
+                        complete: a.left_zero,
+                    },
+                );
+                if a.left_zero {
+                    swarm.complete += 1;
+                } else {
+                    swarm.incomplete += 1;
+                }
+                None
+            }
+        };
+        let counts = (swarm.complete, swarm.incomplete);
+        if let Some(old) = previous.filter(|old| *old != conn)
+            && let Some(c) = state.conns.get_mut(&old)
+        {
+            c.announced.remove(&(a.info_hash, a.peer_id));
+        }
+        if let Some(c) = state.conns.get_mut(&conn) {
+            c.announced.insert((a.info_hash, a.peer_id));
+        }
+        Ok(counts)
+    }
+
+    fn scrape(&self, conn: ConnId, m: &Inbound<'_>) {
+        let asked: Option<Vec<Id>> = match m.info_hash.map(|raw| raw.get()) {
+            None | Some("null") => None,
+            Some(raw) => {
+                let hashes = match serde_json::from_str::<serde_json::Value>(raw) {
+                    Ok(s @ serde_json::Value::String(_)) => vec![s],
+                    Ok(serde_json::Value::Array(v)) => v,
+                    _ => return self.fail(conn, None, "invalid info_hash", None),
+                };
+                let mut ids = Vec::with_capacity(hashes.len());
+                for s in hashes {
+                    let Some(id) = s.as_str().and_then(Id::parse) else {
+                        return self.fail(conn, None, "invalid info_hash", None);
+                    };
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+                ids.truncate(self.cfg.max_scrape);
+                Some(ids)
+            }
+        };
+        let mut state = self.state.lock();
+        let files: Vec<(Id, ScrapeFile)> = match asked {
+            Some(ids) => ids
+                .into_iter()
+                .map(|id| {
+                    let counts = state.swarms.get(&id).map_or(
+                        ScrapeFile {
+                            complete: 0,
+                            incomplete: 0,
+                            downloaded: 0,
+                        },
+                        Swarm::counts,
+                    );
+                    (id, counts)
+                })
+                .collect(),
+            None => {
+                let mut all: Vec<(&Id, &Swarm)> = state.swarms.iter().collect();
+                all.sort_by_key(|(_, s)| s.created);
+                all.into_iter()
+                    .take(self.cfg.max_scrape)
+                    .map(|(id, s)| (*id, s.counts()))
+                    .collect()
+            }
+        };
+        let text = to_text(&ScrapeReply {
+            action: "scrape",
+            files,
+            flags: ScrapeFlags {
+                min_request_interval: self.cfg.interval_secs * 5,
+            },
+        });
+        self.send(&mut state, conn, text);
+    }
+
+    /// Queues `text` for `conn`; a connection whose queue is full is cut.
+    fn send(&self, state: &mut State, conn: ConnId, text: Arc<str>) {
+        let Some(c) = state.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(outbox) = &c.outbox else {
+            return;
+        };
+        match outbox.try_send(text) {
+            Ok(()) => self.metrics.sent.inc(),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.count_drop("slow");
+                c.outbox = None;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Peers and swarms held (for health and tests).
+    pub fn stats(&self) -> (usize, usize) {
+        let state = self.state.lock();
+        (
+            state.swarms.len(),
+            state.swarms.values().map(|s| s.peers.len()).sum(),
+        )
+    }
+}
+
+/// Removes `peer_id` from the swarm of `info_hash` (only if it is on `only_conn`, unless that
+/// is `ConnId::MAX`); an empty swarm goes.
+fn stop(state: &mut State, info_hash: Id, peer_id: Id, only_conn: ConnId) {
+    let Some(swarm) = state.swarms.get_mut(&info_hash) else {
+        return;
+    };
+    let Some(peer) = swarm.peers.get(&peer_id) else {
+        return;
+    };
+    if only_conn != ConnId::MAX && peer.conn != only_conn {
+        return;
+    }
+    if peer.complete {
+        swarm.complete -= 1;
+    } else {
+        swarm.incomplete -= 1;
+    }
+    swarm.peers.remove(&peer_id);
+    if swarm.peers.is_empty() {
+        state.swarms.remove(&info_hash);
+    }
+}
+
+/// JavaScript truthiness of a JSON value (`answer` counts only when truthy).
+fn truthy(raw: &RawValue) -> bool {
+    !matches!(raw.get(), "null" | "false" | "0" | "\"\"" | "-0")
+}
+
+/// `Number(left) === 0` in JavaScript (a missing or non-numeric `left` is not 0).
+fn left_is_zero(left: Option<&RawValue>) -> bool {
+    let Some(raw) = left else {
+        return false;
+    };
+    match serde_json::from_str::<serde_json::Value>(raw.get()) {
+        Ok(serde_json::Value::Null) | Ok(serde_json::Value::Bool(false)) => true,
+        Ok(serde_json::Value::Number(n)) => n.as_f64() == Some(0.0),
+        Ok(serde_json::Value::String(s)) => {
+            let t = s.trim();
+            t.is_empty() || t.parse::<f64>().is_ok_and(|v| v == 0.0)
+        }
+        _ => false,
+    }
+}
