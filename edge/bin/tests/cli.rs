@@ -40,7 +40,7 @@ fn validate_accepts_the_default_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 policies, 2 routes"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 policies, 3 routes"));
 }
 
 /// The platform chain validates once its variables are set, and names each one missing.

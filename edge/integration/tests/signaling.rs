@@ -229,3 +229,30 @@ async fn a_draining_edge_tells_every_client_to_reconnect() {
         .expect("the drain ends")
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_is_answered_with_a_close() {
+    let edge = edge("").await;
+    let token = jwt(&edge, "viewer-1");
+    let (mut ws, _) = connect_async(url(&edge, Some(&token))).await.unwrap();
+    ws.send(announce("cccccccccccccccccccc")).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws.close(None).await.unwrap();
+    // The client reads the server's close reply, then the stream ends cleanly (not 1006).
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut replies = Vec::new();
+        while let Some(m) = ws.next().await {
+            replies.push(m);
+        }
+        replies
+    })
+    .await
+    .expect("closed within 5 s");
+    assert!(
+        end.iter().all(|m| matches!(m, Ok(Message::Close(_)))),
+        "{end:?}"
+    );
+    // Its peer left the swarm.
+    let metrics = edge.metrics().await;
+    assert!(metrics.contains("edge_signaling_swarms 0"), "{metrics}");
+}

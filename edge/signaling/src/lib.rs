@@ -22,14 +22,18 @@
 //! - ids must be 20 latin1 characters (the reference keeps the low byte of anything else);
 //!   offers need an `offer_id` and an object; an unknown `event` is refused before it creates a
 //!   swarm;
-//! - a peer id announced again from another connection moves to it (the reference keeps
-//!   sending to the first connection); a closed connection stops every peer id it announced
-//!   (the reference only its first);
+//! - a peer id belongs to the connection that announced it while that connection is open:
+//!   another connection announcing it (or answering, or sending `stopped`, as it) is refused
+//!   with `peer_id in use by another connection` (the reference accepts it and keeps sending to
+//!   the first connection; anyone who saw the id in a relay could stop it). A closed connection
+//!   stops every peer id it announced (the reference only its first);
 //! - peers live as long as their connection (the reference also forgets them after 20 minutes
 //!   without an announce); an empty swarm is dropped (the reference keeps it, listed by a scrape
 //!   of every swarm with zero counts);
-//! - bounds: swarms, peers per swarm (refused with `swarm full`), hashes per scrape, message
-//!   size and rate per connection, and an outbox per connection.
+//! - bounds: swarms, peers per swarm (refused with `swarm full`), swarms per connection,
+//!   hashes per scrape (a scrape of every swarm lists the first 1000 created), message size and
+//!   rate per connection, and an outbox per connection in messages and bytes (a connection
+//!   that does not read is cut, and its peers leave their swarms at once).
 //!
 //! Swarms are local to the process for now; the Redis fan-out across edges is the next step.
 
@@ -60,6 +64,11 @@ pub struct TrackerConfig {
     pub max_scrape: usize,
     /// Messages queued per connection; a connection with a full queue is cut.
     pub outbox: usize,
+    /// Bytes queued per connection; beyond them the connection is cut.
+    pub max_queued: usize,
+    /// (swarm, peer id) pairs one connection may announce at once (`too many swarms on this
+    /// connection` beyond): one client cannot fill the swarms or the tracker.
+    pub max_per_connection: usize,
 }
 
 impl Default for TrackerConfig {
@@ -71,6 +80,8 @@ impl Default for TrackerConfig {
             max_swarms: 100_000,
             max_scrape: 1000,
             outbox: 256,
+            max_queued: 1 << 20,
+            max_per_connection: 64,
         }
     }
 }

@@ -55,12 +55,15 @@ impl Service for TrackerService {
             );
             return r;
         }
-        // A base64 nonce of 16 bytes (RFC 6455 4.1).
-        let Some(key) = req
-            .headers
-            .get(header::SEC_WEBSOCKET_KEY)
-            .filter(|k| k.len() == 24)
-        else {
+        // A base64 nonce of 16 bytes (RFC 6455 4.1): 22 base64 characters and "==".
+        let Some(key) = req.headers.get(header::SEC_WEBSOCKET_KEY).filter(|k| {
+            let k = k.as_bytes();
+            k.len() == 24
+                && k.ends_with(b"==")
+                && k[..22]
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        }) else {
             return EdgeResponse::error(StatusCode::BAD_REQUEST, "websocket_key");
         };
         if !self.origin_allowed(req) {

@@ -26,8 +26,14 @@ pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
         .max_message_size(Some(limits.max_message))
         .max_frame_size(Some(limits.max_message));
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    let (conn, mut outbox) = tracker.connect();
+    let (conn, outbox) = tracker.connect();
+    let crate::Outbox {
+        messages: mut outbox,
+        queued,
+        mut cut,
+    } = outbox;
     let mut idle = tokio::time::interval(limits.ping_interval);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     idle.reset();
     let mut quiet_ticks = 0u32;
     let mut budget = Budget::new(limits.messages_per_second);
@@ -51,8 +57,19 @@ pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
                     // The reference tracker reads every frame as text.
                     tracker.handle(conn, &String::from_utf8_lossy(&bytes));
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => quiet_ticks = 0,
-                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    quiet_ticks = 0;
+                    if !budget.take() {
+                        tracker.count_drop("rate");
+                        break Some((CloseCode::Policy, "too many messages"));
+                    }
+                }
+                Some(Ok(Message::Close(_))) => {
+                    // tungstenite queued the close reply; send it (RFC 6455 5.5.1).
+                    let _ = tokio::time::timeout(limits.ping_interval, ws.flush()).await;
+                    break None;
+                }
+                None => break None,
                 Some(Ok(Message::Frame(_))) => {}
                 Some(Err(Error::Capacity(e))) => {
                     tracing::debug!(error = %e, "tracker message too large");
@@ -67,13 +84,17 @@ pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
             },
             out = outbox.recv() => match out {
                 Some(text) => {
-                    if ws.send(Message::text(text.as_ref())).await.is_err() {
+                    let len = text.len();
+                    let sent = ws.send(Message::text(text.as_ref())).await;
+                    queued.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
+                    if sent.is_err() {
                         break None;
                     }
                 }
-                // The tracker cut this connection (its queue overflowed).
-                None => break Some((CloseCode::Policy, "too slow")),
+                None => break None,
             },
+            // The tracker cut this connection (it did not read what was sent to it).
+            _ = &mut cut => break Some((CloseCode::Policy, "too slow")),
             _ = idle.tick() => {
                 quiet_ticks += 1;
                 if quiet_ticks > limits.idle_pings {

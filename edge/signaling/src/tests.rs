@@ -144,7 +144,7 @@ fn every_field_is_checked_and_a_bad_message_harms_nobody_else() {
 }
 
 #[test]
-fn counts_follow_the_events_and_a_peer_id_follows_its_newest_connection() {
+fn counts_follow_the_events_and_a_peer_id_belongs_to_its_connection() {
     let t = tracker();
     let (a, mut ra) = t.connect();
     let (b, mut rb) = t.connect();
@@ -152,33 +152,93 @@ fn counts_follow_the_events_and_a_peer_id_follows_its_newest_connection() {
         json!({"action":"announce","info_hash":H,"peer_id":peer,"event":event,"left":left})
             .to_string()
     };
-    let counts = |rx: &mut Outbox| -> (u64, u64) {
+    let last = |rx: &mut Outbox| -> serde_json::Value {
         let got = drain(rx);
-        let v: serde_json::Value = serde_json::from_str(got.last().unwrap()).unwrap();
+        serde_json::from_str(got.last().unwrap()).unwrap()
+    };
+    let counts = |v: serde_json::Value| {
         (
             v["complete"].as_u64().unwrap(),
             v["incomplete"].as_u64().unwrap(),
         )
     };
     t.handle(a, &announce(P1, "started", json!(5)));
-    assert_eq!(counts(&mut ra), (0, 1));
+    assert_eq!(counts(last(&mut ra)), (0, 1));
     t.handle(a, &announce(P1, "update", json!("0")));
-    assert_eq!(counts(&mut ra), (1, 0), "left \"0\" is complete");
+    assert_eq!(counts(last(&mut ra)), (1, 0), "left \"0\" is complete");
     t.handle(a, &announce(P1, "update", json!(10)));
-    assert_eq!(counts(&mut ra), (1, 0), "never back to incomplete");
+    assert_eq!(counts(last(&mut ra)), (1, 0), "never back to incomplete");
     t.handle(a, &announce(P2, "started", json!(null)));
-    assert_eq!(counts(&mut ra), (2, 0), "left null is 0 in JavaScript");
+    assert_eq!(
+        counts(last(&mut ra)),
+        (2, 0),
+        "left null is 0 in JavaScript"
+    );
     t.handle(a, &announce(P2, "stopped", json!(null)));
-    assert_eq!(counts(&mut ra), (1, 0));
-    // P1 announces again from b: b gets what is sent to P1 from now on, and a's close no
-    // longer stops it.
+    assert_eq!(counts(last(&mut ra)), (1, 0));
+    // Another connection can neither take P1 (its offers and answers) nor stop it.
     t.handle(b, &announce(P1, "update", json!(0)));
-    assert_eq!(counts(&mut rb), (1, 0));
-    t.disconnect(a);
-    assert_eq!(t.stats(), (1, 1));
+    assert_eq!(
+        last(&mut rb)["failure reason"],
+        "peer_id in use by another connection"
+    );
+    t.handle(
+        b,
+        &json!({"action":"announce","info_hash":H,"peer_id":P1,"to_peer_id":P2,"answer":{"type":"answer"},"offer_id":P2}).to_string(),
+    );
+    assert_eq!(
+        last(&mut rb)["failure reason"],
+        "peer_id in use by another connection"
+    );
     t.handle(b, &announce(P1, "stopped", json!(0)));
-    assert_eq!(counts(&mut rb), (0, 0));
+    assert_eq!(counts(last(&mut rb)), (1, 0), "not stopped by b");
+    assert_eq!(t.stats(), (1, 1));
+    // Once a's connection is gone, the id is free.
+    t.disconnect(a);
     assert_eq!(t.stats(), (0, 0));
+    t.handle(b, &announce(P1, "started", json!(0)));
+    assert_eq!(counts(last(&mut rb)), (1, 0));
+    t.handle(b, &announce(P1, "stopped", json!(0)));
+    assert_eq!(counts(last(&mut rb)), (0, 0));
+    assert_eq!(t.stats(), (0, 0));
+}
+
+#[test]
+fn one_connection_cannot_fill_the_tracker() {
+    let cfg = TrackerConfig {
+        max_per_connection: 3,
+        ..TrackerConfig::default()
+    };
+    let t = Tracker::new(cfg, Metrics::unregistered().unwrap());
+    let (a, mut ra) = t.connect();
+    for i in 0..5 {
+        let hash = format!("{i}").repeat(20);
+        t.handle(
+            a,
+            &json!({"action":"announce","info_hash":hash,"peer_id":P1}).to_string(),
+        );
+    }
+    let got = drain(&mut ra);
+    assert_eq!(got.len(), 5);
+    assert!(got[..3].iter().all(|m| m.contains("\"incomplete\":1")));
+    assert!(
+        got[3..]
+            .iter()
+            .all(|m| m.contains("too many swarms on this connection"))
+    );
+    // Stopping one frees a place.
+    t.handle(
+        a,
+        &json!({"action":"announce","info_hash":"0".repeat(20),"peer_id":P1,"event":"stopped"})
+            .to_string(),
+    );
+    t.handle(
+        a,
+        &json!({"action":"announce","info_hash":"9".repeat(20),"peer_id":P1}).to_string(),
+    );
+    let got = drain(&mut ra);
+    assert!(got[1].contains("\"incomplete\":1"), "{got:?}");
+    assert_eq!(t.stats(), (3, 3));
 }
 
 #[test]
@@ -213,16 +273,39 @@ fn bounds_refuse_with_a_reason_and_a_slow_connection_is_cut() {
             r#"{"action":"announce","failure reason":"too many swarms","info_hash":"bbbbbbbbbbbbbbbbbbbb"}"#
         ]
     );
-    // Nobody reads a's outbox: after 4 queued messages the connection is cut.
+    // Nobody reads a's outbox: after 4 queued messages the connection is cut, its session
+    // told to stop, and its peers leave their swarms at once.
+    assert_eq!(t.stats(), (1, 2));
     for _ in 0..6 {
         t.handle(a, &json!({"action":"scrape"}).to_string());
     }
-    assert_eq!(drain(&mut ra).len(), 4);
-    assert!(ra.try_recv().is_err());
-    assert!(matches!(
-        ra.try_recv(),
-        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
-    ));
+    assert!(ra.cut.try_recv().is_ok(), "the session is told to stop");
+    assert_eq!(t.stats(), (0, 0));
+    // The same by bytes: 1 KiB queued at most.
+    let t = Tracker::new(
+        TrackerConfig {
+            max_queued: 1024,
+            ..TrackerConfig::default()
+        },
+        Metrics::unregistered().unwrap(),
+    );
+    let (b, mut rb) = t.connect();
+    let long = "l".repeat(20);
+    let mut cut = false;
+    for _ in 0..20 {
+        t.handle(
+            b,
+            &json!({"action":"scrape","info_hash":[H, long]}).to_string(),
+        );
+        if rb.cut.try_recv().is_ok() {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "cut by bytes before 20 messages");
+    let queued = rb.queued.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(queued <= 1024, "{queued}");
+    assert!(drain(&mut rb).len() < 20);
 }
 
 #[test]

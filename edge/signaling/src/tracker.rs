@@ -13,16 +13,34 @@ use parking_lot::Mutex;
 use rand::seq::IteratorRandom;
 use serde_json::value::RawValue;
 use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// A connection, as the tracker knows it.
 pub type ConnId = u64;
 
-/// What a connection's session reads: the messages to send, in order.
-pub type Outbox = mpsc::Receiver<Arc<str>>;
+/// What a connection's session reads: the messages to send, in order, the bytes of them still
+/// queued (to take off once written), and a signal that the tracker cut the connection.
+pub struct Outbox {
+    /// The messages.
+    pub messages: mpsc::Receiver<Arc<str>>,
+    /// Bytes queued; subtract a message's length once it is written.
+    pub queued: Arc<AtomicUsize>,
+    /// Resolves when the tracker cut the connection (too slow): stop at once.
+    pub cut: oneshot::Receiver<()>,
+}
+
+impl Outbox {
+    /// The next message without waiting (tests).
+    pub fn try_recv(&mut self) -> Result<Arc<str>, mpsc::error::TryRecvError> {
+        self.messages.try_recv()
+    }
+}
 
 /// The tracker of one process (its swarms are local to it).
 pub struct Tracker {
@@ -37,11 +55,16 @@ struct State {
     next_swarm: u64,
     conns: HashMap<ConnId, Conn>,
     swarms: HashMap<Id, Swarm>,
+    /// Swarms by creation, for a scrape of every swarm (the reference's order) without a sort.
+    by_creation: BTreeMap<u64, Id>,
 }
 
 struct Conn {
-    /// `None` once cut for being too slow.
-    outbox: Option<mpsc::Sender<Arc<str>>>,
+    outbox: mpsc::Sender<Arc<str>>,
+    /// Bytes queued in `outbox` and not yet written (the session takes off what it sent).
+    queued: Arc<AtomicUsize>,
+    /// Fired when the tracker cuts the connection (its queue overflowed).
+    cut: Option<oneshot::Sender<()>>,
     /// (info hash, peer id) this connection announced and has not stopped.
     announced: HashSet<(Id, Id)>,
 }
@@ -92,28 +115,43 @@ impl Tracker {
     /// Registers a connection; its session sends what arrives in the returned outbox.
     pub fn connect(&self) -> (ConnId, Outbox) {
         let (tx, rx) = mpsc::channel(self.cfg.outbox);
+        let (cut_tx, cut_rx) = oneshot::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let mut state = self.state.lock();
         state.next_conn += 1;
         let id = state.next_conn;
         state.conns.insert(
             id,
             Conn {
-                outbox: Some(tx),
+                outbox: tx,
+                queued: queued.clone(),
+                cut: Some(cut_tx),
                 announced: HashSet::new(),
             },
         );
         self.metrics.connections.set(state.conns.len() as i64);
-        (id, rx)
+        (
+            id,
+            Outbox {
+                messages: rx,
+                queued,
+                cut: cut_rx,
+            },
+        )
     }
 
     /// Forgets a connection: a `stopped` in every swarm it announced in (no reply).
     pub fn disconnect(&self, conn: ConnId) {
         let mut state = self.state.lock();
+        self.forget(&mut state, conn);
+    }
+
+    fn forget(&self, state: &mut State, conn: ConnId) {
         let Some(c) = state.conns.remove(&conn) else {
             return;
         };
         for (info_hash, peer_id) in c.announced {
-            stop(&mut state, info_hash, peer_id, conn);
+            stop(state, info_hash, peer_id, conn);
         }
         self.metrics.connections.set(state.conns.len() as i64);
         self.metrics.swarms.set(state.swarms.len() as i64);
@@ -224,6 +262,30 @@ impl Tracker {
     }
 
     fn announce(&self, conn: ConnId, a: Announce<'_>) {
+        // Relayed texts depend on nothing the lock guards: built before taking it.
+        let answer = a.answer.map(|(to, offer_id, answer)| {
+            let text = to_text(&AnswerRelay {
+                action: "announce",
+                answer,
+                offer_id,
+                peer_id: a.peer_id,
+                info_hash: a.info_hash,
+            });
+            (to, text)
+        });
+        let want = a.offers.len().min(self.cfg.max_offers);
+        let offers: Vec<Arc<str>> = a.offers[..want]
+            .iter()
+            .map(|(offer_id, offer)| {
+                to_text(&OfferRelay {
+                    action: "announce",
+                    offer,
+                    offer_id: *offer_id,
+                    peer_id: a.peer_id,
+                    info_hash: a.info_hash,
+                })
+            })
+            .collect();
         let mut state = self.state.lock();
         let counts = match self.apply(&mut state, conn, &a) {
             Ok(counts) => counts,
@@ -232,7 +294,7 @@ impl Tracker {
                 return self.fail(conn, Some("announce"), why, Some(a.info_hash));
             }
         };
-        if let Some((to, offer_id, answer)) = a.answer {
+        if let Some((to, text)) = answer {
             // The reference sends nothing back for an answer.
             let target = state
                 .swarms
@@ -241,13 +303,6 @@ impl Tracker {
                 .map(|p| p.conn);
             match target {
                 Some(target) => {
-                    let text = to_text(&AnswerRelay {
-                        action: "announce",
-                        answer,
-                        offer_id,
-                        peer_id: a.peer_id,
-                        info_hash: a.info_hash,
-                    });
                     self.metrics.relays.with_label_values(&["answer"]).inc();
                     self.send(&mut state, target, text);
                 }
@@ -263,8 +318,7 @@ impl Tracker {
             info_hash: a.info_hash,
         });
         self.send(&mut state, conn, reply);
-        let want = a.offers.len().min(self.cfg.max_offers);
-        if want == 0 {
+        if offers.is_empty() {
             return;
         }
         let targets: Vec<ConnId> = match state.swarms.get(&a.info_hash) {
@@ -273,17 +327,10 @@ impl Tracker {
                 .iter()
                 .filter(|(id, _)| **id != a.peer_id)
                 .map(|(_, p)| p.conn)
-                .choose_multiple(&mut rand::rng(), want),
+                .choose_multiple(&mut rand::rng(), offers.len()),
             None => Vec::new(),
         };
-        for (target, (offer_id, offer)) in targets.into_iter().zip(&a.offers) {
-            let text = to_text(&OfferRelay {
-                action: "announce",
-                offer,
-                offer_id: *offer_id,
-                peer_id: a.peer_id,
-                info_hash: a.info_hash,
-            });
+        for (target, text) in targets.into_iter().zip(offers) {
             self.metrics.relays.with_label_values(&["offer"]).inc();
             self.send(&mut state, target, text);
         }
@@ -297,15 +344,34 @@ impl Tracker {
         a: &Announce<'_>,
     ) -> Result<(usize, usize), &'static str> {
         if a.event == Event::Stopped {
-            stop(state, a.info_hash, a.peer_id, ConnId::MAX);
-            if let Some(c) = state.conns.get_mut(&conn) {
-                c.announced.remove(&(a.info_hash, a.peer_id));
-            }
+            // Only the connection that announced a peer id stops it (the reference lets anyone).
+            stop(state, a.info_hash, a.peer_id, conn);
             self.metrics.swarms.set(state.swarms.len() as i64);
             return Ok(state
                 .swarms
                 .get(&a.info_hash)
                 .map_or((0, 0), |s| (s.complete, s.incomplete)));
+        }
+        let owner = state
+            .swarms
+            .get(&a.info_hash)
+            .and_then(|s| s.peers.get(&a.peer_id))
+            .map(|p| p.conn);
+        match owner {
+            // A peer id belongs to the connection that announced it while that one is open:
+            // anyone who saw it in a relay could otherwise take its offers and answers.
+            Some(owner) if owner != conn => {
+                self.count_drop("peer_id_taken");
+                return Err("peer_id in use by another connection");
+            }
+            Some(_) => {}
+            None => {
+                let pairs = state.conns.get(&conn).map_or(0, |c| c.announced.len());
+                if pairs >= self.cfg.max_per_connection {
+                    self.count_drop("connection_full");
+                    return Err("too many swarms on this connection");
+                }
+            }
         }
         if !state.swarms.contains_key(&a.info_hash) {
             if state.swarms.len() >= self.cfg.max_swarms {
@@ -323,13 +389,14 @@ impl Tracker {
                     incomplete: 0,
                 },
             );
+            state.by_creation.insert(created, a.info_hash);
             self.metrics.swarms.set(state.swarms.len() as i64);
         }
         let swarm = state
             .swarms
             .get_mut(&a.info_hash)
             .expect("the swarm exists now");
-        let previous = match swarm.peers.get_mut(&a.peer_id) {
+        match swarm.peers.get_mut(&a.peer_id) {
             Some(peer) => {
                 // `completed`, or an update with nothing left: complete now (never back).
                 let completes = a.event == Event::Completed || a.left_zero;
@@ -338,8 +405,6 @@ impl Tracker {
                     swarm.complete += 1;
                     swarm.incomplete -= 1;
                 }
-                // The newest connection of a peer id gets what is sent to it.
-                Some(std::mem::replace(&mut peer.conn, conn))
             }
             None => {
                 if swarm.peers.len() >= self.cfg.max_swarm_peers {
@@ -358,15 +423,9 @@ impl Tracker {
                 } else {
                     swarm.incomplete += 1;
                 }
-                None
             }
-        };
-        let counts = (swarm.complete, swarm.incomplete);
-        if let Some(old) = previous.filter(|old| *old != conn)
-            && let Some(c) = state.conns.get_mut(&old)
-        {
-            c.announced.remove(&(a.info_hash, a.peer_id));
         }
+        let counts = (swarm.complete, swarm.incomplete);
         if let Some(c) = state.conns.get_mut(&conn) {
             c.announced.insert((a.info_hash, a.peer_id));
         }
@@ -382,20 +441,20 @@ impl Tracker {
                     Ok(serde_json::Value::Array(v)) => v,
                     _ => return self.fail(conn, None, "invalid info_hash", None),
                 };
-                let mut ids = Vec::with_capacity(hashes.len());
+                let mut ids = Vec::with_capacity(hashes.len().min(self.cfg.max_scrape));
+                let mut seen = HashSet::with_capacity(ids.capacity());
                 for s in hashes {
                     let Some(id) = s.as_str().and_then(Id::parse) else {
                         return self.fail(conn, None, "invalid info_hash", None);
                     };
-                    if !ids.contains(&id) {
+                    if ids.len() < self.cfg.max_scrape && seen.insert(id) {
                         ids.push(id);
                     }
                 }
-                ids.truncate(self.cfg.max_scrape);
                 Some(ids)
             }
         };
-        let mut state = self.state.lock();
+        let state = self.state.lock();
         let files: Vec<(Id, ScrapeFile)> = match asked {
             Some(ids) => ids
                 .into_iter()
@@ -411,15 +470,14 @@ impl Tracker {
                     (id, counts)
                 })
                 .collect(),
-            None => {
-                let mut all: Vec<(&Id, &Swarm)> = state.swarms.iter().collect();
-                all.sort_by_key(|(_, s)| s.created);
-                all.into_iter()
-                    .take(self.cfg.max_scrape)
-                    .map(|(id, s)| (*id, s.counts()))
-                    .collect()
-            }
+            None => state
+                .by_creation
+                .values()
+                .take(self.cfg.max_scrape)
+                .filter_map(|id| Some((*id, state.swarms.get(id)?.counts())))
+                .collect(),
         };
+        drop(state);
         let text = to_text(&ScrapeReply {
             action: "scrape",
             files,
@@ -427,25 +485,30 @@ impl Tracker {
                 min_request_interval: self.cfg.interval_secs * 5,
             },
         });
+        let mut state = self.state.lock();
         self.send(&mut state, conn, text);
     }
 
-    /// Queues `text` for `conn`; a connection whose queue is full is cut.
+    /// Queues `text` for `conn`. A connection with `outbox` messages or `max_queued` bytes
+    /// still queued is cut: forgotten at once (its peers leave their swarms) and its session
+    /// told to stop, dropping what it had queued.
     fn send(&self, state: &mut State, conn: ConnId, text: Arc<str>) {
         let Some(c) = state.conns.get_mut(&conn) else {
             return;
         };
-        let Some(outbox) = &c.outbox else {
+        let len = text.len();
+        let over = c.queued.load(Ordering::Relaxed) + len > self.cfg.max_queued;
+        let sent = !over && c.outbox.try_send(text).is_ok();
+        if sent {
+            c.queued.fetch_add(len, Ordering::Relaxed);
+            self.metrics.sent.inc();
             return;
-        };
-        match outbox.try_send(text) {
-            Ok(()) => self.metrics.sent.inc(),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.count_drop("slow");
-                c.outbox = None;
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+        self.count_drop("slow");
+        if let Some(cut) = c.cut.take() {
+            let _ = cut.send(());
+        }
+        self.forget(state, conn);
     }
 
     /// Peers and swarms held (for health and tests).
@@ -458,8 +521,8 @@ impl Tracker {
     }
 }
 
-/// Removes `peer_id` from the swarm of `info_hash` (only if it is on `only_conn`, unless that
-/// is `ConnId::MAX`); an empty swarm goes.
+/// Removes `peer_id` from the swarm of `info_hash` if `only_conn` announced it; an empty swarm
+/// goes.
 fn stop(state: &mut State, info_hash: Id, peer_id: Id, only_conn: ConnId) {
     let Some(swarm) = state.swarms.get_mut(&info_hash) else {
         return;
@@ -467,9 +530,10 @@ fn stop(state: &mut State, info_hash: Id, peer_id: Id, only_conn: ConnId) {
     let Some(peer) = swarm.peers.get(&peer_id) else {
         return;
     };
-    if only_conn != ConnId::MAX && peer.conn != only_conn {
+    if peer.conn != only_conn {
         return;
     }
+    let owner = peer.conn;
     if peer.complete {
         swarm.complete -= 1;
     } else {
@@ -477,7 +541,12 @@ fn stop(state: &mut State, info_hash: Id, peer_id: Id, only_conn: ConnId) {
     }
     swarm.peers.remove(&peer_id);
     if swarm.peers.is_empty() {
+        let created = swarm.created;
         state.swarms.remove(&info_hash);
+        state.by_creation.remove(&created);
+    }
+    if let Some(c) = state.conns.get_mut(&owner) {
+        c.announced.remove(&(info_hash, peer_id));
     }
 }
 
