@@ -25,6 +25,7 @@ pub(crate) fn tracker_mount(
         max_message: usize::try_from(s.max_message.as_u64()).unwrap_or(usize::MAX),
         messages_per_second: s.messages_per_second,
         ping_interval: s.ping_interval,
+        send_timeout: cfg.server.send_timeout,
         ..Limits::default()
     };
     Ok(Mount {

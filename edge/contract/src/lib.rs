@@ -21,7 +21,7 @@ pub use body::{Body, BodyError, BodySender, BodyStream, RequestBody};
 pub use error::{ErrorBody, REASON_HEADER};
 pub use media::{MediaKind, classify};
 pub use path::{MAX_PATH, PathError, normalize};
-pub use upgrade::{OnUpgrade, UPGRADE_BUFFER, Upgraded};
+pub use upgrade::{Io, OnUpgrade, Upgraded};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};

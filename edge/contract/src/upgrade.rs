@@ -1,6 +1,8 @@
 //! Upgraded connections (HTTP/1.1 `Upgrade`, `101 Switching Protocols`): after the 101 the
 //! connection is a byte stream in both directions, handed to the handler as [`Upgraded`]
-//! (tokio's `AsyncRead + AsyncWrite`, what WebSocket libraries take).
+//! (tokio's `AsyncRead + AsyncWrite`, what WebSocket libraries take). It is the connection's
+//! own stream (TCP or TLS), not a copy through buffers: an idle upgraded connection costs what
+//! its socket and the handler's protocol state cost, nothing more.
 
 use http::{HeaderMap, header};
 use std::{
@@ -11,7 +13,7 @@ use std::{
     task::{Context, Poll},
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::watch,
 };
 
@@ -19,13 +21,19 @@ use tokio::{
 /// closes it).
 pub type OnUpgrade = Box<dyn FnOnce(Upgraded) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
-/// Bytes buffered in each direction between the listener and the handler.
-pub const UPGRADE_BUFFER: usize = 64 * 1024;
+/// A connection's byte stream, as the listener hands it over.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + ?Sized> Io for T {}
 
 /// Both directions of an upgraded connection: reading gives what the client sends (EOF when it
-/// closed its side), writing sends to the client; shutting the writer down ends the connection.
+/// closed its side), writing sends to the client; dropping it closes the connection.
+///
+/// No timeouts apply any more (the listener's read and send timeouts were for HTTP): the
+/// handler keeps its own time (WebSocket pings, a bound on each write to a client that stops
+/// reading).
 pub struct Upgraded {
-    io: DuplexStream,
+    io: Box<dyn Io>,
     draining: watch::Receiver<bool>,
 }
 
@@ -36,11 +44,10 @@ impl fmt::Debug for Upgraded {
 }
 
 impl Upgraded {
-    /// A connected pair: the handler's side and the listener's (which pumps it to the socket),
-    /// with the listener's drain signal.
-    pub fn pair(draining: watch::Receiver<bool>) -> (Self, DuplexStream) {
-        let (ours, theirs) = tokio::io::duplex(UPGRADE_BUFFER);
-        (Self { io: ours, draining }, theirs)
+    /// The connection's stream after the 101 (written and flushed), with the listener's drain
+    /// signal.
+    pub fn new(io: Box<dyn Io>, draining: watch::Receiver<bool>) -> Self {
+        Self { io, draining }
     }
 
     /// Resolves when the process starts draining: close the connection soon (a WebSocket

@@ -186,13 +186,7 @@ impl<H: Handler> HttpServerApp for HttpApp<H> {
             }
         };
         if matches!(response.body, Body::Upgrade(_)) {
-            upgrade(
-                &mut session,
-                response,
-                shutdown,
-                self.conn.limits.send_timeout,
-            )
-            .await;
+            upgrade(session, response, shutdown, self.conn.limits.send_timeout).await;
             return None;
         }
         // A body the handler did not read to the end (or that broke) may leave bytes on the
@@ -373,11 +367,11 @@ async fn pump_body(
     }
 }
 
-/// Sends a handler's `101` and hands it the connection ([`Body::Upgrade`]) until both are done
-/// with it; a 500 `upgrade_unavailable` when the request cannot be upgraded (HTTP/2, no
-/// `Upgrade` asked for, a status other than 101).
+/// Sends a handler's `101` and hands it the connection's own stream ([`Body::Upgrade`]) until
+/// it is done with it; a 500 `upgrade_unavailable` when the request cannot be upgraded (HTTP/2,
+/// no `Upgrade` asked for, a status other than 101).
 async fn upgrade(
-    session: &mut ServerSession,
+    mut session: ServerSession,
     response: EdgeResponse,
     shutdown: &ShutdownWatch,
     send_timeout: Duration,
@@ -395,7 +389,7 @@ async fn upgrade(
     {
         tracing::error!(%status, "a handler upgraded a request that cannot be upgraded");
         let refused = EdgeResponse::error(StatusCode::INTERNAL_SERVER_ERROR, "upgrade_unavailable");
-        let _ = write_response(session, refused, false, send_timeout).await;
+        let _ = write_response(&mut session, refused, false, send_timeout).await;
         return;
     }
     let Ok(mut head) = ResponseHeader::build(status, Some(headers.len() + 1)) else {
@@ -417,55 +411,13 @@ async fn upgrade(
     if head_ok.is_err() || !matches!(written.await, Ok(Ok(()))) || !session.was_upgraded() {
         return;
     }
-    // The upgraded protocol keeps its own time (WebSocket pings); reads wait as long as it does.
-    session.set_read_timeout(None);
-    let (theirs, ours) = Upgraded::pair(shutdown.clone());
-    tokio::join!(on_upgrade(theirs), relay(session, ours));
-    close(session).await;
-}
-
-/// Copies the client's bytes to the handler and the handler's to the client until the handler
-/// closes its side (or the client's connection breaks). At most one piece of each direction is in
-/// flight: a side that does not read holds the other back, nothing piles up.
-async fn relay(session: &mut ServerSession, ours: tokio::io::DuplexStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut from_handler, mut to_handler) = tokio::io::split(ours);
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut pending = bytes::Bytes::new();
-    let mut client_open = true;
-    loop {
-        tokio::select! {
-            read = session.read_request_body(), if client_open && pending.is_empty() => match read {
-                Ok(Some(chunk)) => pending = chunk,
-                // The connection broke: nothing more goes either way.
-                Err(_) => return,
-                // The client closed its side: the handler reads the end.
-                Ok(None) => {
-                    client_open = false;
-                    let _ = to_handler.shutdown().await;
-                }
-            },
-            written = to_handler.write(&pending), if !pending.is_empty() => match written {
-                Ok(n) => {
-                    let _ = pending.split_to(n);
-                }
-                // The handler stopped reading: what the client sends goes nowhere.
-                Err(_) => {
-                    pending.clear();
-                    client_open = false;
-                }
-            },
-            read = from_handler.read(&mut buf) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
-                    if session.write_response_body(chunk, false).await.is_err() {
-                        return;
-                    }
-                }
-            },
-        }
-    }
+    // pingora flushes a 1xx head. The client sends nothing before it has the 101 (RFC 6455
+    // 4.1), so nothing was read past the request head that the stream would miss.
+    let ServerSession::H1(h1) = session else {
+        return;
+    };
+    let stream: Box<dyn edge_contract::Io> = Box::new(h1.into_inner());
+    on_upgrade(Upgraded::new(stream, shutdown.clone())).await;
 }
 
 /// Most bytes of one write to the client: `send_timeout` bounds each write, so it measures

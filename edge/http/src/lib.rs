@@ -37,6 +37,10 @@ use tokio::{sync::watch, task::JoinHandle};
 /// written straight from their `Bytes`, past the buffer.
 pub const WRITE_BUFFER: usize = 8 * 1024;
 
+/// Per-connection read buffer of plain listeners (see [`Listeners::serve`]); TLS listeners keep
+/// pingora's, under the TLS library's small record reads.
+pub const PLAIN_READ_BUFFER: usize = 0;
+
 /// A socket bound by the edge, with its TLS settings if it is a TLS listener.
 pub struct BoundListener {
     listener: std::net::TcpListener,
@@ -110,11 +114,14 @@ impl Listeners {
             let key = l.local_addr().to_string();
             let tls = l.tls;
             fds.add(key.clone(), l.listener.into_raw_fd());
-            let mut endpoint =
-                ListenerConfig::tcp(key).l4_buffer(L4BufferSettings::default().write(WRITE_BUFFER));
-            if let Some(settings) = tls {
-                endpoint = endpoint.tls(settings);
-            }
+            let buffers = L4BufferSettings::default().write(WRITE_BUFFER);
+            let endpoint = match tls {
+                Some(settings) => ListenerConfig::tcp(key).l4_buffer(buffers).tls(settings),
+                // No read buffer under plain HTTP: pingora's session reads heads and bodies into
+                // buffers of its own, an upgraded protocol (tungstenite) too; pingora's default
+                // (64 KiB per connection) was most of an idle WebSocket's memory.
+                None => ListenerConfig::tcp(key).l4_buffer(buffers.read(PLAIN_READ_BUFFER)),
+            };
             service.add_listener(endpoint);
         }
         let fds: ListenFds = Arc::new(parking_lot::Mutex::new(fds));

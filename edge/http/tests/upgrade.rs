@@ -107,7 +107,7 @@ async fn a_websocket_client_talks_through_an_upgraded_connection() {
     let mut ws = connect(addr).await;
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
-    // Larger than the buffers in between (64 KiB each way).
+    // Larger than the socket buffers in between: written and read in many pieces.
     let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     ws.send(Message::binary(big.clone())).await.unwrap();
     ws.send(Message::binary(big.clone())).await.unwrap();

@@ -98,6 +98,9 @@ pub struct Limits {
     pub ping_interval: Duration,
     /// Pings in a row without any frame back before the connection is closed as idle.
     pub idle_pings: u32,
+    /// Longest wait for one message to be taken by the client; a client that stops reading is
+    /// cut (the upgraded stream has no timeout of its own).
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -107,6 +110,7 @@ impl Default for Limits {
             messages_per_second: 50,
             ping_interval: Duration::from_secs(30),
             idle_pings: 2,
+            send_timeout: Duration::from_secs(30),
         }
     }
 }

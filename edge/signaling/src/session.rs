@@ -85,9 +85,16 @@ pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
             out = outbox.recv() => match out {
                 Some(text) => {
                     let len = text.len();
-                    let sent = ws.send(Message::text(text.as_ref())).await;
+                    // The connection's own stream has no send timeout: a client that stops
+                    // reading is cut here.
+                    let sent = tokio::time::timeout(
+                        limits.send_timeout,
+                        ws.send(Message::text(text.as_ref())),
+                    )
+                    .await;
                     queued.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
-                    if sent.is_err() {
+                    if !matches!(sent, Ok(Ok(()))) {
+                        tracker.count_drop("send_timeout");
                         break None;
                     }
                 }
@@ -101,7 +108,8 @@ pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
                     tracker.count_drop("idle");
                     break Some((CloseCode::Away, "idle"));
                 }
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                let ping = ws.send(Message::Ping(Default::default()));
+                if !matches!(tokio::time::timeout(limits.send_timeout, ping).await, Ok(Ok(()))) {
                     break None;
                 }
             }
