@@ -31,7 +31,9 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + ?Sized> Io for T {}
 ///
 /// No timeouts apply any more (the listener's read and send timeouts were for HTTP): the
 /// handler keeps its own time (WebSocket pings, a bound on each write to a client that stops
-/// reading).
+/// reading). Writes may sit in the connection's write buffer until flushed (WebSocket libraries
+/// flush each message). The connection counts as in flight (drain, connection caps) while
+/// `on_upgrade`'s future runs: a handler must not hand the stream to a task that outlives it.
 pub struct Upgraded {
     io: Box<dyn Io>,
     draining: watch::Receiver<bool>,

@@ -4,7 +4,7 @@ use edge_contract::{
     Body, BodyError, BodySender, EdgeRequest, EdgeResponse, Handler, Protocol, RequestBody,
     Upgraded,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use http::{Method, StatusCode, header};
 use pingora_core::{
     apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream},
@@ -411,13 +411,67 @@ async fn upgrade(
     if head_ok.is_err() || !matches!(written.await, Ok(Ok(()))) || !session.was_upgraded() {
         return;
     }
-    // pingora flushes a 1xx head. The client sends nothing before it has the 101 (RFC 6455
-    // 4.1), so nothing was read past the request head that the stream would miss.
+    // pingora flushed the 1xx head. What it read past the request head (a client that sent its
+    // first frame with the handshake, against RFC 6455 4.1 but seen) is handed out as the start
+    // of the upgraded body, without I/O: it goes in front of the stream.
+    let mut early = bytes::BytesMut::new();
+    while let Some(Ok(Some(chunk))) = session.read_request_body().now_or_never() {
+        early.extend_from_slice(&chunk);
+    }
     let ServerSession::H1(h1) = session else {
         return;
     };
-    let stream: Box<dyn edge_contract::Io> = Box::new(h1.into_inner());
+    let stream: Box<dyn edge_contract::Io> = Box::new(Prefixed {
+        early: early.freeze(),
+        stream: h1.into_inner(),
+    });
     on_upgrade(Upgraded::new(stream, shutdown.clone())).await;
+}
+
+/// An upgraded connection's stream with the bytes read before the upgrade in front.
+struct Prefixed {
+    early: bytes::Bytes,
+    stream: pingora_core::protocols::Stream,
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.early.is_empty() {
+            let n = self.early.len().min(buf.remaining());
+            let head = self.early.split_to(n);
+            buf.put_slice(&head);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Most bytes of one write to the client: `send_timeout` bounds each write, so it measures

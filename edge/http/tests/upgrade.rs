@@ -177,3 +177,38 @@ async fn a_request_that_cannot_be_upgraded_is_refused() {
     assert!(r.starts_with("HTTP/1.1 426"), "{r}");
     listeners.drain(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_first_frame_sent_with_the_handshake_is_not_lost() {
+    let (addr, _listeners) = serve();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The handshake and a masked text frame "hi" in one write.
+    let mut bytes = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    let mask = [1u8, 2, 3, 4];
+    bytes.extend_from_slice(&[0x81, 0x82]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(b"hi".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    s.write_all(&bytes).await.unwrap();
+    // The 101, then the echo of "hi" (unmasked, from the server).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let done = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before the echo: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            if got.ends_with(&[0x81, 0x02, b'h', b'i']) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "{}", String::from_utf8_lossy(&got));
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+}
