@@ -281,6 +281,14 @@ fn bounds_refuse_with_a_reason_and_a_slow_connection_is_cut() {
     }
     assert!(ra.cut.try_recv().is_ok(), "the session is told to stop");
     assert_eq!(t.stats(), (0, 0));
+    // Frames its session still hands over before it stops change nothing (no peer left behind
+    // by a connection the tracker no longer knows).
+    t.handle(
+        a,
+        &json!({"action":"announce","info_hash":H,"peer_id":P1,"event":"started"}).to_string(),
+    );
+    assert_eq!(t.stats(), (0, 0));
+    t.disconnect(a);
     // The same by bytes: 1 KiB queued at most.
     let t = Tracker::new(
         TrackerConfig {

@@ -287,6 +287,10 @@ impl Tracker {
             })
             .collect();
         let mut state = self.state.lock();
+        if !state.conns.contains_key(&conn) {
+            // Cut meanwhile (its session has not seen it yet): it announces nothing any more.
+            return;
+        }
         let counts = match self.apply(&mut state, conn, &a) {
             Ok(counts) => counts,
             Err(why) => {
