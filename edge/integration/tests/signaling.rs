@@ -132,6 +132,23 @@ async fn the_handshake_needs_a_token_an_upgrade_and_an_allowed_origin() {
     assert_eq!(resp.headers()["x-edge-reason"], "websocket_only");
 }
 
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The code of the close frame the server sends `ws` (within 5 s).
+async fn close_code(ws: &mut Client) -> Option<CloseCode> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(frame)) = m {
+                return frame.map(|f| f.code);
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed within 5 s")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_are_cut_off_and_the_others_served() {
     let edge = edge("[signaling]\nmessages_per_second = 20\n").await;
@@ -147,17 +164,7 @@ async fn hostile_clients_are_cut_off_and_the_others_served() {
     // A 1 MiB frame: closed with 1009 (message too big).
     let (mut big, _) = connect_async(url(&edge, Some(&token))).await.unwrap();
     let _ = big.send(Message::text("x".repeat(1 << 20))).await;
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(m) = big.next().await {
-            if let Ok(Message::Close(frame)) = m {
-                return frame.map(|f| f.code);
-            }
-        }
-        None
-    })
-    .await
-    .expect("closed within 5 s");
-    assert_eq!(closed, Some(CloseCode::Size));
+    assert_eq!(close_code(&mut big).await, Some(CloseCode::Size));
 
     // A flood beyond 20 messages a second: closed with 1008 (policy).
     let (mut flood, _) = connect_async(url(&edge, Some(&token))).await.unwrap();
@@ -167,17 +174,7 @@ async fn hostile_clients_are_cut_off_and_the_others_served() {
             break;
         }
     }
-    let code = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(m) = flood.next().await {
-            if let Ok(Message::Close(frame)) = m {
-                return frame.map(|f| f.code);
-            }
-        }
-        None
-    })
-    .await
-    .expect("closed within 5 s");
-    assert_eq!(code, Some(CloseCode::Policy));
+    assert_eq!(close_code(&mut flood).await, Some(CloseCode::Policy));
 
     // Garbage and invalid ids get failure reasons; the socket stays up.
     good.send(Message::text("{not json")).await.unwrap();
