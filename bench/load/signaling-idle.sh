@@ -15,10 +15,12 @@
 # Run from anywhere (needs the edge built: cargo build --release -p edge; and
 # deploy/dev/setup.sh --test for the npm packages):
 #   bench/load/signaling-idle.sh
-# Env: CONNS, SWARMS, SETTLE, EDGE_BIN (default target/release/edge), SERVER_CPU / LOAD_CPU
+# Env: CONNS, SWARMS, SETTLE, EDGE_BIN (default target/release/edge), SERVER_CPU / LOAD_CPU;
+#      TLS=1: the edge over its TLS listener (wss://, the development certificate; the npm
+#      server stays plain: it has no TLS of its own)
 set -euo pipefail
 
-CONNS=${CONNS:-5000} SWARMS=${SWARMS:-50} SETTLE=${SETTLE:-5}
+CONNS=${CONNS:-5000} SWARMS=${SWARMS:-50} SETTLE=${SETTLE:-5} TLS=${TLS:-0}
 SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -49,7 +51,7 @@ const pad = s => s.padStart(20, '0').slice(-20)
 let answered = 0
 const sockets = []
 const open = i => new Promise((resolve, reject) => {
-  const ws = new WebSocket(url)
+  const ws = new WebSocket(url, { rejectUnauthorized: false })
   ws.on('error', reject)
   ws.on('message', () => { answered++; resolve() })
   ws.on('open', () => ws.send(JSON.stringify({
@@ -110,17 +112,22 @@ watch_interval = "0s"
 [signaling]
 max_swarm_peers = $CONNS
 EOF
+if [[ $TLS == 1 ]]; then
+    listen=(--listen 127.0.0.1:0 --tls-listen 127.0.0.1:0) scheme=https ws=wss
+else
+    listen=(--listen 127.0.0.1:0 --no-tls) scheme=http ws=ws
+fi
 (cd "$ROOT" && exec taskset -c "$SERVER_CPU" "$EDGE_BIN" serve --config "$WORK/edge.toml" \
-    --listen 127.0.0.1:0 --no-tls --admin-listen 127.0.0.1:0) 2>"$WORK/edge.log" &
+    "${listen[@]}" --admin-listen 127.0.0.1:0) 2>"$WORK/edge.log" &
 SERVER_PID=$!
 PORT=''
-for _ in $(seq 100); do
-    PORT=$(grep -v '(admin)' "$WORK/edge.log" | grep -oE 'listening on http://127\.0\.0\.1:[0-9]+' | head -1 | sed 's/.*://') || true
+for _ in $(seq 300); do
+    PORT=$(grep -v '(admin)' "$WORK/edge.log" | grep -oE "listening on $scheme://127\.0\.0\.1:[0-9]+" | head -1 | sed 's/.*://') || true
     [[ -n $PORT ]] && break
     sleep 0.1
 done
 [[ -n $PORT ]] || { cat "$WORK/edge.log" >&2; die "edge did not start"; }
-read -r _ E_BEFORE E_AFTER < <(measure edge "ws://127.0.0.1:$PORT/ws/tracker")
+read -r _ E_BEFORE E_AFTER < <(measure edge "$ws://127.0.0.1:$PORT/ws/tracker")
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=''
 
 # --- npm reference ---
@@ -149,5 +156,5 @@ echo "date: $(date -u '+%Y-%m-%dT%H:%M:%SZ'), nproc: $(nproc), node: $(node --ve
 echo
 echo "| tracker | RSS before (KiB) | RSS with $CONNS idle connections (KiB) | KiB per connection | connections per GiB |"
 echo "|---|---:|---:|---:|---:|"
-echo "| edge | $E_BEFORE | $E_AFTER | $(per "$E_BEFORE" "$E_AFTER") | $(per_gib "$E_BEFORE" "$E_AFTER") |"
+echo "| edge ($ws://) | $E_BEFORE | $E_AFTER | $(per "$E_BEFORE" "$E_AFTER") | $(per_gib "$E_BEFORE" "$E_AFTER") |"
 echo "| npm bittorrent-tracker | $N_BEFORE | $N_AFTER | $(per "$N_BEFORE" "$N_AFTER") | $(per_gib "$N_BEFORE" "$N_AFTER") |"
