@@ -131,6 +131,38 @@ pub fn token(scope: &str, ttl: i64) -> String {
     edge_urlsig::Key::new(SECRET.as_bytes()).sign(&grant)
 }
 
+/// An HS256 JWT for `sub` signed with `secret`, valid for `ttl` seconds (negative: expired).
+pub fn jwt(secret: &str, sub: &str, ttl: i64) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: i64,
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &Claims {
+            sub,
+            exp: now + ttl,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("a JWT of a string and a number encodes")
+}
+
+impl TestEdge {
+    /// A JWT for `sub` valid for 10 minutes, signed with this edge's development secret (no
+    /// `JWT_SECRET_KEY` set).
+    pub fn dev_jwt(&self, sub: &str) -> String {
+        let secret = std::fs::read_to_string(self.data.path().join("dev-jwt-secret"))
+            .expect("the development JWT secret");
+        jwt(secret.trim(), sub, 600)
+    }
+}
+
 /// An HTTP/1.1 client.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

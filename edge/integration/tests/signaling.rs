@@ -5,7 +5,7 @@
 
 use edge_integration::{TestEdge, repo_root};
 use futures::{SinkExt, StreamExt};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio_tungstenite::{
     connect_async,
     tungstenite::{Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
@@ -19,27 +19,6 @@ async fn edge(extra: &str) -> TestEdge {
     )
     .await
     .expect("edge starts")
-}
-
-/// An HS256 JWT with the edge's development secret.
-fn jwt(edge: &TestEdge, sub: &str) -> String {
-    #[derive(serde::Serialize)]
-    struct Claims<'a> {
-        sub: &'a str,
-        exp: u64,
-    }
-    let secret = std::fs::read_to_string(edge.data.path().join("dev-jwt-secret")).unwrap();
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &Claims { sub, exp },
-        &jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()),
-    )
-    .unwrap()
 }
 
 fn url(edge: &TestEdge, token: Option<&str>) -> String {
@@ -61,7 +40,7 @@ fn announce(peer: &str) -> Message {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tracker_answers_as_the_npm_bittorrent_tracker_server_does() {
     let edge = edge("").await;
-    let url = url(&edge, Some(&jwt(&edge, "viewer-1")));
+    let url = url(&edge, Some(&edge.dev_jwt("viewer-1")));
     let dir = repo_root().join("edge/signaling/tests/reference");
     assert!(
         dir.join("node_modules/bittorrent-tracker").is_dir(),
@@ -99,7 +78,7 @@ async fn the_tracker_answers_as_the_npm_bittorrent_tracker_server_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handshake_needs_a_token_an_upgrade_and_an_allowed_origin() {
     let edge = edge("[signaling]\nallowed_origins = [\"https://player.example\"]\n").await;
-    let token = jwt(&edge, "viewer-1");
+    let token = edge.dev_jwt("viewer-1");
     let status = |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
         Err(e) => panic!("{e}"),
@@ -152,7 +131,7 @@ async fn close_code(ws: &mut Client) -> Option<CloseCode> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_are_cut_off_and_the_others_served() {
     let edge = edge("[signaling]\nmessages_per_second = 20\n").await;
-    let token = jwt(&edge, "viewer-1");
+    let token = edge.dev_jwt("viewer-1");
     let (mut good, _) = connect_async(url(&edge, Some(&token))).await.unwrap();
     good.send(announce("gggggggggggggggggggg")).await.unwrap();
     let reply = good.next().await.unwrap().unwrap();
@@ -202,7 +181,7 @@ async fn hostile_clients_are_cut_off_and_the_others_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_edge_tells_every_client_to_reconnect() {
     let edge = edge("").await;
-    let token = jwt(&edge, "viewer-1");
+    let token = edge.dev_jwt("viewer-1");
     let (mut ws, _) = connect_async(url(&edge, Some(&token))).await.unwrap();
     ws.send(announce("dddddddddddddddddddd")).await.unwrap();
     ws.next().await.unwrap().unwrap();
@@ -230,7 +209,7 @@ async fn a_draining_edge_tells_every_client_to_reconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_close_is_answered_with_a_close() {
     let edge = edge("").await;
-    let token = jwt(&edge, "viewer-1");
+    let token = edge.dev_jwt("viewer-1");
     let (mut ws, _) = connect_async(url(&edge, Some(&token))).await.unwrap();
     ws.send(announce("cccccccccccccccccccc")).await.unwrap();
     ws.next().await.unwrap().unwrap();

@@ -2,30 +2,8 @@
 //! service's JSON, validation, the development JWT, events in the spool, progress surviving a
 //! restart.
 
-use edge_integration::{TestEdge, client};
+use edge_integration::{TestEdge, client, jwt};
 use serde_json::{Value, json};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-fn jwt(secret: &str, sub: &str, ttl: i64) -> String {
-    #[derive(serde::Serialize)]
-    struct Claims<'a> {
-        sub: &'a str,
-        exp: i64,
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &Claims {
-            sub,
-            exp: now + ttl,
-        },
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 async fn call(
     edge: &TestEdge,

@@ -9,28 +9,13 @@ use edge_testinfra::{Redis, S3, Tansu, UserService, consume};
 use serde_json::{Value, json};
 use std::{
     collections::HashMap,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 const SECRET: &str = "jwt-secret-of-the-auth-service-0123456789";
 
 fn jwt(sub: &str) -> String {
-    #[derive(serde::Serialize)]
-    struct Claims<'a> {
-        sub: &'a str,
-        exp: u64,
-    }
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &Claims { sub, exp },
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    edge_integration::jwt(SECRET, sub, 600)
 }
 
 async fn post(edge: &TestEdge, path: &str, token: &str, body: &str) -> (u16, Value) {

@@ -40,30 +40,23 @@ pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
     let close = loop {
         tokio::select! {
             msg = ws.next() => match msg {
+                // Every data and control frame but a close counts against the rate.
+                Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Pong(_)))
+                    if !budget.take() =>
+                {
+                    tracker.count_drop("rate");
+                    break Some((CloseCode::Policy, "too many messages"));
+                }
                 Some(Ok(Message::Text(text))) => {
                     quiet_ticks = 0;
-                    if !budget.take() {
-                        tracker.count_drop("rate");
-                        break Some((CloseCode::Policy, "too many messages"));
-                    }
                     tracker.handle(conn, text.as_str());
                 }
                 Some(Ok(Message::Binary(bytes))) => {
                     quiet_ticks = 0;
-                    if !budget.take() {
-                        tracker.count_drop("rate");
-                        break Some((CloseCode::Policy, "too many messages"));
-                    }
                     // The reference tracker reads every frame as text.
                     tracker.handle(conn, &String::from_utf8_lossy(&bytes));
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                    quiet_ticks = 0;
-                    if !budget.take() {
-                        tracker.count_drop("rate");
-                        break Some((CloseCode::Policy, "too many messages"));
-                    }
-                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => quiet_ticks = 0,
                 Some(Ok(Message::Close(_))) => {
                     // tungstenite queued the close reply; send it (RFC 6455 5.5.1).
                     let _ = tokio::time::timeout(limits.ping_interval, ws.flush()).await;
