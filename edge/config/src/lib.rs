@@ -119,13 +119,23 @@ mod tests {
         let cfg = EdgeConfig::from_toml_str("e.toml", "roles = [\"all\"]\n", &none).unwrap();
         assert!(cfg.runs(Role::Signaling));
         assert_eq!(cfg.signaling.tracker_path, "/ws/tracker");
-        let text =
-            "roles = [\"signaling\"]\n[signaling]\ntracker_path = \"/ws/../x\"\nmax_offers = 0\n";
+        assert_eq!(cfg.signaling.path, "/ws/signaling");
+        let text = "roles = [\"signaling\"]\n[signaling]\ntracker_path = \"/ws/../x\"\n\
+                    max_offers = 0\npath = \"/ws/../x\"\ntoken_protocol_prefix = \"a b\"\n\
+                    room_grace = \"0s\"\n";
         let errs = EdgeConfig::from_toml_str("e.toml", text, &none).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["roles", "signaling.tracker_path", "signaling.max_offers"]
+            [
+                "roles",
+                "signaling.tracker_path",
+                "signaling.path",
+                "signaling.path",
+                "signaling.token_protocol_prefix",
+                "signaling.room_grace",
+                "signaling.max_offers"
+            ]
         );
     }
 

@@ -1,17 +1,34 @@
-//! `[signaling]`: the signaling role's WebTorrent tracker.
+//! `[signaling]`: the signaling role's WebTorrent tracker and native signaling protocol.
 
 use crate::{EdgeConfig, Role};
 use bytesize::ByteSize;
 use serde::Deserialize;
 use std::time::Duration;
 
-/// `[signaling]`: the WebTorrent tracker of the signaling role, on the viewer listeners.
+/// `[signaling]`: the signaling role's endpoints on the viewer listeners: the WebTorrent tracker
+/// and the native protocol (swarms per stream, watch rooms).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct SignalingConfig {
     /// Where players open the tracker WebSocket (`ws[s]://<edge><path>`); it goes through the
     /// policy chain of the route matching it (a JWT in `access_token`). Default `/ws/tracker`.
     pub tracker_path: String,
+    /// Where clients of the native protocol connect. Default `/ws/signaling`.
+    pub path: String,
+    /// Offered WebSocket subprotocols starting with this carry the viewer's JWT (browsers cannot
+    /// set headers: `new WebSocket(url, ["signaling", "access_token." + jwt])`); never echoed.
+    /// Must match the auth policy's `subprotocol_prefix`. Default `access_token.`.
+    pub token_protocol_prefix: String,
+    /// Peers in one `peer-list` of the native protocol. Default 50.
+    pub max_peer_list: usize,
+    /// Watch rooms held. Default 100000.
+    pub max_rooms: usize,
+    /// Members per room. Default 100.
+    pub max_room_members: usize,
+    /// How long a room member whose connection closed keeps its place (and a host its role);
+    /// a room whose members are all gone that long is dropped. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub room_grace: Duration,
     /// `Origin` values allowed to connect (`https://player.example.com`); `*` allows any. A
     /// request without `Origin` (not a browser) is allowed. Default `["*"]`.
     pub allowed_origins: Vec<String>,
@@ -38,6 +55,12 @@ impl Default for SignalingConfig {
     fn default() -> Self {
         Self {
             tracker_path: "/ws/tracker".into(),
+            path: "/ws/signaling".into(),
+            token_protocol_prefix: "access_token.".into(),
+            max_peer_list: 50,
+            max_rooms: 100_000,
+            max_room_members: 100,
+            room_grace: Duration::from_secs(30),
             allowed_origins: vec!["*".into()],
             interval: Duration::from_secs(120),
             max_offers: 82,
@@ -59,22 +82,45 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
             "\"signaling\" serves on the edge role's viewer listeners and policy chains: add \"edge\"",
         );
     }
-    let path_ok = s.tracker_path.starts_with('/')
-        && s.tracker_path.len() > 1
-        && !s.tracker_path.ends_with('/')
-        && s.tracker_path.split('/').skip(1).all(|seg| {
-            !seg.is_empty()
-                && seg != "."
-                && seg != ".."
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
-        });
-    if !path_ok {
+    for (field, path) in [
+        ("signaling.tracker_path", &s.tracker_path),
+        ("signaling.path", &s.path),
+    ] {
+        if !normalised_path(path) {
+            bad(
+                field,
+                "must be an absolute, normalised path such as `/ws/tracker`",
+            );
+        }
+    }
+    if s.path == s.tracker_path {
         bad(
-            "signaling.tracker_path",
-            "must be an absolute, normalised path such as `/ws/tracker`",
+            "signaling.path",
+            "must differ from `signaling.tracker_path`",
         );
+    }
+    let prefix_ok = !s.token_protocol_prefix.is_empty()
+        && s.token_protocol_prefix.len() <= 64
+        && s.token_protocol_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !prefix_ok {
+        bad(
+            "signaling.token_protocol_prefix",
+            "must be 1 to 64 characters a subprotocol may hold (letters, digits, `.-_~!#$%&'*+^|`)",
+        );
+    }
+    if s.max_peer_list == 0 || s.max_peer_list > 1000 {
+        bad("signaling.max_peer_list", "must be between 1 and 1000");
+    }
+    if s.max_rooms == 0 {
+        bad("signaling.max_rooms", "must be at least 1");
+    }
+    if s.max_room_members < 2 || s.max_room_members > 10_000 {
+        bad("signaling.max_room_members", "must be between 2 and 10000");
+    }
+    if s.room_grace < Duration::from_secs(1) || s.room_grace > Duration::from_secs(3600) {
+        bad("signaling.room_grace", "must be between 1s and 1h");
     }
     if s.allowed_origins.is_empty() {
         bad(
@@ -103,4 +149,19 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
     if s.ping_interval < Duration::from_secs(1) || s.ping_interval > Duration::from_secs(600) {
         bad("signaling.ping_interval", "must be between 1s and 10m");
     }
+}
+
+/// An absolute path without empty, `.` or `..` segments, of unreserved characters.
+fn normalised_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() > 1
+        && !path.ends_with('/')
+        && path.split('/').skip(1).all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        })
 }

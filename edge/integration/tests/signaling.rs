@@ -69,10 +69,10 @@ async fn the_tracker_answers_as_the_npm_bittorrent_tracker_server_does() {
     assert!(report["messages"].as_u64().unwrap() >= 17, "{report}");
     let metrics = edge.metrics().await;
     assert!(
-        metrics.contains(r#"edge_signaling_relays_total{kind="offer"} 1"#),
+        metrics.contains(r#"edge_signaling_relays_total{kind="offer",protocol="tracker"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"edge_signaling_relays_total{kind="answer"} 1"#));
+    assert!(metrics.contains(r#"edge_signaling_relays_total{kind="answer",protocol="tracker"} 1"#));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,11 +169,11 @@ async fn hostile_clients_are_cut_off_and_the_others_served() {
     assert!(m.to_text().unwrap().contains(r#""incomplete":2"#), "{m}");
     let metrics = edge.metrics().await;
     assert!(
-        metrics.contains(r#"edge_signaling_drops_total{reason="rate"} 1"#),
+        metrics.contains(r#"edge_signaling_drops_total{protocol="tracker",reason="rate"} 1"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"edge_signaling_drops_total{reason="size"} 1"#),
+        metrics.contains(r#"edge_signaling_drops_total{protocol="tracker",reason="size"} 1"#),
         "{metrics}"
     );
 }
@@ -230,5 +230,8 @@ async fn a_client_close_is_answered_with_a_close() {
     );
     // Its peer left the swarm.
     let metrics = edge.metrics().await;
-    assert!(metrics.contains("edge_signaling_swarms 0"), "{metrics}");
+    assert!(
+        metrics.contains(r#"edge_signaling_swarms{protocol="tracker"} 0"#),
+        "{metrics}"
+    );
 }

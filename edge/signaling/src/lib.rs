@@ -37,15 +37,19 @@
 //!
 //! Swarms are local to the process for now; the Redis fan-out across edges is the next step.
 
+mod mailbox;
+mod native;
 mod service;
 mod session;
 mod tracker;
 pub mod wire;
 
-pub use service::TrackerService;
-pub use tracker::{ConnId, Outbox, Tracker};
+pub use mailbox::Outbox;
+pub use native::{Hub, SignalingConfig};
+pub use service::{SignalingService, TrackerService, WsService};
+pub use tracker::{ConnId, Tracker};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::time::Duration;
 
 /// What the tracker holds and answers.
@@ -115,15 +119,35 @@ impl Default for Limits {
     }
 }
 
-/// The tracker's metrics.
+/// Who is on the other end of a connection, as the upgrade request's policies found.
+#[derive(Debug, Clone, Default)]
+pub struct Viewer {
+    /// The JWT `sub` the route's policies put in the context, when there is one.
+    pub sub: Option<String>,
+}
+
+/// A protocol served over WebSocket text messages: what a [`session`] drives.
+pub trait Engine: Send + Sync + 'static {
+    /// Registers a connection; its session sends what arrives in the returned outbox.
+    fn open(&self, viewer: &Viewer) -> (ConnId, Outbox);
+    /// Handles one text message from `conn`.
+    fn handle(&self, conn: ConnId, text: &str);
+    /// Forgets `conn` (closed, cut, or the edge drains).
+    fn close(&self, conn: ConnId);
+    /// Counts a message refused or a connection cut by the session, by reason.
+    fn count_drop(&self, reason: &str);
+}
+
+/// The signaling metrics, labelled by `protocol` (`tracker`, `signaling`).
 #[derive(Clone)]
 pub struct Metrics {
-    connections: IntGauge,
-    swarms: IntGauge,
+    connections: IntGaugeVec,
+    swarms: IntGaugeVec,
+    rooms: IntGauge,
     messages: IntCounterVec,
     relays: IntCounterVec,
     drops: IntCounterVec,
-    sent: IntCounter,
+    sent: IntCounterVec,
 }
 
 impl Metrics {
@@ -132,6 +156,7 @@ impl Metrics {
         let m = Self::unregistered()?;
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.swarms.clone()))?;
+        registry.register(Box::new(m.rooms.clone()))?;
         registry.register(Box::new(m.messages.clone()))?;
         registry.register(Box::new(m.relays.clone()))?;
         registry.register(Box::new(m.drops.clone()))?;
@@ -141,35 +166,92 @@ impl Metrics {
 
     /// Metrics kept but not exported (tests).
     pub fn unregistered() -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str, label: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["protocol", label])
+        };
         Ok(Self {
-            connections: IntGauge::new(
-                "edge_signaling_connections",
-                "Open tracker WebSocket connections",
-            )?,
-            swarms: IntGauge::new("edge_signaling_swarms", "Swarms with at least one peer")?,
-            messages: IntCounterVec::new(
+            connections: IntGaugeVec::new(
                 Opts::new(
-                    "edge_signaling_messages_total",
-                    "Tracker messages received, by action",
+                    "edge_signaling_connections",
+                    "Open signaling WebSocket connections",
                 ),
-                &["action"],
+                &["protocol"],
             )?,
-            relays: IntCounterVec::new(
+            swarms: IntGaugeVec::new(
                 Opts::new(
-                    "edge_signaling_relays_total",
-                    "Offers and answers relayed to another peer",
+                    "edge_signaling_swarms",
+                    "Swarms (tracker info hashes, signaling streams) with at least one peer",
                 ),
-                &["kind"],
+                &["protocol"],
             )?,
-            drops: IntCounterVec::new(
-                Opts::new(
-                    "edge_signaling_drops_total",
-                    "Messages refused or connections cut, by reason",
-                ),
-                &["reason"],
+            rooms: IntGauge::new(
+                "edge_signaling_rooms",
+                "Watch rooms with at least one member",
             )?,
-            sent: IntCounter::new("edge_signaling_sent_total", "Tracker messages sent")?,
+            messages: counter(
+                "edge_signaling_messages_total",
+                "Messages received, by action or type",
+                "type",
+            )?,
+            relays: counter(
+                "edge_signaling_relays_total",
+                "Offers, answers and ICE candidates relayed to another peer",
+                "kind",
+            )?,
+            drops: counter(
+                "edge_signaling_drops_total",
+                "Messages refused or connections cut, by reason",
+                "reason",
+            )?,
+            sent: IntCounterVec::new(
+                Opts::new("edge_signaling_sent_total", "Messages sent"),
+                &["protocol"],
+            )?,
         })
+    }
+
+    /// The metrics of one protocol.
+    pub(crate) fn protocol(&self, protocol: &'static str) -> ProtocolMetrics {
+        ProtocolMetrics {
+            protocol,
+            connections: self.connections.with_label_values(&[protocol]),
+            swarms: self.swarms.with_label_values(&[protocol]),
+            rooms: self.rooms.clone(),
+            messages: self.messages.clone(),
+            relays: self.relays.clone(),
+            drops: self.drops.clone(),
+            sent: self.sent.with_label_values(&[protocol]),
+        }
+    }
+}
+
+/// [`Metrics`] with the protocol label set.
+#[derive(Clone)]
+pub(crate) struct ProtocolMetrics {
+    protocol: &'static str,
+    connections: IntGauge,
+    swarms: IntGauge,
+    rooms: IntGauge,
+    messages: IntCounterVec,
+    relays: IntCounterVec,
+    drops: IntCounterVec,
+    sent: IntCounter,
+}
+
+impl ProtocolMetrics {
+    /// A message of a known `kind` received (the label set stays bounded).
+    fn message(&self, kind: &str) {
+        self.messages
+            .with_label_values(&[self.protocol, kind])
+            .inc();
+    }
+
+    fn relay(&self, kind: &str) {
+        self.relays.with_label_values(&[self.protocol, kind]).inc();
+    }
+
+    fn drop(&self, reason: &str) {
+        self.drops.with_label_values(&[self.protocol, reason]).inc();
     }
 }
 

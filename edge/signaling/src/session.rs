@@ -1,7 +1,7 @@
-//! One WebSocket connection of a tracker client: frames in, tracker replies and relays out,
-//! pings while idle, "going away" when the edge drains.
+//! One WebSocket connection of a signaling client, whichever the protocol ([`Engine`]): frames
+//! in, replies and relays out, pings while idle, "going away" when the edge drains.
 
-use crate::{Limits, tracker::Tracker};
+use crate::{Engine, Limits, Viewer};
 use edge_contract::Upgraded;
 use futures::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -13,9 +13,9 @@ use tokio_tungstenite::{
     },
 };
 
-/// Serves `io` until the client leaves, breaks a limit, or the edge drains; then the tracker
-/// forgets the connection (a `stopped` in every swarm it announced in).
-pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
+/// Serves `io` until the client leaves, breaks a limit, or the edge drains; then the engine
+/// forgets the connection (for the tracker, a `stopped` in every swarm it announced in).
+pub(crate) async fn run<E: Engine>(engine: Arc<E>, viewer: Viewer, io: Upgraded, limits: Limits) {
     let draining = io.draining();
     tokio::pin!(draining);
     // Sized on purpose: tungstenite's defaults reserve 128 KiB per direction per connection.
@@ -26,7 +26,7 @@ pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
         .max_message_size(Some(limits.max_message))
         .max_frame_size(Some(limits.max_message));
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    let (conn, outbox) = tracker.connect();
+    let (conn, outbox) = engine.open(&viewer);
     let crate::Outbox {
         messages: mut outbox,
         queued,
@@ -44,17 +44,17 @@ pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
                 Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Pong(_)))
                     if !budget.take() =>
                 {
-                    tracker.count_drop("rate");
+                    engine.count_drop("rate");
                     break Some((CloseCode::Policy, "too many messages"));
                 }
                 Some(Ok(Message::Text(text))) => {
                     quiet_ticks = 0;
-                    tracker.handle(conn, text.as_str());
+                    engine.handle(conn, text.as_str());
                 }
                 Some(Ok(Message::Binary(bytes))) => {
                     quiet_ticks = 0;
-                    // The reference tracker reads every frame as text.
-                    tracker.handle(conn, &String::from_utf8_lossy(&bytes));
+                    // The reference tracker reads every frame as text; so does the native protocol.
+                    engine.handle(conn, &String::from_utf8_lossy(&bytes));
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => quiet_ticks = 0,
                 Some(Ok(Message::Close(_))) => {
@@ -65,13 +65,13 @@ pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
                 None => break None,
                 Some(Ok(Message::Frame(_))) => {}
                 Some(Err(Error::Capacity(e))) => {
-                    tracing::debug!(error = %e, "tracker message too large");
-                    tracker.count_drop("size");
+                    tracing::debug!(error = %e, "signaling message too large");
+                    engine.count_drop("size");
                     break Some((CloseCode::Size, "message too large"));
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "tracker socket error");
-                    tracker.count_drop("protocol");
+                    tracing::debug!(error = %e, "signaling socket error");
+                    engine.count_drop("protocol");
                     break Some((CloseCode::Protocol, "protocol error"));
                 }
             },
@@ -87,18 +87,18 @@ pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
                     .await;
                     queued.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
                     if !matches!(sent, Ok(Ok(()))) {
-                        tracker.count_drop("send_timeout");
+                        engine.count_drop("send_timeout");
                         break None;
                     }
                 }
                 None => break None,
             },
-            // The tracker cut this connection (it did not read what was sent to it).
+            // The engine cut this connection (it did not read what was sent to it).
             _ = &mut cut => break Some((CloseCode::Policy, "too slow")),
             _ = idle.tick() => {
                 quiet_ticks += 1;
                 if quiet_ticks > limits.idle_pings {
-                    tracker.count_drop("idle");
+                    engine.count_drop("idle");
                     break Some((CloseCode::Away, "idle"));
                 }
                 let ping = ws.send(Message::Ping(Default::default()));
@@ -109,7 +109,7 @@ pub(crate) async fn run(tracker: Arc<Tracker>, io: Upgraded, limits: Limits) {
             () = &mut draining => break Some((CloseCode::Away, "server going away; reconnect")),
         }
     };
-    tracker.disconnect(conn);
+    engine.close(conn);
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code,

@@ -9,7 +9,7 @@ const P1: &str = "11111111111111111111";
 const P2: &str = "22222222222222222222";
 
 fn tracker() -> Tracker {
-    Tracker::new(TrackerConfig::default(), Metrics::unregistered().unwrap())
+    Tracker::new(TrackerConfig::default(), &Metrics::unregistered().unwrap())
 }
 
 fn drain(rx: &mut Outbox) -> Vec<String> {
@@ -209,7 +209,7 @@ fn one_connection_cannot_fill_the_tracker() {
         max_per_connection: 3,
         ..TrackerConfig::default()
     };
-    let t = Tracker::new(cfg, Metrics::unregistered().unwrap());
+    let t = Tracker::new(cfg, &Metrics::unregistered().unwrap());
     let (a, mut ra) = t.connect();
     for i in 0..5 {
         let hash = format!("{i}").repeat(20);
@@ -249,7 +249,7 @@ fn bounds_refuse_with_a_reason_and_a_slow_connection_is_cut() {
         outbox: 4,
         ..TrackerConfig::default()
     };
-    let t = Tracker::new(cfg, Metrics::unregistered().unwrap());
+    let t = Tracker::new(cfg, &Metrics::unregistered().unwrap());
     let (a, mut ra) = t.connect();
     for peer in ["a", "b", "c"] {
         let id = peer.repeat(20);
@@ -295,7 +295,7 @@ fn bounds_refuse_with_a_reason_and_a_slow_connection_is_cut() {
             max_queued: 1024,
             ..TrackerConfig::default()
         },
-        Metrics::unregistered().unwrap(),
+        &Metrics::unregistered().unwrap(),
     );
     let (b, mut rb) = t.connect();
     let long = "l".repeat(20);

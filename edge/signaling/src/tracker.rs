@@ -4,49 +4,28 @@
 //! so nothing waits while it is held. A connection whose outbox is full is cut (its session
 //! sees the outbox close) rather than slowing the others.
 
+use crate::mailbox::{Mailbox, Outbox};
 use crate::wire::{
     AnnounceReply, AnswerRelay, Event, Failure, Id, InOffer, Inbound, OfferRelay, ScrapeFile,
     ScrapeFlags, ScrapeReply, to_text,
 };
-use crate::{Metrics, TrackerConfig};
+use crate::{Engine, Metrics, ProtocolMetrics, TrackerConfig, Viewer};
 use parking_lot::Mutex;
 use rand::seq::IteratorRandom;
 use serde_json::value::RawValue;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
 };
-use tokio::sync::{mpsc, oneshot};
 
-/// A connection, as the tracker knows it.
+/// A connection, as an engine knows it.
 pub type ConnId = u64;
-
-/// What a connection's session reads: the messages to send, in order, the bytes of them still
-/// queued (to take off once written), and a signal that the tracker cut the connection.
-pub struct Outbox {
-    /// The messages.
-    pub messages: mpsc::Receiver<Arc<str>>,
-    /// Bytes queued; subtract a message's length once it is written.
-    pub queued: Arc<AtomicUsize>,
-    /// Resolves when the tracker cut the connection (too slow): stop at once.
-    pub cut: oneshot::Receiver<()>,
-}
-
-impl Outbox {
-    /// The next message without waiting (tests).
-    pub fn try_recv(&mut self) -> Result<Arc<str>, mpsc::error::TryRecvError> {
-        self.messages.try_recv()
-    }
-}
 
 /// The tracker of one process (its swarms are local to it).
 pub struct Tracker {
     cfg: TrackerConfig,
     state: Mutex<State>,
-    metrics: Metrics,
+    metrics: ProtocolMetrics,
 }
 
 #[derive(Default)]
@@ -60,11 +39,7 @@ struct State {
 }
 
 struct Conn {
-    outbox: mpsc::Sender<Arc<str>>,
-    /// Bytes queued in `outbox` and not yet written (the session takes off what it sent).
-    queued: Arc<AtomicUsize>,
-    /// Fired when the tracker cuts the connection (its queue overflowed).
-    cut: Option<oneshot::Sender<()>>,
+    mailbox: Mailbox,
     /// (info hash, peer id) this connection announced and has not stopped.
     announced: HashSet<(Id, Id)>,
 }
@@ -104,40 +79,29 @@ struct Announce<'a> {
 
 impl Tracker {
     /// An empty tracker.
-    pub fn new(cfg: TrackerConfig, metrics: Metrics) -> Self {
+    pub fn new(cfg: TrackerConfig, metrics: &Metrics) -> Self {
         Self {
             cfg,
             state: Mutex::new(State::default()),
-            metrics,
+            metrics: metrics.protocol("tracker"),
         }
     }
 
     /// Registers a connection; its session sends what arrives in the returned outbox.
     pub fn connect(&self) -> (ConnId, Outbox) {
-        let (tx, rx) = mpsc::channel(self.cfg.outbox);
-        let (cut_tx, cut_rx) = oneshot::channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let (mailbox, outbox) = Mailbox::new(self.cfg.outbox);
         let mut state = self.state.lock();
         state.next_conn += 1;
         let id = state.next_conn;
         state.conns.insert(
             id,
             Conn {
-                outbox: tx,
-                queued: queued.clone(),
-                cut: Some(cut_tx),
+                mailbox,
                 announced: HashSet::new(),
             },
         );
         self.metrics.connections.set(state.conns.len() as i64);
-        (
-            id,
-            Outbox {
-                messages: rx,
-                queued,
-                cut: cut_rx,
-            },
-        )
+        (id, outbox)
     }
 
     /// Forgets a connection: a `stopped` in every swarm it announced in (no reply).
@@ -159,7 +123,7 @@ impl Tracker {
 
     /// Counts something dropped or refused, by reason.
     pub fn count_drop(&self, reason: &str) {
-        self.metrics.drops.with_label_values(&[reason]).inc();
+        self.metrics.drop(reason);
     }
 
     /// Handles one text frame from `conn`.
@@ -187,7 +151,7 @@ impl Tracker {
                 return self.fail(conn, None, "invalid action in WS request: undefined", None);
             }
         };
-        self.metrics.messages.with_label_values(&[action]).inc();
+        self.metrics.message(action);
         match action {
             "announce" => match self.parse_announce(&inbound) {
                 Ok(a) => self.announce(conn, a),
@@ -307,7 +271,7 @@ impl Tracker {
                 .map(|p| p.conn);
             match target {
                 Some(target) => {
-                    self.metrics.relays.with_label_values(&["answer"]).inc();
+                    self.metrics.relay("answer");
                     self.send(&mut state, target, text);
                 }
                 None => self.count_drop("no_peer"),
@@ -335,7 +299,7 @@ impl Tracker {
             None => Vec::new(),
         };
         for (target, text) in targets.into_iter().zip(offers) {
-            self.metrics.relays.with_label_values(&["offer"]).inc();
+            self.metrics.relay("offer");
             self.send(&mut state, target, text);
         }
     }
@@ -500,18 +464,12 @@ impl Tracker {
         let Some(c) = state.conns.get_mut(&conn) else {
             return;
         };
-        let len = text.len();
-        let over = c.queued.load(Ordering::Relaxed) + len > self.cfg.max_queued;
-        let sent = !over && c.outbox.try_send(text).is_ok();
-        if sent {
-            c.queued.fetch_add(len, Ordering::Relaxed);
+        if c.mailbox.push(text, self.cfg.max_queued) {
             self.metrics.sent.inc();
             return;
         }
         self.count_drop("slow");
-        if let Some(cut) = c.cut.take() {
-            let _ = cut.send(());
-        }
+        c.mailbox.cut();
         self.forget(state, conn);
     }
 
@@ -572,5 +530,23 @@ fn left_is_zero(left: Option<&RawValue>) -> bool {
             t.is_empty() || t.parse::<f64>().is_ok_and(|v| v == 0.0)
         }
         _ => false,
+    }
+}
+
+impl Engine for Tracker {
+    fn open(&self, _viewer: &Viewer) -> (ConnId, Outbox) {
+        self.connect()
+    }
+
+    fn handle(&self, conn: ConnId, text: &str) {
+        Tracker::handle(self, conn, text);
+    }
+
+    fn close(&self, conn: ConnId) {
+        self.disconnect(conn);
+    }
+
+    fn count_drop(&self, reason: &str) {
+        Tracker::count_drop(self, reason);
     }
 }

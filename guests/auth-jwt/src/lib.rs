@@ -5,6 +5,10 @@
 //! - `header` (default `authorization`): the request header with `Bearer <token>`; `""` disables.
 //! - `query_param` (default `access_token`): where to look when the header has no token; `""`
 //!   disables.
+//! - `subprotocol_prefix` (default `access_token.`): an offered WebSocket subprotocol starting
+//!   with it carries the token when the header has none (browsers cannot set headers on a
+//!   WebSocket: `new WebSocket(url, ["signaling", "access_token." + jwt])`); `""` disables.
+//!   A token there and a different one in the query are refused as ambiguous.
 //! - `algorithms` (comma list; default `HS256` when `secret` is set, plus `RS256,ES256,EdDSA` when
 //!   a public key source is set): the algorithms a token may use.
 //! - `secret`: the HS* shared secret (`${JWT_SECRET_KEY}`). HS* tokens are verified with it only.

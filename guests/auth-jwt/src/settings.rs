@@ -6,9 +6,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 /// Every config key the policy reads, in the order [`Settings::parse`] receives them.
-pub(crate) const KEYS: [&str; 15] = [
+pub(crate) const KEYS: [&str; 16] = [
     "header",
     "query_param",
+    "subprotocol_prefix",
     "algorithms",
     "secret",
     "public_key_pem",
@@ -45,6 +46,9 @@ pub(crate) struct Settings {
     /// Lower-case header name; empty: tokens are not read from headers.
     pub(crate) header: String,
     pub(crate) query_param: Option<String>,
+    /// Offered WebSocket subprotocols starting with this carry the token (browsers cannot set
+    /// headers on a WebSocket); `None`: not read from there.
+    pub(crate) subprotocol_prefix: Option<String>,
     pub(crate) algorithms: Vec<Algorithm>,
     pub(crate) secret: Option<DecodingKey>,
     pub(crate) public: PublicKeys,
@@ -176,12 +180,18 @@ impl Settings {
             Some(p) => Some(p.trim().to_owned()),
             None => Some("access_token".into()),
         };
-        if header.is_empty() && query_param.is_none() {
-            return Err("`header` and `query_param` are both disabled".into());
+        let subprotocol_prefix = match raw("subprotocol_prefix") {
+            Some(p) if p.trim().is_empty() => None,
+            Some(p) => Some(p.trim().to_owned()),
+            None => Some("access_token.".into()),
+        };
+        if header.is_empty() && query_param.is_none() && subprotocol_prefix.is_none() {
+            return Err("`header`, `query_param` and `subprotocol_prefix` are all disabled".into());
         }
         Ok(Settings {
             header,
             query_param,
+            subprotocol_prefix,
             algorithms,
             secret,
             public,

@@ -26,8 +26,9 @@ fn bearer(value: &str) -> Option<&str> {
     .filter(|t| !t.is_empty())
 }
 
-/// The token from the configured header, else from the query parameter. Two different values
-/// for the parameter are refused: which one a later hop would honour is ambiguous.
+/// The token from the configured header, else from the query parameter or an offered
+/// WebSocket subprotocol (`Sec-WebSocket-Protocol: signaling, access_token.<JWT>`). Two
+/// different values from those are refused: which one a later hop would honour is ambiguous.
 pub(crate) fn find_token<'a>(
     headers: &'a [(String, String)],
     query: &'a str,
@@ -41,16 +42,30 @@ pub(crate) fn find_token<'a>(
             return Ok(Cow::Borrowed(token));
         }
     }
-    let Some(param) = &s.query_param else {
-        return Err(Reject::MissingToken);
-    };
     let mut found: Option<Cow<'a, str>> = None;
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        if k == param.as_str() && !v.is_empty() {
-            match &found {
-                Some(prev) if *prev != v => return Err(Reject::MalformedToken),
-                _ => found = Some(v),
+    let mut take = |v: Cow<'a, str>| match &found {
+        Some(prev) if *prev != v => Err(Reject::MalformedToken),
+        _ => {
+            found = Some(v);
+            Ok(())
+        }
+    };
+    if let Some(param) = &s.query_param {
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if k == param.as_str() && !v.is_empty() {
+                take(v)?;
             }
+        }
+    }
+    if let Some(prefix) = &s.subprotocol_prefix {
+        let offered = headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))
+            .flat_map(|(_, v)| v.split(','))
+            .filter_map(|p| p.trim().strip_prefix(prefix.as_str()))
+            .filter(|t| !t.is_empty());
+        for token in offered {
+            take(Cow::Borrowed(token))?;
         }
     }
     found.ok_or(Reject::MissingToken)

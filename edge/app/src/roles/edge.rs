@@ -132,7 +132,7 @@ impl EdgeRole {
             service: Arc::new(health::ViewerHealth(health.clone())),
         });
         if cfg.runs(edge_config::Role::Signaling) {
-            mounts.push(crate::signaling::tracker_mount(cfg, shared.registry)?);
+            mounts.extend(crate::signaling::mounts(cfg, shared.registry)?);
         }
         pipeline.mount(mounts);
         policies.control.attach(pipeline.clone());

@@ -103,7 +103,12 @@ fn misconfigurations_are_reported() {
         vec![("secret", SECRET), ("algorithms", "RS256")],
         vec![("secret", SECRET), ("leeway", "-1")],
         vec![("secret", SECRET), ("max_token_bytes", "0")],
-        vec![("secret", SECRET), ("header", ""), ("query_param", "")],
+        vec![
+            ("secret", SECRET),
+            ("header", ""),
+            ("query_param", ""),
+            ("subprotocol_prefix", ""),
+        ],
     ] {
         assert!(parse(&bad).is_err(), "{bad:?} should be refused");
     }

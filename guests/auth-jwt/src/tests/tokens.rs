@@ -9,7 +9,7 @@ fn hs256_token_is_admitted_with_its_claims() {
 }
 
 #[test]
-fn token_sources_header_then_query() {
+fn token_sources_header_then_query_or_subprotocol() {
     let s = hs_settings();
     let env = FakeEnv::new();
     let token = hs(&claims(json!({})));
@@ -34,6 +34,20 @@ fn token_sources_header_then_query() {
         reason(authenticate(&env, &no_query, &[], &query)),
         "missing_token"
     );
+    // An offered WebSocket subprotocol carries it too (browsers cannot set headers).
+    let offered = |v: &str| vec![("Sec-WebSocket-Protocol".to_owned(), v.to_owned())];
+    let ws = offered(&format!("signaling, access_token.{token}"));
+    assert_eq!(reason(authenticate(&env, &s, &ws, "")), "allowed");
+    assert_eq!(reason(authenticate(&env, &s, &ws, &query)), "allowed");
+    let other = offered("signaling, access_token.x.y.z");
+    assert_eq!(
+        reason(authenticate(&env, &s, &other, &query)),
+        "malformed_token"
+    );
+    let bare = offered("signaling, access_token.");
+    assert_eq!(reason(authenticate(&env, &s, &bare, "")), "missing_token");
+    let off = config(&[("secret", SECRET), ("subprotocol_prefix", "")]);
+    assert_eq!(reason(authenticate(&env, &off, &ws, "")), "missing_token");
     let custom = config(&[("secret", SECRET), ("header", "X-Token")]);
     let raw = vec![("x-token".to_owned(), token.clone())];
     assert_eq!(reason(authenticate(&env, &custom, &raw, "")), "allowed");

@@ -1,0 +1,302 @@
+//! The native signaling protocol (`/ws/signaling`) on a whole edge with the repository's default
+//! policies: the JWT in `Sec-WebSocket-Protocol` as a browser sends it, swarms and relays
+//! between two viewers, and a watch room controlled by its host, kept across a reconnect.
+
+use edge_integration::{TestEdge, repo_root};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_tungstenite::{
+    connect_async,
+    tungstenite::{Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
+};
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn edge() -> TestEdge {
+    TestEdge::start_with_env(
+        &repo_root().join("policies/default.toml"),
+        "",
+        &[("EDGE_ROLES", "edge,signaling")],
+    )
+    .await
+    .expect("edge starts")
+}
+
+/// Connects as a browser does: `new WebSocket(url, ["signaling", "access_token." + jwt])`.
+async fn connect(edge: &TestEdge, sub: &str) -> Client {
+    let url = format!("ws://{}/ws/signaling", edge.edge.addrs().http[0]);
+    let mut req = url.into_client_request().unwrap();
+    let offered = format!("signaling, access_token.{}", edge.dev_jwt(sub));
+    req.headers_mut()
+        .insert("sec-websocket-protocol", offered.parse().unwrap());
+    let (ws, resp) = connect_async(req).await.expect("101");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "signaling");
+    ws
+}
+
+async fn send(ws: &mut Client, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// The next text message (within 5 s), as JSON.
+async fn recv(ws: &mut Client) -> Value {
+    let m = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return t,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a message within 5 s");
+    serde_json::from_str(m.as_str()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_rides_in_the_subprotocol_and_is_never_echoed() {
+    let edge = edge().await;
+    let url = format!("ws://{}/ws/signaling", edge.edge.addrs().http[0]);
+    let status = |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("{e}"),
+        Ok(_) => 101,
+    };
+    assert_eq!(status(connect_async(url.as_str()).await.map(|_| ())), 401);
+    let offer = |v: String| {
+        let mut req = url.as_str().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("sec-websocket-protocol", v.parse().unwrap());
+        req
+    };
+    let token = edge.dev_jwt("alice");
+    // Only the token offered: nothing could be echoed but the token, so it is refused.
+    assert_eq!(
+        status(
+            connect_async(offer(format!("access_token.{token}")))
+                .await
+                .map(|_| ())
+        ),
+        400
+    );
+    assert_eq!(
+        status(
+            connect_async(offer("signaling, access_token.a.b.c".into()))
+                .await
+                .map(|_| ())
+        ),
+        401
+    );
+    let mut ws = connect(&edge, "alice").await;
+    send(&mut ws, json!({"type":"heartbeat"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "heartbeat");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_viewers_find_each_other_and_relay_offers_answers_and_candidates() {
+    let edge = edge().await;
+    let mut a = connect(&edge, "alice").await;
+    let mut b = connect(&edge, "bob").await;
+    send(
+        &mut a,
+        json!({"type":"join","streamId":"demo","peerId":"pa","rendition":"720p"}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut a).await,
+        json!({"type":"peer-list","streamId":"demo","peers":[]})
+    );
+    send(
+        &mut b,
+        json!({"type":"join","streamId":"demo","peerId":"pb","rendition":"720p"}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut b).await,
+        json!({"type":"peer-list","streamId":"demo","peers":[{"peerId":"pa","rendition":"720p"}]})
+    );
+    let sdp = json!({"type":"offer","sdp":"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"});
+    send(
+        &mut b,
+        json!({"type":"offer","streamId":"demo","to":"pa","sdp":sdp}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut a).await,
+        json!({"type":"offer","streamId":"demo","from":"pb","sdp":sdp})
+    );
+    send(
+        &mut a,
+        json!({"type":"answer","streamId":"demo","to":"pb","sdp":{"type":"answer","sdp":"v=0"}}),
+    )
+    .await;
+    assert_eq!(recv(&mut b).await["from"], "pa");
+    send(
+        &mut a,
+        json!({"type":"ice","streamId":"demo","to":"pb","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host"}}),
+    )
+    .await;
+    assert_eq!(recv(&mut b).await["type"], "ice");
+    // Segments: b asks who holds one (once a's heartbeat reply says its `have` was read).
+    send(
+        &mut a,
+        json!({"type":"have","streamId":"demo","segments":["720p/seg-1.ts"]}),
+    )
+    .await;
+    send(&mut a, json!({"type":"heartbeat"})).await;
+    assert_eq!(recv(&mut a).await["type"], "heartbeat");
+    send(
+        &mut b,
+        json!({"type":"peers","streamId":"demo","segment":"720p/seg-1.ts"}),
+    )
+    .await;
+    let list = recv(&mut b).await;
+    assert_eq!(list["peers"], json!([{"peerId":"pa","rendition":"720p"}]));
+    // A bad message gets an error; the socket stays open.
+    b.send(Message::text("{nope")).await.unwrap();
+    assert_eq!(recv(&mut b).await["code"], "bad_json");
+    // a leaves by closing: b's next peer list is empty.
+    a.close(None).await.unwrap();
+    drop(a);
+    let empty = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            send(&mut b, json!({"type":"peers","streamId":"demo"})).await;
+            if recv(&mut b).await["peers"] == json!([]) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(empty.is_ok(), "a's peer left the stream");
+    let metrics = edge.metrics().await;
+    for line in [
+        r#"edge_signaling_relays_total{kind="offer",protocol="signaling"} 1"#,
+        r#"edge_signaling_relays_total{kind="answer",protocol="signaling"} 1"#,
+        r#"edge_signaling_relays_total{kind="ice",protocol="signaling"} 1"#,
+        r#"edge_signaling_drops_total{protocol="signaling",reason="bad_json"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_runs_the_room_and_keeps_it_across_a_reconnect() {
+    let edge = edge().await;
+    let mut host = connect(&edge, "alice").await;
+    let mut guest = connect(&edge, "bob").await;
+    send(
+        &mut host,
+        json!({"type":"join-room","roomId":"movie-night","url":"https://cdn.example/vod/movies/m1/index.m3u8"}),
+    )
+    .await;
+    assert_eq!(recv(&mut host).await["hostUserId"], "alice");
+    // A userId other than the token's subject is refused.
+    send(
+        &mut guest,
+        json!({"type":"join-room","roomId":"movie-night","userId":"alice"}),
+    )
+    .await;
+    assert_eq!(recv(&mut guest).await["code"], "user_mismatch");
+    send(
+        &mut guest,
+        json!({"type":"join-room","roomId":"movie-night"}),
+    )
+    .await;
+    let joined = recv(&mut guest).await;
+    assert_eq!(joined["members"].as_array().unwrap().len(), 2);
+    assert_eq!(recv(&mut host).await["event"], "join");
+    send(
+        &mut host,
+        json!({"type":"play","roomId":"movie-night","position":42.0}),
+    )
+    .await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    send(
+        &mut host,
+        json!({"type":"pause","roomId":"movie-night","position":43.5}),
+    )
+    .await;
+    let play = recv(&mut guest).await;
+    assert_eq!(
+        (play["event"].as_str(), play["isPlaying"].as_bool()),
+        (Some("play"), Some(true))
+    );
+    let pause = recv(&mut guest).await;
+    assert_eq!(
+        (
+            pause["event"].as_str(),
+            pause["isPlaying"].as_bool(),
+            pause["currentTime"].as_f64(),
+            pause["by"].as_str()
+        ),
+        (Some("pause"), Some(false), Some(43.5), Some("alice"))
+    );
+    let at = pause["serverTime"].as_u64().unwrap();
+    assert!(
+        at + 1000 >= before && at <= before + 5000,
+        "{at} vs {before}"
+    );
+    // The guest cannot control playback.
+    send(
+        &mut guest,
+        json!({"type":"seek","roomId":"movie-night","position":0}),
+    )
+    .await;
+    assert_eq!(recv(&mut guest).await["code"], "not_host");
+    // The host's connection drops; the guest sees it offline; the host comes back on a new
+    // connection and is host again, the room as it was.
+    drop(host);
+    let offline = recv(&mut guest).await;
+    assert_eq!(offline["event"], "offline");
+    assert_eq!(offline["hostUserId"], "alice");
+    let mut again = connect(&edge, "alice").await;
+    send(
+        &mut again,
+        json!({"type":"join-room","roomId":"movie-night"}),
+    )
+    .await;
+    let back = recv(&mut again).await;
+    assert_eq!(
+        (
+            back["event"].as_str(),
+            back["hostUserId"].as_str(),
+            back["currentTime"].as_f64()
+        ),
+        (Some("rejoin"), Some("alice"), Some(43.5))
+    );
+    assert_eq!(recv(&mut guest).await["event"], "rejoin");
+    // The host leaves for good: the guest is host.
+    send(
+        &mut again,
+        json!({"type":"leave-room","roomId":"movie-night"}),
+    )
+    .await;
+    assert_eq!(recv(&mut guest).await["hostUserId"], "bob");
+    // A drain closes with 1001 and a reconnect hint, as for the tracker.
+    let shutdown = tokio::spawn(async move { edge.edge.shutdown().await });
+    let frame = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = guest.next().await {
+            if let Ok(Message::Close(frame)) = m {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("a close within 5 s")
+    .expect("a close frame");
+    assert_eq!(frame.code, CloseCode::Away);
+    drop(guest);
+    drop(again);
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("the drain ends")
+        .unwrap();
+}
