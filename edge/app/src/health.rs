@@ -12,6 +12,7 @@ use edge_events::Spool;
 use edge_kafka::KafkaSink;
 use edge_kv::RedisStore;
 use edge_origin::Origin;
+use edge_signaling::Hub;
 use parking_lot::Mutex;
 use std::{
     sync::Arc,
@@ -32,6 +33,9 @@ pub(crate) struct Report {
     pub(crate) redis: Option<Result<(), String>>,
     /// `None`: no Kafka configured.
     pub(crate) kafka: Option<Result<(), String>>,
+    /// The signaling node's id and whether it reaches the other nodes (`None`: no cluster);
+    /// `None` without the signaling role.
+    pub(crate) signaling: Option<(String, Option<bool>)>,
 }
 
 impl Report {
@@ -54,12 +58,24 @@ impl Report {
             None => "disabled".to_owned(),
             Some(r) => word(r, ok, bad),
         };
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "status": if self.healthy() { "healthy" } else { "degraded" },
             "s3": word(&self.origin, "ok", "error"),
             "redis": optional(&self.redis, "ok", "error"),
             "kafka": optional(&self.kafka, "enabled", "unavailable"),
-        })
+        });
+        // The signaling seed's shape: `nodeId` beside the status; `signaling` says whether
+        // its peers span the cluster.
+        if let Some((node, cluster)) = &self.signaling {
+            v["nodeId"] = node.as_str().into();
+            v["signaling"] = match cluster {
+                None => "local",
+                Some(true) => "clustered",
+                Some(false) => "local_only",
+            }
+            .into();
+        }
+        v
     }
 }
 
@@ -69,6 +85,7 @@ pub(crate) struct Monitor {
     redis: Option<Arc<RedisStore>>,
     kafka: Option<Arc<KafkaSink>>,
     spool: Option<Spool>,
+    signaling: Option<Arc<Hub>>,
     /// The newest check and when it started.
     latest: Mutex<Option<(Instant, Arc<Report>)>>,
     /// Held while a viewer's check runs: the others wait for it and take its result instead of
@@ -84,12 +101,14 @@ impl Monitor {
         redis: Option<Arc<RedisStore>>,
         kafka: Option<Arc<KafkaSink>>,
         spool: Option<Spool>,
+        signaling: Option<Arc<Hub>>,
     ) -> Self {
         Self {
             origin,
             redis,
             kafka,
             spool,
+            signaling,
             latest: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
             refreshed: std::sync::atomic::AtomicU64::new(0),
@@ -123,10 +142,15 @@ impl Monitor {
             })
         };
         let (origin, redis, kafka) = tokio::join!(origin, redis, kafka);
+        let signaling = self
+            .signaling
+            .as_ref()
+            .map(|h| (h.node_id().to_owned(), h.cluster_up()));
         let report = Arc::new(Report {
             origin,
             redis,
             kafka,
+            signaling,
         });
         let mut latest = self.latest.lock();
         if latest.as_ref().is_none_or(|(at, _)| *at < started) {
@@ -267,7 +291,7 @@ mod tests {
             slow: Some(MAX_AGE + Duration::from_millis(300)),
             ..Checked::default()
         });
-        let monitor = Arc::new(Monitor::new(origin.clone(), None, None, None));
+        let monitor = Arc::new(Monitor::new(origin.clone(), None, None, None, None));
         viewers_all_see_healthy(&monitor, 50).await;
         assert_eq!(origin.checks.load(Ordering::SeqCst), 1);
     }
@@ -275,7 +299,7 @@ mod tests {
     #[tokio::test]
     async fn a_flood_of_viewer_checks_costs_one_check() {
         let origin = Arc::new(Checked::default());
-        let monitor = Arc::new(Monitor::new(origin.clone(), None, None, None));
+        let monitor = Arc::new(Monitor::new(origin.clone(), None, None, None, None));
         assert_eq!(
             origin.checks.load(Ordering::SeqCst),
             0,

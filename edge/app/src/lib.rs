@@ -253,6 +253,7 @@ impl Edge {
                         loaded.redis.clone(),
                         None,
                         None,
+                        None,
                     ))
                 },
                 |e| e.health.clone(),

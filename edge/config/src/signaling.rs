@@ -15,6 +15,9 @@ pub struct SignalingConfig {
     pub tracker_path: String,
     /// Where clients of the native protocol connect. Default `/ws/signaling`.
     pub path: String,
+    /// This node's id in the cluster and in `/health` (`nodeId`). Env `NODE_ID`. Default: the
+    /// host name and a random suffix, new at every start.
+    pub node_id: Option<String>,
     /// Offered WebSocket subprotocols starting with this carry the viewer's JWT (browsers cannot
     /// set headers: `new WebSocket(url, ["signaling", "access_token." + jwt])`); never echoed.
     /// Must match the auth policy's `subprotocol_prefix`. Default `access_token.`.
@@ -56,6 +59,7 @@ impl Default for SignalingConfig {
         Self {
             tracker_path: "/ws/tracker".into(),
             path: "/ws/signaling".into(),
+            node_id: None,
             token_protocol_prefix: "access_token.".into(),
             max_peer_list: 50,
             max_rooms: 100_000,
@@ -92,6 +96,15 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
                 "must be an absolute, normalised path such as `/ws/tracker`",
             );
         }
+    }
+    if s.node_id
+        .as_deref()
+        .is_some_and(|n| n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        bad(
+            "signaling.node_id",
+            "must be 1 to 64 visible ASCII characters",
+        );
     }
     if s.path == s.tracker_path {
         bad(

@@ -1,6 +1,7 @@
 //! The native signaling protocol (`/ws/signaling`) on a whole edge with the repository's default
 //! policies: the JWT in `Sec-WebSocket-Protocol` as a browser sends it, swarms and relays
-//! between two viewers, and a watch room controlled by its host, kept across a reconnect.
+//! between two viewers, a watch room controlled by its host, kept across a reconnect, and two
+//! edges sharing a real redis-server.
 
 use edge_integration::{TestEdge, repo_root};
 use futures::{SinkExt, StreamExt};
@@ -26,9 +27,13 @@ async fn edge() -> TestEdge {
 
 /// Connects as a browser does: `new WebSocket(url, ["signaling", "access_token." + jwt])`.
 async fn connect(edge: &TestEdge, sub: &str) -> Client {
+    connect_with(edge, &edge.dev_jwt(sub)).await
+}
+
+async fn connect_with(edge: &TestEdge, token: &str) -> Client {
     let url = format!("ws://{}/ws/signaling", edge.edge.addrs().http[0]);
     let mut req = url.into_client_request().unwrap();
-    let offered = format!("signaling, access_token.{}", edge.dev_jwt(sub));
+    let offered = format!("signaling, access_token.{token}");
     req.headers_mut()
         .insert("sec-websocket-protocol", offered.parse().unwrap());
     let (ws, resp) = connect_async(req).await.expect("101");
@@ -299,4 +304,89 @@ async fn the_host_runs_the_room_and_keeps_it_across_a_reconnect() {
         .await
         .expect("the drain ends")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_on_two_edges_sharing_redis_find_each_other_and_relay() {
+    const SECRET: &str = "two-edges-share-this-secret-32-bytes!";
+    let redis = edge_testinfra::Redis::start();
+    let port = redis.port().to_string();
+    let start = |node: &'static str| {
+        let port = port.clone();
+        async move {
+            TestEdge::start_with_env(
+                &repo_root().join("policies/default.toml"),
+                "",
+                &[
+                    ("EDGE_ROLES", "edge,signaling"),
+                    ("JWT_SECRET_KEY", SECRET),
+                    ("REDIS_HOST", "127.0.0.1"),
+                    ("REDIS_PORT", &port),
+                    ("NODE_ID", node),
+                ],
+            )
+            .await
+            .expect("edge starts")
+        }
+    };
+    let (a, b) = (start("edge-a").await, start("edge-b").await);
+    // Each says who it is and that it is clustered (once subscribed).
+    for (edge, node) in [(&a, "edge-a"), (&b, "edge-b")] {
+        let url = format!("http://{}/health", edge.edge.addrs().http[0]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let body = edge_integration::client()
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let health: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(health["nodeId"], node, "{health}");
+            if health["signaling"] == "clustered" {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{health}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let token = |sub| edge_integration::jwt(SECRET, sub, 600);
+    let mut on_a = connect_with(&a, &token("alice")).await;
+    let mut on_b = connect_with(&b, &token("bob")).await;
+    send(
+        &mut on_a,
+        json!({"type":"join","streamId":"demo","peerId":"pa"}),
+    )
+    .await;
+    assert_eq!(recv(&mut on_a).await["peers"], json!([]));
+    send(
+        &mut on_b,
+        json!({"type":"join","streamId":"demo","peerId":"pb"}),
+    )
+    .await;
+    assert_eq!(recv(&mut on_b).await["peers"], json!([{"peerId":"pa"}]));
+    send(
+        &mut on_b,
+        json!({"type":"offer","streamId":"demo","to":"pa","sdp":{"type":"offer","sdp":"v=0"}}),
+    )
+    .await;
+    let offer = recv(&mut on_a).await;
+    assert_eq!(
+        (&offer["type"], &offer["from"]),
+        (&json!("offer"), &json!("pb"))
+    );
+    send(
+        &mut on_a,
+        json!({"type":"answer","streamId":"demo","to":"pb","sdp":{"type":"answer","sdp":"v=0"}}),
+    )
+    .await;
+    assert_eq!(recv(&mut on_b).await["from"], "pa");
+    let metrics = b.metrics().await;
+    assert!(
+        metrics.contains(r#"edge_signaling_cluster_total{event="relay_in"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("edge_signaling_cluster_up 1"), "{metrics}");
 }

@@ -190,6 +190,21 @@ impl RedisStore {
         }
     }
 
+    /// A new connection in subscriber mode (pub/sub needs its own), established within
+    /// `connect_timeout`.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, KvError> {
+        match tokio::time::timeout(
+            self.settings.connect_timeout,
+            self.client.get_async_pubsub(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => Err(KvError::Unavailable(e.to_string())),
+            Err(_) => Err(KvError::Unavailable("redis connect timed out".into())),
+        }
+    }
+
     /// Where this store connects (`host:port`), for logs and `/health`.
     pub fn describe(&self) -> String {
         format!("redis://{}:{}", self.settings.host, self.settings.port)

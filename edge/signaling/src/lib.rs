@@ -45,7 +45,7 @@ mod tracker;
 pub mod wire;
 
 pub use mailbox::Outbox;
-pub use native::{Hub, SignalingConfig};
+pub use native::{Cluster, Hub, SignalingConfig};
 pub use service::{SignalingService, TrackerService, WsService};
 pub use tracker::{ConnId, Tracker};
 
@@ -127,11 +127,13 @@ pub struct Viewer {
 }
 
 /// A protocol served over WebSocket text messages: what a [`session`] drives.
+#[async_trait::async_trait]
 pub trait Engine: Send + Sync + 'static {
     /// Registers a connection; its session sends what arrives in the returned outbox.
     fn open(&self, viewer: &Viewer) -> (ConnId, Outbox);
-    /// Handles one text message from `conn`.
-    fn handle(&self, conn: ConnId, text: &str);
+    /// Handles one text message from `conn` (the next one once this returns: a connection's
+    /// messages are handled in order).
+    async fn handle(&self, conn: ConnId, text: &str);
     /// Forgets `conn` (closed, cut, or the edge drains).
     fn close(&self, conn: ConnId);
     /// Counts a message refused or a connection cut by the session, by reason.
@@ -148,6 +150,8 @@ pub struct Metrics {
     relays: IntCounterVec,
     drops: IntCounterVec,
     sent: IntCounterVec,
+    cluster_up: IntGauge,
+    cluster: IntCounterVec,
 }
 
 impl Metrics {
@@ -161,6 +165,8 @@ impl Metrics {
         registry.register(Box::new(m.relays.clone()))?;
         registry.register(Box::new(m.drops.clone()))?;
         registry.register(Box::new(m.sent.clone()))?;
+        registry.register(Box::new(m.cluster_up.clone()))?;
+        registry.register(Box::new(m.cluster.clone()))?;
         Ok(m)
     }
 
@@ -207,6 +213,18 @@ impl Metrics {
                 Opts::new("edge_signaling_sent_total", "Messages sent"),
                 &["protocol"],
             )?,
+            cluster_up: IntGauge::new(
+                "edge_signaling_cluster_up",
+                "1 while this node reaches the other signaling nodes through Redis (0: local \
+                 peers only, or no Redis configured)",
+            )?,
+            cluster: IntCounterVec::new(
+                Opts::new(
+                    "edge_signaling_cluster_total",
+                    "Cluster events: relays to and from other nodes, Redis failures",
+                ),
+                &["event"],
+            )?,
         })
     }
 
@@ -221,6 +239,8 @@ impl Metrics {
             relays: self.relays.clone(),
             drops: self.drops.clone(),
             sent: self.sent.with_label_values(&[protocol]),
+            cluster_up: self.cluster_up.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -236,6 +256,8 @@ pub(crate) struct ProtocolMetrics {
     relays: IntCounterVec,
     drops: IntCounterVec,
     sent: IntCounter,
+    cluster_up: IntGauge,
+    cluster: IntCounterVec,
 }
 
 impl ProtocolMetrics {
@@ -252,6 +274,10 @@ impl ProtocolMetrics {
 
     fn drop(&self, reason: &str) {
         self.drops.with_label_values(&[self.protocol, reason]).inc();
+    }
+
+    fn cluster(&self, event: &str) {
+        self.cluster.with_label_values(&[event]).inc();
     }
 }
 

@@ -49,12 +49,12 @@ pub(crate) async fn run<E: Engine>(engine: Arc<E>, viewer: Viewer, io: Upgraded,
                 }
                 Some(Ok(Message::Text(text))) => {
                     quiet_ticks = 0;
-                    engine.handle(conn, text.as_str());
+                    engine.handle(conn, text.as_str()).await;
                 }
                 Some(Ok(Message::Binary(bytes))) => {
                     quiet_ticks = 0;
                     // The reference tracker reads every frame as text; so does the native protocol.
-                    engine.handle(conn, &String::from_utf8_lossy(&bytes));
+                    engine.handle(conn, &String::from_utf8_lossy(&bytes)).await;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => quiet_ticks = 0,
                 Some(Ok(Message::Close(_))) => {

@@ -533,12 +533,13 @@ fn left_is_zero(left: Option<&RawValue>) -> bool {
     }
 }
 
+#[async_trait::async_trait]
 impl Engine for Tracker {
     fn open(&self, _viewer: &Viewer) -> (ConnId, Outbox) {
         self.connect()
     }
 
-    fn handle(&self, conn: ConnId, text: &str) {
+    async fn handle(&self, conn: ConnId, text: &str) {
         Tracker::handle(self, conn, text);
     }
 

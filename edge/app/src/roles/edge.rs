@@ -118,11 +118,19 @@ impl EdgeRole {
             pipeline = pipeline.with_events(sink);
         }
         let pipeline = Arc::new(pipeline);
+        let (signaling, hub) = if cfg.runs(edge_config::Role::Signaling) {
+            let (mounts, hub) =
+                crate::signaling::mounts(cfg, shared.redis.as_ref(), shared.registry)?;
+            (mounts, Some(hub))
+        } else {
+            (Vec::new(), None)
+        };
         let health = Arc::new(health::Monitor::new(
             upstream.clone(),
             shared.redis.clone(),
             streaming.kafka.clone(),
             Some(streaming.spool.clone()),
+            hub,
         ));
         let mut mounts = streaming.mounts.clone();
         mounts.push(Mount {
@@ -131,9 +139,7 @@ impl EdgeRole {
             open: true,
             service: Arc::new(health::ViewerHealth(health.clone())),
         });
-        if cfg.runs(edge_config::Role::Signaling) {
-            mounts.extend(crate::signaling::mounts(cfg, shared.registry)?);
-        }
+        mounts.extend(signaling);
         pipeline.mount(mounts);
         policies.control.attach(pipeline.clone());
         Ok(Self {

@@ -18,9 +18,12 @@
 //! - only the host plays, pauses, seeks and sets the URL; every change is sent to every online
 //!   member as a `room-state` with the server's time, so clients correct their drift.
 
+mod cluster;
 mod rooms;
 mod swarms;
 pub(crate) mod wire;
+
+pub use cluster::Cluster;
 
 use crate::mailbox::{Mailbox, Outbox};
 use crate::tracker::ConnId;
@@ -55,11 +58,14 @@ pub struct SignalingConfig {
     pub outbox: usize,
     /// Bytes queued per connection; beyond them the connection is cut.
     pub max_queued: usize,
+    /// This node's id (health; a clustered hub takes its cluster's).
+    pub node_id: String,
 }
 
 impl Default for SignalingConfig {
     fn default() -> Self {
         Self {
+            node_id: "edge".into(),
             max_streams: 100_000,
             max_swarm_peers: 1000,
             max_peer_list: 50,
@@ -79,6 +85,26 @@ pub struct Hub {
     cfg: SignalingConfig,
     state: Mutex<State>,
     metrics: ProtocolMetrics,
+    /// The other nodes' peers, through Redis; `None`: this node's alone.
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// What a message still needs from the cluster once its local part is done (no lock held).
+pub(crate) enum After {
+    Nothing,
+    /// Write the peer in the cluster and send the peer list with other nodes' peers.
+    Join {
+        stream: String,
+        peer: String,
+        rendition: Option<String>,
+    },
+    /// The target is not on this node: find its node and publish the relay there.
+    Relay {
+        kind: String,
+        stream: String,
+        to: String,
+        text: Arc<str>,
+    },
 }
 
 #[derive(Default)]
@@ -115,13 +141,39 @@ fn server_time() -> u64 {
 }
 
 impl Hub {
-    /// An empty hub.
+    /// An empty hub serving this node's peers alone.
     pub fn new(cfg: SignalingConfig, metrics: &Metrics) -> Self {
         Self {
             cfg,
             state: Mutex::new(State::default()),
             metrics: metrics.protocol("signaling"),
+            cluster: None,
         }
+    }
+
+    /// An empty hub whose streams span every node of `cluster`; its cluster tasks (the
+    /// subscriber, the keep-alive) run while it lives.
+    pub fn clustered(cfg: SignalingConfig, metrics: &Metrics, cluster: Arc<Cluster>) -> Arc<Self> {
+        let hub = Arc::new(Self {
+            cluster: Some(cluster.clone()),
+            ..Self::new(cfg, metrics)
+        });
+        cluster.spawn(Arc::downgrade(&hub));
+        hub
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        self.cluster
+            .as_ref()
+            .map_or(self.cfg.node_id.as_str(), |c| c.node())
+    }
+
+    /// Whether this node reaches the other nodes (`None`: no cluster configured).
+    pub fn cluster_up(&self) -> Option<bool> {
+        let up = self.cluster.as_ref().map(|c| c.is_up());
+        self.metrics.cluster_up.set(i64::from(up == Some(true)));
+        up
     }
 
     /// Registers a connection of `viewer`; its session sends what arrives in the outbox.
@@ -165,21 +217,32 @@ impl Hub {
     }
 
     /// Handles one text frame from `conn`.
-    pub fn handle(&self, conn: ConnId, text: &str) {
+    pub async fn handle(&self, conn: ConnId, text: &str) {
+        let after = self.handle_here(conn, text);
+        self.finish(conn, after).await;
+    }
+
+    /// The part of a message this node answers by itself.
+    fn handle_here(&self, conn: ConnId, text: &str) -> After {
         let kind = match serde_json::from_str::<wire::Typed<'_>>(text) {
             Ok(wire::Typed { kind: Some(kind) }) => kind,
             Ok(wire::Typed { kind: None }) => {
-                return self.refuse_now(conn, "bad_message", "a message needs a `type`", None);
+                self.refuse_now(conn, "bad_message", "a message needs a `type`", None);
+                return After::Nothing;
             }
-            Err(e) => return self.refuse_now(conn, "bad_json", &e.to_string(), None),
+            Err(e) => {
+                self.refuse_now(conn, "bad_json", &e.to_string(), None);
+                return After::Nothing;
+            }
         };
         let kind: &str = &kind;
-        let known = match kind {
+        let after = match kind {
             "join" | "peers" | "have" | "leave" | "offer" | "answer" | "ice" => {
                 self.stream_message(conn, kind, text)
             }
             "join-room" | "leave-room" | "play" | "pause" | "seek" | "set-url" | "sync" => {
-                self.room_message(conn, kind, text)
+                self.room_message(conn, kind, text);
+                After::Nothing
             }
             "heartbeat" => {
                 let text = wire::to_text(&wire::Heartbeat {
@@ -188,15 +251,147 @@ impl Hub {
                 });
                 let mut state = self.state.lock();
                 self.send(&mut state, conn, text);
-                true
+                After::Nothing
             }
-            _ => false,
+            _ => {
+                self.refuse_now(conn, "unknown_type", "unknown message type", None);
+                return After::Nothing;
+            }
         };
-        if known {
-            self.metrics.message(kind);
-        } else {
-            self.refuse_now(conn, "unknown_type", "unknown message type", None);
+        self.metrics.message(kind);
+        after
+    }
+
+    /// The part of a message the cluster answers.
+    async fn finish(&self, conn: ConnId, after: After) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        match after {
+            After::Nothing => {}
+            After::Join {
+                stream,
+                peer,
+                rendition,
+            } => {
+                let want = self.cfg.max_peer_list;
+                let joined = cluster
+                    .join(&stream, &peer, rendition.as_deref(), want)
+                    .await;
+                if !self.joined_from_cluster(conn, &stream, &peer, joined) {
+                    // Left (or closed) while the cluster answered: take it out there again.
+                    cluster.leave(&stream, &peer).await;
+                }
+            }
+            After::Relay {
+                kind,
+                stream,
+                to,
+                text,
+            } => {
+                let about = Some(kind.as_str());
+                let node = match cluster.locate(&stream, &to).await {
+                    Ok(node) => node,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "signaling cluster: relay not located");
+                        self.metrics.cluster("unavailable");
+                        None
+                    }
+                };
+                let envelope = cluster::Envelope {
+                    s: stream,
+                    p: to,
+                    m: text.to_string(),
+                };
+                let sent = match node {
+                    Some(node) => match cluster.publish(&node, &envelope).await {
+                        Ok(received) => received,
+                        Err(_) => {
+                            self.metrics.cluster("unavailable");
+                            false
+                        }
+                    },
+                    None => false,
+                };
+                if sent {
+                    self.metrics.relay(&kind);
+                    self.metrics.cluster("relay_out");
+                } else {
+                    let why = "no such peer in the stream";
+                    self.refuse_now(conn, "no_peer", why, about);
+                }
+            }
         }
+    }
+
+    /// Ends a join with the cluster's answer: the peer list, or `peer_id_taken`. False when
+    /// `conn` no longer holds the peer (left or closed meanwhile).
+    fn joined_from_cluster(
+        &self,
+        conn: ConnId,
+        stream: &str,
+        peer: &str,
+        joined: Result<Vec<(String, Option<String>)>, cluster::JoinError>,
+    ) -> bool {
+        let mut state = self.state.lock();
+        let still = state
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.joined.get(stream).map(String::as_str) == Some(peer));
+        let remote = match joined {
+            Ok(remote) => remote,
+            Err(cluster::JoinError::Taken) => {
+                if still {
+                    self.leave_here(&mut state, stream, peer, conn);
+                }
+                let why = "peerId in use by another connection";
+                self.refuse(&mut state, conn, "peer_id_taken", why, Some("join"));
+                return true;
+            }
+            Err(cluster::JoinError::Unavailable(e)) => {
+                tracing::debug!(error = %e, "signaling cluster: join of the local peer only");
+                self.metrics.cluster("unavailable");
+                Vec::new()
+            }
+        };
+        if still {
+            self.peer_list(&mut state, conn, stream, peer, None, &remote);
+        }
+        still
+    }
+
+    /// A relay from another node for a peer of this one.
+    pub(crate) fn deliver(&self, envelope: cluster::Envelope) {
+        let mut state = self.state.lock();
+        let target = state
+            .swarms
+            .get(&envelope.s)
+            .and_then(|s| s.conn_of(&envelope.p));
+        match target {
+            Some(conn) => {
+                self.metrics.cluster("relay_in");
+                self.send(&mut state, conn, envelope.m.into());
+            }
+            None => self.metrics.cluster("relay_in_no_peer"),
+        }
+    }
+
+    pub(crate) fn count_drop_cluster(&self, event: &str) {
+        self.metrics.cluster(event);
+    }
+
+    /// Every (stream, peer, rendition) of this node, for the cluster's renewal.
+    pub(crate) fn local_peers(&self) -> Vec<(String, String, Option<String>)> {
+        let state = self.state.lock();
+        state
+            .swarms
+            .iter()
+            .flat_map(|(stream, swarm)| {
+                swarm
+                    .peers()
+                    .map(move |(peer, rendition)| (stream.clone(), peer.to_owned(), rendition))
+            })
+            .collect()
     }
 
     /// Parses `text` as `T`, or refuses it (`bad_message`, naming the field serde found wrong).
@@ -286,13 +481,14 @@ impl Hub {
     }
 }
 
+#[async_trait::async_trait]
 impl Engine for Hub {
     fn open(&self, viewer: &Viewer) -> (ConnId, Outbox) {
         self.connect(viewer)
     }
 
-    fn handle(&self, conn: ConnId, text: &str) {
-        Hub::handle(self, conn, text);
+    async fn handle(&self, conn: ConnId, text: &str) {
+        Hub::handle(self, conn, text).await;
     }
 
     fn close(&self, conn: ConnId) {

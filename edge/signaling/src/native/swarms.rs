@@ -1,7 +1,7 @@
 //! Streams: who watches what (`join`, `leave`), who to ask for a segment (`have`, `peers`), and
 //! the WebRTC offers, answers and ICE candidates relayed between them by peer id.
 
-use super::{ConnId, Hub, State, wire};
+use super::{After, ConnId, Hub, State, wire};
 use rand::seq::IteratorRandom;
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -15,6 +15,18 @@ impl Swarm {
     pub(super) fn len(&self) -> usize {
         self.peers.len()
     }
+
+    /// The connection of peer `peer`.
+    pub(super) fn conn_of(&self, peer: &str) -> Option<ConnId> {
+        self.peers.get(peer).map(|p| p.conn)
+    }
+
+    /// (peer id, rendition) of every peer.
+    pub(super) fn peers(&self) -> impl Iterator<Item = (&str, Option<String>)> {
+        self.peers
+            .iter()
+            .map(|(id, p)| (id.as_str(), p.rendition.clone()))
+    }
 }
 
 struct Peer {
@@ -27,19 +39,19 @@ struct Peer {
 }
 
 impl Hub {
-    /// A stream message; false when `kind` is not one.
-    pub(super) fn stream_message(&self, conn: ConnId, kind: &str, text: &str) -> bool {
+    /// A stream message (`kind` is one); what the cluster still has to do for it.
+    pub(super) fn stream_message(&self, conn: ConnId, kind: &str, text: &str) -> After {
         match kind {
             "join" => {
                 if let Some(m) = self.parse::<wire::Join>(conn, kind, text) {
-                    self.join(conn, m);
+                    return self.join(conn, m);
                 }
             }
             "peers" => {
                 if let Some(m) = self.parse::<wire::Peers>(conn, kind, text) {
                     let mut state = self.state.lock();
                     let Some(peer) = self.joined_as(&mut state, conn, &m.stream_id, kind) else {
-                        return true;
+                        return After::Nothing;
                     };
                     if m.segment
                         .as_deref()
@@ -52,9 +64,10 @@ impl Hub {
                             "bad segment",
                             Some(kind),
                         );
-                        return true;
+                        return After::Nothing;
                     }
-                    self.peer_list(&mut state, conn, &m.stream_id, &peer, m.segment.as_deref());
+                    let segment = m.segment.as_deref();
+                    self.peer_list(&mut state, conn, &m.stream_id, &peer, segment, &[]);
                 }
             }
             "have" => {
@@ -70,14 +83,13 @@ impl Hub {
                     }
                 }
             }
-            "offer" | "answer" | "ice" => {
+            _ => {
                 if let Some(m) = self.parse::<wire::Relay<'_>>(conn, kind, text) {
-                    self.relay(conn, kind, m);
+                    return self.relay(conn, kind, m);
                 }
             }
-            _ => return false,
         }
-        true
+        After::Nothing
     }
 
     /// The peer id `conn` joined `stream` with, or an error to it (`not_joined`).
@@ -101,36 +113,51 @@ impl Hub {
         peer
     }
 
-    fn join(&self, conn: ConnId, m: wire::Join) {
+    fn join(&self, conn: ConnId, m: wire::Join) -> After {
         let mut state = self.state.lock();
         let about = Some("join");
         if !wire::valid_id(&m.stream_id) {
-            return self.refuse(&mut state, conn, "invalid_stream_id", "bad streamId", about);
+            {
+                self.refuse(&mut state, conn, "invalid_stream_id", "bad streamId", about);
+                return After::Nothing;
+            }
         }
         if !wire::valid_id(&m.peer_id) {
-            return self.refuse(&mut state, conn, "invalid_peer_id", "bad peerId", about);
+            {
+                self.refuse(&mut state, conn, "invalid_peer_id", "bad peerId", about);
+                return After::Nothing;
+            }
         }
         if m.rendition.as_deref().is_some_and(|r| !wire::valid_id(r)) {
-            return self.refuse(
-                &mut state,
-                conn,
-                "invalid_rendition",
-                "bad rendition",
-                about,
-            );
+            {
+                self.refuse(
+                    &mut state,
+                    conn,
+                    "invalid_rendition",
+                    "bad rendition",
+                    about,
+                );
+                return After::Nothing;
+            }
         }
         let Some(c) = state.conns.get(&conn) else {
-            return;
+            return After::Nothing;
         };
         match c.joined.get(&m.stream_id) {
             Some(peer) if *peer != m.peer_id => {
                 let why = "this connection joined the stream with another peerId";
-                return self.refuse(&mut state, conn, "already_joined", why, about);
+                {
+                    self.refuse(&mut state, conn, "already_joined", why, about);
+                    return After::Nothing;
+                }
             }
             Some(_) => {}
             None if c.memberships() >= self.cfg.max_per_connection => {
                 let why = "too many streams and rooms on this connection";
-                return self.refuse(&mut state, conn, "connection_full", why, about);
+                {
+                    self.refuse(&mut state, conn, "connection_full", why, about);
+                    return After::Nothing;
+                }
             }
             None => {}
         }
@@ -142,7 +169,10 @@ impl Hub {
         match owner {
             Some(owner) if owner != conn => {
                 let why = "peerId in use by another connection";
-                return self.refuse(&mut state, conn, "peer_id_taken", why, about);
+                {
+                    self.refuse(&mut state, conn, "peer_id_taken", why, about);
+                    return After::Nothing;
+                }
             }
             Some(_) => {
                 // A join again: the rendition may change; the peer list is sent again.
@@ -158,17 +188,17 @@ impl Hub {
                 if !state.swarms.contains_key(&m.stream_id)
                     && state.swarms.len() >= self.cfg.max_streams
                 {
-                    return self.refuse(&mut state, conn, "too_many_streams", "", about);
+                    {
+                        self.refuse(&mut state, conn, "too_many_streams", "", about);
+                        return After::Nothing;
+                    }
                 }
                 let swarm = state.swarms.entry(m.stream_id.clone()).or_default();
                 if swarm.peers.len() >= self.cfg.max_swarm_peers {
-                    return self.refuse(
-                        &mut state,
-                        conn,
-                        "swarm_full",
-                        "the stream is full",
-                        about,
-                    );
+                    {
+                        self.refuse(&mut state, conn, "swarm_full", "the stream is full", about);
+                        return After::Nothing;
+                    }
                 }
                 swarm.peers.insert(
                     m.peer_id.clone(),
@@ -185,30 +215,50 @@ impl Hub {
                 self.metrics.swarms.set(state.swarms.len() as i64);
             }
         }
-        self.peer_list(&mut state, conn, &m.stream_id, &m.peer_id, None);
+        if self.cluster.is_some() {
+            return After::Join {
+                stream: m.stream_id.clone(),
+                peer: m.peer_id.clone(),
+                rendition: state
+                    .swarms
+                    .get(&m.stream_id)
+                    .and_then(|s| s.peers.get(&m.peer_id))
+                    .and_then(|p| p.rendition.clone()),
+            };
+        }
+        self.peer_list(&mut state, conn, &m.stream_id, &m.peer_id, None, &[]);
+        After::Nothing
     }
 
-    /// Sends `conn` (peer `me` of `stream`) up to `max_peer_list` other peers, chosen at random:
-    /// those of its own rendition first; with `segment`, only peers that hold it.
-    fn peer_list(
+    /// Sends `conn` (peer `me` of `stream`) up to `max_peer_list` other peers, chosen at random
+    /// among this node's and `remote` (other nodes'): those of its own rendition first; with
+    /// `segment`, only this node's peers that hold it.
+    pub(super) fn peer_list(
         &self,
         state: &mut State,
         conn: ConnId,
         stream: &str,
         me: &str,
         segment: Option<&str>,
+        remote: &[(String, Option<String>)],
     ) {
         let text = {
             let Some(swarm) = state.swarms.get(stream) else {
                 return;
             };
             let mine = swarm.peers.get(me).and_then(|p| p.rendition.as_deref());
-            let candidates = swarm
+            let local = swarm
                 .peers
                 .iter()
-                .filter(|(id, p)| *id != me && segment.is_none_or(|s| p.have_set.contains(s)));
-            let (same, other): (Vec<_>, Vec<_>) =
-                candidates.partition(|(_, p)| mine.is_some() && p.rendition.as_deref() == mine);
+                .filter(|(id, p)| *id != me && segment.is_none_or(|s| p.have_set.contains(s)))
+                .map(|(id, p)| (id.as_str(), p.rendition.as_deref()));
+            let others = remote
+                .iter()
+                .filter(|(id, _)| id != me && !swarm.peers.contains_key(id))
+                .map(|(id, r)| (id.as_str(), r.as_deref()));
+            let (same, other): (Vec<_>, Vec<_>) = local
+                .chain(others)
+                .partition(|(_, r)| mine.is_some() && *r == mine);
             let max = self.cfg.max_peer_list;
             let mut rng = rand::rng();
             let mut chosen = same.into_iter().choose_multiple(&mut rng, max);
@@ -220,10 +270,7 @@ impl Hub {
                 segment,
                 peers: chosen
                     .into_iter()
-                    .map(|(id, p)| wire::PeerEntry {
-                        peer_id: id,
-                        rendition: p.rendition.as_deref(),
-                    })
+                    .map(|(peer_id, rendition)| wire::PeerEntry { peer_id, rendition })
                     .collect(),
             })
         };
@@ -262,11 +309,11 @@ impl Hub {
         }
     }
 
-    fn relay(&self, conn: ConnId, kind: &str, m: wire::Relay<'_>) {
+    fn relay(&self, conn: ConnId, kind: &str, m: wire::Relay<'_>) -> After {
         let mut state = self.state.lock();
         let about = Some(kind);
         let Some(from) = self.joined_as(&mut state, conn, &m.stream_id, kind) else {
-            return;
+            return After::Nothing;
         };
         let (sdp, candidate) = match kind {
             "ice" => (None, m.candidate),
@@ -278,31 +325,28 @@ impl Hub {
             } else {
                 "an offer or answer needs an `sdp`"
             };
-            return self.refuse(&mut state, conn, "bad_message", why, about);
+            {
+                self.refuse(&mut state, conn, "bad_message", why, about);
+                return After::Nothing;
+            }
         }
         if m.to == from {
-            return self.refuse(
-                &mut state,
-                conn,
-                "no_peer",
-                "cannot relay to oneself",
-                about,
-            );
+            {
+                self.refuse(
+                    &mut state,
+                    conn,
+                    "no_peer",
+                    "cannot relay to oneself",
+                    about,
+                );
+                return After::Nothing;
+            }
         }
         let target = state
             .swarms
             .get(&m.stream_id)
             .and_then(|s| s.peers.get(&m.to))
             .map(|p| p.conn);
-        let Some(target) = target else {
-            return self.refuse(
-                &mut state,
-                conn,
-                "no_peer",
-                "no such peer in the stream",
-                about,
-            );
-        };
         let text = wire::to_text(&wire::Relayed {
             kind,
             stream_id: &m.stream_id,
@@ -310,24 +354,60 @@ impl Hub {
             sdp,
             candidate,
         });
-        self.metrics.relay(kind);
-        self.send(&mut state, target, text);
+        match target {
+            Some(target) => {
+                self.metrics.relay(kind);
+                self.send(&mut state, target, text);
+                After::Nothing
+            }
+            // Perhaps a peer of another node.
+            None if self.cluster.is_some() => After::Relay {
+                kind: kind.to_owned(),
+                stream: m.stream_id,
+                to: m.to,
+                text,
+            },
+            None => {
+                let why = "no such peer in the stream";
+                self.refuse(&mut state, conn, "no_peer", why, about);
+                After::Nothing
+            }
+        }
     }
 
-    /// Removes peer `peer` of `conn` from `stream`; an empty stream goes.
+    /// Removes peer `peer` of `conn` from `stream`, here and in the cluster; an empty stream
+    /// goes.
     pub(super) fn leave_stream(&self, state: &mut State, stream: &str, peer: &str, conn: ConnId) {
+        if self.leave_here(state, stream, peer, conn)
+            && let Some(cluster) = &self.cluster
+        {
+            let (cluster, stream, peer) = (cluster.clone(), stream.to_owned(), peer.to_owned());
+            tokio::spawn(async move { cluster.leave(&stream, &peer).await });
+        }
+    }
+
+    /// Removes peer `peer` of `conn` from `stream` on this node; whether it was there.
+    pub(super) fn leave_here(
+        &self,
+        state: &mut State,
+        stream: &str,
+        peer: &str,
+        conn: ConnId,
+    ) -> bool {
         if let Some(c) = state.conns.get_mut(&conn) {
             c.joined.remove(stream);
         }
         let Some(swarm) = state.swarms.get_mut(stream) else {
-            return;
+            return false;
         };
-        if swarm.peers.get(peer).is_some_and(|p| p.conn == conn) {
+        let was = swarm.peers.get(peer).is_some_and(|p| p.conn == conn);
+        if was {
             swarm.peers.remove(peer);
         }
         if swarm.peers.is_empty() {
             state.swarms.remove(stream);
         }
         self.metrics.swarms.set(state.swarms.len() as i64);
+        was
     }
 }
