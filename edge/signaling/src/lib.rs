@@ -35,7 +35,10 @@
 //!   rate per connection, and an outbox per connection in messages and bytes (a connection
 //!   that does not read is cut, and its peers leave their swarms at once).
 //!
-//! Swarms are local to the process for now; the Redis fan-out across edges is the next step.
+//! The tracker's swarms are local to the process. The native protocol ([`Hub`], at
+//! `/ws/signaling`: streams, relays, watch rooms) spans the edges sharing a Redis through its
+//! [`Cluster`]; both protocols share the endpoint ([`WsService`]), the session and the
+//! outbox.
 
 mod mailbox;
 mod native;
