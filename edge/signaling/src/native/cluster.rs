@@ -50,7 +50,9 @@ local alive = {}
 for i = 1, #picked, 2 do
   local id, value = picked[i], picked[i + 1]
   local owner = string.match(value, '^([^\t]*)')
-  if alive[owner] == nil then
+  if owner == ARGV[3] then
+    alive[owner] = true
+  elseif alive[owner] == nil then
     local seen = redis.call('ZSCORE', KEYS[2], owner)
     alive[owner] = (seen ~= false and seen ~= nil and tonumber(seen) >= tonumber(ARGV[5]))
   end
@@ -317,10 +319,14 @@ impl Cluster {
                 return;
             }
             let subscribed = match self.store.pubsub().await {
-                Ok(mut ps) => match ps.subscribe(Self::channel(&self.node)).await {
-                    Ok(()) => Ok(ps),
-                    Err(e) => Err(e.to_string()),
-                },
+                Ok(mut ps) => {
+                    let subscribe = ps.subscribe(Self::channel(&self.node));
+                    match tokio::time::timeout(Duration::from_secs(5), subscribe).await {
+                        Ok(Ok(())) => Ok(ps),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("subscribe timed out".to_owned()),
+                    }
+                }
                 Err(e) => Err(e.to_string()),
             };
             match subscribed {
@@ -373,6 +379,7 @@ impl Cluster {
         loop {
             every.tick().await;
             let Some(h) = hub.upgrade() else { return };
+            h.cluster_up();
             let peers = if ticks.is_multiple_of(renew_every) {
                 h.local_peers()
             } else {

@@ -69,7 +69,7 @@ impl Default for SignalingConfig {
             max_streams: 100_000,
             max_swarm_peers: 1000,
             max_peer_list: 50,
-            max_have: 256,
+            max_have: 64,
             max_rooms: 100_000,
             max_room_members: 100,
             room_grace: Duration::from_secs(30),
@@ -113,6 +113,8 @@ struct State {
     conns: HashMap<ConnId, Conn>,
     swarms: HashMap<String, swarms::Swarm>,
     rooms: HashMap<String, rooms::Room>,
+    /// Connections cut (outbox full) and not yet forgotten: see [`Locked`].
+    cut: Vec<ConnId>,
     /// Room members gone offline, in time order: (since, room, user).
     offline: VecDeque<(tokio::time::Instant, String, String)>,
 }
@@ -130,6 +132,35 @@ struct Conn {
 impl Conn {
     fn memberships(&self) -> usize {
         self.joined.len() + self.rooms.len()
+    }
+}
+
+/// The state, locked. Connections cut while it is held (their outbox overflowed) are forgotten
+/// when it is released, one after another: forgetting one can broadcast and cut another, and
+/// doing that inside `send` would nest without bound.
+struct Locked<'a> {
+    hub: &'a Hub,
+    state: parking_lot::MutexGuard<'a, State>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        while let Some(conn) = self.state.cut.pop() {
+            self.hub.forget(&mut self.state, conn);
+        }
     }
 }
 
@@ -179,7 +210,7 @@ impl Hub {
     /// Registers a connection of `viewer`; its session sends what arrives in the outbox.
     pub fn connect(&self, viewer: &Viewer) -> (ConnId, Outbox) {
         let (mailbox, outbox) = Mailbox::new(self.cfg.outbox);
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         state.next_conn += 1;
         let id = state.next_conn;
         state.conns.insert(
@@ -198,7 +229,7 @@ impl Hub {
     /// Forgets a connection: its peers leave their streams, its room memberships go offline
     /// (for `room_grace`).
     pub fn disconnect(&self, conn: ConnId) {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         self.forget(&mut state, conn);
     }
 
@@ -249,7 +280,7 @@ impl Hub {
                     kind: "heartbeat",
                     server_time: server_time(),
                 });
-                let mut state = self.state.lock();
+                let mut state = self.lock();
                 self.send(&mut state, conn, text);
                 After::Nothing
             }
@@ -333,7 +364,7 @@ impl Hub {
         peer: &str,
         joined: Result<Vec<(String, Option<String>)>, cluster::JoinError>,
     ) -> bool {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         let still = state
             .conns
             .get(&conn)
@@ -362,7 +393,7 @@ impl Hub {
 
     /// A relay from another node for a peer of this one.
     pub(crate) fn deliver(&self, envelope: cluster::Envelope) {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         let target = state
             .swarms
             .get(&envelope.s)
@@ -382,7 +413,7 @@ impl Hub {
 
     /// Every (stream, peer, rendition) of this node, for the cluster's renewal.
     pub(crate) fn local_peers(&self) -> Vec<(String, String, Option<String>)> {
-        let state = self.state.lock();
+        let state = self.lock();
         state
             .swarms
             .iter()
@@ -430,7 +461,7 @@ impl Hub {
     }
 
     fn refuse_now(&self, conn: ConnId, code: &str, message: &str, about: Option<&str>) {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         self.refuse(&mut state, conn, code, message, about);
     }
 
@@ -445,14 +476,24 @@ impl Hub {
         }
         self.metrics.drop("slow");
         c.mailbox.cut();
-        self.forget(state, conn);
+        // Forgotten when the lock is released (`Locked`), not here.
+        if !state.cut.contains(&conn) {
+            state.cut.push(conn);
+        }
+    }
+
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            hub: self,
+            state: self.state.lock(),
+        }
     }
 
     /// Members offline longer than `room_grace` leave their rooms (hosts hand over, empty rooms
     /// go). Called every second by [`spawn_sweeper`](Self::spawn_sweeper).
     pub fn sweep(&self) {
         let now = tokio::time::Instant::now();
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         self.expire_members(&mut state, now);
     }
 
@@ -472,7 +513,7 @@ impl Hub {
 
     /// Streams, peers and rooms held (health and tests).
     pub fn stats(&self) -> (usize, usize, usize) {
-        let state = self.state.lock();
+        let state = self.lock();
         (
             state.swarms.len(),
             state.swarms.values().map(swarms::Swarm::len).sum(),

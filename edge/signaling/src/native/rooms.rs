@@ -18,6 +18,9 @@ pub(super) struct Room {
 
 struct Member {
     user: String,
+    /// Joined with a token whose `sub` is `user` (else a client-chosen id): the two never match
+    /// each other.
+    authenticated: bool,
     /// The connection it is in the room through; `None` while offline (within its grace).
     conn: Option<ConnId>,
     offline_since: Option<Instant>,
@@ -59,7 +62,7 @@ impl Hub {
             }
             "leave-room" | "sync" => {
                 if let Some(m) = self.parse::<wire::RoomOnly>(conn, kind, text) {
-                    let mut state = self.state.lock();
+                    let mut state = self.lock();
                     let Some(user) = self.member_as(&mut state, conn, &m.room_id, kind) else {
                         return true;
                     };
@@ -99,7 +102,7 @@ impl Hub {
     }
 
     fn join_room(&self, conn: ConnId, m: wire::JoinRoom) {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         let about = Some("join-room");
         if !wire::valid_id(&m.room_id) {
             return self.refuse(&mut state, conn, "invalid_room_id", "bad roomId", about);
@@ -155,6 +158,7 @@ impl Hub {
                     playing: false,
                     members: vec![Member {
                         user: user.clone(),
+                        authenticated,
                         conn: Some(conn),
                         offline_since: None,
                     }],
@@ -167,6 +171,11 @@ impl Hub {
                 Some(i) => {
                     let member = &mut room.members[i];
                     let previous = member.conn;
+                    if member.authenticated != authenticated {
+                        // A token's subject and a client-chosen id are different people.
+                        let why = "this userId belongs to another kind of member";
+                        return self.refuse(&mut state, conn, "user_in_room", why, about);
+                    }
                     if previous.is_some() && !authenticated {
                         // Anyone can send a userId; only a token proves it.
                         let why = "this userId is connected";
@@ -186,6 +195,7 @@ impl Hub {
                 None => {
                     room.members.push(Member {
                         user: user.clone(),
+                        authenticated,
                         conn: Some(conn),
                         offline_since: None,
                     });
@@ -200,7 +210,7 @@ impl Hub {
     }
 
     fn control(&self, conn: ConnId, kind: &str, m: wire::Control) {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         let about = Some(kind);
         let Some(user) = self.member_as(&mut state, conn, &m.room_id, kind) else {
             return;

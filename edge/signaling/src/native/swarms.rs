@@ -49,7 +49,7 @@ impl Hub {
             }
             "peers" => {
                 if let Some(m) = self.parse::<wire::Peers>(conn, kind, text) {
-                    let mut state = self.state.lock();
+                    let mut state = self.lock();
                     let Some(peer) = self.joined_as(&mut state, conn, &m.stream_id, kind) else {
                         return After::Nothing;
                     };
@@ -77,7 +77,7 @@ impl Hub {
             }
             "leave" => {
                 if let Some(m) = self.parse::<wire::StreamOnly>(conn, kind, text) {
-                    let mut state = self.state.lock();
+                    let mut state = self.lock();
                     if let Some(peer) = self.joined_as(&mut state, conn, &m.stream_id, kind) {
                         self.leave_stream(&mut state, &m.stream_id, &peer, conn);
                     }
@@ -114,7 +114,7 @@ impl Hub {
     }
 
     fn join(&self, conn: ConnId, m: wire::Join) -> After {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         let about = Some("join");
         if !wire::valid_id(&m.stream_id) {
             {
@@ -278,7 +278,7 @@ impl Hub {
     }
 
     fn have(&self, conn: ConnId, m: wire::Have) {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         let about = Some("have");
         let Some(peer) = self.joined_as(&mut state, conn, &m.stream_id, "have") else {
             return;
@@ -310,7 +310,7 @@ impl Hub {
     }
 
     fn relay(&self, conn: ConnId, kind: &str, m: wire::Relay<'_>) -> After {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         let about = Some(kind);
         let Some(from) = self.joined_as(&mut state, conn, &m.stream_id, kind) else {
             return After::Nothing;
@@ -329,6 +329,10 @@ impl Hub {
                 self.refuse(&mut state, conn, "bad_message", why, about);
                 return After::Nothing;
             }
+        }
+        if !wire::valid_id(&m.to) {
+            self.refuse(&mut state, conn, "invalid_peer_id", "bad `to`", about);
+            return After::Nothing;
         }
         if m.to == from {
             {

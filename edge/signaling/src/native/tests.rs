@@ -195,6 +195,10 @@ fn every_bad_message_is_refused_with_a_code_and_harms_nobody() {
             "invalid_peer_id",
         ),
         (
+            json!({"type":"join","streamId":"m1:segment:x","peerId":"x"}).to_string(),
+            "invalid_stream_id",
+        ),
+        (
             json!({"type":"join","streamId":"s","peerId":"pa"}).to_string(),
             "peer_id_taken",
         ),
@@ -447,4 +451,17 @@ fn a_user_id_is_the_tokens_subject_and_cannot_be_taken_without_one() {
     send(&h, a2, json!({"type":"sync","roomId":"r"}));
     let s = room_states(&mut ra2).remove(0);
     assert_eq!(s["members"], json!([{"userId":"alice","online":true}]));
+    // A client-chosen id never becomes a token's member, even offline (host role included),
+    // and a token never takes over a client-chosen member.
+    h.disconnect(a2);
+    let (m, mut rm) = h.connect(&anonymous());
+    send(
+        &h,
+        m,
+        json!({"type":"join-room","roomId":"r","userId":"alice"}),
+    );
+    assert_eq!(drain(&mut rm)[0]["code"], "user_in_room");
+    let (u, mut ru) = h.connect(&as_sub("u1"));
+    send(&h, u, json!({"type":"join-room","roomId":"q"}));
+    assert_eq!(drain(&mut ru)[0]["code"], "user_in_room");
 }

@@ -188,9 +188,10 @@ pub(crate) fn to_text<T: Serialize>(message: &T) -> Arc<str> {
 }
 
 /// A client-chosen id (`streamId`, `peerId`, `roomId`, `userId`, a rendition): 1 to 128 bytes,
-/// no control characters.
+/// no control characters, no `:` (ids become parts of Redis keys such as `stream:<id>:peers`,
+/// beside other crates' `stream:<id>:segment:<name>`).
 pub(crate) fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control)
+    !s.is_empty() && s.len() <= 128 && !s.chars().any(|c| c.is_control() || c == ':')
 }
 
 /// A segment name in `have` / `peers`: 1 to 256 bytes, no control characters.
