@@ -200,3 +200,46 @@ async fn without_redis_each_node_serves_its_own_peers_and_rejoins_when_it_return
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_id_taken_on_two_nodes_while_redis_was_away_ends_with_one_owner() {
+    let mut redis = Redis::start();
+    let port = redis.port();
+    let (a, b) = (node(port, "node-a"), node(port, "node-b"));
+    until("both nodes subscribed", || {
+        a.cluster_up() == Some(true) && b.cluster_up() == Some(true)
+    })
+    .await;
+    redis.stop();
+    until("both nodes see redis gone", || {
+        a.cluster_up() == Some(false) && b.cluster_up() == Some(false)
+    })
+    .await;
+    let (ca, mut ra) = a.connect(&Viewer::default());
+    let (cb, mut rb) = b.connect(&Viewer::default());
+    send(&a, ca, json!({"type":"join","streamId":"s","peerId":"x"})).await;
+    send(&b, cb, json!({"type":"join","streamId":"s","peerId":"x"})).await;
+    assert_eq!(recv(&mut ra).await["type"], "peer-list");
+    assert_eq!(recv(&mut rb).await["type"], "peer-list");
+    // Redis returns: both write their peers back; the second finds the first's and evicts its
+    // own peer, telling its connection.
+    let _redis = Redis::start_on(port);
+    let evicted = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::select! {
+            m = recv_any(&mut ra) => ("a", m),
+            m = recv_any(&mut rb) => ("b", m),
+        }
+    })
+    .await
+    .expect("one of the two evicted within 30 s");
+    assert_eq!(evicted.1["code"], "peer_id_taken", "{evicted:?}");
+    let (loser, winner) = if evicted.0 == "a" { (&a, &b) } else { (&b, &a) };
+    assert_eq!(loser.stats().1, 0, "the evicted peer left its node");
+    assert_eq!(winner.stats().1, 1);
+}
+
+/// The next message of `rx`, however long it takes.
+async fn recv_any(rx: &mut Outbox) -> Value {
+    let m = rx.messages.recv().await.expect("open");
+    serde_json::from_str(&m).unwrap()
+}

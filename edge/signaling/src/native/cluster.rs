@@ -72,6 +72,32 @@ if cur and string.match(cur, '^([^\t]*)') == ARGV[2] then
 end
 return 0";
 
+/// Rewrites this node's peers (KEYS[i] is the hash of ARGV pair i after the first three) where
+/// the entry is absent, already this node's, or its owner is dead; returns the 1-based indexes
+/// of the peers another live node holds now (taken while this node could not reach Redis).
+const RENEW: &str = r"
+local node, ttl, min_alive = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local taken = {}
+for i = 1, #KEYS - 1 do
+  local key, peer, value = KEYS[i + 1], ARGV[2 + 2 * i], ARGV[3 + 2 * i]
+  local cur = redis.call('HGET', key, peer)
+  local mine = true
+  if cur then
+    local owner = string.match(cur, '^([^\t]*)')
+    if owner ~= node then
+      local seen = redis.call('ZSCORE', KEYS[1], owner)
+      if seen and tonumber(seen) >= min_alive then mine = false end
+    end
+  end
+  if mine then
+    redis.call('HSET', key, peer, value)
+    redis.call('PEXPIRE', key, ttl)
+  else
+    taken[#taken + 1] = i
+  end
+end
+return taken";
+
 /// A relay for a peer on another node.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Envelope {
@@ -93,6 +119,7 @@ pub struct Cluster {
     node_ttl: Duration,
     join: redis::Script,
     leave: redis::Script,
+    renew: redis::Script,
     /// The subscriber is connected.
     subscribed: AtomicBool,
     /// The last call got an answer.
@@ -127,6 +154,7 @@ impl Cluster {
             node_ttl: Duration::from_secs(15),
             join: redis::Script::new(JOIN),
             leave: redis::Script::new(LEAVE),
+            renew: redis::Script::new(RENEW),
             subscribed: AtomicBool::new(false),
             answering: AtomicBool::new(true),
         }
@@ -266,10 +294,13 @@ impl Cluster {
     }
 
     /// Says this node is alive, and writes `peers` (stream, peer, rendition) again with a fresh
-    /// TTL (so they come back after a Redis restart or outage).
-    async fn renew(&self, peers: &[(String, String, Option<String>)]) -> Result<(), KvError> {
+    /// TTL (so they come back after a Redis restart or outage), unless another live node holds
+    /// one now: those are returned (stream, peer), for the hub to evict.
+    async fn renew(
+        &self,
+        peers: &[(String, String, Option<String>)],
+    ) -> Result<Vec<(String, String)>, KvError> {
         let now = now_ms();
-        let ttl = millis(self.ttl);
         let r = self
             .store
             .run(async |mut c| {
@@ -290,16 +321,47 @@ impl Cluster {
                     .arg("-inf")
                     .arg(now.saturating_sub(3_600_000))
                     .ignore();
-                for (stream, peer, rendition) in peers {
-                    let key = Self::peers_key(stream);
-                    let value = format!("{}\t{}", self.node, rendition.as_deref().unwrap_or(""));
-                    pipe.cmd("HSET").arg(&key).arg(peer).arg(value).ignore();
-                    pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
-                }
                 pipe.query_async::<()>(&mut c).await
             })
             .await;
-        self.answered(r)
+        self.answered(r)?;
+        let min_alive = now.saturating_sub(millis(self.node_ttl));
+        let mut taken = Vec::new();
+        for chunk in peers.chunks(500) {
+            let mut call = self.renew.prepare_invoke();
+            call.key(NODES)
+                .arg(&self.node)
+                .arg(millis(self.ttl))
+                .arg(min_alive);
+            for (stream, peer, rendition) in chunk {
+                let value = format!("{}\t{}", self.node, rendition.as_deref().unwrap_or(""));
+                call.key(Self::peers_key(stream)).arg(peer).arg(value);
+            }
+            let r = self
+                .store
+                .run(async |mut c| call.invoke_async::<Vec<usize>>(&mut c).await)
+                .await;
+            for i in self.answered(r)? {
+                if let Some((stream, peer, _)) = i.checked_sub(1).and_then(|i| chunk.get(i)) {
+                    taken.push((stream.clone(), peer.clone()));
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Renews `hub`'s peers; evicts those another node holds now.
+    async fn renew_for(&self, hub: &Weak<Hub>) {
+        let Some(peers) = hub.upgrade().map(|h| h.local_peers()) else {
+            return;
+        };
+        if let Ok(taken) = self.renew(&peers).await
+            && let Some(h) = hub.upgrade()
+        {
+            for (stream, peer) in taken {
+                h.evict(&stream, &peer);
+            }
+        }
     }
 
     /// Starts the node's tasks for `hub`: the subscriber of its channel (relays from other
@@ -336,9 +398,7 @@ impl Cluster {
                         tracing::info!(node = %self.node, "signaling cluster: subscribed");
                     }
                     // Peers joined while Redis was away are written now.
-                    if let Some(h) = hub.upgrade() {
-                        let _ = self.renew(&h.local_peers()).await;
-                    }
+                    self.renew_for(&hub).await;
                     let mut messages = ps.into_on_message();
                     // The keep-alive publishes to this channel every 5 s: a subscription that
                     // hears nothing for three of them is dead (a half-open connection) and is
@@ -380,14 +440,13 @@ impl Cluster {
             every.tick().await;
             let Some(h) = hub.upgrade() else { return };
             h.cluster_up();
-            let peers = if ticks.is_multiple_of(renew_every) {
-                h.local_peers()
-            } else {
-                Vec::new()
-            };
             drop(h);
+            if ticks.is_multiple_of(renew_every) {
+                self.renew_for(&hub).await;
+            } else {
+                let _ = self.renew(&[]).await;
+            }
             ticks += 1;
-            let _ = self.renew(&peers).await;
         }
     }
 }

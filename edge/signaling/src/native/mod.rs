@@ -407,6 +407,19 @@ impl Hub {
         }
     }
 
+    /// Peer `peer` of `stream` is another live node's now (taken while this one could not
+    /// reach Redis): it leaves here, and its connection is told.
+    pub(crate) fn evict(&self, stream: &str, peer: &str) {
+        let mut state = self.lock();
+        let Some(conn) = state.swarms.get(stream).and_then(|s| s.conn_of(peer)) else {
+            return;
+        };
+        self.leave_here(&mut state, stream, peer, conn);
+        self.metrics.cluster("evicted");
+        let why = "peerId taken on another node while this one could not reach it";
+        self.refuse(&mut state, conn, "peer_id_taken", why, Some("join"));
+    }
+
     pub(crate) fn count_drop_cluster(&self, event: &str) {
         self.metrics.cluster(event);
     }
