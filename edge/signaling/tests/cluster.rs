@@ -27,6 +27,19 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until both nodes are subscribed, stops Redis, and waits until both noticed.
+async fn redis_goes_away(a: &Hub, b: &Hub, redis: &mut Redis) {
+    until("both nodes subscribed", || {
+        a.cluster_up() == Some(true) && b.cluster_up() == Some(true)
+    })
+    .await;
+    redis.stop();
+    until("both nodes see redis gone", || {
+        a.cluster_up() == Some(false) && b.cluster_up() == Some(false)
+    })
+    .await;
+}
+
 async fn send(h: &Hub, conn: ConnId, v: Value) {
     h.handle(conn, &v.to_string()).await;
 }
@@ -150,15 +163,7 @@ async fn without_redis_each_node_serves_its_own_peers_and_rejoins_when_it_return
     let mut redis = Redis::start();
     let port = redis.port();
     let (a, b) = (node(port, "node-a"), node(port, "node-b"));
-    until("both nodes subscribed", || {
-        a.cluster_up() == Some(true) && b.cluster_up() == Some(true)
-    })
-    .await;
-    redis.stop();
-    until("both nodes see redis gone", || {
-        a.cluster_up() == Some(false) && b.cluster_up() == Some(false)
-    })
-    .await;
+    redis_goes_away(&a, &b, &mut redis).await;
     // Local service goes on: two peers of node a find each other and relay.
     let (c1, mut r1) = a.connect(&Viewer::default());
     let (c2, mut r2) = a.connect(&Viewer::default());
@@ -206,15 +211,7 @@ async fn a_peer_id_taken_on_two_nodes_while_redis_was_away_ends_with_one_owner()
     let mut redis = Redis::start();
     let port = redis.port();
     let (a, b) = (node(port, "node-a"), node(port, "node-b"));
-    until("both nodes subscribed", || {
-        a.cluster_up() == Some(true) && b.cluster_up() == Some(true)
-    })
-    .await;
-    redis.stop();
-    until("both nodes see redis gone", || {
-        a.cluster_up() == Some(false) && b.cluster_up() == Some(false)
-    })
-    .await;
+    redis_goes_away(&a, &b, &mut redis).await;
     let (ca, mut ra) = a.connect(&Viewer::default());
     let (cb, mut rb) = b.connect(&Viewer::default());
     send(&a, ca, json!({"type":"join","streamId":"s","peerId":"x"})).await;

@@ -17,7 +17,7 @@
 //! serves its local peers alone ([`Cluster::is_up`] says so in health and metrics); it takes
 //! its peers back into Redis with the next renewal once Redis answers again.
 
-use super::Hub;
+use super::{Hub, server_time};
 use edge_kv::{KvError, RedisStore};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -25,7 +25,7 @@ use std::{
         Arc, Weak,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 /// The zset of live nodes.
@@ -134,12 +134,6 @@ pub(crate) enum JoinError {
     Unavailable(KvError),
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -204,7 +198,7 @@ impl Cluster {
         want: usize,
     ) -> Result<Vec<(String, Option<String>)>, JoinError> {
         let value = format!("{}\t{}", self.node, rendition.unwrap_or(""));
-        let min_alive = now_ms().saturating_sub(millis(self.node_ttl));
+        let min_alive = server_time().saturating_sub(millis(self.node_ttl));
         // Twice as many as wanted: some are this node's own (listed from memory).
         let count = want.saturating_mul(2).saturating_add(1);
         let key = Self::peers_key(stream);
@@ -300,7 +294,7 @@ impl Cluster {
         &self,
         peers: &[(String, String, Option<String>)],
     ) -> Result<Vec<(String, String)>, KvError> {
-        let now = now_ms();
+        let now = server_time();
         let r = self
             .store
             .run(async |mut c| {
