@@ -306,52 +306,53 @@ async fn the_host_runs_the_room_and_keeps_it_across_a_reconnect() {
         .unwrap();
 }
 
+const SECRET: &str = "two-edges-share-this-secret-32-bytes!";
+
+/// An edge of a cluster on the redis-server at `redis_port`, once it says it is clustered.
+async fn clustered(redis_port: u16, node: &str) -> TestEdge {
+    let port = redis_port.to_string();
+    let edge = TestEdge::start_with_env(
+        &repo_root().join("policies/default.toml"),
+        "",
+        &[
+            ("EDGE_ROLES", "edge,signaling"),
+            ("JWT_SECRET_KEY", SECRET),
+            ("REDIS_HOST", "127.0.0.1"),
+            ("REDIS_PORT", &port),
+            ("NODE_ID", node),
+        ],
+    )
+    .await
+    .expect("edge starts");
+    // It says who it is and that it is clustered (once subscribed).
+    let url = format!("http://{}/health", edge.edge.addrs().http[0]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = edge_integration::client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let health: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["nodeId"], node, "{health}");
+        if health["signaling"] == "clustered" {
+            return edge;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_on_two_edges_sharing_redis_find_each_other_and_relay() {
-    const SECRET: &str = "two-edges-share-this-secret-32-bytes!";
     let redis = edge_testinfra::Redis::start();
-    let port = redis.port().to_string();
-    let start = |node: &'static str| {
-        let port = port.clone();
-        async move {
-            TestEdge::start_with_env(
-                &repo_root().join("policies/default.toml"),
-                "",
-                &[
-                    ("EDGE_ROLES", "edge,signaling"),
-                    ("JWT_SECRET_KEY", SECRET),
-                    ("REDIS_HOST", "127.0.0.1"),
-                    ("REDIS_PORT", &port),
-                    ("NODE_ID", node),
-                ],
-            )
-            .await
-            .expect("edge starts")
-        }
-    };
-    let (a, b) = (start("edge-a").await, start("edge-b").await);
-    // Each says who it is and that it is clustered (once subscribed).
-    for (edge, node) in [(&a, "edge-a"), (&b, "edge-b")] {
-        let url = format!("http://{}/health", edge.edge.addrs().http[0]);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let body = edge_integration::client()
-                .get(&url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let health: Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(health["nodeId"], node, "{health}");
-            if health["signaling"] == "clustered" {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{health}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let (a, b) = (
+        clustered(redis.port(), "edge-a").await,
+        clustered(redis.port(), "edge-b").await,
+    );
     let token = |sub| edge_integration::jwt(SECRET, sub, 600);
     let mut on_a = connect_with(&a, &token("alice")).await;
     let mut on_b = connect_with(&b, &token("bob")).await;
@@ -389,4 +390,110 @@ async fn viewers_on_two_edges_sharing_redis_find_each_other_and_relay() {
         "{metrics}"
     );
     assert!(metrics.contains("edge_signaling_cluster_up 1"), "{metrics}");
+}
+
+/// The next `room-state` with `event` (other room states before it skipped).
+async fn room_event(ws: &mut Client, event: &str) -> Value {
+    loop {
+        let m = recv(ws).await;
+        assert_eq!(m["type"], "room-state", "{m}");
+        if m["event"] == event {
+            return m;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_room_spans_two_edges_hands_over_and_survives_a_drain() {
+    let redis = edge_testinfra::Redis::start();
+    let (a, b) = (
+        clustered(redis.port(), "edge-a").await,
+        clustered(redis.port(), "edge-b").await,
+    );
+    let token = |sub| edge_integration::jwt(SECRET, sub, 600);
+    let mut alice = connect_with(&a, &token("alice")).await;
+    let mut carol = connect_with(&a, &token("carol")).await;
+    let mut bob = connect_with(&b, &token("bob")).await;
+    let url = "https://cdn.example/movie/master.m3u8";
+    let room = |kind: &str| json!({"type": kind, "roomId": "movie-night"});
+    send(
+        &mut alice,
+        json!({"type":"join-room","roomId":"movie-night","url":url}),
+    )
+    .await;
+    room_event(&mut alice, "join").await;
+    send(&mut bob, room("join-room")).await;
+    assert_eq!(room_event(&mut bob, "join").await["hostUserId"], "alice");
+    send(&mut carol, room("join-room")).await;
+    room_event(&mut bob, "join").await;
+    // The host on edge A plays, then pauses: the member on edge B gets each, with the position
+    // and the server's time.
+    send(
+        &mut alice,
+        json!({"type":"play","roomId":"movie-night","position":30.0}),
+    )
+    .await;
+    let playing = room_event(&mut bob, "play").await;
+    assert_eq!(
+        (&playing["isPlaying"], &playing["currentTime"]),
+        (&json!(true), &json!(30.0))
+    );
+    send(
+        &mut alice,
+        json!({"type":"pause","roomId":"movie-night","position":42.0}),
+    )
+    .await;
+    let paused = room_event(&mut bob, "pause").await;
+    assert_eq!(
+        (&paused["by"], &paused["isPlaying"], &paused["currentTime"]),
+        (&json!("alice"), &json!(false), &json!(42.0))
+    );
+    // The host leaves: the earliest member left (bob, on B) is host on both edges.
+    send(&mut alice, room("leave-room")).await;
+    assert_eq!(room_event(&mut carol, "leave").await["hostUserId"], "bob");
+    assert_eq!(room_event(&mut bob, "leave").await["hostUserId"], "bob");
+    send(
+        &mut bob,
+        json!({"type":"seek","roomId":"movie-night","position":600.0}),
+    )
+    .await;
+    assert_eq!(room_event(&mut carol, "seek").await["currentTime"], 600.0);
+    // Edge A drains (what SIGTERM runs): carol gets 1001, B sees her offline, and she
+    // reconnects to B with the room intact.
+    let shutdown = tokio::spawn(async move { a.edge.shutdown().await });
+    let frame = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = carol.next().await {
+            if let Ok(Message::Close(frame)) = m {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("a close within 5 s")
+    .expect("a close frame");
+    assert_eq!(frame.code, CloseCode::Away);
+    assert_eq!(room_event(&mut bob, "offline").await["by"], "carol");
+    drop((alice, carol));
+    let mut carol = connect_with(&b, &token("carol")).await;
+    send(&mut carol, room("join-room")).await;
+    let back = room_event(&mut carol, "rejoin").await;
+    assert_eq!(
+        (
+            &back["hostUserId"],
+            &back["currentUrl"],
+            &back["currentTime"],
+            &back["isPlaying"]
+        ),
+        (&json!("bob"), &json!(url), &json!(600.0), &json!(false))
+    );
+    assert_eq!(
+        back["members"],
+        json!([{"userId":"bob","online":true},{"userId":"carol","online":true}])
+    );
+    assert_eq!(room_event(&mut bob, "rejoin").await["by"], "carol");
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("the drain ends")
+        .unwrap();
 }

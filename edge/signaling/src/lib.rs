@@ -138,7 +138,7 @@ pub trait Engine: Send + Sync + 'static {
     /// messages are handled in order).
     async fn handle(&self, conn: ConnId, text: &str);
     /// Forgets `conn` (closed, cut, or the edge drains).
-    fn close(&self, conn: ConnId);
+    async fn close(&self, conn: ConnId);
     /// Counts a message refused or a connection cut by the session, by reason.
     fn count_drop(&self, reason: &str);
 }

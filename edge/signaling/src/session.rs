@@ -109,7 +109,7 @@ pub(crate) async fn run<E: Engine>(engine: Arc<E>, viewer: Viewer, io: Upgraded,
             () = &mut draining => break Some((CloseCode::Away, "server going away; reconnect")),
         }
     };
-    engine.close(conn);
+    engine.close(conn).await;
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
             code,

@@ -543,7 +543,7 @@ impl Engine for Tracker {
         Tracker::handle(self, conn, text);
     }
 
-    fn close(&self, conn: ConnId) {
+    async fn close(&self, conn: ConnId) {
         self.disconnect(conn);
     }
 

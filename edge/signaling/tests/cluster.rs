@@ -240,3 +240,221 @@ async fn recv_any(rx: &mut Outbox) -> Value {
     let m = rx.messages.recv().await.expect("open");
     serde_json::from_str(&m).unwrap()
 }
+
+/// Room states until one with `event` (other members' joins and offline notices come first).
+async fn state_of(rx: &mut Outbox, event: &str) -> Value {
+    loop {
+        let m = recv(rx).await;
+        assert_eq!(m["type"], "room-state", "{m}");
+        if m["event"] == event {
+            return m;
+        }
+    }
+}
+
+fn as_sub(sub: &str) -> Viewer {
+    Viewer {
+        sub: Some(sub.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spans_two_nodes_hands_over_and_survives_its_nodes_drain() {
+    let redis = Redis::start();
+    let (a, b) = (node(redis.port(), "node-a"), node(redis.port(), "node-b"));
+    until("both nodes subscribed", || {
+        a.cluster_up() == Some(true) && b.cluster_up() == Some(true)
+    })
+    .await;
+    let (alice, mut ra) = a.connect(&as_sub("alice"));
+    let (bob, mut rb) = b.connect(&as_sub("bob"));
+    let (carol, mut rc) = b.connect(&as_sub("carol"));
+    let url = "https://cdn.example/movie/master.m3u8";
+    send(
+        &a,
+        alice,
+        json!({"type":"join-room","roomId":"movie-night","url":url}),
+    )
+    .await;
+    assert_eq!(state_of(&mut ra, "join").await["hostUserId"], "alice");
+    send(&b, bob, json!({"type":"join-room","roomId":"movie-night"})).await;
+    send(
+        &b,
+        carol,
+        json!({"type":"join-room","roomId":"movie-night"}),
+    )
+    .await;
+    let joined = state_of(&mut rb, "join").await;
+    assert_eq!(
+        (&joined["hostUserId"], &joined["currentUrl"]),
+        (&json!("alice"), &json!(url))
+    );
+    // The host on node A plays and pauses: the member on node B gets it, with the position.
+    send(
+        &a,
+        alice,
+        json!({"type":"play","roomId":"movie-night","position":5.0}),
+    )
+    .await;
+    send(
+        &a,
+        alice,
+        json!({"type":"pause","roomId":"movie-night","position":12.5}),
+    )
+    .await;
+    let paused = state_of(&mut rb, "pause").await;
+    assert_eq!(
+        (&paused["by"], &paused["currentTime"], &paused["isPlaying"]),
+        (&json!("alice"), &json!(12.5), &json!(false))
+    );
+    assert!(paused["serverTime"].as_u64().unwrap() > 1_700_000_000_000);
+    // A member on B is not the host: refused there, nothing changes.
+    send(&b, bob, json!({"type":"play","roomId":"movie-night"})).await;
+    assert_eq!(state_of_error(&mut rb).await, "not_host");
+    // The keys the seeds' operators read.
+    let mut redis_conn = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let room: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("room:movie-night")
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert_eq!(room["host_user_id"], "alice");
+    assert_eq!(room["current_time"], "12.5");
+    assert_eq!(room["is_playing"], "false");
+    let users: Vec<String> = redis::cmd("ZRANGE")
+        .arg("room:movie-night:users")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert_eq!(users, ["alice", "bob", "carol"]);
+    let bob_entry: Option<String> = redis::cmd("HGET")
+        .arg("user:bob")
+        .arg("movie-night")
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert_eq!(bob_entry.as_deref(), Some("online:node-b"));
+    // The host leaves: the earliest member still there (bob) becomes host, on every node.
+    send(
+        &a,
+        alice,
+        json!({"type":"leave-room","roomId":"movie-night"}),
+    )
+    .await;
+    let left = state_of(&mut rc, "leave").await;
+    assert_eq!(
+        (&left["by"], &left["hostUserId"]),
+        (&json!("alice"), &json!("bob"))
+    );
+    // Alice comes back on A; then A drains (its connections closed as SIGTERM closes them)
+    // and she reconnects to B: the room is intact, she is a member again.
+    send(
+        &a,
+        alice,
+        json!({"type":"join-room","roomId":"movie-night"}),
+    )
+    .await;
+    assert_eq!(state_of(&mut rb, "join").await["by"], "alice");
+    send(
+        &b,
+        bob,
+        json!({"type":"seek","roomId":"movie-night","position":600.0}),
+    )
+    .await;
+    assert_eq!(state_of(&mut ra, "seek").await["currentTime"], 600.0);
+    a.close(alice).await;
+    let off = state_of(&mut rb, "offline").await;
+    assert_eq!(off["by"], "alice");
+    drop(a);
+    let (alice2, mut ra2) = b.connect(&as_sub("alice"));
+    send(
+        &b,
+        alice2,
+        json!({"type":"join-room","roomId":"movie-night"}),
+    )
+    .await;
+    let back = state_of(&mut ra2, "rejoin").await;
+    assert_eq!(
+        (
+            &back["hostUserId"],
+            &back["currentUrl"],
+            &back["currentTime"],
+            &back["isPlaying"]
+        ),
+        (&json!("bob"), &json!(url), &json!(600.0), &json!(false))
+    );
+    let online: Vec<bool> = back["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["online"].as_bool().unwrap())
+        .collect();
+    assert_eq!(online, [true, true, true]);
+    // Everybody leaves: the room's keys are gone.
+    for (conn, rx) in [(bob, &mut rb), (carol, &mut rc), (alice2, &mut ra2)] {
+        send(
+            &b,
+            conn,
+            json!({"type":"leave-room","roomId":"movie-night"}),
+        )
+        .await;
+        let _ = rx;
+    }
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("room:movie-night")
+        .arg("room:movie-night:users")
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+    until("node B holds no room", || b.stats().2 == 0).await;
+}
+
+/// The code of the next `error` of `rx`, room states before it skipped.
+async fn state_of_error(rx: &mut Outbox) -> Value {
+    loop {
+        let m = recv(rx).await;
+        if m["type"] == "error" {
+            return m["code"].clone();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_leave_never_deletes_a_later_join_of_the_same_peer_id() {
+    let redis = Redis::start();
+    let a = node(redis.port(), "node-a");
+    let mut redis_conn = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for round in 0..20 {
+        // A leave's cluster part runs in a task; the join after it is written at once.
+        let (c1, mut r1) = a.connect(&Viewer::default());
+        send(&a, c1, json!({"type":"join","streamId":"s","peerId":"p"})).await;
+        recv(&mut r1).await;
+        a.disconnect(c1);
+        let (c2, mut r2) = a.connect(&Viewer::default());
+        send(&a, c2, json!({"type":"join","streamId":"s","peerId":"p"})).await;
+        recv(&mut r2).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let entry: Option<String> = redis::cmd("HGET")
+            .arg("stream:s:peers")
+            .arg("p")
+            .query_async(&mut redis_conn)
+            .await
+            .unwrap();
+        assert!(
+            entry.is_some(),
+            "round {round}: the second join's entry is there"
+        );
+        a.disconnect(c2);
+    }
+}

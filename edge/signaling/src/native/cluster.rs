@@ -1,25 +1,46 @@
-//! Streams across edges, through the Redis every edge shares: who watches a stream on any node,
-//! and relays to a peer connected to another node.
+//! Streams and watch rooms across edges, through the Redis every edge shares: who watches a
+//! stream on any node, relays to a peer connected to another node, and rooms whose members sit
+//! on different nodes.
 //!
 //! ```text
-//!  stream:<id>:peers   HASH peerId → "<node>\t<rendition>"   PEXPIRE ttl, renewed by every
-//!                      node for its own peers every ttl/3 (a crashed node's entries go with
-//!                      its liveness, below, at once and with the key's TTL at the latest)
-//!  signaling:nodes     ZSET node → last keep-alive (ms), every 5 s; a node silent for
-//!                      `node_ttl` is dead: its peers are neither listed nor relayed to
+//!  stream:<id>:peers   HASH peerId → "<node>\t<rendition>\t<join token>"   PEXPIRE ttl,
+//!                      renewed by every node for its own peers every ttl/3 (a crashed node's
+//!                      entries go with its liveness, below, at once and with the key's TTL at
+//!                      the latest); a leave deletes only its own join's entry
+//!  signaling:nodes     ZSET node → last keep-alive in Redis's clock (ms), every 5 s; a node
+//!                      silent for `node_ttl` is dead: its peers are neither listed nor relayed
+//!                      to, its room members are offline since its last keep-alive
 //!  signaling:node:<n>  pub/sub channel of node n: relays to its peers, and n's own keep-alive
 //!                      (a subscription silent for 15 s is made again)
+//!  room:<id>           HASH id, host_user_id, current_url, current_time (the position at
+//!                      position_at, ms), is_playing, updated_at, members (JSON: user, token or
+//!                      not, node and connection or offline since), version
+//!  room:<id>:users     ZSET userId → join order
+//!  user:<id>           HASH roomId → "online:<node>" | "offline"
+//!                      (the three: PEXPIRE room_grace + two keep-alives, renewed by the nodes
+//!                      with members in the room: a room nobody is connected to goes)
+//!  signaling:rooms     pub/sub channel of every node: each room change, its new state; every
+//!                      node sends it to its own members
 //! ```
 //!
-//! Joining is one script: a peer id held by another live node is refused (`peer_id_taken`),
-//! else the peer is written and a random sample of the stream's live peers comes back. When
-//! Redis cannot be reached, every call fails fast (the store's own retry back-off) and the node
-//! serves its local peers alone ([`Cluster::is_up`] says so in health and metrics); it takes
-//! its peers back into Redis with the next renewal once Redis answers again.
+//! Joining a stream is one script: a peer id held by another live node is refused
+//! (`peer_id_taken`), else the peer is written and a random sample of the stream's live peers
+//! comes back. A room change is read, changed by [`room`]'s rules and written back by a script
+//! only if the room's `version` is still the one read (else read again), and the same script
+//! publishes it: every node hears every room's changes in the order they were written.
+//!
+//! When Redis cannot be reached, every call fails fast (the store's own retry back-off) and the
+//! node serves its local peers alone ([`Cluster::is_up`] says so in health and metrics); it
+//! takes its peers back into Redis with the next renewal once Redis answers again. Rooms live
+//! only in Redis: while it is away, room messages are refused with `unavailable` (two halves
+//! of a room each with its own host would be worse).
 
-use super::{Hub, server_time};
+use super::Hub;
+use super::room::{self, Change, Live, Op, Refusal, Room};
+use crate::tracker::ConnId;
 use edge_kv::{KvError, RedisStore};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::{
     sync::{
         Arc, Weak,
@@ -33,13 +54,20 @@ const NODES: &str = "signaling:nodes";
 /// How often a node says it is alive.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
+/// Redis's clock in ms: liveness is judged by one clock, not by each node's.
+/// (In every script below, a node seen within ARGV `node_ttl` ms of it is alive.)
+const NOW: &str = "local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
 const JOIN: &str = r"
+local min_alive = now - tonumber(ARGV[5])
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local owner = string.match(cur, '^([^\t]*)')
   if owner ~= ARGV[3] then
     local seen = redis.call('ZSCORE', KEYS[2], owner)
-    if seen and tonumber(seen) >= tonumber(ARGV[5]) then return {'-taken'} end
+    if seen and tonumber(seen) >= min_alive then return {'-taken'} end
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -54,7 +82,7 @@ for i = 1, #picked, 2 do
     alive[owner] = true
   elseif alive[owner] == nil then
     local seen = redis.call('ZSCORE', KEYS[2], owner)
-    alive[owner] = (seen ~= false and seen ~= nil and tonumber(seen) >= tonumber(ARGV[5]))
+    alive[owner] = (seen ~= false and seen ~= nil and tonumber(seen) >= min_alive)
   end
   if not alive[owner] then
     redis.call('HDEL', KEYS[1], id)
@@ -65,10 +93,15 @@ for i = 1, #picked, 2 do
 end
 return out";
 
+/// Deletes a peer's entry if it is still this join's: this node's and this join token's (a
+/// late leave never deletes a later join of the same peer id).
 const LEAVE: &str = r"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and string.match(cur, '^([^\t]*)') == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
+if cur then
+  local owner, token = string.match(cur, '^([^\t]*)\t[^\t]*\t([^\t]*)$')
+  if owner == ARGV[2] and token == ARGV[3] then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+  end
 end
 return 0";
 
@@ -76,7 +109,7 @@ return 0";
 /// the entry is absent, already this node's, or its owner is dead; returns the 1-based indexes
 /// of the peers another live node holds now (taken while this node could not reach Redis).
 const RENEW: &str = r"
-local node, ttl, min_alive = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local node, ttl, min_alive = ARGV[1], ARGV[2], now - tonumber(ARGV[3])
 local taken = {}
 for i = 1, #KEYS - 1 do
   local key, peer, value = KEYS[i + 1], ARGV[2 + 2 * i], ARGV[3 + 2 * i]
@@ -97,6 +130,33 @@ for i = 1, #KEYS - 1 do
   end
 end
 return taken";
+
+/// A node's keep-alive: its score is Redis's time; nodes gone for an hour leave the zset; and
+/// an empty message on its own channel, which its subscriber hearing proves it alive.
+const ALIVE: &str = r#"
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 3600000)
+redis.call('PUBLISH', ARGV[2], '{"s":"","p":"","m":""}')
+return now"#;
+
+/// A peer of this node, as the renewal writes it.
+pub(crate) struct LocalPeer {
+    pub stream: String,
+    pub peer: String,
+    pub rendition: Option<String>,
+    pub token: u64,
+}
+
+/// A peer's entry in `stream:<id>:peers`: `<node>\t<rendition>\t<join token>`.
+fn entry(node: &str, rendition: Option<&str>, token: u64) -> String {
+    format!("{node}\t{}\t{token}", rendition.unwrap_or(""))
+}
+
+/// The rendition of an entry.
+fn entry_rendition(value: &str) -> Option<String> {
+    let rendition = value.split('\t').nth(1).unwrap_or("");
+    (!rendition.is_empty()).then(|| rendition.to_owned())
+}
 
 /// A relay for a peer on another node.
 #[derive(Serialize, Deserialize)]
@@ -120,6 +180,8 @@ pub struct Cluster {
     join: redis::Script,
     leave: redis::Script,
     renew: redis::Script,
+    commit_room: redis::Script,
+    alive: redis::Script,
     /// The subscriber is connected.
     subscribed: AtomicBool,
     /// The last call got an answer.
@@ -146,9 +208,11 @@ impl Cluster {
             node: node.into(),
             ttl: Duration::from_secs(60),
             node_ttl: Duration::from_secs(15),
-            join: redis::Script::new(JOIN),
+            join: redis::Script::new(&format!("{NOW}{JOIN}")),
             leave: redis::Script::new(LEAVE),
-            renew: redis::Script::new(RENEW),
+            renew: redis::Script::new(&format!("{NOW}{RENEW}")),
+            alive: redis::Script::new(&format!("{NOW}{ALIVE}")),
+            commit_room: redis::Script::new(COMMIT_ROOM),
             subscribed: AtomicBool::new(false),
             answering: AtomicBool::new(true),
         }
@@ -195,10 +259,10 @@ impl Cluster {
         stream: &str,
         peer: &str,
         rendition: Option<&str>,
+        token: u64,
         want: usize,
     ) -> Result<Vec<(String, Option<String>)>, JoinError> {
-        let value = format!("{}\t{}", self.node, rendition.unwrap_or(""));
-        let min_alive = server_time().saturating_sub(millis(self.node_ttl));
+        let value = entry(&self.node, rendition, token);
         // Twice as many as wanted: some are this node's own (listed from memory).
         let count = want.saturating_mul(2).saturating_add(1);
         let key = Self::peers_key(stream);
@@ -212,7 +276,7 @@ impl Cluster {
                     .arg(&value)
                     .arg(&self.node)
                     .arg(millis(self.ttl))
-                    .arg(min_alive)
+                    .arg(millis(self.node_ttl))
                     .arg(count)
                     .invoke_async::<Vec<String>>(&mut c)
                     .await
@@ -225,16 +289,12 @@ impl Cluster {
         Ok(flat
             .chunks_exact(2)
             .filter(|pair| pair[0] != peer)
-            .map(|pair| {
-                let rendition = pair[1].split_once('\t').map(|(_, r)| r).unwrap_or("");
-                let rendition = (!rendition.is_empty()).then(|| rendition.to_owned());
-                (pair[0].clone(), rendition)
-            })
+            .map(|pair| (pair[0].clone(), entry_rendition(&pair[1])))
             .collect())
     }
 
-    /// Removes peer `peer` of `stream` if it is still this node's.
-    pub(crate) async fn leave(&self, stream: &str, peer: &str) {
+    /// Removes peer `peer` of `stream` if it is still this node's join `token`.
+    pub(crate) async fn leave(&self, stream: &str, peer: &str, token: u64) {
         let key = Self::peers_key(stream);
         let r = self
             .store
@@ -243,6 +303,7 @@ impl Cluster {
                     .key(&key)
                     .arg(peer)
                     .arg(&self.node)
+                    .arg(token)
                     .invoke_async::<i64>(&mut c)
                     .await
             })
@@ -290,54 +351,37 @@ impl Cluster {
     /// Says this node is alive, and writes `peers` (stream, peer, rendition) again with a fresh
     /// TTL (so they come back after a Redis restart or outage), unless another live node holds
     /// one now: those are returned (stream, peer), for the hub to evict.
-    async fn renew(
-        &self,
-        peers: &[(String, String, Option<String>)],
-    ) -> Result<Vec<(String, String)>, KvError> {
-        let now = server_time();
+    async fn renew(&self, peers: &[LocalPeer]) -> Result<Vec<(String, String)>, KvError> {
         let r = self
             .store
             .run(async |mut c| {
-                let mut pipe = redis::pipe();
-                pipe.cmd("ZADD")
-                    .arg(NODES)
-                    .arg(now)
+                self.alive
+                    .key(NODES)
                     .arg(&self.node)
-                    .ignore();
-                // Heard by this node's own subscriber: proof that its subscription lives.
-                pipe.cmd("PUBLISH")
                     .arg(Self::channel(&self.node))
-                    .arg(r#"{"s":"","p":"","m":""}"#)
-                    .ignore();
-                // Nodes gone for an hour leave the zset.
-                pipe.cmd("ZREMRANGEBYSCORE")
-                    .arg(NODES)
-                    .arg("-inf")
-                    .arg(now.saturating_sub(3_600_000))
-                    .ignore();
-                pipe.query_async::<()>(&mut c).await
+                    .invoke_async::<i64>(&mut c)
+                    .await
             })
             .await;
         self.answered(r)?;
-        let min_alive = now.saturating_sub(millis(self.node_ttl));
         let mut taken = Vec::new();
         for chunk in peers.chunks(500) {
             let mut call = self.renew.prepare_invoke();
             call.key(NODES)
                 .arg(&self.node)
                 .arg(millis(self.ttl))
-                .arg(min_alive);
-            for (stream, peer, rendition) in chunk {
-                let value = format!("{}\t{}", self.node, rendition.as_deref().unwrap_or(""));
-                call.key(Self::peers_key(stream)).arg(peer).arg(value);
+                .arg(millis(self.node_ttl));
+            for p in chunk {
+                let value = entry(&self.node, p.rendition.as_deref(), p.token);
+                call.key(Self::peers_key(&p.stream)).arg(&p.peer).arg(value);
             }
             let r = self
                 .store
                 .run(async |mut c| call.invoke_async::<Vec<usize>>(&mut c).await)
                 .await;
             for i in self.answered(r)? {
-                if let Some((stream, peer, _)) = i.checked_sub(1).and_then(|i| chunk.get(i)) {
-                    taken.push((stream.clone(), peer.clone()));
+                if let Some(p) = i.checked_sub(1).and_then(|i| chunk.get(i)) {
+                    taken.push((p.stream.clone(), p.peer.clone()));
                 }
             }
         }
@@ -354,6 +398,17 @@ impl Cluster {
         {
             for (stream, peer) in taken {
                 h.evict(&stream, &peer);
+            }
+            // Peers that left while the renewal ran may have been written back after their
+            // leave deleted them: delete them again (only if still that join's).
+            let gone: Vec<(String, String, u64)> = h
+                .gone(&peers)
+                .into_iter()
+                .map(|p| (p.stream.clone(), p.peer.clone(), p.token))
+                .collect();
+            drop(h);
+            for (stream, peer, token) in gone {
+                self.leave(&stream, &peer, token).await;
             }
         }
     }
@@ -376,7 +431,10 @@ impl Cluster {
             }
             let subscribed = match self.store.pubsub().await {
                 Ok(mut ps) => {
-                    let subscribe = ps.subscribe(Self::channel(&self.node));
+                    let subscribe = async {
+                        ps.subscribe(Self::channel(&self.node)).await?;
+                        ps.subscribe(ROOMS).await
+                    };
                     match tokio::time::timeout(Duration::from_secs(5), subscribe).await {
                         Ok(Ok(())) => Ok(ps),
                         Ok(Err(e)) => Err(e.to_string()),
@@ -401,6 +459,17 @@ impl Cluster {
                         tokio::time::timeout(KEEPALIVE * 3, messages.next()).await
                     {
                         let Some(h) = hub.upgrade() else { return };
+                        if msg.get_channel_name() == ROOMS {
+                            match msg
+                                .get_payload::<String>()
+                                .ok()
+                                .and_then(|p| serde_json::from_str::<RoomBroadcast>(&p).ok())
+                            {
+                                Some(b) => h.deliver_room(b),
+                                None => h.count_drop_cluster("bad_envelope"),
+                            }
+                            continue;
+                        }
                         match msg
                             .get_payload::<String>()
                             .ok()
@@ -440,7 +509,302 @@ impl Cluster {
             } else {
                 let _ = self.renew(&[]).await;
             }
+            if let Some(h) = hub.upgrade() {
+                h.room_upkeep(&self).await;
+            }
             ticks += 1;
+        }
+    }
+}
+
+/// Every node's channel for room changes: each delivers a change to its own members.
+const ROOMS: &str = "signaling:rooms";
+
+/// Writes a room's new state if its version is still the one read (compare-and-set), with
+/// its member set and each member's `user:<id>` entry, and publishes the change on
+/// `signaling:rooms`; 0 when somebody wrote in between.
+///
+/// KEYS: `room:<id>`, `room:<id>:users`, then `user:<u>` of every member before or after.
+/// ARGV: expected version, ttl (ms), the change to publish, the room id, n, n field/value
+/// pairs (n = 0: the room is gone), then per user key: user, its entry (`-`: gone), its
+/// join order.
+const COMMIT_ROOM: &str = r"
+local version = redis.call('HGET', KEYS[1], 'version') or '0'
+if version ~= ARGV[1] then return 0 end
+local ttl, room, n = ARGV[2], ARGV[4], tonumber(ARGV[5])
+redis.call('DEL', KEYS[2])
+if n == 0 then
+  redis.call('DEL', KEYS[1])
+else
+  local fields = {}
+  for i = 1, 2 * n do fields[i] = ARGV[5 + i] end
+  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+local a = 6 + 2 * n
+for k = 3, #KEYS do
+  local user, entry, order = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  a = a + 3
+  if entry == '-' then
+    redis.call('HDEL', KEYS[k], room)
+  else
+    redis.call('ZADD', KEYS[2], order, user)
+    redis.call('HSET', KEYS[k], room, entry)
+    redis.call('PEXPIRE', KEYS[k], ttl)
+  end
+end
+if n > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+redis.call('PUBLISH', ARGV[3], ARGV[#ARGV])
+return 1";
+
+/// A room's change as every node hears it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct RoomBroadcast {
+    pub room: String,
+    pub event: String,
+    pub by: String,
+    /// The new state; `None`: the room is gone.
+    pub state: Option<Room>,
+}
+
+/// Why a room change failed.
+pub(crate) enum RoomError {
+    Refused(Refusal),
+    Unavailable(KvError),
+}
+
+/// Rooms outlive a member's grace and two missed keep-alives of the nodes in them.
+fn room_ttl(grace: Duration) -> Duration {
+    grace + KEEPALIVE * 2
+}
+
+fn room_key(room: &str) -> String {
+    format!("room:{room}")
+}
+
+/// A room's hash: the seeds' fields (`host_user_id`, `current_url`, `current_time` — the
+/// position at `position_at` — `is_playing`) and the members with their connections.
+fn room_fields(room_id: &str, room: &Room, now: u64) -> Vec<(&'static str, String)> {
+    let members = serde_json::to_string(&room.members).expect("members serialise");
+    vec![
+        ("id", room_id.to_owned()),
+        ("host_user_id", room.host.clone()),
+        ("current_url", room.url.clone()),
+        ("current_time", room.position.to_string()),
+        ("position_at", room.at.to_string()),
+        ("is_playing", room.playing.to_string()),
+        ("updated_at", now.to_string()),
+        ("members", members),
+        ("version", room.version.to_string()),
+    ]
+}
+
+fn room_from_fields(mut f: HashMap<String, String>) -> Result<Option<Room>, KvError> {
+    if f.is_empty() {
+        return Ok(None);
+    }
+    let bad = |field: &str| KvError::Invalid(format!("room hash: bad or missing `{field}`"));
+    let mut take = |field: &'static str| f.remove(field).ok_or_else(|| bad(field));
+    let members = serde_json::from_str(&take("members")?).map_err(|_| bad("members"))?;
+    Ok(Some(Room {
+        host: take("host_user_id")?,
+        url: take("current_url")?,
+        position: take("current_time")?
+            .parse()
+            .map_err(|_| bad("current_time"))?,
+        at: take("position_at")?
+            .parse()
+            .map_err(|_| bad("position_at"))?,
+        playing: take("is_playing")? == "true",
+        members,
+        version: take("version")?.parse().map_err(|_| bad("version"))?,
+    }))
+}
+
+impl Cluster {
+    /// Room `room_id` as stored, and every node's last keep-alive (ms).
+    async fn read_room_and_nodes(
+        &self,
+        room_id: &str,
+    ) -> Result<(Option<Room>, HashMap<String, u64>, u64), KvError> {
+        let key = room_key(room_id);
+        let r = self
+            .store
+            .run(async |mut c| {
+                redis::pipe()
+                    .cmd("HGETALL")
+                    .arg(&key)
+                    .cmd("ZRANGE")
+                    .arg(NODES)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .cmd("TIME")
+                    .query_async::<(HashMap<String, String>, Vec<(String, f64)>, (u64, u64))>(
+                        &mut c,
+                    )
+                    .await
+            })
+            .await;
+        let (fields, nodes, (secs, micros)) = self.answered(r)?;
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "scores are ms timestamps"
+        )]
+        let seen = nodes.into_iter().map(|(n, t)| (n, t as u64)).collect();
+        let now = secs.saturating_mul(1000).saturating_add(micros / 1000);
+        Ok((room_from_fields(fields)?, seen, now))
+    }
+
+    /// Room `room_id` as stored.
+    pub(crate) async fn read_room(&self, room_id: &str) -> Result<Option<Room>, KvError> {
+        Ok(self.read_room_and_nodes(room_id).await?.0)
+    }
+
+    /// Applies `op` to room `room_id` in Redis: read, changed by the rules, written back if
+    /// nobody wrote in between (else again), published to every node. `open` says which of
+    /// this node's connections are open; `now` is the room clock.
+    pub(crate) async fn update_room(
+        &self,
+        room_id: &str,
+        op: &Op,
+        grace: Duration,
+        open: Option<&(dyn Fn(ConnId) -> bool + Sync)>,
+        now: &(dyn Fn() -> u64 + Sync),
+    ) -> Result<Option<Change>, RoomError> {
+        for _ in 0..16 {
+            let (mut room, seen, redis_now) = self
+                .read_room_and_nodes(room_id)
+                .await
+                .map_err(RoomError::Unavailable)?;
+            let read = room.as_ref().map_or(0, |r| r.version);
+            let before: Vec<String> = room
+                .iter()
+                .flat_map(|r| r.members.iter().map(|m| m.user.clone()))
+                .collect();
+            let t = now();
+            let live = Live {
+                own: self.node.clone(),
+                seen,
+                // Keep-alives are in Redis's time.
+                min_alive: redis_now.saturating_sub(millis(self.node_ttl)),
+                open,
+            };
+            let Some(change) = room::apply(&mut room, op, &live, t).map_err(RoomError::Refused)?
+            else {
+                return Ok(None);
+            };
+            if let Some(r) = &mut room {
+                r.version = read + 1;
+            }
+            let written = self
+                .commit_room(room_id, read, room, &before, &change, t, grace)
+                .await
+                .map_err(RoomError::Unavailable)?;
+            if written {
+                return Ok(Some(change));
+            }
+        }
+        let why = "the room changed under every attempt";
+        Err(RoomError::Unavailable(KvError::Unavailable(why.into())))
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one compare-and-set"
+    )]
+    async fn commit_room(
+        &self,
+        room_id: &str,
+        read: u64,
+        room: Option<Room>,
+        before: &[String],
+        change: &Change,
+        now: u64,
+        grace: Duration,
+    ) -> Result<bool, KvError> {
+        let ttl = millis(room_ttl(grace));
+        let mut call = self.commit_room.prepare_invoke();
+        call.key(room_key(room_id))
+            .key(format!("room:{room_id}:users"))
+            .arg(read)
+            .arg(ttl)
+            .arg(ROOMS)
+            .arg(room_id);
+        let fields = room.as_ref().map(|r| room_fields(room_id, r, now));
+        call.arg(fields.as_ref().map_or(0, Vec::len));
+        for (field, value) in fields.iter().flatten() {
+            call.arg(*field).arg(value);
+        }
+        let mut users: Vec<&str> = before.iter().map(String::as_str).collect();
+        for m in room.iter().flat_map(|r| &r.members) {
+            if !users.contains(&m.user.as_str()) {
+                users.push(&m.user);
+            }
+        }
+        for user in &users {
+            call.key(format!("user:{user}")).arg(*user);
+            let order = room
+                .as_ref()
+                .and_then(|r| r.members.iter().position(|m| m.user == *user));
+            match order.and_then(|i| Some((i, room.as_ref()?.members.get(i)?))) {
+                Some((i, m)) => {
+                    let entry = m
+                        .at
+                        .as_ref()
+                        .map_or_else(|| "offline".to_owned(), |at| format!("online:{}", at.node));
+                    call.arg(entry).arg(i);
+                }
+                None => {
+                    call.arg("-").arg(0);
+                }
+            }
+        }
+        let broadcast = RoomBroadcast {
+            room: room_id.to_owned(),
+            event: change.event.to_owned(),
+            by: change.by.clone(),
+            state: room,
+        };
+        let payload =
+            serde_json::to_string(&broadcast).map_err(|e| KvError::Invalid(e.to_string()))?;
+        call.arg(payload);
+        let r = self
+            .store
+            .run(async |mut c| call.invoke_async::<i64>(&mut c).await)
+            .await;
+        Ok(self.answered(r)? == 1)
+    }
+
+    /// Renews the TTLs of rooms this node has members in, and of those members' entries.
+    pub(crate) async fn touch_rooms(&self, rooms: &[(String, Vec<String>)], grace: Duration) {
+        let ttl = millis(room_ttl(grace));
+        for chunk in rooms.chunks(200) {
+            let mut pipe = redis::pipe();
+            for (room, users) in chunk {
+                if users.is_empty() {
+                    continue;
+                }
+                pipe.cmd("PEXPIRE").arg(room_key(room)).arg(ttl).ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(format!("room:{room}:users"))
+                    .arg(ttl)
+                    .ignore();
+                for user in users {
+                    pipe.cmd("PEXPIRE")
+                        .arg(format!("user:{user}"))
+                        .arg(ttl)
+                        .ignore();
+                }
+            }
+            let r = self
+                .store
+                .run(async |mut c| pipe.query_async::<()>(&mut c).await)
+                .await;
+            if self.answered(r).is_err() {
+                return;
+            }
         }
     }
 }

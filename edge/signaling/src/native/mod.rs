@@ -19,6 +19,7 @@
 //!   member as a `room-state` with the server's time, so clients correct their drift.
 
 mod cluster;
+mod room;
 mod rooms;
 mod swarms;
 pub(crate) mod wire;
@@ -87,16 +88,21 @@ pub struct Hub {
     metrics: ProtocolMetrics,
     /// The other nodes' peers, through Redis; `None`: this node's alone.
     cluster: Option<Arc<Cluster>>,
+    /// The wall clock's time and tokio's at the start (the room clock of a lone hub).
+    epoch: (u64, tokio::time::Instant),
 }
 
 /// What a message still needs from the cluster once its local part is done (no lock held).
 pub(crate) enum After {
     Nothing,
+    /// A room message, answered where the room lives.
+    Room(&'static str),
     /// Write the peer in the cluster and send the peer list with other nodes' peers.
     Join {
         stream: String,
         peer: String,
         rendition: Option<String>,
+        token: u64,
     },
     /// The target is not on this node: find its node and publish the relay there.
     Relay {
@@ -110,9 +116,12 @@ pub(crate) enum After {
 #[derive(Default)]
 struct State {
     next_conn: ConnId,
+    /// The last join token given (each join of a peer id gets its own).
+    next_token: u64,
     conns: HashMap<ConnId, Conn>,
     swarms: HashMap<String, swarms::Swarm>,
-    rooms: HashMap<String, rooms::Room>,
+    /// Rooms (a clustered node: the last state of those its members are in).
+    rooms: HashMap<String, room::Room>,
     /// Connections cut (outbox full) and not yet forgotten: see [`Locked`].
     cut: Vec<ConnId>,
     /// Room members gone offline, in time order: (since, room, user).
@@ -159,7 +168,8 @@ impl std::ops::DerefMut for Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         while let Some(conn) = self.state.cut.pop() {
-            self.hub.forget(&mut self.state, conn);
+            let left = self.hub.forget(&mut self.state, conn);
+            self.hub.spawn_room_ops(left);
         }
     }
 }
@@ -179,6 +189,7 @@ impl Hub {
             state: Mutex::new(State::default()),
             metrics: metrics.protocol("signaling"),
             cluster: None,
+            epoch: (server_time(), tokio::time::Instant::now()),
         }
     }
 
@@ -227,30 +238,57 @@ impl Hub {
     }
 
     /// Forgets a connection: its peers leave their streams, its room memberships go offline
-    /// (for `room_grace`).
+    /// (for `room_grace`; in the cluster's rooms by a task: [`close`](Self::close) waits for
+    /// it).
     pub fn disconnect(&self, conn: ConnId) {
-        let mut state = self.lock();
-        self.forget(&mut state, conn);
+        let left = self.forget(&mut self.lock(), conn);
+        self.spawn_room_ops(left);
     }
 
-    fn forget(&self, state: &mut State, conn: ConnId) {
+    /// [`disconnect`](Self::disconnect), done once the cluster's rooms know (a draining node
+    /// closes its connections this way before it goes: members reconnecting elsewhere find
+    /// themselves offline, not held by a connection that is gone).
+    pub async fn close(&self, conn: ConnId) {
+        let left = self.forget(&mut self.lock(), conn);
+        for (room, op) in left {
+            self.room_op(None, &room, op, "close").await;
+        }
+    }
+
+    /// Forgets `conn` here; what is left for the cluster's rooms.
+    fn forget(&self, state: &mut State, conn: ConnId) -> Vec<(String, room::Op)> {
         let Some(c) = state.conns.remove(&conn) else {
-            return;
+            return Vec::new();
         };
         for (stream, peer) in c.joined {
             self.leave_stream(state, &stream, &peer, conn);
         }
-        let now = tokio::time::Instant::now();
-        for (room, user) in c.rooms {
-            self.go_offline(state, &room, &user, conn, now);
-        }
+        let left = self.rooms_closed(state, conn, c.rooms);
         self.metrics.connections.set(state.conns.len() as i64);
+        left
+    }
+
+    /// Runs room ops of forgotten connections in the cluster, in a task.
+    fn spawn_room_ops(&self, ops: Vec<(String, room::Op)>) {
+        let Some(cluster) = self.cluster.clone().filter(|_| !ops.is_empty()) else {
+            return;
+        };
+        let grace = self.cfg.room_grace;
+        tokio::spawn(async move {
+            for (room, op) in ops {
+                let _ = cluster
+                    .update_room(&room, &op, grace, None, &server_time)
+                    .await;
+            }
+        });
     }
 
     /// Handles one text frame from `conn`.
     pub async fn handle(&self, conn: ConnId, text: &str) {
-        let after = self.handle_here(conn, text);
-        self.finish(conn, after).await;
+        match self.handle_here(conn, text) {
+            After::Room(kind) => self.room_message(conn, kind, text).await,
+            after => self.finish(conn, after).await,
+        }
     }
 
     /// The part of a message this node answers by itself.
@@ -271,10 +309,13 @@ impl Hub {
             "join" | "peers" | "have" | "leave" | "offer" | "answer" | "ice" => {
                 self.stream_message(conn, kind, text)
             }
-            "join-room" | "leave-room" | "play" | "pause" | "seek" | "set-url" | "sync" => {
-                self.room_message(conn, kind, text);
-                After::Nothing
-            }
+            "join-room" => After::Room("join-room"),
+            "leave-room" => After::Room("leave-room"),
+            "play" => After::Room("play"),
+            "pause" => After::Room("pause"),
+            "seek" => After::Room("seek"),
+            "set-url" => After::Room("set-url"),
+            "sync" => After::Room("sync"),
             "heartbeat" => {
                 let text = wire::to_text(&wire::Heartbeat {
                     kind: "heartbeat",
@@ -299,19 +340,20 @@ impl Hub {
             return;
         };
         match after {
-            After::Nothing => {}
+            After::Nothing | After::Room(_) => {}
             After::Join {
                 stream,
                 peer,
                 rendition,
+                token,
             } => {
                 let want = self.cfg.max_peer_list;
                 let joined = cluster
-                    .join(&stream, &peer, rendition.as_deref(), want)
+                    .join(&stream, &peer, rendition.as_deref(), token, want)
                     .await;
                 if !self.joined_from_cluster(conn, &stream, &peer, joined) {
                     // Left (or closed) while the cluster answered: take it out there again.
-                    cluster.leave(&stream, &peer).await;
+                    cluster.leave(&stream, &peer, token).await;
                 }
             }
             After::Relay {
@@ -424,8 +466,8 @@ impl Hub {
         self.metrics.cluster(event);
     }
 
-    /// Every (stream, peer, rendition) of this node, for the cluster's renewal.
-    pub(crate) fn local_peers(&self) -> Vec<(String, String, Option<String>)> {
+    /// Every peer of this node, for the cluster's renewal.
+    pub(crate) fn local_peers(&self) -> Vec<cluster::LocalPeer> {
         let state = self.lock();
         state
             .swarms
@@ -433,7 +475,26 @@ impl Hub {
             .flat_map(|(stream, swarm)| {
                 swarm
                     .peers()
-                    .map(move |(peer, rendition)| (stream.clone(), peer.to_owned(), rendition))
+                    .map(move |(peer, rendition, token)| cluster::LocalPeer {
+                        stream: stream.clone(),
+                        peer: peer.to_owned(),
+                        rendition,
+                        token,
+                    })
+            })
+            .collect()
+    }
+
+    /// Those of `peers` this node no longer holds by the same join (left since).
+    pub(crate) fn gone<'a>(&self, peers: &'a [cluster::LocalPeer]) -> Vec<&'a cluster::LocalPeer> {
+        let state = self.lock();
+        peers
+            .iter()
+            .filter(|p| {
+                !state
+                    .swarms
+                    .get(&p.stream)
+                    .is_some_and(|s| s.holds(&p.peer, p.token))
             })
             .collect()
     }
@@ -545,8 +606,8 @@ impl Engine for Hub {
         Hub::handle(self, conn, text).await;
     }
 
-    fn close(&self, conn: ConnId) {
-        self.disconnect(conn);
+    async fn close(&self, conn: ConnId) {
+        Hub::close(self, conn).await;
     }
 
     fn count_drop(&self, reason: &str) {

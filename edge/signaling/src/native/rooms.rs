@@ -1,363 +1,473 @@
-//! Watch rooms: members watch one URL together; the host's play/pause/seek/set-url change the
-//! room's state, which the server keeps and sends to every online member with its time.
+//! Watch rooms on the hub: members watch one URL together; the host's play/pause/seek/set-url
+//! change the room's state, which the server keeps and sends to every online member with its
+//! time.
+//!
+//! A room lives in one home: this process's memory without a cluster, Redis with one (every
+//! node reads, changes and writes it back with a compare-and-set, and the write publishes the
+//! new state to every node, which sends it to its own members). The rules are [`room`]'s,
+//! the same for both.
 
-use super::{ConnId, Hub, State, server_time, wire};
+use super::room::{self, At, Change, Live, Op, Refusal, Room};
+use super::{ConnId, Hub, State, cluster, wire};
 use tokio::time::Instant;
 
-/// One room.
-pub(super) struct Room {
-    host: String,
-    url: String,
-    /// The position at `at`; it advances from there while `playing`.
-    position: f64,
-    at: Instant,
-    playing: bool,
-    /// In join order (the host hands over to the earliest).
-    members: Vec<Member>,
-}
-
-struct Member {
-    user: String,
-    /// Joined with a token whose `sub` is `user` (else a client-chosen id): the two never match
-    /// each other.
-    authenticated: bool,
-    /// The connection it is in the room through; `None` while offline (within its grace).
-    conn: Option<ConnId>,
-    offline_since: Option<Instant>,
-}
-
-impl Room {
-    fn current_time(&self, now: Instant) -> f64 {
-        if self.playing {
-            let t = self.position + now.saturating_duration_since(self.at).as_secs_f64();
-            t.min(1e7)
-        } else {
-            self.position
-        }
-    }
-
-    fn member(&self, user: &str) -> Option<usize> {
-        self.members.iter().position(|m| m.user == user)
-    }
-
-    /// The member the host role goes to when the host leaves: the earliest online one, else the
-    /// earliest.
-    fn successor(&self) -> Option<&str> {
-        self.members
-            .iter()
-            .find(|m| m.conn.is_some())
-            .or(self.members.first())
-            .map(|m| m.user.as_str())
-    }
+/// What a room change ended in, for the member that asked.
+enum Outcome {
+    Changed(Change),
+    Unchanged,
+    Refused(Refusal),
+    Unavailable,
 }
 
 impl Hub {
-    /// A room message; false when `kind` is not one.
-    pub(super) fn room_message(&self, conn: ConnId, kind: &str, text: &str) -> bool {
+    /// A room message (`kind` is one of the room types).
+    pub(super) async fn room_message(&self, conn: ConnId, kind: &str, text: &str) {
         match kind {
             "join-room" => {
                 if let Some(m) = self.parse::<wire::JoinRoom>(conn, kind, text) {
-                    self.join_room(conn, m);
+                    self.join_room(conn, m).await;
                 }
             }
             "leave-room" | "sync" => {
-                if let Some(m) = self.parse::<wire::RoomOnly>(conn, kind, text) {
-                    let mut state = self.lock();
-                    let Some(user) = self.member_as(&mut state, conn, &m.room_id, kind) else {
-                        return true;
-                    };
-                    if kind == "sync" {
-                        self.room_state(&mut state, &m.room_id, "sync", &user, Some(conn));
-                    } else {
-                        if let Some(c) = state.conns.get_mut(&conn) {
-                            c.rooms.remove(&m.room_id);
-                        }
-                        self.remove_member(&mut state, &m.room_id, &user, "leave");
-                    }
+                let Some(m) = self.parse::<wire::RoomOnly>(conn, kind, text) else {
+                    return;
+                };
+                let Some(user) = self.member_as(conn, &m.room_id, kind) else {
+                    return;
+                };
+                if kind == "sync" {
+                    return self.sync_room(conn, &m.room_id).await;
                 }
-            }
-            "play" | "pause" | "seek" | "set-url" => {
-                if let Some(m) = self.parse::<wire::Control>(conn, kind, text) {
-                    self.control(conn, kind, m);
+                if let Some(c) = self.lock().conns.get_mut(&conn) {
+                    c.rooms.remove(&m.room_id);
                 }
+                let op = Op::Leave {
+                    user,
+                    at: self.at(conn),
+                };
+                self.room_op(Some(conn), &m.room_id, op, kind).await;
             }
-            _ => return false,
+            _ => {
+                let Some(m) = self.parse::<wire::Control>(conn, kind, text) else {
+                    return;
+                };
+                let Some(user) = self.member_as(conn, &m.room_id, kind) else {
+                    return;
+                };
+                let kind = match kind {
+                    "play" => "play",
+                    "pause" => "pause",
+                    "seek" => "seek",
+                    _ => "set-url",
+                };
+                let op = Op::Control {
+                    kind,
+                    user,
+                    at: self.at(conn),
+                    position: m.position,
+                    url: m.url,
+                };
+                self.room_op(Some(conn), &m.room_id, op, kind).await;
+            }
         }
-        true
+    }
+
+    /// Where `conn` is, as a room member sees it.
+    fn at(&self, conn: ConnId) -> At {
+        At {
+            node: self.node_id().to_owned(),
+            conn,
+        }
+    }
+
+    /// The time rooms are kept in (ms): the wall clock when rooms span nodes, else a monotonic
+    /// clock started at the wall clock's time (grace periods follow tokio's clock).
+    pub(super) fn room_clock(&self) -> u64 {
+        if self.cluster.is_some() {
+            return super::server_time();
+        }
+        let (wall, mono) = self.epoch;
+        wall.saturating_add(
+            u64::try_from(Instant::now().saturating_duration_since(mono).as_millis())
+                .unwrap_or(u64::MAX),
+        )
     }
 
     /// The user id `conn` is in `room` as, or an error to it (`not_in_room`).
-    fn member_as(&self, state: &mut State, conn: ConnId, room: &str, kind: &str) -> Option<String> {
+    fn member_as(&self, conn: ConnId, room: &str, kind: &str) -> Option<String> {
+        let mut state = self.lock();
         let user = state.conns.get(&conn)?.rooms.get(room).cloned();
         if user.is_none() {
-            self.refuse(
-                state,
-                conn,
-                "not_in_room",
-                "join the room first",
-                Some(kind),
-            );
+            let why = "join the room first";
+            self.refuse(&mut state, conn, "not_in_room", why, Some(kind));
         }
         user
     }
 
-    fn join_room(&self, conn: ConnId, m: wire::JoinRoom) {
+    /// Who `conn` joins `m.room_id` as, checked: `Err(())` when it was refused or needs no
+    /// change (already in the room: it got the state).
+    fn joining_as(&self, conn: ConnId, m: &wire::JoinRoom) -> Result<(String, bool), ()> {
         let mut state = self.lock();
         let about = Some("join-room");
+        let no = |state: &mut State, code, why| {
+            self.refuse(state, conn, code, why, about);
+            Err(())
+        };
         if !wire::valid_id(&m.room_id) {
-            return self.refuse(&mut state, conn, "invalid_room_id", "bad roomId", about);
+            return no(&mut state, "invalid_room_id", "bad roomId");
         }
         if m.url.as_deref().is_some_and(|u| !wire::valid_url(u)) {
-            return self.refuse(&mut state, conn, "invalid_url", "bad url", about);
+            return no(&mut state, "invalid_url", "bad url");
         }
         let Some(c) = state.conns.get(&conn) else {
-            return;
+            return Err(());
         };
         // The JWT's subject is who the viewer is; a message cannot claim someone else.
         let authenticated = c.sub.is_some();
-        let user = match (&c.sub, m.user_id) {
-            (Some(sub), Some(claimed)) if claimed != *sub => {
-                let why = "userId differs from the token's subject";
-                return self.refuse(&mut state, conn, "user_mismatch", why, about);
+        let user = match (&c.sub, &m.user_id) {
+            (Some(sub), Some(claimed)) if claimed != sub => {
+                return no(
+                    &mut state,
+                    "user_mismatch",
+                    "userId differs from the token's subject",
+                );
             }
             (Some(sub), _) => sub.clone(),
-            (None, Some(user)) if wire::valid_id(&user) => user,
-            (None, Some(_)) => {
-                return self.refuse(&mut state, conn, "invalid_user_id", "bad userId", about);
-            }
+            (None, Some(user)) if wire::valid_id(user) => user.clone(),
+            (None, Some(_)) => return no(&mut state, "invalid_user_id", "bad userId"),
             (None, None) => {
                 let why = "a userId is needed without a token subject";
-                return self.refuse(&mut state, conn, "invalid_user_id", why, about);
+                return no(&mut state, "invalid_user_id", why);
             }
         };
         match c.rooms.get(&m.room_id) {
-            Some(u) if *u == user => {
-                return self.room_state(&mut state, &m.room_id, "sync", &user, Some(conn));
-            }
-            Some(_) => {
-                let why = "this connection is in the room as another user";
-                return self.refuse(&mut state, conn, "already_in_room", why, about);
-            }
-            None if c.memberships() >= self.cfg.max_per_connection => {
-                let why = "too many streams and rooms on this connection";
-                return self.refuse(&mut state, conn, "connection_full", why, about);
-            }
-            None => {}
+            Some(u) if *u == user => Ok((user, authenticated)),
+            Some(_) => no(
+                &mut state,
+                "already_in_room",
+                "this connection is in the room as another user",
+            ),
+            None if c.memberships() >= self.cfg.max_per_connection => no(
+                &mut state,
+                "connection_full",
+                "too many streams and rooms on this connection",
+            ),
+            None => Ok((user, authenticated)),
         }
-        let now = Instant::now();
-        let event = match state.rooms.get_mut(&m.room_id) {
-            None => {
-                if state.rooms.len() >= self.cfg.max_rooms {
-                    return self.refuse(&mut state, conn, "too_many_rooms", "", about);
-                }
-                let room = Room {
-                    host: user.clone(),
-                    url: m.url.unwrap_or_default(),
-                    position: 0.0,
-                    at: now,
-                    playing: false,
-                    members: vec![Member {
-                        user: user.clone(),
-                        authenticated,
-                        conn: Some(conn),
-                        offline_since: None,
-                    }],
-                };
-                state.rooms.insert(m.room_id.clone(), room);
-                self.metrics.rooms.set(state.rooms.len() as i64);
-                "join"
+    }
+
+    async fn join_room(&self, conn: ConnId, m: wire::JoinRoom) {
+        let Ok((user, authenticated)) = self.joining_as(conn, &m) else {
+            return;
+        };
+        let already = self
+            .lock()
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.rooms.contains_key(&m.room_id));
+        if already {
+            return self.sync_room(conn, &m.room_id).await;
+        }
+        let op = Op::Join {
+            user: user.clone(),
+            authenticated,
+            at: self.at(conn),
+            url: m.url,
+            max_members: self.cfg.max_room_members,
+        };
+        if self
+            .room_op(Some(conn), &m.room_id, op, "join-room")
+            .await
+            .is_none()
+        {
+            return;
+        }
+        let open = {
+            let mut state = self.lock();
+            let c = state.conns.get_mut(&conn);
+            let open = c.is_some();
+            if let Some(c) = c {
+                c.rooms.insert(m.room_id.clone(), user.clone());
             }
-            Some(room) => match room.member(&user) {
-                Some(i) => {
-                    let member = &mut room.members[i];
-                    let previous = member.conn;
-                    if member.authenticated != authenticated {
-                        // A token's subject and a client-chosen id are different people.
-                        let why = "this userId belongs to another kind of member";
-                        return self.refuse(&mut state, conn, "user_in_room", why, about);
-                    }
-                    if previous.is_some() && !authenticated {
-                        // Anyone can send a userId; only a token proves it.
-                        let why = "this userId is connected";
-                        return self.refuse(&mut state, conn, "user_in_room", why, about);
-                    }
-                    member.conn = Some(conn);
-                    member.offline_since = None;
-                    // The same viewer on a new connection: the old one is no longer in the room.
-                    if let Some(old) = previous.and_then(|p| state.conns.get_mut(&p)) {
-                        old.rooms.remove(&m.room_id);
-                    }
-                    "rejoin"
-                }
-                None if room.members.len() >= self.cfg.max_room_members => {
-                    return self.refuse(&mut state, conn, "room_full", "the room is full", about);
-                }
-                None => {
-                    room.members.push(Member {
-                        user: user.clone(),
-                        authenticated,
-                        conn: Some(conn),
-                        offline_since: None,
-                    });
-                    "join"
+            open
+        };
+        if !open {
+            // Closed while the cluster answered: its membership goes offline there too.
+            let op = Op::Offline {
+                user,
+                at: self.at(conn),
+            };
+            self.room_op(None, &m.room_id, op, "join-room").await;
+        }
+    }
+
+    /// Sends `room_id`'s state to `conn` alone.
+    async fn sync_room(&self, conn: ConnId, room_id: &str) {
+        let room = match &self.cluster {
+            None => self.lock().rooms.get(room_id).cloned(),
+            Some(cluster) => match cluster.read_room(room_id).await {
+                Ok(room) => room,
+                Err(e) => {
+                    tracing::debug!(error = %e, "signaling cluster: room not read");
+                    self.metrics.cluster("unavailable");
+                    let why = "the room store cannot be reached";
+                    return self.refuse_now(conn, "unavailable", why, Some("sync"));
                 }
             },
         };
-        if let Some(c) = state.conns.get_mut(&conn) {
-            c.rooms.insert(m.room_id.clone(), user.clone());
-        }
-        self.room_state(&mut state, &m.room_id, event, &user, None);
-    }
-
-    fn control(&self, conn: ConnId, kind: &str, m: wire::Control) {
         let mut state = self.lock();
-        let about = Some(kind);
-        let Some(user) = self.member_as(&mut state, conn, &m.room_id, kind) else {
-            return;
-        };
-        let Some(room) = state.rooms.get_mut(&m.room_id) else {
-            return;
-        };
-        if room.host != user {
-            let why = "only the host controls playback";
-            return self.refuse(&mut state, conn, "not_host", why, about);
-        }
-        if m.position.is_some_and(|p| !wire::valid_position(p)) {
-            let why = "position: seconds from 0 to 1e7";
-            return self.refuse(&mut state, conn, "invalid_position", why, about);
-        }
-        let now = Instant::now();
-        match kind {
-            "play" | "pause" => {
-                room.position = m.position.unwrap_or_else(|| room.current_time(now));
-                room.playing = kind == "play";
+        match room {
+            Some(room) => {
+                let by = state.conns.get(&conn).and_then(|c| c.rooms.get(room_id));
+                let text = room.text(room_id, "sync", by.map_or("", |u| u), self.room_clock());
+                self.send(&mut state, conn, text);
             }
-            "seek" => {
-                let Some(p) = m.position else {
-                    let why = "seek needs a position";
-                    return self.refuse(&mut state, conn, "invalid_position", why, about);
-                };
-                room.position = p;
-            }
-            _ => {
-                let Some(url) = m.url.filter(|u| wire::valid_url(u)) else {
-                    return self.refuse(&mut state, conn, "invalid_url", "bad url", about);
-                };
-                room.url = url;
-                room.position = 0.0;
-                room.playing = false;
-            }
+            None => self.refuse(&mut state, conn, "not_in_room", "no such room", None),
         }
-        room.at = now;
-        self.room_state(&mut state, &m.room_id, kind, &user, None);
     }
 
-    /// Sends the room's state to `only`, else to every online member.
-    fn room_state(
+    /// Applies `op` to room `room_id` where the room lives, and tells its members; refusals go
+    /// to `conn`. The change, if there was one.
+    pub(super) async fn room_op(
+        &self,
+        conn: Option<ConnId>,
+        room_id: &str,
+        op: Op,
+        about: &str,
+    ) -> Option<Change> {
+        let outcome = match &self.cluster {
+            None => self.room_op_here(room_id, &op),
+            Some(cluster) => {
+                let open = |c: ConnId| self.state.lock().conns.contains_key(&c);
+                let now = || self.room_clock();
+                match cluster
+                    .update_room(room_id, &op, self.cfg.room_grace, Some(&open), &now)
+                    .await
+                {
+                    Ok(Some(change)) => Outcome::Changed(change),
+                    Ok(None) => Outcome::Unchanged,
+                    Err(cluster::RoomError::Refused(r)) => Outcome::Refused(r),
+                    Err(cluster::RoomError::Unavailable(e)) => {
+                        tracing::debug!(error = %e, room = room_id, "signaling cluster: room not changed");
+                        Outcome::Unavailable
+                    }
+                }
+            }
+        };
+        let about = Some(about);
+        match (outcome, conn) {
+            (Outcome::Changed(change), _) => return Some(change),
+            (Outcome::Unchanged, _) => {}
+            (Outcome::Refused(r), Some(conn)) => {
+                self.refuse_now(conn, r.code, r.message, about);
+            }
+            (Outcome::Unavailable, conn) => {
+                self.metrics.cluster("unavailable");
+                if let Some(conn) = conn {
+                    let why = "the room store cannot be reached";
+                    self.refuse_now(conn, "unavailable", why, about);
+                }
+            }
+            (Outcome::Refused(r), None) => self.metrics.drop(r.code),
+        }
+        None
+    }
+
+    /// [`room_op`](Self::room_op) of a hub without a cluster.
+    fn room_op_here(&self, room_id: &str, op: &Op) -> Outcome {
+        let mut state = self.lock();
+        let old = state.rooms.get(room_id).cloned();
+        if old.is_none() && matches!(op, Op::Join { .. }) && state.rooms.len() >= self.cfg.max_rooms
+        {
+            return Outcome::Refused(Refusal {
+                code: "too_many_rooms",
+                message: "",
+            });
+        }
+        let mut room = old.clone();
+        let now = self.room_clock();
+        let live = Live::alone(self.node_id());
+        match room::apply(&mut room, op, &live, now) {
+            Ok(Some(change)) => {
+                if let (Op::Offline { user, .. }, Some(_)) = (op, &room) {
+                    state
+                        .offline
+                        .push_back((Instant::now(), room_id.to_owned(), user.clone()));
+                }
+                self.settle(
+                    &mut state,
+                    room_id,
+                    old.as_ref(),
+                    room,
+                    (change.event, &change.by),
+                );
+                Outcome::Changed(change)
+            }
+            Ok(None) => Outcome::Unchanged,
+            Err(r) => Outcome::Refused(r),
+        }
+    }
+
+    /// A room changed from `old` to `new` (`None`: no room): this node's connections the change
+    /// took out of it forget it, and this node's members get the new state.
+    fn settle(
         &self,
         state: &mut State,
         room_id: &str,
-        event: &str,
-        by: &str,
-        only: Option<ConnId>,
+        old: Option<&Room>,
+        new: Option<Room>,
+        (event, by): (&str, &str),
     ) {
-        let Some(room) = state.rooms.get(room_id) else {
-            return;
-        };
-        let text = wire::to_text(&wire::RoomState {
-            kind: "room-state",
-            room_id,
-            host_user_id: &room.host,
-            current_url: &room.url,
-            current_time: room.current_time(Instant::now()),
-            is_playing: room.playing,
-            server_time: server_time(),
-            event,
-            by,
-            members: room
-                .members
-                .iter()
-                .map(|m| wire::Member {
-                    user_id: &m.user,
-                    online: m.conn.is_some(),
-                })
-                .collect(),
-        });
-        let targets: Vec<ConnId> = match only {
-            Some(conn) => vec![conn],
-            None => room.members.iter().filter_map(|m| m.conn).collect(),
-        };
-        for target in targets {
-            self.send(state, target, text.clone());
+        let own = self.node_id();
+        for (user, c) in old.into_iter().flat_map(|r| r.members_on(own)) {
+            let stays = new.as_ref().is_some_and(|n| {
+                n.is_at(
+                    user,
+                    &At {
+                        node: own.to_owned(),
+                        conn: c,
+                    },
+                )
+            });
+            if !stays
+                && let Some(conn) = state.conns.get_mut(&c)
+                && conn.rooms.get(room_id).is_some_and(|u| u == user)
+            {
+                conn.rooms.remove(room_id);
+            }
         }
+        match new {
+            Some(room) => {
+                let text = room.text(room_id, event, by, self.room_clock());
+                let targets: Vec<ConnId> = room.conns_on(own).collect();
+                for target in targets {
+                    self.send(state, target, text.clone());
+                }
+                // A clustered node keeps the rooms its members are in (for its sweep).
+                if self.cluster.is_none() || room.conns_on(own).next().is_some() {
+                    state.rooms.insert(room_id.to_owned(), room);
+                } else {
+                    state.rooms.remove(room_id);
+                }
+            }
+            None => {
+                state.rooms.remove(room_id);
+            }
+        }
+        self.metrics.rooms.set(state.rooms.len() as i64);
     }
 
-    /// `conn` closed: its membership of `room` goes offline for `room_grace`.
-    pub(super) fn go_offline(
+    /// A room's new state from the cluster (any node's change, this one's included).
+    pub(crate) fn deliver_room(&self, b: cluster::RoomBroadcast) {
+        let mut state = self.lock();
+        let old = state.rooms.remove(&b.room);
+        let mine = |r: &Room| r.conns_on(self.node_id()).next().is_some();
+        if old.is_none() && !b.state.as_ref().is_some_and(mine) {
+            return;
+        }
+        self.settle(
+            &mut state,
+            &b.room,
+            old.as_ref(),
+            b.state,
+            (&b.event, &b.by),
+        );
+    }
+
+    /// `conn` closed: what its room memberships need (offline, for `room_grace`). Without a
+    /// cluster that is done here and nothing is left; with one, the ops to run there.
+    pub(super) fn rooms_closed(
         &self,
         state: &mut State,
-        room_id: &str,
-        user: &str,
         conn: ConnId,
-        now: Instant,
-    ) {
-        let Some(room) = state.rooms.get_mut(room_id) else {
-            return;
-        };
-        let Some(i) = room.member(user) else {
-            return;
-        };
-        if room.members[i].conn != Some(conn) {
-            return;
+        rooms: impl IntoIterator<Item = (String, String)>,
+    ) -> Vec<(String, Op)> {
+        let mut left = Vec::new();
+        for (room_id, user) in rooms {
+            let op = Op::Offline {
+                user,
+                at: self.at(conn),
+            };
+            if self.cluster.is_some() {
+                left.push((room_id, op));
+                continue;
+            }
+            // The state is locked already: the local op inline.
+            let old = state.rooms.get(&room_id).cloned();
+            let mut room = old.clone();
+            let live = Live::alone(self.node_id());
+            if let Ok(Some(change)) = room::apply(&mut room, &op, &live, self.room_clock()) {
+                if let Op::Offline { user, .. } = op {
+                    state
+                        .offline
+                        .push_back((Instant::now(), room_id.clone(), user));
+                }
+                self.settle(
+                    state,
+                    &room_id,
+                    old.as_ref(),
+                    room,
+                    (change.event, &change.by),
+                );
+            }
         }
-        room.members[i].conn = None;
-        room.members[i].offline_since = Some(now);
-        state
-            .offline
-            .push_back((now, room_id.to_owned(), user.to_owned()));
-        self.room_state(state, room_id, "offline", user, None);
+        left
     }
 
-    /// Members offline for longer than `room_grace` leave: the queue of members gone offline,
-    /// in time order, is read up to `now` (entries of members back online since are skipped).
+    /// Members offline for longer than `room_grace` leave (a host hands over, an empty room
+    /// goes): the queue of members gone offline, in time order, is read up to `now`.
     pub(super) fn expire_members(&self, state: &mut State, now: Instant) {
         let grace = self.cfg.room_grace;
+        let op = Op::Expire {
+            grace: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+        };
         while let Some((since, _, _)) = state.offline.front() {
             if now.saturating_duration_since(*since) < grace {
                 break;
             }
-            let Some((since, room, user)) = state.offline.pop_front() else {
+            let Some((_, room_id, _)) = state.offline.pop_front() else {
                 break;
             };
-            let still = state.rooms.get(&room).and_then(|r| {
-                let m = &r.members[r.member(&user)?];
-                Some(m.offline_since == Some(since))
-            });
-            if still == Some(true) {
-                self.remove_member(state, &room, &user, "leave");
+            let old = state.rooms.get(&room_id).cloned();
+            let mut room = old.clone();
+            let live = Live::alone(self.node_id());
+            if let Ok(Some(change)) = room::apply(&mut room, &op, &live, self.room_clock()) {
+                self.settle(
+                    state,
+                    &room_id,
+                    old.as_ref(),
+                    room,
+                    (change.event, &change.by),
+                );
             }
         }
     }
 
-    /// `user` leaves `room_id`: a host hands over, an empty room goes, the others are told.
-    fn remove_member(&self, state: &mut State, room_id: &str, user: &str, event: &str) {
-        let Some(room) = state.rooms.get_mut(room_id) else {
-            return;
+    /// The cluster's upkeep of this node's rooms (every keep-alive): their keys' TTLs renewed
+    /// while this node has members in them, and a sweep of those with members offline or on
+    /// other nodes (dead nodes' members go offline, the grace of offline ones ends).
+    pub(crate) async fn room_upkeep(&self, cluster: &cluster::Cluster) {
+        let own = self.node_id().to_owned();
+        let (touch, sweep) = {
+            let state = self.lock();
+            let mut touch = Vec::new();
+            let mut sweep = Vec::new();
+            for (id, room) in &state.rooms {
+                let users: Vec<String> = room.members_on(&own).map(|(u, _)| u.to_owned()).collect();
+                let closed = room
+                    .members_on(&own)
+                    .any(|(_, c)| !state.conns.contains_key(&c));
+                if closed || room.needs_sweep(&own) {
+                    sweep.push(id.clone());
+                }
+                touch.push((id.clone(), users));
+            }
+            (touch, sweep)
         };
-        let Some(i) = room.member(user) else {
-            return;
-        };
-        room.members.remove(i);
-        if room.members.is_empty() {
-            state.rooms.remove(room_id);
-            self.metrics.rooms.set(state.rooms.len() as i64);
-            return;
+        cluster.touch_rooms(&touch, self.cfg.room_grace).await;
+        let grace = u64::try_from(self.cfg.room_grace.as_millis()).unwrap_or(u64::MAX);
+        for id in sweep {
+            self.room_op(None, &id, Op::Expire { grace }, "sweep").await;
         }
-        if room.host == user
-            && let Some(next) = room.successor()
-        {
-            room.host = next.to_owned();
-        }
-        self.room_state(state, room_id, event, user, None);
     }
 }

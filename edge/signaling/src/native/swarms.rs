@@ -21,16 +21,23 @@ impl Swarm {
         self.peers.get(peer).map(|p| p.conn)
     }
 
-    /// (peer id, rendition) of every peer.
-    pub(super) fn peers(&self) -> impl Iterator<Item = (&str, Option<String>)> {
+    /// (peer id, rendition, join token) of every peer.
+    pub(super) fn peers(&self) -> impl Iterator<Item = (&str, Option<String>, u64)> {
         self.peers
             .iter()
-            .map(|(id, p)| (id.as_str(), p.rendition.clone()))
+            .map(|(id, p)| (id.as_str(), p.rendition.clone(), p.token))
+    }
+
+    /// Whether peer `peer` is held, by the join `token`.
+    pub(super) fn holds(&self, peer: &str, token: u64) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.token == token)
     }
 }
 
 struct Peer {
     conn: ConnId,
+    /// This join of the peer id (its entry in the cluster is this join's, not a later one's).
+    token: u64,
     rendition: Option<String>,
     /// Segments the peer said it holds, most recent last (bounded by `max_have`), and the same
     /// as a set.
@@ -200,10 +207,14 @@ impl Hub {
                         return After::Nothing;
                     }
                 }
+                state.next_token += 1;
+                let token = state.next_token;
+                let swarm = state.swarms.entry(m.stream_id.clone()).or_default();
                 swarm.peers.insert(
                     m.peer_id.clone(),
                     Peer {
                         conn,
+                        token,
                         rendition: m.rendition,
                         have: VecDeque::new(),
                         have_set: HashSet::new(),
@@ -215,15 +226,17 @@ impl Hub {
                 self.metrics.swarms.set(state.swarms.len() as i64);
             }
         }
-        if self.cluster.is_some() {
+        if self.cluster.is_some()
+            && let Some(p) = state
+                .swarms
+                .get(&m.stream_id)
+                .and_then(|s| s.peers.get(&m.peer_id))
+        {
             return After::Join {
                 stream: m.stream_id.clone(),
                 peer: m.peer_id.clone(),
-                rendition: state
-                    .swarms
-                    .get(&m.stream_id)
-                    .and_then(|s| s.peers.get(&m.peer_id))
-                    .and_then(|p| p.rendition.clone()),
+                rendition: p.rendition.clone(),
+                token: p.token,
             };
         }
         self.peer_list(&mut state, conn, &m.stream_id, &m.peer_id, None, &[]);
@@ -382,30 +395,33 @@ impl Hub {
     /// Removes peer `peer` of `conn` from `stream`, here and in the cluster; an empty stream
     /// goes.
     pub(super) fn leave_stream(&self, state: &mut State, stream: &str, peer: &str, conn: ConnId) {
-        if self.leave_here(state, stream, peer, conn)
+        if let Some(token) = self.leave_here(state, stream, peer, conn)
             && let Some(cluster) = &self.cluster
         {
             let (cluster, stream, peer) = (cluster.clone(), stream.to_owned(), peer.to_owned());
-            tokio::spawn(async move { cluster.leave(&stream, &peer).await });
+            tokio::spawn(async move { cluster.leave(&stream, &peer, token).await });
         }
     }
 
-    /// Removes peer `peer` of `conn` from `stream` on this node; whether it was there.
+    /// Removes peer `peer` of `conn` from `stream` on this node; its join token if it was
+    /// there.
     pub(super) fn leave_here(
         &self,
         state: &mut State,
         stream: &str,
         peer: &str,
         conn: ConnId,
-    ) -> bool {
+    ) -> Option<u64> {
         if let Some(c) = state.conns.get_mut(&conn) {
             c.joined.remove(stream);
         }
-        let Some(swarm) = state.swarms.get_mut(stream) else {
-            return false;
-        };
-        let was = swarm.peers.get(peer).is_some_and(|p| p.conn == conn);
-        if was {
+        let swarm = state.swarms.get_mut(stream)?;
+        let was = swarm
+            .peers
+            .get(peer)
+            .filter(|p| p.conn == conn)
+            .map(|p| p.token);
+        if was.is_some() {
             swarm.peers.remove(peer);
         }
         if swarm.peers.is_empty() {
