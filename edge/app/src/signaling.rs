@@ -2,13 +2,15 @@
 //! tracker and the native protocol, each behind its route's policy chain.
 
 use edge_config::EdgeConfig;
+use edge_events::{NewRecord, SignalingPeers};
 use edge_kv::RedisStore;
-use edge_pipeline::Mount;
+use edge_pipeline::{EventSink, Mount};
 use edge_signaling::{
-    Cluster, Hub, Limits, Metrics, SignalingConfig, SignalingService, Tracker, TrackerConfig,
-    TrackerService,
+    Cluster, Engine, Hub, Limits, Metrics, SignalingConfig, SignalingService, Tracker,
+    TrackerConfig, TrackerService,
 };
-use std::sync::Arc;
+use std::{sync::Arc, time::SystemTime};
+use tokio::{sync::mpsc, task::JoinHandle};
 
 /// The mounts at `signaling.tracker_path` and `signaling.path`, and the native protocol's hub
 /// (for health). With Redis, the hub's streams span every node sharing it. The hub's sweeper
@@ -78,6 +80,80 @@ pub(crate) fn mounts(
         },
     ];
     Ok((mounts, hub))
+}
+
+/// The hub's event tasks: with `[kafka]` (and `signaling.kafka_consumer_group`), the consumer of
+/// the streams' event topics, whose events go to the stream's peers on every node; with
+/// analytics events on, a `signaling.peers` record per stream whose peers changed, every
+/// `signaling.peer_counts_interval`.
+pub(crate) fn event_tasks(
+    cfg: &EdgeConfig,
+    hub: &Arc<Hub>,
+    analytics: Option<Arc<dyn EventSink>>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let s = &cfg.signaling;
+    let mut tasks = Vec::new();
+    if let Some(sink) = analytics {
+        let (hub, every) = (Arc::downgrade(hub), s.peer_counts_interval);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(hub) = hub.upgrade() else { return };
+                let timestamp = edge_events::timestamp(SystemTime::now());
+                for c in hub.take_peer_counts() {
+                    let event = SignalingPeers {
+                        stream_id: c.stream,
+                        node_id: hub.node_id().to_owned(),
+                        joined: c.joined,
+                        left: c.left,
+                        peers: c.peers as u64,
+                        timestamp: timestamp.clone(),
+                    };
+                    let key = event.stream_id.clone();
+                    sink.emit(NewRecord::new(&event, key));
+                }
+            }
+        }));
+    }
+    let group = &s.kafka_consumer_group;
+    if let Some(servers) = cfg.kafka.active()
+        && !group.is_empty()
+    {
+        let (tx, mut rx) = mpsc::channel::<edge_kafka::StreamEvent>(1024);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let counting = hub.clone();
+        tasks.push(edge_kafka::spawn_stream_events(
+            edge_kafka::StreamEventsConfig {
+                bootstrap_servers: servers.to_owned(),
+                streaming_prefix: cfg.kafka.topic_prefix.clone(),
+                group: group.clone(),
+                max_event: 64 * 1024,
+                properties: cfg
+                    .kafka
+                    .properties
+                    .iter()
+                    .map(|(a, b)| (a.clone(), b.clone()))
+                    .collect(),
+            },
+            tx,
+            move |why| counting.count_drop(why.as_str()),
+            stop_rx,
+        )?);
+        let hub = Arc::downgrade(hub);
+        tasks.push(tokio::spawn(async move {
+            // The consumer stops when this task ends (aborted with the role's tasks).
+            let _stop = stop_tx;
+            while let Some(event) = rx.recv().await {
+                let Some(hub) = hub.upgrade() else { return };
+                hub.stream_event(&event.stream, &event.payload).await;
+            }
+        }));
+        tracing::info!(servers, group, "signaling: stream events from Kafka");
+    }
+    Ok(tasks)
 }
 
 /// `<host name>-<6 hex digits>`: unique per start, recognisable per machine or pod.

@@ -99,6 +99,12 @@ pub(crate) const OVERRIDES: &[(&str, &str, &str, Kind)] = &[
     ("SEEDER_ADVERTISE", "seeder", "advertise", Kind::Str),
     ("SEEDER_ID", "seeder", "id", Kind::Str),
     ("NODE_ID", "signaling", "node_id", Kind::Str),
+    (
+        "KAFKA_CONSUMER_GROUP",
+        "signaling",
+        "kafka_consumer_group",
+        Kind::Str,
+    ),
     ("EDGE_CACHE_MEMORY", "cache", "memory", Kind::Str),
     ("EDGE_POLICIES", "policies", "file", Kind::Path),
     ("SIGNED_URL_SECRET", "signed_url", "secret", Kind::Str),

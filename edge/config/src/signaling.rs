@@ -52,6 +52,15 @@ pub struct SignalingConfig {
     /// Default `30s`.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// With `[kafka]`: the consumer group reading the streams' event topics
+    /// (`<kafka.topic_prefix>.<stream id>.events`), whose events go to the stream's peers on
+    /// every node. One group for the cluster: each event is read by one node, which fans it out.
+    /// Env `KAFKA_CONSUMER_GROUP`. Default `edge-signaling`; empty: no consumer.
+    pub kafka_consumer_group: String,
+    /// How often the peers that joined and left each stream are recorded (`signaling.peers`
+    /// events, with `events.analytics`). Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub peer_counts_interval: Duration,
 }
 
 impl Default for SignalingConfig {
@@ -73,6 +82,8 @@ impl Default for SignalingConfig {
             max_message: ByteSize::kib(64),
             messages_per_second: 50,
             ping_interval: Duration::from_secs(30),
+            kafka_consumer_group: "edge-signaling".into(),
+            peer_counts_interval: Duration::from_secs(10),
         }
     }
 }
@@ -125,6 +136,15 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
     }
     if s.max_peer_list == 0 || s.max_peer_list > 1000 {
         bad("signaling.max_peer_list", "must be between 1 and 1000");
+    }
+    if s.kafka_consumer_group.len() > 255 || s.kafka_consumer_group.chars().any(char::is_control) {
+        bad(
+            "signaling.kafka_consumer_group",
+            "must be at most 255 characters, none of them control characters",
+        );
+    }
+    if s.peer_counts_interval < Duration::from_secs(1) {
+        bad("signaling.peer_counts_interval", "must be at least 1s");
     }
     if s.max_rooms == 0 {
         bad("signaling.max_rooms", "must be at least 1");

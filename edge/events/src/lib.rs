@@ -87,8 +87,8 @@ pub use ship::{ShipperConfig, spawn_shipper};
 pub use spool::{FsyncPolicy, Spool, SpoolConfig, SpoolStats};
 pub use tail::{TailOptions, tail};
 pub use types::{
-    CacheFill, Event, EventKind, NewRecord, PolicyDenied, ProgressUpdate, Record, StreamStart,
-    StreamStop, Topics, timestamp,
+    CacheFill, Event, EventKind, NewRecord, PolicyDenied, ProgressUpdate, Record, SignalingPeers,
+    StreamStart, StreamStop, Topics, timestamp,
 };
 
 /// A destination the shipper drains the spool into.

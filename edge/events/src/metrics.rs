@@ -40,8 +40,8 @@ fn kind_index(kind: EventKind) -> usize {
 /// | `edge_events_corrupt_frames_total` | counter | damaged frames found (truncated at open or skipped by a cursor) |
 #[derive(Debug, Clone)]
 pub(crate) struct SpoolMetrics {
-    appended: [IntCounter; 5],
-    dropped: [[IntCounter; 3]; 5],
+    appended: [IntCounter; EventKind::ALL.len()],
+    dropped: [[IntCounter; 3]; EventKind::ALL.len()],
     pub(crate) bytes: IntGauge,
     pub(crate) backlog: IntGauge,
     pub(crate) limit: IntGauge,

@@ -22,16 +22,20 @@ pub enum EventKind {
     /// A cache tier was filled from below (analytics).
     #[serde(rename = "cache.fill")]
     CacheFill,
+    /// Peers joined and left a stream on a signaling node over a period (analytics).
+    #[serde(rename = "signaling.peers")]
+    SignalingPeers,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         Self::StreamStart,
         Self::ProgressUpdate,
         Self::StreamStop,
         Self::PolicyDenied,
         Self::CacheFill,
+        Self::SignalingPeers,
     ];
 
     /// `stream.start`, …: the name in logs, metrics and the spool.
@@ -42,6 +46,7 @@ impl EventKind {
             Self::StreamStop => "stream.stop",
             Self::PolicyDenied => "policy.denied",
             Self::CacheFill => "cache.fill",
+            Self::SignalingPeers => "signaling.peers",
         }
     }
 }
@@ -75,6 +80,7 @@ impl Topics {
             EventKind::StreamStop => (&self.streaming_prefix, "stop"),
             EventKind::PolicyDenied => (&self.analytics_prefix, "policy.denied"),
             EventKind::CacheFill => (&self.analytics_prefix, "cache.fill"),
+            EventKind::SignalingPeers => (&self.analytics_prefix, "signaling.peers"),
         };
         format!("{prefix}.{name}")
     }
@@ -190,6 +196,27 @@ impl Event for StreamStop {
 impl Event for PolicyDenied {
     const KIND: EventKind = EventKind::PolicyDenied;
 }
+/// Payload of `signaling.peers`: one stream on one signaling node over one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalingPeers {
+    /// The stream id peers joined.
+    pub stream_id: String,
+    /// The signaling node.
+    pub node_id: String,
+    /// Peers that joined over the period.
+    pub joined: u64,
+    /// Peers that left over it.
+    pub left: u64,
+    /// The stream's peers on the node at its end.
+    pub peers: u64,
+    /// [`timestamp`] of the period's end.
+    pub timestamp: String,
+}
+
+impl Event for SignalingPeers {
+    const KIND: EventKind = EventKind::SignalingPeers;
+}
+
 impl Event for CacheFill {
     const KIND: EventKind = EventKind::CacheFill;
 }

@@ -87,9 +87,14 @@
 //! - After a restart librdkafka reconnects on its back-off (`reconnect.backoff.max.ms`, 10 s):
 //!   the interrupted batch completed 4-11 s after the broker was back.
 
+mod consumer;
 mod context;
 mod sink;
 
+pub use consumer::{
+    Skipped, StreamEvent, StreamEventsConfig, check as check_stream_event, spawn_stream_events,
+    stream_of_topic,
+};
 pub use sink::KafkaSink;
 
 use edge_events::Topics;

@@ -122,6 +122,19 @@ impl Default for Limits {
     }
 }
 
+/// Peers that joined and left one stream over a period, and its peers on this node at its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCounts {
+    /// The stream id.
+    pub stream: String,
+    /// Peers that joined.
+    pub joined: u64,
+    /// Peers that left.
+    pub left: u64,
+    /// Peers of the stream on this node now.
+    pub peers: usize,
+}
+
 /// Who is on the other end of a connection, as the upgrade request's policies found.
 #[derive(Debug, Clone, Default)]
 pub struct Viewer {
@@ -281,6 +294,10 @@ impl ProtocolMetrics {
 
     fn cluster(&self, event: &str) {
         self.cluster.with_label_values(&[event]).inc();
+    }
+
+    fn cluster_n(&self, event: &str, n: u64) {
+        self.cluster.with_label_values(&[event]).inc_by(n);
     }
 }
 

@@ -5,6 +5,7 @@ use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
     message::Headers,
+    producer::{BaseProducer, BaseRecord, Producer},
 };
 use std::{
     fs::File,
@@ -276,4 +277,20 @@ pub fn consume(
         }
     }
     out
+}
+
+/// Produces one record to `topic` with a plain librdkafka producer (what another service
+/// publishing to the edge's topics would run) and waits until the broker took it.
+pub fn produce(bootstrap: &str, topic: &str, key: &str, payload: &str) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("kafka producer");
+    producer
+        .send(BaseRecord::to(topic).key(key).payload(payload))
+        .map_err(|(e, _)| e)
+        .unwrap_or_else(|e| panic!("produce to {topic}: {e}"));
+    producer
+        .flush(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("flush to {topic}: {e}"));
 }

@@ -15,7 +15,7 @@ mod kafka;
 mod relay;
 mod user_service;
 
-pub use kafka::{Consumed, Tansu, consume};
+pub use kafka::{Consumed, Tansu, consume, produce};
 pub use user_service::UserService;
 
 use std::{

@@ -38,6 +38,8 @@ pub(crate) struct EdgeRole {
     pub(crate) streaming: Streaming,
     pub(crate) health: Arc<health::Monitor>,
     control: Arc<PolicyControl>,
+    /// The signaling role's event tasks (Kafka stream events in, peer counts out).
+    signaling_tasks: Vec<JoinHandle<()>>,
     cfg: EdgeConfig,
 }
 
@@ -118,12 +120,13 @@ impl EdgeRole {
             pipeline = pipeline.with_events(sink);
         }
         let pipeline = Arc::new(pipeline);
-        let (signaling, hub) = if cfg.runs(edge_config::Role::Signaling) {
+        let (signaling, hub, signaling_tasks) = if cfg.runs(edge_config::Role::Signaling) {
             let (mounts, hub) =
                 crate::signaling::mounts(cfg, shared.redis.as_ref(), shared.registry)?;
-            (mounts, Some(hub))
+            let tasks = crate::signaling::event_tasks(cfg, &hub, streaming.analytics(cfg))?;
+            (mounts, Some(hub), tasks)
         } else {
-            (Vec::new(), None)
+            (Vec::new(), None, Vec::new())
         };
         let health = Arc::new(health::Monitor::new(
             upstream.clone(),
@@ -150,6 +153,7 @@ impl EdgeRole {
             streaming,
             health,
             control: policies.control,
+            signaling_tasks,
             cfg: cfg.clone(),
         })
     }
@@ -190,6 +194,7 @@ impl Role for EdgeRole {
         if !self.cfg.policies.watch_interval.is_zero() {
             tasks.push(self.control.clone().watch(self.cfg.policies.watch_interval));
         }
+        tasks.append(&mut self.signaling_tasks);
         tasks
     }
 

@@ -348,6 +348,34 @@ impl Cluster {
         Ok(self.answered(r)? > 0)
     }
 
+    /// Publishes `envelope` to every other node (dead ones included: nobody listens there);
+    /// how many received it.
+    pub(crate) async fn publish_to_others(&self, envelope: &Envelope) -> Result<u64, KvError> {
+        let payload =
+            serde_json::to_string(envelope).map_err(|e| KvError::Invalid(e.to_string()))?;
+        let r = self
+            .store
+            .run(async |mut c| {
+                redis::cmd("ZRANGE")
+                    .arg(NODES)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async::<Vec<String>>(&mut c)
+                    .await
+            })
+            .await;
+        let nodes = self.answered(r)?;
+        let mut pipe = redis::pipe();
+        for node in nodes.iter().filter(|n| **n != self.node) {
+            pipe.cmd("PUBLISH").arg(Self::channel(node)).arg(&payload);
+        }
+        let r = self
+            .store
+            .run(async |mut c| pipe.query_async::<Vec<u64>>(&mut c).await)
+            .await;
+        Ok(self.answered(r)?.iter().sum())
+    }
+
     /// Says this node is alive, and writes `peers` (stream, peer, rendition) again with a fresh
     /// TTL (so they come back after a Redis restart or outage), unless another live node holds
     /// one now: those are returned (stream, peer), for the hub to evict.

@@ -122,6 +122,8 @@ struct State {
     swarms: HashMap<String, swarms::Swarm>,
     /// Rooms (a clustered node: the last state of those its members are in).
     rooms: HashMap<String, room::Room>,
+    /// Stream → peers joined and left since [`Hub::take_peer_counts`].
+    counts: HashMap<String, (u64, u64)>,
     /// Connections cut (outbox full) and not yet forgotten: see [`Locked`].
     cut: Vec<ConnId>,
     /// Room members gone offline, in time order: (since, room, user).
@@ -436,6 +438,11 @@ impl Hub {
     /// A relay from another node for a peer of this one.
     pub(crate) fn deliver(&self, envelope: cluster::Envelope) {
         let mut state = self.lock();
+        if envelope.p.is_empty() {
+            // A stream event: to every peer of the stream here.
+            self.metrics.cluster("event_in");
+            return self.to_stream(&mut state, &envelope.s, &envelope.m.into());
+        }
         let target = state
             .swarms
             .get(&envelope.s)
@@ -447,6 +454,69 @@ impl Hub {
             }
             None => self.metrics.cluster("relay_in_no_peer"),
         }
+    }
+
+    /// Sends `text` to every peer of `stream` on this node.
+    fn to_stream(&self, state: &mut State, stream: &str, text: &Arc<str>) {
+        let Some(swarm) = state.swarms.get(stream) else {
+            return;
+        };
+        let conns: Vec<ConnId> = swarm.conns().collect();
+        for conn in conns {
+            self.send(state, conn, text.clone());
+        }
+    }
+
+    /// An event of `stream` (a JSON value, from Kafka's `stream.<id>.events`) to every peer of
+    /// the stream, on every node of the cluster: `{"type":"stream-event","streamId","event"}`.
+    /// Whether it was a JSON value for a valid stream id.
+    pub async fn stream_event(&self, stream: &str, payload: &str) -> bool {
+        let Ok(event) = serde_json::from_str::<&serde_json::value::RawValue>(payload) else {
+            self.metrics.drop("bad_event");
+            return false;
+        };
+        if !wire::valid_id(stream) {
+            self.metrics.drop("bad_event");
+            return false;
+        }
+        let text = wire::to_text(&wire::StreamEvent {
+            kind: "stream-event",
+            stream_id: stream,
+            event,
+        });
+        self.metrics.message("stream-event");
+        self.to_stream(&mut self.lock(), stream, &text);
+        if let Some(cluster) = &self.cluster {
+            let envelope = cluster::Envelope {
+                s: stream.to_owned(),
+                p: String::new(),
+                m: text.to_string(),
+            };
+            match cluster.publish_to_others(&envelope).await {
+                Ok(n) => self.metrics.cluster_n("event_out", n),
+                Err(e) => {
+                    tracing::debug!(error = %e, "signaling cluster: stream event not fanned out");
+                    self.metrics.cluster("unavailable");
+                }
+            }
+        }
+        true
+    }
+
+    /// Peers joined and left per stream since the last call, with the stream's peers here now
+    /// (published as `signaling.peers` events).
+    pub fn take_peer_counts(&self) -> Vec<crate::PeerCounts> {
+        let mut state = self.lock();
+        let counts = std::mem::take(&mut state.counts);
+        counts
+            .into_iter()
+            .map(|(stream, (joined, left))| crate::PeerCounts {
+                peers: state.swarms.get(&stream).map_or(0, swarms::Swarm::len),
+                stream,
+                joined,
+                left,
+            })
+            .collect()
     }
 
     /// Peer `peer` of `stream` is another live node's now (taken while this one could not

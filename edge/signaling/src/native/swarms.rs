@@ -28,6 +28,11 @@ impl Swarm {
             .map(|(id, p)| (id.as_str(), p.rendition.clone(), p.token))
     }
 
+    /// The connections of every peer.
+    pub(super) fn conns(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.peers.values().map(|p| p.conn)
+    }
+
     /// Whether peer `peer` is held, by the join `token`.
     pub(super) fn holds(&self, peer: &str, token: u64) -> bool {
         self.peers.get(peer).is_some_and(|p| p.token == token)
@@ -209,6 +214,7 @@ impl Hub {
                 }
                 state.next_token += 1;
                 let token = state.next_token;
+                count(&mut state, &m.stream_id, true);
                 let swarm = state.swarms.entry(m.stream_id.clone()).or_default();
                 swarm.peers.insert(
                     m.peer_id.clone(),
@@ -427,7 +433,24 @@ impl Hub {
         if swarm.peers.is_empty() {
             state.swarms.remove(stream);
         }
+        if was.is_some() {
+            count(state, stream, false);
+        }
         self.metrics.swarms.set(state.swarms.len() as i64);
         was
+    }
+}
+
+/// Counts a peer joined (or left) `stream`, for [`Hub::take_peer_counts`] (streams beyond
+/// 100 000 in one period are not counted).
+fn count(state: &mut State, stream: &str, joined: bool) {
+    if !state.counts.contains_key(stream) && state.counts.len() >= 100_000 {
+        return;
+    }
+    let entry = state.counts.entry(stream.to_owned()).or_default();
+    if joined {
+        entry.0 += 1;
+    } else {
+        entry.1 += 1;
     }
 }

@@ -9,6 +9,10 @@
 //! | `offer`, `answer`, `ice` | `streamId`, `to`, `sdp` / `candidate` | relayed with `from` |
 //! | `leave` | `streamId` | — |
 //! | `heartbeat` | — | `heartbeat` with `serverTime` |
+//!
+//! And from the server alone: `stream-event` {`streamId`, `event`}, an event of the stream read
+//! from Kafka (`stream.<id>.events`: stream ended, rendition added, announcements), to every
+//! peer of the stream on every node.
 //! | `join-room` | `roomId`, `userId`?, `url`? | `room-state` to all members |
 //! | `leave-room` | `roomId` | `room-state` to the others |
 //! | `play`, `pause` | `roomId`, `position`? | `room-state` to all (host only) |
@@ -132,6 +136,16 @@ pub(crate) struct Relayed<'a> {
     pub sdp: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub candidate: Option<&'a RawValue>,
+}
+
+/// An event of the stream from Kafka (`stream.<id>.events`), to every peer of the stream.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StreamEvent<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub stream_id: &'a str,
+    pub event: &'a RawValue,
 }
 
 #[derive(Serialize)]
