@@ -29,6 +29,7 @@ if [[ "${1:-}" == "--test" ]]; then
     python3 # http.server: the HTTP origin that ignores Range (edge-origin/tests/http.rs)
     curl # range requests as a client (edge-integration/tests/large.rs); not in a minimal Debian
     nodejs # the npm bittorrent-tracker server, the tracker's reference (edge-integration/tests/signaling.rs)
+    chromium # headless player pages: hls.js + p2p-media-loader over WebRTC (edge-integration/tests/browser.rs)
   )
   # Debian packages npm apart from nodejs; NodeSource's nodejs brings its own.
   command -v npm >/dev/null || packages+=(npm)
@@ -77,6 +78,14 @@ if [[ "${1:-}" == "--test" ]]; then
     echo "setup: installing the npm bittorrent-tracker reference ($ref)" >&2
     (cd "$ref" && npm ci --ignore-scripts --omit=optional --no-audit --no-fund --loglevel=error)
     phase "npm reference tracker installed"
+  fi
+  # The browser test's player (hls.js, p2p-media-loader) and playwright-core to drive Chromium
+  # (Debian's, above: playwright downloads no browser with --ignore-scripts).
+  pages=edge/integration/tests/browser
+  if [[ ! -d $pages/node_modules/p2p-media-loader-hlsjs || $pages/package-lock.json -nt $pages/node_modules/.package-lock.json ]]; then
+    echo "setup: installing the browser test's npm packages ($pages)" >&2
+    (cd "$pages" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+    phase "browser test packages installed"
   fi
   # tansu's default features have no storage engine; dynostore brings memory:// and s3://
   # (../shared/infra.md, section Kafka).
