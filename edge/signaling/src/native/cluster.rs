@@ -106,23 +106,30 @@ end
 return 0";
 
 /// Rewrites this node's peers (KEYS[i] is the hash of ARGV pair i after the first three) where
-/// the entry is absent, already this node's, or its owner is dead; returns the 1-based indexes
-/// of the peers another live node holds now (taken while this node could not reach Redis).
+/// the entry is absent, this node's from the same join or an older one, or its owner is dead;
+/// returns the 1-based indexes of the peers another live node holds now (taken while this node
+/// could not reach Redis). A newer join's entry is left alone: the renewal's list was read
+/// before it (the peer left and joined again meanwhile).
 const RENEW: &str = r"
 local node, ttl, min_alive = ARGV[1], ARGV[2], now - tonumber(ARGV[3])
 local taken = {}
 for i = 1, #KEYS - 1 do
   local key, peer, value = KEYS[i + 1], ARGV[2 + 2 * i], ARGV[3 + 2 * i]
   local cur = redis.call('HGET', key, peer)
-  local mine = true
+  local mine, write = true, true
   if cur then
     local owner = string.match(cur, '^([^\t]*)')
     if owner ~= node then
       local seen = redis.call('ZSCORE', KEYS[1], owner)
       if seen and tonumber(seen) >= min_alive then mine = false end
+    else
+      local theirs = tonumber(string.match(cur, '\t([^\t]*)$') or '')
+      local ours = tonumber(string.match(value, '\t([^\t]*)$'))
+      if theirs and theirs > ours then write = false end
     end
   end
-  if mine then
+  if not write then
+  elseif mine then
     redis.call('HSET', key, peer, value)
     redis.call('PEXPIRE', key, ttl)
   else

@@ -186,9 +186,14 @@ fn server_time() -> u64 {
 impl Hub {
     /// An empty hub serving this node's peers alone.
     pub fn new(cfg: SignalingConfig, metrics: &Metrics) -> Self {
+        // Join tokens grow across restarts of a node too (its entries outlive it in Redis).
+        let state = State {
+            next_token: server_time().saturating_mul(1000),
+            ..State::default()
+        };
         Self {
             cfg,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             metrics: metrics.protocol("signaling"),
             cluster: None,
             epoch: (server_time(), tokio::time::Instant::now()),
