@@ -434,9 +434,11 @@ async fn a_watch_room_spans_two_edges_hands_over_and_survives_a_drain() {
     )
     .await;
     let playing = room_event(&mut bob, "play").await;
-    assert_eq!(
-        (&playing["isPlaying"], &playing["currentTime"]),
-        (&json!(true), &json!(30.0))
+    // Playing: the position is the one at the server's time (a millisecond or so later).
+    let at = playing["currentTime"].as_f64().unwrap();
+    assert!(
+        playing["isPlaying"] == true && (30.0..31.0).contains(&at),
+        "{playing}"
     );
     send(
         &mut alice,
