@@ -94,6 +94,7 @@ pub(crate) fn event_tasks(
     let s = &cfg.signaling;
     let mut tasks = Vec::new();
     if let Some(sink) = analytics {
+        hub.count_peers();
         let (hub, every) = (Arc::downgrade(hub), s.peer_counts_interval);
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -122,9 +123,17 @@ pub(crate) fn event_tasks(
     if let Some(servers) = cfg.kafka.active()
         && !group.is_empty()
     {
+        // One group per cluster: each event is read by one node and fanned out through Redis.
+        // A node without Redis cannot fan out: it reads every event itself, in a group of its
+        // own.
+        let group = if hub.cluster_up().is_some() {
+            group.clone()
+        } else {
+            format!("{group}-{}", hub.node_id())
+        };
         let (tx, mut rx) = mpsc::channel::<edge_kafka::StreamEvent>(1024);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let counting = hub.clone();
+        let counting = Arc::downgrade(hub);
         tasks.push(edge_kafka::spawn_stream_events(
             edge_kafka::StreamEventsConfig {
                 bootstrap_servers: servers.to_owned(),
@@ -139,7 +148,11 @@ pub(crate) fn event_tasks(
                     .collect(),
             },
             tx,
-            move |why| counting.count_drop(why.as_str()),
+            move |why| {
+                if let Some(hub) = counting.upgrade() {
+                    hub.count_drop(why.as_str());
+                }
+            },
             stop_rx,
         )?);
         let hub = Arc::downgrade(hub);

@@ -85,7 +85,7 @@ enum EventsCommand {
         #[arg(long, short)]
         follow: bool,
         /// Only events of this kind: stream.start, stream.progress, stream.stop, policy.denied,
-        /// cache.fill.
+        /// cache.fill, signaling.peers.
         #[arg(long)]
         kind: Option<String>,
     },

@@ -45,6 +45,21 @@ async fn send(ws: &mut Client, v: Value) {
     ws.send(Message::text(v.to_string())).await.unwrap();
 }
 
+/// The close frame the server sends (within 5 s), frames before it skipped.
+async fn close_frame(ws: &mut Client) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(frame)) = m {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("a close within 5 s")
+    .expect("a close frame")
+}
+
 /// The next text message (within 5 s), as JSON.
 async fn recv(ws: &mut Client) -> Value {
     let m = tokio::time::timeout(Duration::from_secs(5), async {
@@ -286,17 +301,7 @@ async fn the_host_runs_the_room_and_keeps_it_across_a_reconnect() {
     assert_eq!(recv(&mut guest).await["hostUserId"], "bob");
     // A drain closes with 1001 and a reconnect hint, as for the tracker.
     let shutdown = tokio::spawn(async move { edge.edge.shutdown().await });
-    let frame = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(m) = guest.next().await {
-            if let Ok(Message::Close(frame)) = m {
-                return frame;
-            }
-        }
-        None
-    })
-    .await
-    .expect("a close within 5 s")
-    .expect("a close frame");
+    let frame = close_frame(&mut guest).await;
     assert_eq!(frame.code, CloseCode::Away);
     drop(guest);
     drop(again);
@@ -463,17 +468,7 @@ async fn a_watch_room_spans_two_edges_hands_over_and_survives_a_drain() {
     // Edge A drains (what SIGTERM runs): carol gets 1001, B sees her offline, and she
     // reconnects to B with the room intact.
     let shutdown = tokio::spawn(async move { a.edge.shutdown().await });
-    let frame = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(m) = carol.next().await {
-            if let Ok(Message::Close(frame)) = m {
-                return frame;
-            }
-        }
-        None
-    })
-    .await
-    .expect("a close within 5 s")
-    .expect("a close frame");
+    let frame = close_frame(&mut carol).await;
     assert_eq!(frame.code, CloseCode::Away);
     assert_eq!(room_event(&mut bob, "offline").await["by"], "carol");
     drop((alice, carol));

@@ -1,8 +1,9 @@
 //! The consumer of per-stream event topics (`<streaming_prefix>.<stream id>.events`: stream
 //! ended, rendition added, announcements) that the signaling role pushes to the stream's peers.
 //!
-//! One consumer group across the nodes (`KAFKA_CONSUMER_GROUP`): each event is read by one node,
-//! which fans it out to every node with peers of the stream (the signaling cluster does that);
+//! One consumer group across the nodes of a signaling cluster (`KAFKA_CONSUMER_GROUP`): each
+//! event is read by one node, which fans it out to every node (the cluster does that; an edge
+//! without one takes a group of its own, see edge-app);
 //! a new group starts at the newest events (they are live notices, not a log to replay). The
 //! topic set is a pattern, so streams created later are picked up by the metadata refresh
 //! (`topic.metadata.refresh.interval.ms`, 10 s here).
@@ -92,17 +93,11 @@ pub fn check(
     })
 }
 
-/// The regex subscription of `prefix` (librdkafka matches it against every topic).
+/// The regex subscription of `prefix` (librdkafka matches it against every topic). Topic names
+/// hold `[A-Za-z0-9._-]`; of those only `.` means something to a regex (and librdkafka's regex
+/// engine refuses needless escapes such as `\_`).
 fn pattern(prefix: &str) -> String {
-    let mut p = String::from("^");
-    for c in prefix.chars() {
-        if !c.is_ascii_alphanumeric() {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push_str("\\..+\\.events$");
-    p
+    format!("^{}\\..+\\.events$", prefix.replace('.', "\\."))
 }
 
 /// Reads stream events until `stop` turns true: good ones go to `events` (waited for: a slow
@@ -179,6 +174,7 @@ mod tests {
         assert_eq!(stream_of_topic("stream", "streamx.a.events"), None);
         assert_eq!(pattern("stream"), r"^stream\..+\.events$");
         assert_eq!(pattern("my.streams"), r"^my\.streams\..+\.events$");
+        assert_eq!(pattern("my_stream-s"), r"^my_stream-s\..+\.events$");
         let ok = check(
             "stream",
             100,

@@ -355,18 +355,20 @@ impl Cluster {
         Ok(self.answered(r)? > 0)
     }
 
-    /// Publishes `envelope` to every other node (dead ones included: nobody listens there);
-    /// how many received it.
+    /// Publishes `envelope` to every other node seen alive in the last two `node_ttl`s; how
+    /// many received it.
     pub(crate) async fn publish_to_others(&self, envelope: &Envelope) -> Result<u64, KvError> {
         let payload =
             serde_json::to_string(envelope).map_err(|e| KvError::Invalid(e.to_string()))?;
         let r = self
             .store
             .run(async |mut c| {
-                redis::cmd("ZRANGE")
+                // By this node's clock, with a margin: a filter, not the liveness rule.
+                let since = super::server_time().saturating_sub(millis(self.node_ttl * 2));
+                redis::cmd("ZRANGEBYSCORE")
                     .arg(NODES)
-                    .arg(0)
-                    .arg(-1)
+                    .arg(since)
+                    .arg("+inf")
                     .query_async::<Vec<String>>(&mut c)
                     .await
             })

@@ -122,8 +122,10 @@ struct State {
     swarms: HashMap<String, swarms::Swarm>,
     /// Rooms (a clustered node: the last state of those its members are in).
     rooms: HashMap<String, room::Room>,
-    /// Stream → peers joined and left since [`Hub::take_peer_counts`].
+    /// Stream → peers joined and left since [`Hub::take_peer_counts`] (only once
+    /// [`Hub::count_peers`] was called).
     counts: HashMap<String, (u64, u64)>,
+    peer_counts: bool,
     /// Connections cut (outbox full) and not yet forgotten: see [`Locked`].
     cut: Vec<ConnId>,
     /// Room members gone offline, in time order: (since, room, user).
@@ -497,6 +499,11 @@ impl Hub {
                 p: String::new(),
                 m: text.to_string(),
             };
+            if !cluster.is_up() {
+                // Not waiting for a Redis that is away: this node's peers have it.
+                self.metrics.cluster("unavailable");
+                return true;
+            }
             match cluster.publish_to_others(&envelope).await {
                 Ok(n) => self.metrics.cluster_n("event_out", n),
                 Err(e) => {
@@ -506,6 +513,12 @@ impl Hub {
             }
         }
         true
+    }
+
+    /// Counts the peers that join and leave each stream from now on, for
+    /// [`take_peer_counts`](Self::take_peer_counts) (off until called: nobody would take them).
+    pub fn count_peers(&self) {
+        self.lock().peer_counts = true;
     }
 
     /// Peers joined and left per stream since the last call, with the stream's peers here now

@@ -253,13 +253,7 @@ pub(crate) fn apply(
             now,
         ),
         Op::Leave { user, at } => {
-            let Some(r) = room.as_mut() else {
-                return Ok(None);
-            };
-            let Some(i) = r
-                .member(user)
-                .filter(|&i| r.members[i].at.as_ref() == Some(at))
-            else {
+            let Some((r, i)) = member_at(room, user, at) else {
                 return Ok(None);
             };
             if !r.remove(i) {
@@ -271,13 +265,7 @@ pub(crate) fn apply(
             }))
         }
         Op::Offline { user, at } => {
-            let Some(r) = room.as_mut() else {
-                return Ok(None);
-            };
-            let Some(i) = r
-                .member(user)
-                .filter(|&i| r.members[i].at.as_ref() == Some(at))
-            else {
+            let Some((r, i)) = member_at(room, user, at) else {
                 return Ok(None);
             };
             r.members[i].at = None;
@@ -308,6 +296,15 @@ pub(crate) fn apply(
         }
         Op::Expire { grace } => Ok(expire(room, *grace, live, now)),
     }
+}
+
+/// The room and the index of member `user` if it is in it through `at`.
+fn member_at<'a>(room: &'a mut Option<Room>, user: &str, at: &At) -> Option<(&'a mut Room, usize)> {
+    let r = room.as_mut()?;
+    let i = r
+        .member(user)
+        .filter(|&i| r.members[i].at.as_ref() == Some(at))?;
+    Some((r, i))
 }
 
 #[expect(clippy::too_many_arguments, reason = "the fields of Op::Join")]

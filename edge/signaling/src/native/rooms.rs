@@ -276,36 +276,50 @@ impl Hub {
     /// [`room_op`](Self::room_op) of a hub without a cluster.
     fn room_op_here(&self, room_id: &str, op: &Op) -> Outcome {
         let mut state = self.lock();
-        let old = state.rooms.get(room_id).cloned();
-        if old.is_none() && matches!(op, Op::Join { .. }) && state.rooms.len() >= self.cfg.max_rooms
+        if !state.rooms.contains_key(room_id)
+            && matches!(op, Op::Join { .. })
+            && state.rooms.len() >= self.cfg.max_rooms
         {
             return Outcome::Refused(Refusal {
                 code: "too_many_rooms",
                 message: "",
             });
         }
-        let mut room = old.clone();
-        let now = self.room_clock();
-        let live = Live::alone(self.node_id());
-        match room::apply(&mut room, op, &live, now) {
-            Ok(Some(change)) => {
-                if let (Op::Offline { user, .. }, Some(_)) = (op, &room) {
-                    state
-                        .offline
-                        .push_back((Instant::now(), room_id.to_owned(), user.clone()));
-                }
-                self.settle(
-                    &mut state,
-                    room_id,
-                    old.as_ref(),
-                    room,
-                    (change.event, &change.by),
-                );
-                Outcome::Changed(change)
-            }
+        match self.apply_here(&mut state, room_id, op) {
+            Ok(Some(change)) => Outcome::Changed(change),
             Ok(None) => Outcome::Unchanged,
             Err(r) => Outcome::Refused(r),
         }
+    }
+
+    /// Applies `op` to room `room_id` of a hub without a cluster (the state locked), tells the
+    /// members, and queues a member gone offline for the sweep.
+    fn apply_here(
+        &self,
+        state: &mut State,
+        room_id: &str,
+        op: &Op,
+    ) -> Result<Option<Change>, Refusal> {
+        let old = state.rooms.get(room_id).cloned();
+        let mut room = old.clone();
+        let live = Live::alone(self.node_id());
+        let change = room::apply(&mut room, op, &live, self.room_clock())?;
+        if let Some(change) = &change {
+            if let (Op::Offline { user, .. }, Some(_)) = (op, &room) {
+                let since = Instant::now();
+                state
+                    .offline
+                    .push_back((since, room_id.to_owned(), user.clone()));
+            }
+            self.settle(
+                state,
+                room_id,
+                old.as_ref(),
+                room,
+                (change.event, &change.by),
+            );
+        }
+        Ok(change)
     }
 
     /// A room changed from `old` to `new` (`None`: no room): this node's connections the change
@@ -393,23 +407,7 @@ impl Hub {
                 continue;
             }
             // The state is locked already: the local op inline.
-            let old = state.rooms.get(&room_id).cloned();
-            let mut room = old.clone();
-            let live = Live::alone(self.node_id());
-            if let Ok(Some(change)) = room::apply(&mut room, &op, &live, self.room_clock()) {
-                if let Op::Offline { user, .. } = op {
-                    state
-                        .offline
-                        .push_back((Instant::now(), room_id.clone(), user));
-                }
-                self.settle(
-                    state,
-                    &room_id,
-                    old.as_ref(),
-                    room,
-                    (change.event, &change.by),
-                );
-            }
+            let _ = self.apply_here(state, &room_id, &op);
         }
         left
     }
@@ -428,18 +426,7 @@ impl Hub {
             let Some((_, room_id, _)) = state.offline.pop_front() else {
                 break;
             };
-            let old = state.rooms.get(&room_id).cloned();
-            let mut room = old.clone();
-            let live = Live::alone(self.node_id());
-            if let Ok(Some(change)) = room::apply(&mut room, &op, &live, self.room_clock()) {
-                self.settle(
-                    state,
-                    &room_id,
-                    old.as_ref(),
-                    room,
-                    (change.event, &change.by),
-                );
-            }
+            let _ = self.apply_here(state, &room_id, &op);
         }
     }
 

@@ -441,10 +441,10 @@ impl Hub {
     }
 }
 
-/// Counts a peer joined (or left) `stream`, for [`Hub::take_peer_counts`] (streams beyond
-/// 100 000 in one period are not counted).
+/// Counts a peer joined (or left) `stream`, for [`Hub::take_peer_counts`] when someone takes
+/// them (`peer_counts`); streams beyond 10 000 in one period are not counted.
 fn count(state: &mut State, stream: &str, joined: bool) {
-    if !state.counts.contains_key(stream) && state.counts.len() >= 100_000 {
+    if !state.peer_counts || (!state.counts.contains_key(stream) && state.counts.len() >= 10_000) {
         return;
     }
     let entry = state.counts.entry(stream.to_owned()).or_default();
