@@ -129,28 +129,22 @@ impl Hub {
         let mut state = self.lock();
         let about = Some("join");
         if !wire::valid_id(&m.stream_id) {
-            {
-                self.refuse(&mut state, conn, "invalid_stream_id", "bad streamId", about);
-                return After::Nothing;
-            }
+            self.refuse(&mut state, conn, "invalid_stream_id", "bad streamId", about);
+            return After::Nothing;
         }
         if !wire::valid_id(&m.peer_id) {
-            {
-                self.refuse(&mut state, conn, "invalid_peer_id", "bad peerId", about);
-                return After::Nothing;
-            }
+            self.refuse(&mut state, conn, "invalid_peer_id", "bad peerId", about);
+            return After::Nothing;
         }
         if m.rendition.as_deref().is_some_and(|r| !wire::valid_id(r)) {
-            {
-                self.refuse(
-                    &mut state,
-                    conn,
-                    "invalid_rendition",
-                    "bad rendition",
-                    about,
-                );
-                return After::Nothing;
-            }
+            self.refuse(
+                &mut state,
+                conn,
+                "invalid_rendition",
+                "bad rendition",
+                about,
+            );
+            return After::Nothing;
         }
         let Some(c) = state.conns.get(&conn) else {
             return After::Nothing;
@@ -200,17 +194,13 @@ impl Hub {
                 if !state.swarms.contains_key(&m.stream_id)
                     && state.swarms.len() >= self.cfg.max_streams
                 {
-                    {
-                        self.refuse(&mut state, conn, "too_many_streams", "", about);
-                        return After::Nothing;
-                    }
+                    self.refuse(&mut state, conn, "too_many_streams", "", about);
+                    return After::Nothing;
                 }
                 let swarm = state.swarms.entry(m.stream_id.clone()).or_default();
                 if swarm.peers.len() >= self.cfg.max_swarm_peers {
-                    {
-                        self.refuse(&mut state, conn, "swarm_full", "the stream is full", about);
-                        return After::Nothing;
-                    }
+                    self.refuse(&mut state, conn, "swarm_full", "the stream is full", about);
+                    return After::Nothing;
                 }
                 state.next_token += 1;
                 let token = state.next_token;
@@ -354,16 +344,14 @@ impl Hub {
             return After::Nothing;
         }
         if m.to == from {
-            {
-                self.refuse(
-                    &mut state,
-                    conn,
-                    "no_peer",
-                    "cannot relay to oneself",
-                    about,
-                );
-                return After::Nothing;
-            }
+            self.refuse(
+                &mut state,
+                conn,
+                "no_peer",
+                "cannot relay to oneself",
+                about,
+            );
+            return After::Nothing;
         }
         let target = state
             .swarms
