@@ -152,18 +152,14 @@ impl Hub {
         match c.joined.get(&m.stream_id) {
             Some(peer) if *peer != m.peer_id => {
                 let why = "this connection joined the stream with another peerId";
-                {
-                    self.refuse(&mut state, conn, "already_joined", why, about);
-                    return After::Nothing;
-                }
+                self.refuse(&mut state, conn, "already_joined", why, about);
+                return After::Nothing;
             }
             Some(_) => {}
             None if c.memberships() >= self.cfg.max_per_connection => {
                 let why = "too many streams and rooms on this connection";
-                {
-                    self.refuse(&mut state, conn, "connection_full", why, about);
-                    return After::Nothing;
-                }
+                self.refuse(&mut state, conn, "connection_full", why, about);
+                return After::Nothing;
             }
             None => {}
         }
@@ -175,10 +171,8 @@ impl Hub {
         match owner {
             Some(owner) if owner != conn => {
                 let why = "peerId in use by another connection";
-                {
-                    self.refuse(&mut state, conn, "peer_id_taken", why, about);
-                    return After::Nothing;
-                }
+                self.refuse(&mut state, conn, "peer_id_taken", why, about);
+                return After::Nothing;
             }
             Some(_) => {
                 // A join again: the rendition may change; the peer list is sent again.
