@@ -21,7 +21,7 @@ enum Outcome {
 
 impl Hub {
     /// A room message (`kind` is one of the room types).
-    pub(super) async fn room_message(&self, conn: ConnId, kind: &str, text: &str) {
+    pub(super) async fn room_message(&self, conn: ConnId, kind: &'static str, text: &str) {
         match kind {
             "join-room" => {
                 if let Some(m) = self.parse::<wire::JoinRoom>(conn, kind, text) {
@@ -53,12 +53,6 @@ impl Hub {
                 };
                 let Some(user) = self.member_as(conn, &m.room_id, kind) else {
                     return;
-                };
-                let kind = match kind {
-                    "play" => "play",
-                    "pause" => "pause",
-                    "seek" => "seek",
-                    _ => "set-url",
                 };
                 let op = Op::Control {
                     kind,
@@ -104,9 +98,9 @@ impl Hub {
         user
     }
 
-    /// Who `conn` joins `m.room_id` as, checked: `Err(())` when it was refused or needs no
-    /// change (already in the room: it got the state).
-    fn joining_as(&self, conn: ConnId, m: &wire::JoinRoom) -> Result<(String, bool), ()> {
+    /// Who `conn` joins `m.room_id` as (user, authenticated, already in the room as that
+    /// user), checked: `Err(())` when it was refused.
+    fn joining_as(&self, conn: ConnId, m: &wire::JoinRoom) -> Result<(String, bool, bool), ()> {
         let mut state = self.lock();
         let about = Some("join-room");
         let no = |state: &mut State, code, why| {
@@ -141,7 +135,7 @@ impl Hub {
             }
         };
         match c.rooms.get(&m.room_id) {
-            Some(u) if *u == user => Ok((user, authenticated)),
+            Some(u) if *u == user => Ok((user, authenticated, true)),
             Some(_) => no(
                 &mut state,
                 "already_in_room",
@@ -152,19 +146,14 @@ impl Hub {
                 "connection_full",
                 "too many streams and rooms on this connection",
             ),
-            None => Ok((user, authenticated)),
+            None => Ok((user, authenticated, false)),
         }
     }
 
     async fn join_room(&self, conn: ConnId, m: wire::JoinRoom) {
-        let Ok((user, authenticated)) = self.joining_as(conn, &m) else {
+        let Ok((user, authenticated, already)) = self.joining_as(conn, &m) else {
             return;
         };
-        let already = self
-            .lock()
-            .conns
-            .get(&conn)
-            .is_some_and(|c| c.rooms.contains_key(&m.room_id));
         if already {
             return self.sync_room(conn, &m.room_id).await;
         }
@@ -354,11 +343,12 @@ impl Hub {
             Some(room) => {
                 let text = room.text(room_id, event, by, self.room_clock());
                 let targets: Vec<ConnId> = room.conns_on(own).collect();
+                // A clustered node keeps the rooms its members are in (for its sweep).
+                let keep = self.cluster.is_none() || !targets.is_empty();
                 for target in targets {
                     self.send(state, target, text.clone());
                 }
-                // A clustered node keeps the rooms its members are in (for its sweep).
-                if self.cluster.is_none() || room.conns_on(own).next().is_some() {
+                if keep {
                     state.rooms.insert(room_id.to_owned(), room);
                 } else {
                     state.rooms.remove(room_id);
