@@ -87,6 +87,9 @@ if [[ "${1:-}" == "--test" ]]; then
     (cd "$pages" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
     phase "browser test packages installed"
   fi
+  # The Autobahn WebSocket conformance suite (Python 2 only: bullseye's interpreter unpacked
+  # privately, the system untouched; edge-integration/tests/websocket_conformance.rs).
+  bash deploy/dev/wstest.sh install
   # tansu's default features have no storage engine; dynostore brings memory:// and s3://
   # (../shared/infra.md, section Kafka).
   if ! command -v tansu >/dev/null || ! tansu --version 2>/dev/null | grep -q "0.6.0"; then

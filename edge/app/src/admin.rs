@@ -33,6 +33,8 @@ pub(crate) struct Admin {
     /// The roles this process runs.
     pub(crate) roles: Vec<&'static str>,
     pub(crate) health: Arc<crate::health::Monitor>,
+    /// When the process started (`/status` uptime).
+    pub(crate) started: std::time::Instant,
 }
 
 /// Most bytes of a purge request body.
@@ -194,6 +196,36 @@ impl Admin {
         EdgeResponse::uncached(status, "application/json", Bytes::from(body.to_string()))
     }
 
+    /// `/status` in the signaling seed's shape: `{nodeId, timestamp, localConnections,
+    /// localRooms, localSwarms, memory, uptime}` (the counts are this process's signaling
+    /// gauges, WebSocket connections of every protocol; `nodeId` is null without the
+    /// signaling role), plus whether the cluster is reachable.
+    fn status(&self) -> EdgeResponse {
+        let families = self.registry.gather();
+        let gauge = |name: &str| -> u64 {
+            let sum: f64 = families
+                .iter()
+                .filter(|f| f.name() == name)
+                .flat_map(|f| f.get_metric())
+                .map(|m| m.get_gauge().get_value())
+                .sum();
+            sum.max(0.0) as u64
+        };
+        let hub = self.health.signaling();
+        let body = serde_json::json!({
+            "nodeId": hub.map(|h| h.node_id()),
+            "timestamp": edge_events::timestamp(std::time::SystemTime::now()),
+            "localConnections": gauge("edge_signaling_connections"),
+            "localRooms": gauge("edge_signaling_rooms"),
+            "localSwarms": gauge("edge_signaling_swarms"),
+            "cluster": hub.and_then(|h| h.cluster_up()),
+            "memory": { "rss": resident_bytes() },
+            "uptime": self.started.elapsed().as_secs_f64(),
+            "roles": self.roles,
+        });
+        json(StatusCode::OK, &body)
+    }
+
     fn metrics(&self) -> EdgeResponse {
         let mut buf = Vec::new();
         match TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
@@ -269,8 +301,23 @@ impl Handler for Admin {
             ),
             "/health" => self.health().await,
             "/metrics" => self.metrics(),
+            "/status" => self.status(),
             "/admin/policies" => json(StatusCode::OK, &self.policies.status()),
             _ => EdgeResponse::error(StatusCode::NOT_FOUND, "not_found"),
         }
     }
+}
+
+/// This process's resident memory in bytes (`VmRSS` of /proc/self/status; `None` elsewhere).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }

@@ -246,6 +246,7 @@ impl Edge {
             routing: edge.as_ref().and_then(|e| e.routing.clone()),
             token: cfg.server.admin_token.clone(),
             roles: cfg.roles.iter().map(Role::name).collect(),
+            started: std::time::Instant::now(),
             health: edge.as_ref().map_or_else(
                 || {
                     Arc::new(health::Monitor::new(

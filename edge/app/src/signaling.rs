@@ -6,8 +6,8 @@ use edge_events::{NewRecord, SignalingPeers};
 use edge_kv::RedisStore;
 use edge_pipeline::{EventSink, Mount};
 use edge_signaling::{
-    Cluster, Engine, Hub, Limits, Metrics, SignalingConfig, SignalingService, Tracker,
-    TrackerConfig, TrackerService,
+    Cluster, Echo, EchoService, Engine, Hub, Limits, Metrics, SignalingConfig, SignalingService,
+    Tracker, TrackerConfig, TrackerService,
 };
 use std::{sync::Arc, time::SystemTime};
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -61,11 +61,14 @@ pub(crate) fn mounts(
     tracing::info!(node_id, clustered = redis.is_some(), "signaling node");
     hub.spawn_sweeper();
     let origins = s.allowed_origins.clone();
+    let (limits_echo, origins_echo) = (limits.clone(), origins.clone());
     let tracker = TrackerService::new(tracker, limits.clone(), origins.clone())
-        .with_token_prefix(s.token_protocol_prefix.clone());
+        .with_token_prefix(s.token_protocol_prefix.clone())
+        .with_subprotocols(s.subprotocols.clone());
     let native = SignalingService::new(hub.clone(), limits, origins)
-        .with_token_prefix(s.token_protocol_prefix.clone());
-    let mounts = vec![
+        .with_token_prefix(s.token_protocol_prefix.clone())
+        .with_subprotocols(s.subprotocols.clone());
+    let mut mounts = vec![
         Mount {
             path: s.tracker_path.clone(),
             subtree: false,
@@ -79,6 +82,18 @@ pub(crate) fn mounts(
             service: Arc::new(native),
         },
     ];
+    if let Some(path) = &s.echo_path {
+        let echo = Arc::new(Echo::new(&TrackerConfig::default(), &metrics));
+        let service = EchoService::new(echo, limits_echo, origins_echo)
+            .with_token_prefix(s.token_protocol_prefix.clone())
+            .with_subprotocols(s.subprotocols.clone());
+        mounts.push(Mount {
+            path: path.clone(),
+            subtree: false,
+            open: false,
+            service: Arc::new(service),
+        });
+    }
     Ok((mounts, hub))
 }
 

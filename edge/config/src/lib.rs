@@ -137,6 +137,35 @@ mod tests {
                 "signaling.max_offers"
             ]
         );
+        let text = "roles = [\"all\"]\n[signaling]\necho_path = \"/ws/signaling\"\n\
+                    allowed_origins = [\"https://Player.Example.com:443/\", \"http://[::1]:3000\", \
+                    \"player.example.com\", \"https://a.example/app\", \"https://a.example:0\"]\n\
+                    subprotocols = [\"signaling\", \"a b\", \"access_token.x\", \"signaling\"]\n";
+        let errs = EdgeConfig::from_toml_str("e.toml", text, &none).unwrap_err();
+        let problems: Vec<_> = errs
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect();
+        assert_eq!(problems.len(), 7, "{problems:#?}");
+        assert!(problems[0].starts_with("signaling.echo_path: must differ"));
+        for (p, what) in problems[1..4]
+            .iter()
+            .zip(["player.example.com", "/app", ":0"])
+        {
+            assert!(
+                p.starts_with("signaling.allowed_origins") && p.contains(what),
+                "{p}"
+            );
+        }
+        for (p, what) in problems[4..]
+            .iter()
+            .zip(["a b", "access_token.x", "signaling"])
+        {
+            assert!(
+                p.starts_with("signaling.subprotocols") && p.contains(what),
+                "{p}"
+            );
+        }
     }
 
     #[test]

@@ -15,13 +15,23 @@ pub struct SignalingConfig {
     pub tracker_path: String,
     /// Where clients of the native protocol connect. Default `/ws/signaling`.
     pub path: String,
+    /// An echo endpoint on the same WebSocket layer as the two protocols (handshake, limits,
+    /// pings, close codes): every message comes back as sent. For WebSocket conformance suites
+    /// (Autobahn's fuzzing client) and load generators, behind its route's policy chain like
+    /// the others. Default: none (off).
+    pub echo_path: Option<String>,
     /// This node's id in the cluster and in `/health` (`nodeId`). Env `NODE_ID`. Default: the
     /// host name and a random suffix, new at every start.
     pub node_id: Option<String>,
     /// Offered WebSocket subprotocols starting with this carry the viewer's JWT (browsers cannot
-    /// set headers: `new WebSocket(url, ["signaling", "access_token." + jwt])`); never echoed.
-    /// Must match the auth policy's `subprotocol_prefix`. Default `access_token.`.
+    /// set headers: `new WebSocket(url, ["signaling", "access_token." + jwt])`): a handshake
+    /// offering nothing else is refused (400). The auth policy's `subprotocol_prefix` is what
+    /// reads the token; a token is never echoed whatever its prefix (it is not one of
+    /// `subprotocols`). Default `access_token.`.
     pub token_protocol_prefix: String,
+    /// The subprotocols the endpoints speak: the first of them a client offers is answered in
+    /// `Sec-WebSocket-Protocol`; other offers are not (RFC 6455 4.2.2). Default `["signaling"]`.
+    pub subprotocols: Vec<String>,
     /// Peers in one `peer-list` of the native protocol. Default 50.
     pub max_peer_list: usize,
     /// Watch rooms held. Default 100000.
@@ -68,8 +78,10 @@ impl Default for SignalingConfig {
         Self {
             tracker_path: "/ws/tracker".into(),
             path: "/ws/signaling".into(),
+            echo_path: None,
             node_id: None,
             token_protocol_prefix: "access_token.".into(),
+            subprotocols: vec!["signaling".into()],
             max_peer_list: 50,
             max_rooms: 100_000,
             max_room_members: 100,
@@ -97,10 +109,15 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
             "\"signaling\" serves on the edge role's viewer listeners and policy chains: add \"edge\"",
         );
     }
+    let echo = s.echo_path.as_ref();
     for (field, path) in [
-        ("signaling.tracker_path", &s.tracker_path),
-        ("signaling.path", &s.path),
-    ] {
+        ("signaling.tracker_path", Some(&s.tracker_path)),
+        ("signaling.path", Some(&s.path)),
+        ("signaling.echo_path", echo),
+    ]
+    .into_iter()
+    .filter_map(|(f, p)| Some((f, p?)))
+    {
         if !normalised_path(path) {
             bad(
                 field,
@@ -123,12 +140,13 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
             "must differ from `signaling.tracker_path`",
         );
     }
-    let prefix_ok = !s.token_protocol_prefix.is_empty()
-        && s.token_protocol_prefix.len() <= 64
-        && s.token_protocol_prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !prefix_ok {
+    if echo.is_some_and(|e| *e == s.path || *e == s.tracker_path) {
+        bad(
+            "signaling.echo_path",
+            "must differ from `signaling.path` and `signaling.tracker_path`",
+        );
+    }
+    if !is_token(&s.token_protocol_prefix) {
         bad(
             "signaling.token_protocol_prefix",
             "must be 1 to 64 characters a subprotocol may hold (letters, digits, `.-_~!#$%&'*+^|`)",
@@ -160,6 +178,29 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
             "signaling.allowed_origins",
             "must list at least one origin (or \"*\")",
         );
+    }
+    for origin in s.allowed_origins.iter().filter(|o| !origin_syntax(o)) {
+        bad(
+            "signaling.allowed_origins",
+            &format!(
+                "{origin:?} is not an origin: \"*\" or scheme://host[:port] \
+                 (`https://player.example.com`, no path; compared without case or default port)"
+            ),
+        );
+    }
+    for (i, p) in s.subprotocols.iter().enumerate() {
+        if !is_token(p)
+            || p.starts_with(&s.token_protocol_prefix)
+            || s.subprotocols[..i].contains(p)
+        {
+            bad(
+                "signaling.subprotocols",
+                &format!(
+                    "{p:?}: each must be a distinct token (letters, digits, `.-_~!#$%&'*+^|`) \
+                     not starting with `token_protocol_prefix`"
+                ),
+            );
+        }
     }
     if s.interval < Duration::from_secs(10) || s.interval > Duration::from_secs(3600) {
         bad("signaling.interval", "must be between 10s and 1h");
@@ -197,4 +238,38 @@ fn normalised_path(path: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
         })
+}
+
+/// A subprotocol name or prefix: 1 to 64 characters of an HTTP token (RFC 9110 5.6.2).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// `*`, or an origin as browsers send it: `http(s)://host[:port]` (a trailing `/` tolerated),
+/// no user, path or query.
+fn origin_syntax(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let lower = origin.to_ascii_lowercase();
+    let Some(rest) = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, None),
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
 }

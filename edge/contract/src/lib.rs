@@ -60,14 +60,14 @@ pub struct EdgeRequest {
 }
 
 impl EdgeRequest {
-    /// The protocol this request asks to switch to (`websocket`), lowercased, when its listener
-    /// can upgrade it (HTTP/1.1 `Upgrade`; not HTTP/2 or HTTP/3 yet). Answer it with
+    /// Whether this request asks to switch to `protocol` (`websocket`; compared without case),
+    /// among the protocols its `Upgrade` lists (`Upgrade: h2c, websocket` asks for either),
+    /// and its listener can upgrade it (HTTP/1.1 `GET`; not HTTP/2 or HTTP/3). Answer it with
     /// [`EdgeResponse::upgrade`].
-    pub fn upgrade_protocol(&self) -> Option<String> {
-        if self.protocol != Protocol::Http1 || self.method != Method::GET {
-            return None;
-        }
-        upgrade::requested(&self.headers)
+    pub fn upgrades_to(&self, protocol: &str) -> bool {
+        self.protocol == Protocol::Http1
+            && self.method == Method::GET
+            && upgrade::requested(&self.headers, protocol)
     }
 }
 
@@ -113,7 +113,7 @@ impl EdgeResponse {
 
     /// `101 Switching Protocols` to `protocol` (add the protocol's own headers, such as
     /// `Sec-WebSocket-Accept`): once it is sent, `on_upgrade` owns the connection. Only for a
-    /// request whose [`EdgeRequest::upgrade_protocol`] is `Some`; otherwise the listener answers
+    /// request for which [`EdgeRequest::upgrades_to`] is true; otherwise the listener answers
     /// 500 `upgrade_unavailable` instead.
     pub fn upgrade(
         protocol: &str,

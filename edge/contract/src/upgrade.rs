@@ -93,19 +93,56 @@ impl AsyncWrite for Upgraded {
     }
 }
 
-/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` and
-/// `Upgrade: <protocol>`, RFC 9110 §7.8), lowercased; `None` when it asks for none.
-pub(crate) fn requested(headers: &HeaderMap) -> Option<String> {
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if !connection_upgrade {
-        return None;
+/// Whether an HTTP/1.1 request asks to upgrade to `protocol` (`Connection: upgrade` and
+/// `protocol` among the comma-separated protocols of `Upgrade`, RFC 9110 §7.8; names compared
+/// without case, a `/version` part kept: `websocket` is not `websocket/2`).
+pub(crate) fn requested(headers: &HeaderMap, protocol: &str) -> bool {
+    let listed = |name: header::HeaderName, wanted: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(wanted))
+    };
+    listed(header::CONNECTION, "upgrade") && listed(header::UPGRADE, protocol)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::requested;
+    use http::{HeaderMap, HeaderValue, header};
+
+    fn headers(pairs: &[(header::HeaderName, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(n.clone(), HeaderValue::from_static(v));
+        }
+        h
     }
-    let protocol = headers.get(header::UPGRADE)?.to_str().ok()?;
-    let first = protocol.split(',').next()?.trim();
-    (!first.is_empty()).then(|| first.to_ascii_lowercase())
+
+    #[test]
+    fn any_listed_protocol_counts_and_connection_upgrade_is_required() {
+        let up = |upgrade: &'static str| {
+            headers(&[
+                (header::CONNECTION, "keep-alive, Upgrade"),
+                (header::UPGRADE, upgrade),
+            ])
+        };
+        assert!(requested(&up("websocket"), "websocket"));
+        assert!(requested(&up("WebSocket"), "websocket"));
+        assert!(requested(&up("h2c, websocket"), "websocket"));
+        assert!(!requested(&up("h2c"), "websocket"));
+        assert!(!requested(&up("websocket/2"), "websocket"));
+        assert!(!requested(
+            &headers(&[(header::UPGRADE, "websocket")]),
+            "websocket"
+        ));
+        let two_lines = headers(&[
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, "h2c"),
+            (header::UPGRADE, "websocket"),
+        ]);
+        assert!(requested(&two_lines, "websocket"));
+    }
 }

@@ -136,12 +136,25 @@ fn client_key(ip: IpAddr) -> IpAddr {
 }
 
 /// One admitted connection; dropping it gives its place back.
-struct Admitted<'a> {
-    guard: &'a Shared,
+pub(crate) struct Admitted {
+    guard: Arc<Shared>,
     client: Option<IpAddr>,
 }
 
-impl Drop for Admitted<'_> {
+tokio::task_local! {
+    /// The admission of the connection a pingora task serves, while it serves it: an upgraded
+    /// connection takes it along to the task that runs it past the request
+    /// ([`take_admission`]), so it keeps counting against the caps until it closes.
+    static ADMISSION: std::cell::RefCell<Option<Admitted>>;
+}
+
+/// Takes the admission of the connection being served (`None` outside a listener's task, or
+/// taken already).
+pub(crate) fn take_admission() -> Option<Admitted> {
+    ADMISSION.try_with(|a| a.borrow_mut().take()).ok().flatten()
+}
+
+impl Drop for Admitted {
     fn drop(&mut self) {
         let mut counts = self.guard.counts.lock();
         counts.all -= 1;
@@ -199,7 +212,7 @@ impl Shared {
         }
     }
 
-    fn admit(&self, client: Option<IpAddr>) -> Result<Admitted<'_>, &'static str> {
+    fn admit(self: &Arc<Self>, client: Option<IpAddr>) -> Result<Admitted, &'static str> {
         let mut counts = self.counts.lock();
         if counts.all >= self.limits.max_connections {
             return Err("max_connections");
@@ -216,7 +229,7 @@ impl Shared {
         drop(counts);
         self.metrics.open.with_label_values(&[&self.name]).inc();
         Ok(Admitted {
-            guard: self,
+            guard: self.clone(),
             client,
         })
     }
@@ -342,7 +355,7 @@ impl<H: Handler> ServerApp for Guarded<H> {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let shared = &self.shared;
-        let _admitted = match shared.admit(client) {
+        let admitted = match shared.admit(client) {
             Ok(a) => a,
             Err(reason) => {
                 shared
@@ -355,6 +368,22 @@ impl<H: Handler> ServerApp for Guarded<H> {
             }
         };
         let deadline = accepted + shared.limits.header_timeout;
+        let admission = std::cell::RefCell::new(Some(admitted));
+        ADMISSION
+            .scope(admission, self.serve(stream, deadline, shutdown))
+            .await
+    }
+}
+
+impl<H: Handler> Guarded<H> {
+    /// Serves an admitted connection by the protocol it speaks.
+    async fn serve(
+        self: &Arc<Self>,
+        stream: Stream,
+        deadline: Instant,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let shared = &self.shared;
         if stream.get_ssl_digest().is_some() {
             // ALPN chose the protocol; an h1 head has its own deadline in `HttpApp`.
             if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {

@@ -37,9 +37,14 @@ use tokio::{sync::watch, task::JoinHandle};
 /// written straight from their `Bytes`, past the buffer.
 pub const WRITE_BUFFER: usize = 8 * 1024;
 
-/// Per-connection read buffer of plain listeners (see [`Listeners::serve`]); TLS listeners keep
-/// pingora's, under the TLS library's small record reads.
+/// Per-connection read buffer of plain listeners (see [`Listeners::serve`]).
 pub const PLAIN_READ_BUFFER: usize = 0;
+
+/// Per-connection read buffer of TLS listeners, under OpenSSL's reads of a record's 5-byte
+/// header and then its body: one `recv` brings a request's records whole. Pingora's default
+/// (64 KiB) was 70 % of an idle `wss://` connection's memory (bench/RESULTS.md); what clients
+/// send is small (request heads, HTTP/2 control frames, signaling messages).
+pub const TLS_READ_BUFFER: usize = 4 * 1024;
 
 /// A socket bound by the edge, with its TLS settings if it is a TLS listener.
 pub struct BoundListener {
@@ -116,7 +121,9 @@ impl Listeners {
             fds.add(key.clone(), l.listener.into_raw_fd());
             let buffers = L4BufferSettings::default().write(WRITE_BUFFER);
             let endpoint = match tls {
-                Some(settings) => ListenerConfig::tcp(key).l4_buffer(buffers).tls(settings),
+                Some(settings) => ListenerConfig::tcp(key)
+                    .l4_buffer(buffers.read(TLS_READ_BUFFER))
+                    .tls(settings),
                 // No read buffer under plain HTTP: pingora's session reads heads and bodies into
                 // buffers of its own, an upgraded protocol (tungstenite) too; pingora's default
                 // (64 KiB per connection) was most of an idle WebSocket's memory.

@@ -2,7 +2,7 @@ use pingora_core::{
     listeners::tls::TlsSettings,
     tls::{
         pkey::PKey,
-        ssl::{SslAcceptor, SslMethod},
+        ssl::{SslAcceptor, SslMethod, SslMode},
         x509::X509,
     },
 };
@@ -37,6 +37,10 @@ pub fn tls_settings(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsSettings, TlsE
     builder
         .check_private_key()
         .map_err(err("key does not match certificate"))?;
+    // OpenSSL's record buffers (about 34 KiB a connection) are returned while a connection is
+    // idle and taken again for its next record, as nginx does: an idle `wss://` signaling
+    // connection or keep-alive holds none.
+    builder.set_mode(SslMode::RELEASE_BUFFERS);
     let mut settings: TlsSettings = builder.into();
     settings.enable_h2();
     Ok(settings)

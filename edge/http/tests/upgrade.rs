@@ -4,7 +4,7 @@
 //! that cannot be upgraded, and ordinary requests served alongside.
 
 use edge_contract::{EdgeRequest, EdgeResponse, Handler};
-use edge_http::{BoundListener, HttpApp, Listeners};
+use edge_http::{BoundListener, ConnectionMetrics, HttpApp, Limits, Listeners};
 use futures::{SinkExt, StreamExt};
 use http::{HeaderValue, StatusCode};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -31,8 +31,7 @@ impl Handler for Echo {
         match req.path.as_str() {
             "/ws" => {
                 let key = req.headers.get("sec-websocket-key").cloned();
-                let (Some("websocket"), Some(key)) = (req.upgrade_protocol().as_deref(), key)
-                else {
+                let (true, Some(key)) = (req.upgrades_to("websocket"), key) else {
                     return EdgeResponse::error(StatusCode::UPGRADE_REQUIRED, "websocket_only");
                 };
                 let mut r = EdgeResponse::upgrade("websocket", |io| Box::pin(echo(io)));
@@ -76,9 +75,12 @@ async fn echo(io: edge_contract::Upgraded) {
 }
 
 fn serve() -> (SocketAddr, Listeners) {
+    serve_with(Listeners::default())
+}
+
+fn serve_with(mut listeners: Listeners) -> (SocketAddr, Listeners) {
     let bound = BoundListener::bind("127.0.0.1:0".parse().unwrap(), None).unwrap();
     let addr = bound.local_addr();
-    let mut listeners = Listeners::default();
     listeners.serve("test", HttpApp::new(Arc::new(Echo)), vec![bound]);
     (addr, listeners)
 }
@@ -155,6 +157,49 @@ async fn a_drain_tells_the_handler_which_says_going_away() {
         .expect("the drain ends once the handler is done, before its deadline")
         .unwrap();
     assert_eq!(cut, 0);
+}
+
+/// The upgraded connection runs in a task of its own once the request is done: it still holds
+/// its place under the connection caps, and a drain still waits for it.
+#[tokio::test]
+async fn an_upgraded_connection_keeps_its_place_under_the_caps_and_in_the_drain() {
+    let limits = Limits {
+        max_connections_per_client: 1,
+        ..Limits::default()
+    };
+    let registry = prometheus::Registry::new();
+    let metrics = ConnectionMetrics::new(&registry).unwrap();
+    let (addr, listeners) = serve_with(Listeners::new(limits, metrics));
+    let mut ws = connect(addr).await;
+    ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("one"));
+    // A second connection from the same address is closed unanswered while the first is open.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let _ = second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut out)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{out:?}");
+    // Its place is given back when it closes.
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    let mut served = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        served = plain(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if !served.is_empty() {
+            break;
+        }
+    }
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    // A drain whose deadline passes while an upgraded connection is open counts it.
+    // (The client reads nothing: the handler's close on drain is never answered.)
+    let held = connect(addr).await;
+    assert_eq!(listeners.drain(Duration::from_millis(300)).await, 1);
+    drop(held);
 }
 
 #[tokio::test]

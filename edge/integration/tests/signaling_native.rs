@@ -115,6 +115,58 @@ async fn the_token_rides_in_the_subprotocol_and_is_never_echoed() {
     assert_eq!(recv(&mut ws).await["type"], "heartbeat");
 }
 
+/// Only a subprotocol the endpoint speaks is answered; the connection ends when its token does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_subprotocol_is_not_echoed_and_the_socket_closes_when_its_token_expires() {
+    let edge = edge().await;
+    let url = format!("ws://{}/ws/signaling", edge.edge.addrs().http[0]);
+    let secret = std::fs::read_to_string(edge.data.path().join("dev-jwt-secret")).unwrap();
+    // Expired 28 s ago: still admitted for 2 s by the policy's 30 s leeway.
+    let token = edge_integration::jwt(secret.trim(), "carol", -28);
+    let offered = format!("chat, access_token.{token}");
+    // tungstenite's client, like a browser, gives up on an answer naming no protocol it
+    // offered; the raw handshake shows what the edge answered.
+    let mut raw = tokio::net::TcpStream::connect(edge.edge.addrs().http[0])
+        .await
+        .unwrap();
+    let head = format!(
+        "GET /ws/signaling HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c, websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: {offered}\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut raw, head.as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut raw, &mut buf),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 101"), "{answer}");
+    assert!(!answer.contains("sec-websocket-protocol"), "{answer}");
+    drop(raw);
+    let mut req = url.as_str().into_client_request().unwrap();
+    let offered = format!("signaling, access_token.{token}");
+    req.headers_mut()
+        .insert("sec-websocket-protocol", offered.parse().unwrap());
+    let (mut ws, resp) = connect_async(req).await.expect("101");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "signaling");
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Policy);
+    assert_eq!(frame.reason.as_str(), "token expired");
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"edge_signaling_drops_total{protocol="signaling",reason="token_expired"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_viewers_find_each_other_and_relay_offers_answers_and_candidates() {
     let edge = edge().await;
@@ -138,6 +190,25 @@ async fn two_viewers_find_each_other_and_relay_offers_answers_and_candidates() {
         recv(&mut b).await,
         json!({"type":"peer-list","streamId":"demo","peers":[{"peerId":"pa","rendition":"720p"}]})
     );
+    // The operator's view, in the signaling seed's `/status` shape.
+    let status = edge_integration::client()
+        .get(format!("{}/status", edge.admin()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let status: Value = serde_json::from_slice(&status).unwrap();
+    assert!(
+        status["nodeId"].as_str().is_some_and(|n| !n.is_empty()),
+        "{status}"
+    );
+    assert_eq!(status["localConnections"], 2, "{status}");
+    assert_eq!(status["localSwarms"], 1, "{status}");
+    assert!(status["memory"]["rss"].as_u64().unwrap() > 0, "{status}");
+    assert!(status["uptime"].as_f64().unwrap() > 0.0, "{status}");
+    assert!(status["timestamp"].as_str().is_some(), "{status}");
     let sdp = json!({"type":"offer","sdp":"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"});
     send(
         &mut b,

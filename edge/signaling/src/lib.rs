@@ -40,6 +40,8 @@
 //! [`Cluster`]; both protocols share the endpoint ([`WsService`]), the session and the
 //! outbox.
 
+mod burst;
+mod echo;
 mod mailbox;
 mod native;
 mod service;
@@ -47,9 +49,10 @@ mod session;
 mod tracker;
 pub mod wire;
 
-pub use mailbox::Outbox;
+pub use echo::Echo;
+pub use mailbox::{Frame, Outbox};
 pub use native::{Cluster, Hub, SignalingConfig};
-pub use service::{SignalingService, TrackerService, WsService};
+pub use service::{EchoService, SignalingService, TrackerService, WsService, normalise_origin};
 pub use tracker::{ConnId, Tracker};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
@@ -140,6 +143,10 @@ pub struct PeerCounts {
 pub struct Viewer {
     /// The JWT `sub` the route's policies put in the context, when there is one.
     pub sub: Option<String>,
+    /// When its credentials expire (`expires_at` in the context, Unix seconds: the JWT's `exp`
+    /// plus the policy's leeway): the connection is closed then (1008 `token expired`), as
+    /// the policy would refuse the next request. `None`: no expiry known.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 /// A protocol served over WebSocket text messages: what a [`session`] drives.
@@ -150,6 +157,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Handles one text message from `conn` (the next one once this returns: a connection's
     /// messages are handled in order).
     async fn handle(&self, conn: ConnId, text: &str);
+    /// Handles one binary message. Both signaling protocols read it as text (as the reference
+    /// tracker does: every frame is JSON).
+    async fn handle_binary(&self, conn: ConnId, bytes: &[u8]) {
+        self.handle(conn, &String::from_utf8_lossy(bytes)).await;
+    }
     /// Forgets `conn` (closed, cut, or the edge drains).
     async fn close(&self, conn: ConnId);
     /// Counts a message refused or a connection cut by the session, by reason.

@@ -2,7 +2,7 @@
 //! policy chain, it checks the WebSocket handshake, the `Origin` and the offered subprotocols,
 //! answers 101 and hands the connection to a [`session`](crate::session) of its [`Engine`].
 
-use crate::{Engine, Hub, Limits, Viewer, session, tracker::Tracker};
+use crate::{Echo, Engine, Hub, Limits, Viewer, session, tracker::Tracker};
 use edge_contract::{Call, EdgeRequest, EdgeResponse, Service};
 use http::{HeaderValue, StatusCode, header};
 use std::sync::Arc;
@@ -12,18 +12,23 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 pub struct WsService<E> {
     engine: Arc<E>,
     limits: Limits,
-    /// `Origin` values allowed; `*` allows any. A request without `Origin` (not a browser) is
-    /// allowed.
+    /// `Origin` values allowed, normalised ([`normalise_origin`]); `*` allows any. A request
+    /// without `Origin` (not a browser) is allowed.
     allowed_origins: Vec<String>,
     /// Offered subprotocols starting with this carry the viewer's token (browsers cannot set
-    /// headers on a WebSocket); they are never echoed.
+    /// headers on a WebSocket).
     token_prefix: String,
+    /// The subprotocols this endpoint speaks; the first offered one of them is answered.
+    /// Anything else offered (a token above all) is never echoed.
+    subprotocols: Vec<String>,
 }
 
 /// The WebTorrent tracker endpoint.
 pub type TrackerService = WsService<Tracker>;
 /// The native signaling endpoint.
 pub type SignalingService = WsService<Hub>;
+/// The echo endpoint (conformance tests, load generators).
+pub type EchoService = WsService<Echo>;
 
 impl<E: Engine> WsService<E> {
     /// The endpoint of `engine`.
@@ -31,24 +36,38 @@ impl<E: Engine> WsService<E> {
         Self {
             engine,
             limits,
-            allowed_origins,
+            allowed_origins: allowed_origins
+                .iter()
+                .map(|o| normalise_origin(o).unwrap_or_else(|| o.clone()))
+                .collect(),
             token_prefix: "access_token.".into(),
+            subprotocols: vec!["signaling".into()],
         }
     }
 
-    /// Subprotocols starting with `prefix` carry a token (default `access_token.`; must match
-    /// the auth policy's `subprotocol_prefix`).
+    /// The subprotocols the endpoint speaks (default `signaling`).
+    #[must_use]
+    pub fn with_subprotocols(mut self, subprotocols: Vec<String>) -> Self {
+        self.subprotocols = subprotocols;
+        self
+    }
+
+    /// Subprotocols starting with `prefix` carry a token (default `access_token.`, as the auth
+    /// policy's `subprotocol_prefix`). Only for the refusal of a handshake that offers nothing
+    /// but a token: a token is never echoed whatever its prefix, as it is not a subprotocol of
+    /// the endpoint.
     #[must_use]
     pub fn with_token_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.token_prefix = prefix.into();
         self
     }
 
-    /// The subprotocol to answer with: the first offered one that is not a token. `Err` when
-    /// only tokens were offered (a browser fails a handshake whose answer names none, and a
-    /// token is not echoed).
+    /// The subprotocol to answer with: the first offered one the endpoint speaks, else none
+    /// (RFC 6455 4.2.2: the client then decides whether to go on without one). `Err` when only
+    /// tokens were offered: a browser fails a handshake whose answer names none, and a token
+    /// is not echoed.
     fn subprotocol(&self, req: &EdgeRequest) -> Result<Option<HeaderValue>, ()> {
-        let mut offered = req
+        let offered: Vec<&str> = req
             .headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
@@ -56,30 +75,34 @@ impl<E: Engine> WsService<E> {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .peekable();
-        if offered.peek().is_none() {
-            return Ok(None);
+            .collect();
+        if !offered.is_empty() && offered.iter().all(|p| p.starts_with(&self.token_prefix)) {
+            return Err(());
         }
-        offered
-            .find(|p| !p.starts_with(&self.token_prefix))
-            .map(|p| HeaderValue::from_str(p).ok())
-            .ok_or(())
+        Ok(offered
+            .iter()
+            .find(|p| self.subprotocols.iter().any(|s| s == *p))
+            .and_then(|p| HeaderValue::from_str(p).ok()))
     }
 
     fn origin_allowed(&self, req: &EdgeRequest) -> bool {
         let Some(origin) = req.headers.get(header::ORIGIN) else {
             return true;
         };
-        self.allowed_origins
-            .iter()
-            .any(|a| a == "*" || origin.as_bytes() == a.as_bytes())
+        if self.allowed_origins.iter().any(|a| a == "*") {
+            return true;
+        }
+        let Some(origin) = origin.to_str().ok().and_then(normalise_origin) else {
+            return false;
+        };
+        self.allowed_origins.contains(&origin)
     }
 }
 
 #[async_trait::async_trait]
 impl<E: Engine> Service for WsService<E> {
     async fn call(&self, req: &EdgeRequest, call: Call<'_>) -> EdgeResponse {
-        if req.upgrade_protocol().as_deref() != Some("websocket") {
+        if !req.upgrades_to("websocket") {
             let mut r = EdgeResponse::error(StatusCode::UPGRADE_REQUIRED, "websocket_only");
             r.headers
                 .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -118,6 +141,14 @@ impl<E: Engine> Service for WsService<E> {
                 .iter()
                 .find(|(k, _)| k == "sub")
                 .map(|(_, v)| v.clone()),
+            // The earliest of what the route's policies said the credentials are good until.
+            expires_at: call
+                .context
+                .iter()
+                .filter(|(k, _)| k == "expires_at")
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .min()
+                .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)),
         };
         let accept = derive_accept_key(key.as_bytes());
         let (engine, limits) = (self.engine.clone(), self.limits.clone());
@@ -131,5 +162,62 @@ impl<E: Engine> Service for WsService<E> {
             r.headers.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
         }
         r
+    }
+}
+
+/// An `Origin` (RFC 6454) as compared: scheme and host lowercased, the scheme's default port
+/// and a trailing `/` dropped (`HTTPS://Player.Example.com:443/` is
+/// `https://player.example.com`). `None` for anything that is not `scheme://host[:port]`
+/// (`null` included: an opaque origin matches no allowed one).
+pub fn normalise_origin(origin: &str) -> Option<String> {
+    let uri: http::Uri = origin.trim().parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some()
+    {
+        return None;
+    }
+    let host = authority.host().to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "https" | "wss" => Some(443),
+        "http" | "ws" => Some(80),
+        _ => None,
+    };
+    Some(match authority.port_u16() {
+        Some(port) if Some(port) != default => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_origin;
+
+    #[test]
+    fn origins_compare_without_case_default_port_or_trailing_slash() {
+        let n = |o| normalise_origin(o);
+        assert_eq!(
+            n("HTTPS://Player.Example.com:443/").as_deref(),
+            Some("https://player.example.com")
+        );
+        assert_eq!(
+            n("http://player.example.com:80").as_deref(),
+            Some("http://player.example.com")
+        );
+        assert_eq!(
+            n("https://player.example.com:8443").as_deref(),
+            Some("https://player.example.com:8443")
+        );
+        assert_eq!(n("http://[::1]:3000").as_deref(), Some("http://[::1]:3000"));
+        for bad in [
+            "null",
+            "player.example.com",
+            "https://player.example.com/app",
+            "https://u@player.example.com",
+            "https://player.example.com?x=1",
+            "",
+        ] {
+            assert_eq!(n(bad), None, "{bad}");
+        }
     }
 }

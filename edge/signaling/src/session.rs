@@ -1,10 +1,10 @@
 //! One WebSocket connection of a signaling client, whichever the protocol ([`Engine`]): frames
 //! in, replies and relays out, pings while idle, "going away" when the edge drains.
 
-use crate::{Engine, Limits, Viewer};
+use crate::{Engine, Limits, Viewer, burst::Burst, mailbox::Frame};
 use edge_contract::Upgraded;
 use futures::{SinkExt, StreamExt};
-use std::sync::Arc;
+use std::{sync::Arc, time::SystemTime};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -13,19 +13,25 @@ use tokio_tungstenite::{
     },
 };
 
+/// The first read of a frame (an idle connection holds this much for its reads; bench/RESULTS.md
+/// measured 4 KiB as 30 % of an idle connection's memory).
+const READ_BUFFER: usize = 512;
+
 /// Serves `io` until the client leaves, breaks a limit, or the edge drains; then the engine
 /// forgets the connection (for the tracker, a `stopped` in every swarm it announced in).
 pub(crate) async fn run<E: Engine>(engine: Arc<E>, viewer: Viewer, io: Upgraded, limits: Limits) {
     let draining = io.draining();
     tokio::pin!(draining);
     // Sized on purpose: tungstenite's defaults reserve 128 KiB per direction per connection.
+    // Reads start at READ_BUFFER bytes (most signaling messages fit); a longer frame grows the
+    // buffer to its length once its header is read.
     let config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(limits.max_message * 4)
         .max_message_size(Some(limits.max_message))
         .max_frame_size(Some(limits.max_message));
-    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let mut ws = WebSocketStream::from_raw_socket(Burst::new(io), Role::Server, Some(config)).await;
     let (conn, outbox) = engine.open(&viewer);
     let crate::Outbox {
         messages: mut outbox,
@@ -37,6 +43,19 @@ pub(crate) async fn run<E: Engine>(engine: Arc<E>, viewer: Viewer, io: Upgraded,
     idle.reset();
     let mut quiet_ticks = 0u32;
     let mut budget = Budget::new(limits.messages_per_second);
+    // The connection lives as long as the credentials it was admitted with: the next request
+    // with them would be refused.
+    let expiry = viewer.expires_at.and_then(|at| {
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        tokio::time::Instant::now().checked_add(left)
+    });
+    let expired = async move {
+        match expiry {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expired);
     let close = loop {
         tokio::select! {
             msg = ws.next() => match msg {
@@ -53,8 +72,7 @@ pub(crate) async fn run<E: Engine>(engine: Arc<E>, viewer: Viewer, io: Upgraded,
                 }
                 Some(Ok(Message::Binary(bytes))) => {
                     quiet_ticks = 0;
-                    // The reference tracker reads every frame as text; so does the native protocol.
-                    engine.handle(conn, &String::from_utf8_lossy(&bytes)).await;
+                    engine.handle_binary(conn, &bytes).await;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => quiet_ticks = 0,
                 Some(Ok(Message::Close(_))) => {
@@ -69,6 +87,12 @@ pub(crate) async fn run<E: Engine>(engine: Arc<E>, viewer: Viewer, io: Upgraded,
                     engine.count_drop("size");
                     break Some((CloseCode::Size, "message too large"));
                 }
+                // RFC 6455 7.4.1: 1007 for a text message that is not UTF-8.
+                Some(Err(Error::Utf8(e))) => {
+                    tracing::debug!(error = %e, "signaling text not UTF-8");
+                    engine.count_drop("utf8");
+                    break Some((CloseCode::Invalid, "invalid UTF-8"));
+                }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "signaling socket error");
                     engine.count_drop("protocol");
@@ -76,17 +100,12 @@ pub(crate) async fn run<E: Engine>(engine: Arc<E>, viewer: Viewer, io: Upgraded,
                 }
             },
             out = outbox.recv() => match out {
-                Some(text) => {
-                    let len = text.len();
-                    // The connection's own stream has no send timeout: a client that stops
-                    // reading is cut here.
-                    let sent = tokio::time::timeout(
-                        limits.send_timeout,
-                        ws.send(Message::text(text.as_ref())),
-                    )
-                    .await;
-                    queued.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
-                    if !matches!(sent, Ok(Ok(()))) {
+                Some(first) => {
+                    // What queued meanwhile goes out with it, in one write (one syscall for
+                    // a busy connection's burst, not one per message). The connection's own
+                    // stream has no send timeout: a client that stops reading is cut here.
+                    let batch = send_batch(&mut ws, first, &mut outbox, &queued);
+                    if !matches!(tokio::time::timeout(limits.send_timeout, batch).await, Ok(Ok(()))) {
                         engine.count_drop("send_timeout");
                         break None;
                     }
@@ -107,6 +126,10 @@ pub(crate) async fn run<E: Engine>(engine: Arc<E>, viewer: Viewer, io: Upgraded,
                 }
             }
             () = &mut draining => break Some((CloseCode::Away, "server going away; reconnect")),
+            () = &mut expired => {
+                engine.count_drop("token_expired");
+                break Some((CloseCode::Policy, "token expired"));
+            }
         }
     };
     engine.close(conn).await;
@@ -121,6 +144,42 @@ pub(crate) async fn run<E: Engine>(engine: Arc<E>, viewer: Viewer, io: Upgraded,
         };
         let _ = tokio::time::timeout(limits.ping_interval, closing).await;
     }
+}
+
+/// Most bytes one batch of queued messages writes before it flushes.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Writes `first` and what else is queued (up to [`BATCH_BYTES`]), then flushes once; takes
+/// each message's bytes off `queued` once it is written.
+async fn send_batch<S>(
+    ws: &mut WebSocketStream<S>,
+    first: Frame,
+    outbox: &mut tokio::sync::mpsc::Receiver<Frame>,
+    queued: &std::sync::atomic::AtomicUsize,
+) -> Result<(), Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut frame, mut bytes) = (first, 0);
+    loop {
+        let len = frame.len();
+        let message = match frame {
+            Frame::Text(text) => Message::text(text.as_ref()),
+            Frame::Binary(b) => Message::binary(b.to_vec()),
+        };
+        ws.feed(message).await?;
+        queued.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
+        bytes += len;
+        match outbox.try_recv() {
+            Ok(next) if bytes < BATCH_BYTES => frame = next,
+            Ok(next) => {
+                ws.flush().await?;
+                (frame, bytes) = (next, 0);
+            }
+            Err(_) => break,
+        }
+    }
+    ws.flush().await
 }
 
 /// A token bucket: `per_second` messages a second, bursts of as many.

@@ -249,7 +249,8 @@ fn bounds_refuse_with_a_reason_and_a_slow_connection_is_cut() {
         outbox: 4,
         ..TrackerConfig::default()
     };
-    let t = Tracker::new(cfg, &Metrics::unregistered().unwrap());
+    let metrics = Metrics::unregistered().unwrap();
+    let t = Tracker::new(cfg, &metrics);
     let (a, mut ra) = t.connect();
     for peer in ["a", "b", "c"] {
         let id = peer.repeat(20);
@@ -272,6 +273,12 @@ fn bounds_refuse_with_a_reason_and_a_slow_connection_is_cut() {
         [
             r#"{"action":"announce","failure reason":"too many swarms","info_hash":"bbbbbbbbbbbbbbbbbbbb"}"#
         ]
+    );
+    // Each refusal counts once, under its own reason (not also as "invalid").
+    let drops = |reason: &str| metrics.drops.with_label_values(&["tracker", reason]).get();
+    assert_eq!(
+        (drops("swarm_full"), drops("swarms"), drops("invalid")),
+        (1, 1, 0)
     );
     // Nobody reads a's outbox: after 4 queued messages the connection is cut, its session
     // told to stop, and its peers leave their swarms at once.

@@ -130,7 +130,7 @@ impl Tracker {
     pub fn handle(&self, conn: ConnId, text: &str) {
         let inbound: Inbound<'_> = match serde_json::from_str(text) {
             Ok(m) => m,
-            Err(e) => return self.fail(conn, None, &e.to_string(), None),
+            Err(e) => return self.fail(conn, "invalid", None, &e.to_string(), None),
         };
         let action = match inbound
             .action
@@ -140,15 +140,16 @@ impl Tracker {
             Some(Ok("scrape")) => "scrape",
             Some(Ok(other)) => {
                 let why = format!("invalid action in WS request: {other}");
-                return self.fail(conn, None, &why, None);
+                return self.fail(conn, "invalid", None, &why, None);
             }
             Some(Err(_)) => {
                 let raw = inbound.action.map_or("", |a| a.get());
                 let why = format!("invalid action in WS request: {raw}");
-                return self.fail(conn, None, &why, None);
+                return self.fail(conn, "invalid", None, &why, None);
             }
             None => {
-                return self.fail(conn, None, "invalid action in WS request: undefined", None);
+                let why = "invalid action in WS request: undefined";
+                return self.fail(conn, "invalid", None, why, None);
             }
         };
         self.metrics.message(action);
@@ -157,15 +158,23 @@ impl Tracker {
                 Ok(a) => self.announce(conn, a),
                 Err((why, info_hash)) => {
                     let action = info_hash.map(|_| "announce");
-                    self.fail(conn, action, why, info_hash)
+                    self.fail(conn, "invalid", action, why, info_hash)
                 }
             },
             _ => self.scrape(conn, &inbound),
         }
     }
 
-    fn fail(&self, conn: ConnId, action: Option<&'static str>, why: &str, info_hash: Option<Id>) {
-        self.count_drop("invalid");
+    /// Answers `conn` with a failure reason, counted once as a drop for `counted_as`.
+    fn fail(
+        &self,
+        conn: ConnId,
+        counted_as: &str,
+        action: Option<&'static str>,
+        why: &str,
+        info_hash: Option<Id>,
+    ) {
+        self.count_drop(counted_as);
         let text = to_text(&Failure {
             action,
             reason: why,
@@ -257,9 +266,9 @@ impl Tracker {
         }
         let counts = match self.apply(&mut state, conn, &a) {
             Ok(counts) => counts,
-            Err(why) => {
+            Err((counted_as, why)) => {
                 drop(state);
-                return self.fail(conn, Some("announce"), why, Some(a.info_hash));
+                return self.fail(conn, counted_as, Some("announce"), why, Some(a.info_hash));
             }
         };
         if let Some((to, text)) = answer {
@@ -304,13 +313,14 @@ impl Tracker {
         }
     }
 
-    /// Applies an announce to its swarm; the counts after it, or why it was refused.
+    /// Applies an announce to its swarm; the counts after it, or why it was refused (the drop
+    /// reason it counts as and the failure reason).
     fn apply(
         &self,
         state: &mut State,
         conn: ConnId,
         a: &Announce<'_>,
-    ) -> Result<(usize, usize), &'static str> {
+    ) -> Result<(usize, usize), (&'static str, &'static str)> {
         if a.event == Event::Stopped {
             // Only the connection that announced a peer id stops it (the reference lets anyone).
             stop(state, a.info_hash, a.peer_id, conn);
@@ -329,22 +339,19 @@ impl Tracker {
             // A peer id belongs to the connection that announced it while that one is open:
             // anyone who saw it in a relay could otherwise take its offers and answers.
             Some(owner) if owner != conn => {
-                self.count_drop("peer_id_taken");
-                return Err("peer_id in use by another connection");
+                return Err(("peer_id_taken", "peer_id in use by another connection"));
             }
             Some(_) => {}
             None => {
                 let pairs = state.conns.get(&conn).map_or(0, |c| c.announced.len());
                 if pairs >= self.cfg.max_per_connection {
-                    self.count_drop("connection_full");
-                    return Err("too many swarms on this connection");
+                    return Err(("connection_full", "too many swarms on this connection"));
                 }
             }
         }
         if !state.swarms.contains_key(&a.info_hash) {
             if state.swarms.len() >= self.cfg.max_swarms {
-                self.count_drop("swarms");
-                return Err("too many swarms");
+                return Err(("swarms", "too many swarms"));
             }
             let created = state.next_swarm;
             state.next_swarm += 1;
@@ -376,8 +383,7 @@ impl Tracker {
             }
             None => {
                 if swarm.peers.len() >= self.cfg.max_swarm_peers {
-                    self.count_drop("swarm_full");
-                    return Err("swarm full");
+                    return Err(("swarm_full", "swarm full"));
                 }
                 swarm.peers.insert(
                     a.peer_id,
@@ -407,13 +413,13 @@ impl Tracker {
                 let hashes = match serde_json::from_str::<serde_json::Value>(raw) {
                     Ok(s @ serde_json::Value::String(_)) => vec![s],
                     Ok(serde_json::Value::Array(v)) => v,
-                    _ => return self.fail(conn, None, "invalid info_hash", None),
+                    _ => return self.fail(conn, "invalid", None, "invalid info_hash", None),
                 };
                 let mut ids = Vec::with_capacity(hashes.len().min(self.cfg.max_scrape));
                 let mut seen = HashSet::with_capacity(ids.capacity());
                 for s in hashes {
                     let Some(id) = s.as_str().and_then(Id::parse) else {
-                        return self.fail(conn, None, "invalid info_hash", None);
+                        return self.fail(conn, "invalid", None, "invalid info_hash", None);
                     };
                     if ids.len() < self.cfg.max_scrape && seen.insert(id) {
                         ids.push(id);

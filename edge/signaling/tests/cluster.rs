@@ -46,7 +46,7 @@ async fn send(h: &Hub, conn: ConnId, v: Value) {
 
 /// The next message of `rx` (within 5 s).
 async fn recv(rx: &mut Outbox) -> Value {
-    let m = tokio::time::timeout(Duration::from_secs(5), rx.messages.recv())
+    let m = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .expect("a message within 5 s")
         .expect("open");
@@ -237,7 +237,7 @@ async fn a_peer_id_taken_on_two_nodes_while_redis_was_away_ends_with_one_owner()
 
 /// The next message of `rx`, however long it takes.
 async fn recv_any(rx: &mut Outbox) -> Value {
-    let m = rx.messages.recv().await.expect("open");
+    let m = rx.recv().await.expect("open");
     serde_json::from_str(&m).unwrap()
 }
 
@@ -255,6 +255,7 @@ async fn state_of(rx: &mut Outbox, event: &str) -> Value {
 fn as_sub(sub: &str) -> Viewer {
     Viewer {
         sub: Some(sub.into()),
+        ..Viewer::default()
     }
 }
 

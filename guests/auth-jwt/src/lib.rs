@@ -19,7 +19,8 @@
 //! - `leeway` (default 30 s), `required_claims` (comma list; `exp` always),
 //!   `max_token_bytes` (default 8192), `forward_claims` (comma list, copied to `jwt.<name>`).
 //!
-//! On success the context gets `sub` (when the token has one) and the forwarded claims. Denials
+//! On success the context gets `sub` (when the token has one), `expires_at` (`exp` + `leeway`,
+//! Unix seconds: the signaling endpoints close a WebSocket then) and the forwarded claims. Denials
 //! are 401 with a `www-authenticate: Bearer ...` challenge and a reason code from
 //! [`reject::Reject::reason`]; 503 `jwks_unavailable` when no key could be obtained, 503
 //! `policy_misconfigured` for a config that cannot work (logged once per config text).
@@ -113,15 +114,25 @@ fn deny(reject: Reject) -> Decision {
     })
 }
 
-/// The context an allow adds: `sub`, then `jwt.<name>` for each forwarded claim present.
+/// The context an allow adds: `sub`, `expires_at` (the last second this policy admits the
+/// token: `exp` plus the leeway, Unix seconds; a WebSocket admitted with it is closed then),
+/// then `jwt.<name>` for each forwarded claim present.
 fn context(claims: &verify::Claims, s: &Settings) -> Vec<(String, String)> {
     let present = |name: &str| claims.get(name).filter(|v| !v.is_null());
     let sub = present("sub").map(|v| ("sub".to_owned(), verify::claim_text(v)));
+    let expires = present("exp")
+        .and_then(serde_json::Value::as_f64)
+        .filter(|exp| exp.is_finite() && *exp >= 0.0)
+        .map(|exp| {
+            // Saturating: a token valid until the year 300 000 000 is valid "forever".
+            let at = (exp.floor() as u64).saturating_add(s.leeway);
+            ("expires_at".to_owned(), at.to_string())
+        });
     let forwarded = s.forward_claims.iter().filter_map(|name| {
         let value = present(name)?;
         Some((format!("jwt.{name}"), verify::claim_text(value)))
     });
-    sub.into_iter().chain(forwarded).collect()
+    sub.into_iter().chain(expires).chain(forwarded).collect()
 }
 
 /// Tokens whose signature this instance already verified, with their claims. Verification is a

@@ -28,17 +28,33 @@ fn bearer(value: &str) -> Option<&str> {
 
 /// The token from the configured header, else from the query parameter or an offered
 /// WebSocket subprotocol (`Sec-WebSocket-Protocol: signaling, access_token.<JWT>`). Two
-/// different values from those are refused: which one a later hop would honour is ambiguous.
+/// different values from the query and the subprotocols are refused: which one a later hop
+/// would honour is ambiguous. So is a header token beside a different subprotocol token (the
+/// subprotocol is what a browser's page chose; a header on a WebSocket handshake came from
+/// elsewhere). A header token beside a different query token wins: a player's refreshed
+/// header meets the URLs of a playlist fetched with the old token.
 pub(crate) fn find_token<'a>(
     headers: &'a [(String, String)],
     query: &'a str,
     s: &Settings,
 ) -> Result<Cow<'a, str>, Reject> {
+    let offered = || {
+        let prefix = s.subprotocol_prefix.as_deref();
+        headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))
+            .flat_map(|(_, v)| v.split(','))
+            .filter_map(move |p| p.trim().strip_prefix(prefix?))
+            .filter(|t| !t.is_empty())
+    };
     if !s.header.is_empty() {
         let value = headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(&s.header));
         if let Some(token) = value.and_then(|(_, v)| bearer(v)) {
+            if offered().any(|t| t != token) {
+                return Err(Reject::MalformedToken);
+            }
             return Ok(Cow::Borrowed(token));
         }
     }
@@ -57,16 +73,8 @@ pub(crate) fn find_token<'a>(
             }
         }
     }
-    if let Some(prefix) = &s.subprotocol_prefix {
-        let offered = headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))
-            .flat_map(|(_, v)| v.split(','))
-            .filter_map(|p| p.trim().strip_prefix(prefix.as_str()))
-            .filter(|t| !t.is_empty());
-        for token in offered {
-            take(Cow::Borrowed(token))?;
-        }
+    for token in offered() {
+        take(Cow::Borrowed(token))?;
     }
     found.ok_or(Reject::MissingToken)
 }

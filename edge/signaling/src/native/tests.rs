@@ -12,6 +12,7 @@ fn anonymous() -> Viewer {
 fn as_sub(sub: &str) -> Viewer {
     Viewer {
         sub: Some(sub.into()),
+        ..Viewer::default()
     }
 }
 

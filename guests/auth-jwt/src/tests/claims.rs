@@ -107,8 +107,10 @@ fn context_has_sub_and_forwarded_claims() {
     )
     .expect("valid");
     let context = crate::context(&c, &s);
+    let expires = (NOW + 60 + 30).to_string();
     let expected = [
         ("sub", "42"),
+        ("expires_at", expires.as_str()),
         ("jwt.tier", "gold"),
         ("jwt.roles", "[\"a\"]"),
     ];

@@ -44,6 +44,25 @@ fn token_sources_header_then_query_or_subprotocol() {
         reason(authenticate(&env, &s, &other, &query)),
         "malformed_token"
     );
+    // A header token beside a different subprotocol token is ambiguous; beside the same one
+    // (or beside a different query token) the header's is used.
+    let both = |header: &str, protocols: &str| {
+        let mut h = offered(protocols);
+        h.push(("authorization".to_owned(), format!("Bearer {header}")));
+        h
+    };
+    let same = both(&token, &format!("signaling, access_token.{token}"));
+    assert_eq!(reason(authenticate(&env, &s, &same, "")), "allowed");
+    let differ = both(&token, "signaling, access_token.x.y.z");
+    assert_eq!(
+        reason(authenticate(&env, &s, &differ, "")),
+        "malformed_token"
+    );
+    let stale_query = both(&token, "signaling");
+    assert_eq!(
+        reason(authenticate(&env, &s, &stale_query, "access_token=x.y.z")),
+        "allowed"
+    );
     let bare = offered("signaling, access_token.");
     assert_eq!(reason(authenticate(&env, &s, &bare, "")), "missing_token");
     let off = config(&[("secret", SECRET), ("subprotocol_prefix", "")]);
