@@ -18,9 +18,11 @@
 # Env: CONNS, SWARMS, SETTLE, EDGE_BIN (default target/release/edge), SERVER_CPU / LOAD_CPU;
 #      TLS=1: the edge over its TLS listener (wss://, the development certificate; the npm
 #      server stays plain: it has no TLS of its own)
+#      OWN=1: the edge's signaling listeners (`signaling.listen` / `tls_listen`, WebSocket-sized
+#      buffers) instead of the viewer listeners
 set -euo pipefail
 
-CONNS=${CONNS:-5000} SWARMS=${SWARMS:-50} SETTLE=${SETTLE:-5} TLS=${TLS:-0}
+CONNS=${CONNS:-5000} SWARMS=${SWARMS:-50} SETTLE=${SETTLE:-5} TLS=${TLS:-0} OWN=${OWN:-0}
 SERVER_CPU=${SERVER_CPU:-0} LOAD_CPU=${LOAD_CPU:-1}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -117,6 +119,11 @@ if [[ $TLS == 1 ]]; then
 else
     listen=(--listen 127.0.0.1:0 --no-tls) scheme=http ws=ws
 fi
+where=''
+if [[ $OWN == 1 ]]; then
+    if [[ $TLS == 1 ]]; then echo 'tls_listen = ["127.0.0.1:0"]'; else echo 'listen = ["127.0.0.1:0"]'; fi >>"$WORK/edge.toml"
+    scheme=$ws where=', signaling listener'
+fi
 (cd "$ROOT" && exec taskset -c "$SERVER_CPU" "$EDGE_BIN" serve --config "$WORK/edge.toml" \
     "${listen[@]}" --admin-listen 127.0.0.1:0) 2>"$WORK/edge.log" &
 SERVER_PID=$!
@@ -156,5 +163,5 @@ echo "date: $(date -u '+%Y-%m-%dT%H:%M:%SZ'), nproc: $(nproc), node: $(node --ve
 echo
 echo "| tracker | RSS before (KiB) | RSS with $CONNS idle connections (KiB) | KiB per connection | connections per GiB |"
 echo "|---|---:|---:|---:|---:|"
-echo "| edge ($ws://) | $E_BEFORE | $E_AFTER | $(per "$E_BEFORE" "$E_AFTER") | $(per_gib "$E_BEFORE" "$E_AFTER") |"
+echo "| edge ($ws://$where) | $E_BEFORE | $E_AFTER | $(per "$E_BEFORE" "$E_AFTER") | $(per_gib "$E_BEFORE" "$E_AFTER") |"
 echo "| npm bittorrent-tracker | $N_BEFORE | $N_AFTER | $(per "$N_BEFORE" "$N_AFTER") | $(per_gib "$N_BEFORE" "$N_AFTER") |"

@@ -53,6 +53,10 @@ pub struct Addrs {
     pub admin: SocketAddr,
     /// The seeder role's listener, when it runs.
     pub seeder: Option<SocketAddr>,
+    /// The signaling role's own plain listeners (`signaling.listen`).
+    pub signaling_http: Vec<SocketAddr>,
+    /// The signaling role's own TLS listeners (`signaling.tls_listen`).
+    pub signaling_https: Vec<SocketAddr>,
 }
 
 /// A running edge: every role of its config, and the admin listener.
@@ -201,6 +205,14 @@ impl Edge {
                 .unwrap_or_default(),
             admin: admin_socket.local_addr(),
             seeder: seeder_socket.as_ref().map(BoundListener::local_addr),
+            signaling_http: edge_sockets
+                .as_ref()
+                .map(|s| s.signaling_addrs.0.clone())
+                .unwrap_or_default(),
+            signaling_https: edge_sockets
+                .as_ref()
+                .map(|s| s.signaling_addrs.1.clone())
+                .unwrap_or_default(),
         };
 
         // Then every role is built: everything that can fail comes before anything serves.

@@ -194,3 +194,27 @@ fn default_node_id() -> String {
         .unwrap_or_else(|| "edge".into());
     format!("{host}-{:06x}", rand::random::<u32>() & 0x00ff_ffff)
 }
+
+/// The handler of the signaling role's own listeners: the pipeline (routes, policies, the
+/// endpoints as mounted), for the signaling endpoints and `/health` only; anything else is a
+/// 404 there (viewers fetch media from the viewer listeners).
+pub(crate) struct Only {
+    pipeline: Arc<edge_pipeline::Pipeline>,
+    paths: Vec<String>,
+}
+
+impl Only {
+    pub(crate) fn new(pipeline: Arc<edge_pipeline::Pipeline>, paths: Vec<String>) -> Self {
+        Self { pipeline, paths }
+    }
+}
+
+#[async_trait::async_trait]
+impl edge_contract::Handler for Only {
+    async fn handle(&self, req: edge_contract::EdgeRequest) -> edge_contract::EdgeResponse {
+        if self.paths.contains(&req.path) {
+            return self.pipeline.handle(req).await;
+        }
+        edge_contract::EdgeResponse::error(http::StatusCode::NOT_FOUND, "not_found")
+    }
+}

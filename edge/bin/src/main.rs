@@ -325,6 +325,12 @@ fn serve(cfg: EdgeConfig) -> anyhow::Result<()> {
         if let Some(a) = addrs.seeder {
             tracing::info!("listening on http://{a} (seeder)");
         }
+        for a in &addrs.signaling_http {
+            tracing::info!("listening on ws://{a} (signaling)");
+        }
+        for a in &addrs.signaling_https {
+            tracing::info!("listening on wss://{a} (signaling)");
+        }
         tracing::info!("listening on http://{} (admin)", addrs.admin);
         if let Some(url) = edge.demo_url() {
             tracing::info!("demo stream: {url}");

@@ -99,6 +99,13 @@ pub(crate) const OVERRIDES: &[(&str, &str, &str, Kind)] = &[
     ("SEEDER_ADVERTISE", "seeder", "advertise", Kind::Str),
     ("SEEDER_ID", "seeder", "id", Kind::Str),
     ("NODE_ID", "signaling", "node_id", Kind::Str),
+    ("SIGNALING_LISTEN", "signaling", "listen", Kind::List),
+    (
+        "SIGNALING_TLS_LISTEN",
+        "signaling",
+        "tls_listen",
+        Kind::List,
+    ),
     (
         "KAFKA_CONSUMER_GROUP",
         "signaling",

@@ -3,7 +3,7 @@
 use crate::{EdgeConfig, Role};
 use bytesize::ByteSize;
 use serde::Deserialize;
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 /// `[signaling]`: the signaling role's endpoints on the viewer listeners: the WebTorrent tracker
 /// and the native protocol (swarms per stream, watch rooms).
@@ -20,6 +20,14 @@ pub struct SignalingConfig {
     /// (Autobahn's fuzzing client) and load generators, behind its route's policy chain like
     /// the others. Default: none (off).
     pub echo_path: Option<String>,
+    /// Listeners of their own for the signaling endpoints (`["0.0.0.0:4001"]`, env
+    /// `SIGNALING_LISTEN`), besides the viewer listeners: they serve only the endpoints and
+    /// `/health`, through the same routes and policies, with no per-connection write buffer
+    /// (an idle WebSocket there holds a fraction of what one on a viewer listener does). Port 0
+    /// works; the log prints the bound address. Default: none.
+    pub listen: Vec<SocketAddr>,
+    /// The same with TLS (the `[server]` certificate), env `SIGNALING_TLS_LISTEN`. Default: none.
+    pub tls_listen: Vec<SocketAddr>,
     /// This node's id in the cluster and in `/health` (`nodeId`). Env `NODE_ID`. Default: the
     /// host name and a random suffix, new at every start.
     pub node_id: Option<String>,
@@ -79,6 +87,8 @@ impl Default for SignalingConfig {
             tracker_path: "/ws/tracker".into(),
             path: "/ws/signaling".into(),
             echo_path: None,
+            listen: Vec::new(),
+            tls_listen: Vec::new(),
             node_id: None,
             token_protocol_prefix: "access_token.".into(),
             subprotocols: vec!["signaling".into()],

@@ -46,6 +46,34 @@ pub const PLAIN_READ_BUFFER: usize = 0;
 /// send is small (request heads, HTTP/2 control frames, signaling messages).
 pub const TLS_READ_BUFFER: usize = 4 * 1024;
 
+/// The per-connection buffers of a listener set, allocated at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffers {
+    /// Read buffer under a plain connection.
+    pub plain_read: usize,
+    /// Read buffer under a TLS connection.
+    pub tls_read: usize,
+    /// Write buffer.
+    pub write: usize,
+}
+
+impl Buffers {
+    /// For HTTP: [`WRITE_BUFFER`], [`PLAIN_READ_BUFFER`], [`TLS_READ_BUFFER`].
+    pub const HTTP: Self = Self {
+        plain_read: PLAIN_READ_BUFFER,
+        tls_read: TLS_READ_BUFFER,
+        write: WRITE_BUFFER,
+    };
+    /// For listeners of long-lived WebSocket connections: no write buffer (the WebSocket
+    /// session gathers a burst of messages into one write and keeps nothing while idle), so an
+    /// idle connection holds no buffer but the TLS read one.
+    pub const WEBSOCKET: Self = Self {
+        plain_read: 0,
+        tls_read: TLS_READ_BUFFER,
+        write: 0,
+    };
+}
+
 /// A socket bound by the edge, with its TLS settings if it is a TLS listener.
 pub struct BoundListener {
     listener: std::net::TcpListener,
@@ -110,6 +138,17 @@ impl Listeners {
         app: HttpApp<H>,
         listeners: Vec<BoundListener>,
     ) {
+        self.serve_with(name, app, listeners, Buffers::HTTP);
+    }
+
+    /// [`serve`](Self::serve) with other per-connection buffers.
+    pub fn serve_with<H: edge_contract::Handler>(
+        &mut self,
+        name: &str,
+        app: HttpApp<H>,
+        listeners: Vec<BoundListener>,
+        buffers: Buffers,
+    ) {
         self.apps.push(app.in_flight());
         let shared = Arc::new(conn::Shared::new(name, self.limits, self.metrics.clone()));
         let app = conn::Guarded::new(app.limited_by(shared.clone()), shared);
@@ -119,15 +158,15 @@ impl Listeners {
             let key = l.local_addr().to_string();
             let tls = l.tls;
             fds.add(key.clone(), l.listener.into_raw_fd());
-            let buffers = L4BufferSettings::default().write(WRITE_BUFFER);
+            let l4 = L4BufferSettings::default().write(buffers.write);
             let endpoint = match tls {
                 Some(settings) => ListenerConfig::tcp(key)
-                    .l4_buffer(buffers.read(TLS_READ_BUFFER))
+                    .l4_buffer(l4.read(buffers.tls_read))
                     .tls(settings),
                 // No read buffer under plain HTTP: pingora's session reads heads and bodies into
                 // buffers of its own, an upgraded protocol (tungstenite) too; pingora's default
                 // (64 KiB per connection) was most of an idle WebSocket's memory.
-                None => ListenerConfig::tcp(key).l4_buffer(buffers.read(PLAIN_READ_BUFFER)),
+                None => ListenerConfig::tcp(key).l4_buffer(l4.read(buffers.plain_read)),
             };
             service.add_listener(endpoint);
         }

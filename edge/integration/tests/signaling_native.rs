@@ -167,6 +167,51 @@ async fn an_unknown_subprotocol_is_not_echoed_and_the_socket_closes_when_its_tok
     );
 }
 
+/// `signaling.listen`: a port of its own serving the endpoints (through the same policies) and
+/// `/health`, nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signaling_listener_serves_the_endpoints_and_health_only() {
+    let edge = TestEdge::start_with_env(
+        &repo_root().join("policies/default.toml"),
+        "[signaling]\nlisten = [\"127.0.0.1:0\"]\n",
+        &[("EDGE_ROLES", "edge,signaling")],
+    )
+    .await
+    .expect("edge starts");
+    let own = edge.edge.addrs().signaling_http[0];
+    assert_ne!(own, edge.edge.addrs().http[0]);
+    let url = format!("ws://{own}/ws/signaling");
+    let status = |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("{e}"),
+        Ok(_) => 101,
+    };
+    // The route's policies apply there too.
+    assert_eq!(status(connect_async(url.as_str()).await.map(|_| ())), 401);
+    let mut req = url.as_str().into_client_request().unwrap();
+    let offered = format!("signaling, access_token.{}", edge.dev_jwt("dave"));
+    req.headers_mut()
+        .insert("sec-websocket-protocol", offered.parse().unwrap());
+    let (mut ws, _) = connect_async(req).await.expect("101");
+    send(&mut ws, json!({"type":"heartbeat"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "heartbeat");
+    let get = |path: &str| {
+        let url = format!("http://{own}{path}");
+        async move {
+            edge_integration::client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get("/health").await, 200);
+    assert_eq!(get("/vod/demo/index.m3u8").await, 404);
+    assert_eq!(get("/api/v1/streams").await, 404);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_viewers_find_each_other_and_relay_offers_answers_and_candidates() {
     let edge = edge().await;

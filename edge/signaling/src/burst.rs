@@ -1,7 +1,11 @@
-//! Reads for a WebSocket library that reads little at a time: one large read from the socket
-//! into a stack buffer, the part the library did not take kept on the heap only until it is
-//! taken. An idle connection holds no read buffer, a busy one reads its burst in one syscall
-//! (tungstenite reads at most its `read_buffer_size` per call, sized small for idle memory).
+//! I/O in bursts for a WebSocket library that reads and writes little at a time, with nothing
+//! held between bursts:
+//! - reads: one large read from the socket into a stack buffer, the part the library did not
+//!   take kept on the heap only until it is taken (tungstenite reads at most its
+//!   `read_buffer_size` per call, sized small for idle memory);
+//! - writes: gathered until the flush and written at once (a session writes a burst of queued
+//!   messages with one flush: one syscall, whatever the listener's own write buffer), the
+//!   buffer freed once written.
 
 use std::{
     io,
@@ -14,12 +18,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Bytes one read from the socket may bring.
 const CHUNK: usize = 8 * 1024;
 
+/// Bytes gathered before they are written without waiting for the flush.
+const GATHER: usize = 64 * 1024;
+
 /// `inner` with its reads done [`CHUNK`] at a time.
 pub(crate) struct Burst<S> {
     inner: S,
     /// Read from `inner`, not yet taken (empty, and unallocated, between bursts).
     rest: Vec<u8>,
     taken: usize,
+    /// Written by the library, not yet to `inner` (empty, and unallocated, between bursts).
+    out: Vec<u8>,
+    sent: usize,
 }
 
 impl<S> Burst<S> {
@@ -28,7 +38,25 @@ impl<S> Burst<S> {
             inner,
             rest: Vec::new(),
             taken: 0,
+            out: Vec::new(),
+            sent: 0,
         }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Burst<S> {
+    /// Writes what was gathered to `inner`; frees the buffer once all of it is written.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.out.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.out = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -73,27 +101,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Burst<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.out.len() + buf.len() > GATHER {
+            ready!(this.poll_send(cx))?;
+            if buf.len() >= GATHER {
+                return Pin::new(&mut this.inner).poll_write(cx, buf);
+            }
+        }
+        this.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
@@ -121,5 +147,22 @@ mod tests {
         }
         assert_eq!(got, sent);
         assert_eq!(burst.rest.capacity(), 0, "nothing held between bursts");
+    }
+
+    #[tokio::test]
+    async fn writes_are_gathered_until_the_flush_and_nothing_is_kept_after() {
+        let (client, server) = tokio::io::duplex(256 * 1024);
+        let mut burst = Burst::new(server);
+        let mut client = client;
+        let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for piece in sent.chunks(700) {
+            burst.write_all(piece).await.unwrap();
+        }
+        burst.flush().await.unwrap();
+        assert_eq!(burst.out.capacity(), 0, "nothing held after the flush");
+        burst.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, sent);
     }
 }

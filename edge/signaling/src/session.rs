@@ -144,6 +144,11 @@ pub(crate) async fn run<E: Engine>(engine: Arc<E>, viewer: Viewer, io: Upgraded,
         };
         let _ = tokio::time::timeout(limits.ping_interval, closing).await;
     }
+    // tungstenite writes the last frames of a closing handshake (its close reply above all)
+    // without flushing the stream: send them, then end our side (RFC 6455 7.1.1: the server
+    // closes the TCP connection first).
+    let ending = tokio::io::AsyncWriteExt::shutdown(ws.get_mut());
+    let _ = tokio::time::timeout(limits.send_timeout, ending).await;
 }
 
 /// Most bytes one batch of queued messages writes before it flushes.

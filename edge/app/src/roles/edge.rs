@@ -14,11 +14,14 @@ use edge_upstream::SeederOrigin;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::task::JoinHandle;
 
-/// The viewer listeners, bound.
+/// The viewer listeners, bound, and the signaling role's own ones.
 pub(crate) struct Sockets {
     listeners: Vec<BoundListener>,
     pub(crate) http: Vec<SocketAddr>,
     pub(crate) https: Vec<SocketAddr>,
+    signaling: Vec<BoundListener>,
+    /// `signaling.listen` and `signaling.tls_listen` as bound (plain, TLS).
+    pub(crate) signaling_addrs: (Vec<SocketAddr>, Vec<SocketAddr>),
 }
 
 /// What the edge role takes from the policies loaded for the process.
@@ -31,6 +34,9 @@ pub(crate) struct Policies {
 
 pub(crate) struct EdgeRole {
     sockets: Vec<BoundListener>,
+    /// The signaling role's own listeners, and the paths they serve.
+    signaling_sockets: Vec<BoundListener>,
+    signaling_paths: Vec<String>,
     pub(crate) pipeline: Arc<Pipeline>,
     /// What the caches fill from (seeders in front of the origin when routing to them).
     pub(crate) upstream: Arc<dyn Origin>,
@@ -46,7 +52,9 @@ pub(crate) struct EdgeRole {
 impl EdgeRole {
     /// Binds every viewer listener (TLS ones with the configured or development certificate).
     pub(crate) fn bind(cfg: &EdgeConfig) -> anyhow::Result<Sockets> {
-        let tls_pem = if cfg.server.tls_listen.is_empty() {
+        let signaling = cfg.runs(edge_config::Role::Signaling);
+        let own_tls = signaling && !cfg.signaling.tls_listen.is_empty();
+        let tls_pem = if cfg.server.tls_listen.is_empty() && !own_tls {
             None
         } else {
             Some(crate::secrets::tls_pem(cfg)?)
@@ -78,9 +86,26 @@ impl EdgeRole {
                 .map(BoundListener::local_addr)
                 .collect()
         };
+        let mut own = Vec::new();
+        if signaling {
+            for addr in &cfg.signaling.listen {
+                own.push(bind(addr, false)?);
+            }
+            for addr in &cfg.signaling.tls_listen {
+                own.push(bind(addr, true)?);
+            }
+        }
+        let own_addrs = |tls: bool| {
+            own.iter()
+                .filter(|l| l.is_tls() == tls)
+                .map(BoundListener::local_addr)
+                .collect()
+        };
         Ok(Sockets {
             http: addrs(false),
             https: addrs(true),
+            signaling_addrs: (own_addrs(false), own_addrs(true)),
+            signaling: own,
             listeners,
         })
     }
@@ -145,8 +170,17 @@ impl EdgeRole {
         mounts.extend(signaling);
         pipeline.mount(mounts);
         policies.control.attach(pipeline.clone());
+        let s = &cfg.signaling;
+        let signaling_paths = [Some(&s.tracker_path), Some(&s.path), s.echo_path.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .chain(["/health".to_owned()])
+            .collect();
         Ok(Self {
             sockets: sockets.listeners,
+            signaling_sockets: sockets.signaling,
+            signaling_paths,
             pipeline,
             upstream,
             routing,
@@ -187,6 +221,19 @@ impl Role for EdgeRole {
             HttpApp::new(self.pipeline.clone()),
             std::mem::take(&mut self.sockets),
         );
+        let own = std::mem::take(&mut self.signaling_sockets);
+        if !own.is_empty() {
+            let only = crate::signaling::Only::new(
+                self.pipeline.clone(),
+                std::mem::take(&mut self.signaling_paths),
+            );
+            listeners.serve_with(
+                "signaling",
+                HttpApp::new(Arc::new(only)),
+                own,
+                edge_http::Buffers::WEBSOCKET,
+            );
+        }
         let mut tasks = Vec::new();
         if let Some(r) = &self.routing {
             tasks.extend(r.spawn());
