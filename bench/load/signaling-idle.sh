@@ -30,6 +30,7 @@ REF=$ROOT/edge/signaling/tests/reference
 EDGE_BIN=${EDGE_BIN:-$ROOT/target/release/edge}
 [[ $EDGE_BIN == /* ]] || EDGE_BIN=$ROOT/$EDGE_BIN
 
+. "$HERE/signaling-edge.sh"
 log() { printf '[signaling-idle %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 [[ -x $EDGE_BIN ]] || die "edge binary $EDGE_BIN not found: cargo build --release -p edge"
@@ -93,27 +94,11 @@ measure() {  # $1: name, $2: ws url; SERVER_PID set
 }
 
 # --- edge ---
-cat >"$WORK/policies.toml" <<'EOF'
-[[routes]]
-name = "signaling"
-paths = ["/ws/**"]
-EOF
-cat >"$WORK/edge.toml" <<EOF
-roles = ["edge", "signaling"]
-[server]
-demo_stream = ""
-threads = 1
-data_dir = "$WORK/edge-data"
-max_connections = $((CONNS + 100))
-max_connections_per_client = $((CONNS + 100))
-[origin]
-root = "$WORK"
-[policies]
-file = "$WORK/policies.toml"
-watch_interval = "0s"
-[signaling]
-max_swarm_peers = $CONNS
-EOF
+own=''
+if [[ $OWN == 1 ]]; then
+    if [[ $TLS == 1 ]]; then own='tls_listen = ["127.0.0.1:0"]'; else own='listen = ["127.0.0.1:0"]'; fi
+fi
+signaling_edge_config "$WORK" "$CONNS" "$own"
 if [[ $TLS == 1 ]]; then
     listen=(--listen 127.0.0.1:0 --tls-listen 127.0.0.1:0) scheme=https ws=wss
 else
@@ -121,18 +106,12 @@ else
 fi
 where=''
 if [[ $OWN == 1 ]]; then
-    if [[ $TLS == 1 ]]; then echo 'tls_listen = ["127.0.0.1:0"]'; else echo 'listen = ["127.0.0.1:0"]'; fi >>"$WORK/edge.toml"
     scheme=$ws where=', signaling listener'
 fi
 (cd "$ROOT" && exec taskset -c "$SERVER_CPU" "$EDGE_BIN" serve --config "$WORK/edge.toml" \
     "${listen[@]}" --admin-listen 127.0.0.1:0) 2>"$WORK/edge.log" &
 SERVER_PID=$!
-PORT=''
-for _ in $(seq 300); do
-    PORT=$(grep -v '(admin)' "$WORK/edge.log" | grep -oE "listening on $scheme://127\.0\.0\.1:[0-9]+" | head -1 | sed 's/.*://') || true
-    [[ -n $PORT ]] && break
-    sleep 0.1
-done
+PORT=$(wait_for_port "$WORK/edge.log" "$scheme") || PORT=''
 [[ -n $PORT ]] || { cat "$WORK/edge.log" >&2; die "edge did not start"; }
 read -r _ E_BEFORE E_AFTER < <(measure edge "$ws://127.0.0.1:$PORT/ws/tracker")
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=''

@@ -30,6 +30,7 @@ REF=$ROOT/edge/signaling/tests/reference
 EDGE_BIN=${EDGE_BIN:-$ROOT/target/release/edge}
 LOAD_BIN=${LOAD_BIN:-$ROOT/target/release/tracker-load}
 
+. "$HERE/signaling-edge.sh"
 log() { printf '[signaling-throughput %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 [[ -x $EDGE_BIN ]] || die "edge binary $EDGE_BIN not found: cargo build --release -p edge"
@@ -69,37 +70,11 @@ measure() {  # $1: name, $2: ws url; SERVER_PID set. Prints: name json cpu_secon
 }
 
 # --- edge ---
-cat >"$WORK/policies.toml" <<'EOT'
-[[routes]]
-name = "signaling"
-paths = ["/ws/**"]
-EOT
-cat >"$WORK/edge.toml" <<EOT
-roles = ["edge", "signaling"]
-[server]
-demo_stream = ""
-threads = 1
-data_dir = "$WORK/edge-data"
-max_connections = $((CONNS + 100))
-max_connections_per_client = $((CONNS + 100))
-[origin]
-root = "$WORK"
-[policies]
-file = "$WORK/policies.toml"
-watch_interval = "0s"
-[signaling]
-max_swarm_peers = $CONNS
-messages_per_second = 1000000
-EOT
+signaling_edge_config "$WORK" "$CONNS" "messages_per_second = 1000000"
 (cd "$ROOT" && exec taskset -c "$SERVER_CPU" "$EDGE_BIN" serve --config "$WORK/edge.toml" \
     --listen 127.0.0.1:0 --no-tls --admin-listen 127.0.0.1:0) 2>"$WORK/edge.log" &
 SERVER_PID=$!
-PORT=''
-for _ in $(seq 300); do
-    PORT=$(grep -v '(admin)' "$WORK/edge.log" | grep -oE "listening on http://127\.0\.0\.1:[0-9]+" | head -1 | sed 's/.*://') || true
-    [[ -n $PORT ]] && break
-    sleep 0.1
-done
+PORT=$(wait_for_port "$WORK/edge.log" http) || PORT=''
 [[ -n $PORT ]] || { cat "$WORK/edge.log" >&2; die "edge did not start"; }
 read -r _ E_JSON E_CPU < <(measure edge "ws://127.0.0.1:$PORT/ws/tracker")
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=''
