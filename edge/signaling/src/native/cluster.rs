@@ -451,12 +451,17 @@ impl Cluster {
     }
 
     /// Starts the node's tasks for `hub`: the subscriber of its channel (relays from other
-    /// nodes) and the keep-alive that renews its peers. Both end when the hub is dropped.
+    /// nodes), the keep-alive that proves the node alive and renews its peers, and the upkeep
+    /// of its rooms. All end when the hub is dropped. The rooms' upkeep has a task of its own:
+    /// sweeping many rooms through a slow Redis must never delay the keep-alive (the other
+    /// nodes would take this one for dead).
     pub(crate) fn spawn(self: &Arc<Self>, hub: Weak<Hub>) {
         let (cluster, subscriber_hub) = (self.clone(), hub.clone());
         tokio::spawn(async move { cluster.subscribe(subscriber_hub).await });
-        let cluster = self.clone();
+        let (cluster, rooms_hub) = (self.clone(), hub.clone());
         tokio::spawn(async move { cluster.keep_alive(hub).await });
+        let cluster = self.clone();
+        tokio::spawn(async move { cluster.room_upkeep(rooms_hub).await });
     }
 
     async fn subscribe(self: Arc<Self>, hub: Weak<Hub>) {
@@ -546,10 +551,18 @@ impl Cluster {
             } else {
                 let _ = self.renew(&[]).await;
             }
-            if let Some(h) = hub.upgrade() {
-                h.room_upkeep(&self).await;
-            }
             ticks += 1;
+        }
+    }
+
+    /// Every keep-alive period, this node's rooms: TTLs renewed, members swept.
+    async fn room_upkeep(self: Arc<Self>, hub: Weak<Hub>) {
+        let mut every = tokio::time::interval(KEEPALIVE);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(h) = hub.upgrade() else { return };
+            h.room_upkeep(&self).await;
         }
     }
 }

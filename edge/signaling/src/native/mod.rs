@@ -188,9 +188,14 @@ fn server_time() -> u64 {
 impl Hub {
     /// An empty hub serving this node's peers alone.
     pub fn new(cfg: SignalingConfig, metrics: &Metrics) -> Self {
-        // Join tokens grow across restarts of a node too (its entries outlive it in Redis).
+        // Join tokens and connection ids grow across restarts of a node too: its peer entries
+        // and room members (node, connection) outlive it in Redis, and a restarted node with
+        // the same `NODE_ID` must not take an old member's place for a new connection of the
+        // same number (it would get that room's state).
+        let start = server_time().saturating_mul(1000);
         let state = State {
-            next_token: server_time().saturating_mul(1000),
+            next_token: start,
+            next_conn: start,
             ..State::default()
         };
         Self {

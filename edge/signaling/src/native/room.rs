@@ -360,7 +360,10 @@ fn join(
     let connected =
         m.at.as_ref()
             .is_some_and(|a| live.gone_since(a, now).is_none());
-    if connected && !authenticated {
+    // The same connection joining again (its first join committed, but its answer was lost) is
+    // that member, not someone claiming its id.
+    let same_connection = m.at.as_ref() == Some(at);
+    if connected && !authenticated && !same_connection {
         // Anyone can send a userId; only a token proves it.
         return Err(refuse("user_in_room", "this userId is connected"));
     }
@@ -509,6 +512,35 @@ mod tests {
             "leave"
         );
         assert!(room.is_none());
+    }
+
+    /// A join whose answer was lost (the store answered too late) is sent again by the same
+    /// connection: it is that member rejoining, not someone claiming its id.
+    #[test]
+    fn the_same_connection_joining_again_is_a_rejoin() {
+        let live = Live::alone("a");
+        let mut room = None;
+        join(&mut room, "anon", at("a", 1), &live, 0);
+        let again = Op::Join {
+            user: "anon".into(),
+            authenticated: false,
+            at: at("a", 1),
+            url: None,
+            max_members: 10,
+        };
+        let change = apply(&mut room, &again, &live, 0).unwrap().unwrap();
+        assert_eq!(change.event, "rejoin");
+        let other = Op::Join {
+            user: "anon".into(),
+            authenticated: false,
+            at: at("a", 2),
+            url: None,
+            max_members: 10,
+        };
+        assert_eq!(
+            apply(&mut room, &other, &live, 0).unwrap_err().code,
+            "user_in_room"
+        );
     }
 
     #[test]

@@ -11,6 +11,9 @@ use super::room::{self, At, Change, Live, Op, Refusal, Room};
 use super::{ConnId, Hub, State, cluster, wire};
 use tokio::time::Instant;
 
+/// Longest JWT subject a room member may have (bytes).
+const MAX_SUB: usize = 256;
+
 /// What a room change ended in, for the member that asked.
 enum Outcome {
     Changed(Change),
@@ -38,14 +41,18 @@ impl Hub {
                 if kind == "sync" {
                     return self.sync_room(conn, &m.room_id).await;
                 }
-                if let Some(c) = self.lock().conns.get_mut(&conn) {
-                    c.rooms.remove(&m.room_id);
-                }
                 let op = Op::Leave {
                     user,
                     at: self.at(conn),
                 };
-                self.room_op(Some(conn), &m.room_id, op, kind).await;
+                // Out of the room once the room says so: a leave that could not be written
+                // leaves the connection a member, free to leave again.
+                let left = self.try_room_op(Some(conn), &m.room_id, op, kind).await;
+                if left.is_ok()
+                    && let Some(c) = self.lock().conns.get_mut(&conn)
+                {
+                    c.rooms.remove(&m.room_id);
+                }
             }
             _ => {
                 let Some(m) = self.parse::<wire::Control>(conn, kind, text) else {
@@ -124,6 +131,15 @@ impl Hub {
                     &mut state,
                     "user_mismatch",
                     "userId differs from the token's subject",
+                );
+            }
+            // A subject is the identity provider's (`urn:…`, `auth0|…`): only its size is
+            // bounded here, as it is in every member list written and sent.
+            (Some(sub), _) if sub.len() > MAX_SUB => {
+                return no(
+                    &mut state,
+                    "invalid_user_id",
+                    "the token's subject is too long",
                 );
             }
             (Some(sub), _) => sub.clone(),
@@ -224,8 +240,27 @@ impl Hub {
         op: Op,
         about: &str,
     ) -> Option<Change> {
+        self.try_room_op(conn, room_id, op, about)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// [`room_op`](Self::room_op), telling apart a room store that could not be reached
+    /// (`Err`: nothing is known to have changed).
+    async fn try_room_op(
+        &self,
+        conn: Option<ConnId>,
+        room_id: &str,
+        op: Op,
+        about: &str,
+    ) -> Result<Option<Change>, ()> {
         let outcome = match &self.cluster {
             None => self.room_op_here(room_id, &op),
+            // A client's change while this node hears no broadcasts would be written but never
+            // reach its own members (nor renew the room's keys); a connection's close is still
+            // written (its member goes offline).
+            Some(cluster) if conn.is_some() && !cluster.is_up() => Outcome::Unavailable,
             Some(cluster) => {
                 let open = |c: ConnId| self.state.lock().conns.contains_key(&c);
                 let now = || self.room_clock();
@@ -245,7 +280,7 @@ impl Hub {
         };
         let about = Some(about);
         match (outcome, conn) {
-            (Outcome::Changed(change), _) => return Some(change),
+            (Outcome::Changed(change), _) => return Ok(Some(change)),
             (Outcome::Unchanged, _) => {}
             (Outcome::Refused(r), Some(conn)) => {
                 self.refuse_now(conn, r.code, r.message, about);
@@ -256,10 +291,11 @@ impl Hub {
                     let why = "the room store cannot be reached";
                     self.refuse_now(conn, "unavailable", why, about);
                 }
+                return Err(());
             }
             (Outcome::Refused(r), None) => self.metrics.drop(r.code),
         }
-        None
+        Ok(None)
     }
 
     /// [`room_op`](Self::room_op) of a hub without a cluster.
