@@ -115,13 +115,13 @@ impl Monitor {
         }
     }
 
-    /// Checks every dependency now (each bounded by its own timeout) and keeps the result unless
-    /// a check that started later finished first.
     /// The signaling role's hub, when it runs.
     pub(crate) fn signaling(&self) -> Option<&Arc<Hub>> {
         self.signaling.as_ref()
     }
 
+    /// Checks every dependency now (each bounded by its own timeout) and keeps the result unless
+    /// a check that started later finished first.
     pub(crate) async fn check(&self) -> Arc<Report> {
         let started = Instant::now();
         let origin = async {

@@ -30,16 +30,14 @@ pub(crate) fn mounts(
         send_timeout: cfg.server.send_timeout,
         ..Limits::default()
     };
-    let tracker = Arc::new(Tracker::new(
-        TrackerConfig {
-            interval_secs: s.interval.as_secs(),
-            max_offers: s.max_offers,
-            max_swarm_peers: s.max_swarm_peers,
-            max_swarms: s.max_swarms,
-            ..TrackerConfig::default()
-        },
-        &metrics,
-    ));
+    let tracker_cfg = TrackerConfig {
+        interval_secs: s.interval.as_secs(),
+        max_offers: s.max_offers,
+        max_swarm_peers: s.max_swarm_peers,
+        max_swarms: s.max_swarms,
+        ..TrackerConfig::default()
+    };
+    let tracker = Arc::new(Tracker::new(tracker_cfg.clone(), &metrics));
     let hub_cfg = SignalingConfig {
         max_streams: s.max_swarms,
         max_swarm_peers: s.max_swarm_peers,
@@ -83,7 +81,7 @@ pub(crate) fn mounts(
         },
     ];
     if let Some(path) = &s.echo_path {
-        let echo = Arc::new(Echo::new(&TrackerConfig::default(), &metrics));
+        let echo = Arc::new(Echo::new(&tracker_cfg, &metrics));
         let service = EchoService::new(echo, limits_echo, origins_echo)
             .with_token_prefix(s.token_protocol_prefix.clone())
             .with_subprotocols(s.subprotocols.clone());

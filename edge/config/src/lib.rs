@@ -139,25 +139,24 @@ mod tests {
         );
         let text = "roles = [\"all\"]\n[signaling]\necho_path = \"/ws/signaling\"\n\
                     allowed_origins = [\"https://Player.Example.com:443/\", \"http://[::1]:3000\", \
-                    \"player.example.com\", \"https://a.example/app\", \"https://a.example:0\"]\n\
+                    \"player.example.com\", \"https://a.example/app\", \"https://a.example:0\", \
+                    \"http://fe80::1:3000\"]\n\
                     subprotocols = [\"signaling\", \"a b\", \"access_token.x\", \"signaling\"]\n";
         let errs = EdgeConfig::from_toml_str("e.toml", text, &none).unwrap_err();
         let problems: Vec<_> = errs
             .iter()
             .map(|e| format!("{}: {}", e.field, e.message))
             .collect();
-        assert_eq!(problems.len(), 7, "{problems:#?}");
+        assert_eq!(problems.len(), 8, "{problems:#?}");
         assert!(problems[0].starts_with("signaling.echo_path: must differ"));
-        for (p, what) in problems[1..4]
-            .iter()
-            .zip(["player.example.com", "/app", ":0"])
-        {
+        let origins = ["player.example.com", "/app", ":0", "fe80::1"];
+        for (p, what) in problems[1..5].iter().zip(origins) {
             assert!(
                 p.starts_with("signaling.allowed_origins") && p.contains(what),
                 "{p}"
             );
         }
-        for (p, what) in problems[4..]
+        for (p, what) in problems[5..]
             .iter()
             .zip(["a b", "access_token.x", "signaling"])
         {

@@ -198,6 +198,12 @@ pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
             ),
         );
     }
+    if s.subprotocols.is_empty() {
+        bad(
+            "signaling.subprotocols",
+            "must list at least one (browsers offer one beside their token)",
+        );
+    }
     for (i, p) in s.subprotocols.iter().enumerate() {
         if !is_token(p)
             || p.starts_with(&s.token_protocol_prefix)
@@ -272,14 +278,25 @@ fn origin_syntax(origin: &str) -> bool {
         return false;
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, None),
-        Some((h, p)) => (h, Some(p)),
-        None => (authority, None),
+    // An IPv6 host only in brackets (`http://[::1]:3000`); anything else has one `:` at most.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, "")) => (addr, None),
+            Some((addr, port)) => match port.strip_prefix(':') {
+                Some(port) => (addr, Some(port)),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
     };
+    let v6 = authority.starts_with('[');
     let host_ok = !host.is_empty()
         && host
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || (v6 && b == b':'));
     host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
 }

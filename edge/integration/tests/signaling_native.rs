@@ -115,17 +115,17 @@ async fn the_token_rides_in_the_subprotocol_and_is_never_echoed() {
     assert_eq!(recv(&mut ws).await["type"], "heartbeat");
 }
 
-/// Only a subprotocol the endpoint speaks is answered; the connection ends when its token does.
+/// Only a subprotocol the endpoint speaks is answered (offers of others alone are refused with a
+/// reason, not a 101 a browser would drop); the connection ends when its token does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_subprotocol_is_not_echoed_and_the_socket_closes_when_its_token_expires() {
+async fn an_unknown_subprotocol_is_refused_and_the_socket_closes_when_its_token_expires() {
     let edge = edge().await;
     let url = format!("ws://{}/ws/signaling", edge.edge.addrs().http[0]);
     let secret = std::fs::read_to_string(edge.data.path().join("dev-jwt-secret")).unwrap();
     // Expired 28 s ago: still admitted for 2 s by the policy's 30 s leeway.
     let token = edge_integration::jwt(secret.trim(), "carol", -28);
     let offered = format!("chat, access_token.{token}");
-    // tungstenite's client, like a browser, gives up on an answer naming no protocol it
-    // offered; the raw handshake shows what the edge answered.
+    // The raw handshake (with an `Upgrade` list) shows what the edge answered.
     let mut raw = tokio::net::TcpStream::connect(edge.edge.addrs().http[0])
         .await
         .unwrap();
@@ -146,7 +146,8 @@ async fn an_unknown_subprotocol_is_not_echoed_and_the_socket_closes_when_its_tok
     .unwrap()
     .unwrap();
     let answer = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-    assert!(answer.starts_with("http/1.1 101"), "{answer}");
+    assert!(answer.starts_with("http/1.1 400"), "{answer}");
+    assert!(answer.contains("websocket_protocol"), "{answer}");
     assert!(!answer.contains("sec-websocket-protocol"), "{answer}");
     drop(raw);
     let mut req = url.as_str().into_client_request().unwrap();

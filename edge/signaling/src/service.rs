@@ -62,11 +62,11 @@ impl<E: Engine> WsService<E> {
         self
     }
 
-    /// The subprotocol to answer with: the first offered one the endpoint speaks, else none
-    /// (RFC 6455 4.2.2: the client then decides whether to go on without one). `Err` when only
-    /// tokens were offered: a browser fails a handshake whose answer names none, and a token
-    /// is not echoed.
-    fn subprotocol(&self, req: &EdgeRequest) -> Result<Option<HeaderValue>, ()> {
+    /// The subprotocol to answer with: the first offered one the endpoint speaks; none when
+    /// none was offered. `Err` when protocols were offered but none it speaks (tokens only, or
+    /// unknown names): a browser fails a handshake whose answer names none of its offers, so
+    /// it is refused with a reason rather than a 101 the client will drop.
+    fn subprotocol(&self, req: &EdgeRequest) -> Result<Option<HeaderValue>, String> {
         let offered: Vec<&str> = req
             .headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -76,13 +76,22 @@ impl<E: Engine> WsService<E> {
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .collect();
-        if !offered.is_empty() && offered.iter().all(|p| p.starts_with(&self.token_prefix)) {
-            return Err(());
+        if offered.is_empty() {
+            return Ok(None);
         }
-        Ok(offered
+        let spoken = self.subprotocols.join(", ");
+        offered
             .iter()
             .find(|p| self.subprotocols.iter().any(|s| s == *p))
-            .and_then(|p| HeaderValue::from_str(p).ok()))
+            .and_then(|p| HeaderValue::from_str(p).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                if offered.iter().all(|p| p.starts_with(&self.token_prefix)) {
+                    format!("a token is not a subprotocol: offer one of [{spoken}] beside it")
+                } else {
+                    format!("none of the offered subprotocols is spoken here: [{spoken}]")
+                }
+            })
     }
 
     fn origin_allowed(&self, req: &EdgeRequest) -> bool {
@@ -132,8 +141,15 @@ impl<E: Engine> Service for WsService<E> {
             self.engine.count_drop("origin");
             return EdgeResponse::error(StatusCode::FORBIDDEN, "origin_not_allowed");
         }
-        let Ok(protocol) = self.subprotocol(req) else {
-            return EdgeResponse::error(StatusCode::BAD_REQUEST, "websocket_protocol");
+        let protocol = match self.subprotocol(req) {
+            Ok(p) => p,
+            Err(why) => {
+                return EdgeResponse::error_detail(
+                    StatusCode::BAD_REQUEST,
+                    "websocket_protocol",
+                    &why,
+                );
+            }
         };
         let viewer = Viewer {
             sub: call
@@ -141,14 +157,7 @@ impl<E: Engine> Service for WsService<E> {
                 .iter()
                 .find(|(k, _)| k == "sub")
                 .map(|(_, v)| v.clone()),
-            // The earliest of what the route's policies said the credentials are good until.
-            expires_at: call
-                .context
-                .iter()
-                .filter(|(k, _)| k == "expires_at")
-                .filter_map(|(_, v)| v.parse::<u64>().ok())
-                .min()
-                .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)),
+            expires_at: expires_at(call.context),
         };
         let accept = derive_accept_key(key.as_bytes());
         let (engine, limits) = (self.engine.clone(), self.limits.clone());
@@ -163,6 +172,17 @@ impl<E: Engine> Service for WsService<E> {
         }
         r
     }
+}
+
+/// The earliest of what the route's policies said the credentials are good until (`expires_at`,
+/// Unix seconds); a time too far to hold is no expiry.
+fn expires_at(context: &[(String, String)]) -> Option<std::time::SystemTime> {
+    let secs = context
+        .iter()
+        .filter(|(k, _)| k == "expires_at")
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .min()?;
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
 }
 
 /// An `Origin` (RFC 6454) as compared: scheme and host lowercased, the scheme's default port
@@ -191,7 +211,20 @@ pub fn normalise_origin(origin: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalise_origin;
+    use super::{expires_at, normalise_origin};
+
+    #[test]
+    fn the_earliest_expiry_counts_and_one_too_far_is_none() {
+        let ctx = |v: &[&str]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|v| ("expires_at".to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let at = |s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        assert_eq!(expires_at(&ctx(&["2000", "1000", "x"])), Some(at(1000)));
+        assert_eq!(expires_at(&ctx(&[])), None);
+        assert_eq!(expires_at(&ctx(&["18446744073709551615"])), None);
+    }
 
     #[test]
     fn origins_compare_without_case_default_port_or_trailing_slash() {

@@ -154,8 +154,9 @@ pub(crate) async fn run<E: Engine>(engine: Arc<E>, viewer: Viewer, io: Upgraded,
 /// Most bytes one batch of queued messages writes before it flushes.
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// Writes `first` and what else is queued (up to [`BATCH_BYTES`]), then flushes once; takes
-/// each message's bytes off `queued` once it is written.
+/// Writes `first` and what else is queued, up to [`BATCH_BYTES`], then flushes once (the
+/// session's loop comes back between batches: reads, pings, drain); takes each message's bytes
+/// off `queued` once it is written.
 async fn send_batch<S>(
     ws: &mut WebSocketStream<S>,
     first: Frame,
@@ -175,12 +176,11 @@ where
         ws.feed(message).await?;
         queued.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
         bytes += len;
+        if bytes >= BATCH_BYTES {
+            break;
+        }
         match outbox.try_recv() {
-            Ok(next) if bytes < BATCH_BYTES => frame = next,
-            Ok(next) => {
-                ws.flush().await?;
-                (frame, bytes) = (next, 0);
-            }
+            Ok(next) => frame = next,
             Err(_) => break,
         }
     }

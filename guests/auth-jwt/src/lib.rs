@@ -124,8 +124,10 @@ fn context(claims: &verify::Claims, s: &Settings) -> Vec<(String, String)> {
         .and_then(serde_json::Value::as_f64)
         .filter(|exp| exp.is_finite() && *exp >= 0.0)
         .map(|exp| {
-            // Saturating: a token valid until the year 300 000 000 is valid "forever".
-            let at = (exp.floor() as u64).saturating_add(s.leeway);
+            // Rounded up: this policy admits the token until `exp + leeway` (a fraction
+            // included). Saturating: a token valid until the year 300 000 000 is valid
+            // "forever" (the signaling endpoints read a time they cannot hold as no expiry).
+            let at = (exp.ceil() as u64).saturating_add(s.leeway);
             ("expires_at".to_owned(), at.to_string())
         });
     let forwarded = s.forward_claims.iter().filter_map(|name| {
