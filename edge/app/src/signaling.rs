@@ -30,7 +30,11 @@ pub(crate) fn mounts(
         send_timeout: cfg.server.send_timeout,
         ..Limits::default()
     };
+    // A connection's outbox holds two of the largest messages at least (1 MiB by default): a
+    // relay or an echo of a message the limits admit never cuts its receiver by itself.
+    let max_queued = limits.max_message.saturating_mul(2).max(1 << 20);
     let tracker_cfg = TrackerConfig {
+        max_queued,
         interval_secs: s.interval.as_secs(),
         max_offers: s.max_offers,
         max_swarm_peers: s.max_swarm_peers,
@@ -39,6 +43,7 @@ pub(crate) fn mounts(
     };
     let tracker = Arc::new(Tracker::new(tracker_cfg.clone(), &metrics));
     let hub_cfg = SignalingConfig {
+        max_queued,
         max_streams: s.max_swarms,
         max_swarm_peers: s.max_swarm_peers,
         max_peer_list: s.max_peer_list,
