@@ -408,13 +408,32 @@ async fn a_room_spans_two_nodes_hands_over_and_survives_its_nodes_drain() {
         let _ = rx;
     }
     let exists: i64 = redis::cmd("EXISTS")
-        .arg("room:movie-night")
         .arg("room:movie-night:users")
         .query_async(&mut redis_conn)
         .await
         .unwrap();
     assert_eq!(exists, 0);
     until("node B holds no room", || b.stats().2 == 0).await;
+    // The room's hash keeps only its version (a tombstone, for the room's TTL): a room made
+    // again goes on from it, so a write read before the room went cannot pass the check.
+    let room_hash = || {
+        let mut c = redis_conn.clone();
+        async move {
+            let hash: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                .arg("room:movie-night")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            hash
+        }
+    };
+    let tomb = room_hash().await;
+    assert_eq!(tomb.keys().collect::<Vec<_>>(), ["version"], "{tomb:?}");
+    let gone: u64 = tomb["version"].parse().unwrap();
+    send(&b, bob, json!({"type":"join-room","roomId":"movie-night"})).await;
+    until("the room is made again", || b.stats().2 == 1).await;
+    let again = room_hash().await;
+    assert_eq!(again["version"], (gone + 1).to_string(), "{again:?}");
 }
 
 /// The code of the next `error` of `rx`, room states before it skipped.

@@ -584,7 +584,11 @@ if version ~= ARGV[1] then return 0 end
 local ttl, room, n = ARGV[2], ARGV[4], tonumber(ARGV[5])
 redis.call('DEL', KEYS[2])
 if n == 0 then
+  -- The room is gone, its version stays (a tombstone for the room's TTL): a writer that read
+  -- the room before it went must not pass the check on a room made again since.
   redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'version', tonumber(ARGV[1]) + 1)
+  redis.call('PEXPIRE', KEYS[1], ttl)
 else
   local fields = {}
   for i = 1, 2 * n do fields[i] = ARGV[5 + i] end
@@ -649,14 +653,19 @@ fn room_fields(room_id: &str, room: &Room, now: u64) -> Vec<(&'static str, Strin
     ]
 }
 
-fn room_from_fields(mut f: HashMap<String, String>) -> Result<Option<Room>, KvError> {
-    if f.is_empty() {
-        return Ok(None);
-    }
+/// A room's hash as read: the room (`None`: none, or only the tombstone of one that went) and
+/// the version a write must find.
+fn room_from_fields(mut f: HashMap<String, String>) -> Result<(Option<Room>, u64), KvError> {
     let bad = |field: &str| KvError::Invalid(format!("room hash: bad or missing `{field}`"));
+    if !f.contains_key("members") {
+        let version = f
+            .get("version")
+            .map_or(Ok(0), |v| v.parse().map_err(|_| bad("version")))?;
+        return Ok((None, version));
+    }
     let mut take = |field: &'static str| f.remove(field).ok_or_else(|| bad(field));
     let members = serde_json::from_str(&take("members")?).map_err(|_| bad("members"))?;
-    Ok(Some(Room {
+    let room = Room {
         host: take("host_user_id")?,
         url: take("current_url")?,
         position: take("current_time")?
@@ -668,7 +677,9 @@ fn room_from_fields(mut f: HashMap<String, String>) -> Result<Option<Room>, KvEr
         playing: take("is_playing")? == "true",
         members,
         version: take("version")?.parse().map_err(|_| bad("version"))?,
-    }))
+    };
+    let version = room.version;
+    Ok((Some(room), version))
 }
 
 impl Cluster {
@@ -676,7 +687,7 @@ impl Cluster {
     async fn read_room_and_nodes(
         &self,
         room_id: &str,
-    ) -> Result<(Option<Room>, HashMap<String, u64>, u64), KvError> {
+    ) -> Result<((Option<Room>, u64), HashMap<String, u64>, u64), KvError> {
         let key = room_key(room_id);
         let r = self
             .store
@@ -709,7 +720,7 @@ impl Cluster {
 
     /// Room `room_id` as stored.
     pub(crate) async fn read_room(&self, room_id: &str) -> Result<Option<Room>, KvError> {
-        Ok(self.read_room_and_nodes(room_id).await?.0)
+        Ok(self.read_room_and_nodes(room_id).await?.0.0)
     }
 
     /// Applies `op` to room `room_id` in Redis: read, changed by the rules, written back if
@@ -724,11 +735,10 @@ impl Cluster {
         now: &(dyn Fn() -> u64 + Sync),
     ) -> Result<Option<Change>, RoomError> {
         for _ in 0..16 {
-            let (mut room, seen, redis_now) = self
+            let ((mut room, read), seen, redis_now) = self
                 .read_room_and_nodes(room_id)
                 .await
                 .map_err(RoomError::Unavailable)?;
-            let read = room.as_ref().map_or(0, |r| r.version);
             let before: Vec<String> = room
                 .iter()
                 .flat_map(|r| r.members.iter().map(|m| m.user.clone()))
