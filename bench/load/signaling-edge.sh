@@ -41,3 +41,26 @@ wait_for_port() {
     done
     return 1
 }
+
+# start_npm_tracker REF WORK CPU: the npm bittorrent-tracker 11.2.3 Server (ws only) on Node,
+# pinned to CPU, from REF's node_modules; sets SERVER_PID and PORT (the script file REF/.npm-
+# tracker.mjs is removed by the caller's cleanup: rm -f "$REF/.npm-tracker.mjs").
+start_npm_tracker() {
+    local ref=$1 work=$2 cpu=$3
+    cat >"$ref/.npm-tracker.mjs" <<'EOT'
+import Server from 'bittorrent-tracker/server'
+const server = new Server({ udp: false, http: false, ws: true, stats: false })
+server.on('warning', () => {})
+server.on('error', () => {})
+server.listen(0, '127.0.0.1', () => console.log(`port ${server.ws.address().port}`))
+EOT
+    (cd "$ref" && exec taskset -c "$cpu" node .npm-tracker.mjs) >"$work/npm.out" 2>&1 &
+    SERVER_PID=$!
+    PORT=''
+    for _ in $(seq 100); do
+        PORT=$(sed -n 's/^port //p' "$work/npm.out") || true
+        [[ -n $PORT ]] && return 0
+        sleep 0.1
+    done
+    return 1
+}

@@ -70,7 +70,7 @@ console.log(`ready ${answered}`)
 setInterval(() => {}, 1 << 30)
 EOF
 cp "$WORK/client.mjs" "$REF/.idle-client.mjs"
-trap 'rm -f "$REF/.idle-client.mjs"; cleanup' EXIT
+trap 'rm -f "$REF/.idle-client.mjs" "$REF/.npm-tracker.mjs"; cleanup' EXIT
 
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
@@ -117,21 +117,7 @@ read -r _ E_BEFORE E_AFTER < <(measure edge "$ws://127.0.0.1:$PORT/ws/tracker")
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=''
 
 # --- npm reference ---
-cat >"$REF/.idle-server.mjs" <<'EOF'
-import Server from 'bittorrent-tracker/server'
-const server = new Server({ udp: false, http: false, ws: true, stats: false })
-server.on('warning', () => {})
-server.listen(0, '127.0.0.1', () => console.log(`port ${server.ws.address().port}`))
-EOF
-trap 'rm -f "$REF/.idle-client.mjs" "$REF/.idle-server.mjs"; cleanup' EXIT
-(cd "$REF" && exec taskset -c "$SERVER_CPU" node .idle-server.mjs) >"$WORK/npm.out" 2>&1 &
-SERVER_PID=$!
-PORT=''
-for _ in $(seq 100); do
-    PORT=$(sed -n 's/^port //p' "$WORK/npm.out") || true
-    [[ -n $PORT ]] && break
-    sleep 0.1
-done
+start_npm_tracker "$REF" "$WORK" "$SERVER_CPU" || PORT=''
 [[ -n $PORT ]] || die "npm tracker did not start"
 read -r _ N_BEFORE N_AFTER < <(measure npm "ws://127.0.0.1:$PORT")
 

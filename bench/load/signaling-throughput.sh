@@ -41,8 +41,9 @@ ulimit -n $((CONNS * 2 + 1024)) || die "cannot raise the open-file limit"
 WORK=$(mktemp -d /tmp/signaling-throughput.XXXXXX)
 SERVER_PID=''
 cleanup() {
+    rm -f "$REF/.npm-tracker.mjs"
     [[ -n $SERVER_PID ]] && kill -TERM "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    rm -rf "$WORK" "$REF/.throughput-server.mjs"
+    rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -80,21 +81,7 @@ read -r _ E_JSON E_CPU < <(measure edge "ws://127.0.0.1:$PORT/ws/tracker")
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=''
 
 # --- npm reference ---
-cat >"$REF/.throughput-server.mjs" <<'EOT'
-import Server from 'bittorrent-tracker/server'
-const server = new Server({ udp: false, http: false, ws: true, stats: false })
-server.on('warning', () => {})
-server.on('error', () => {})
-server.listen(0, '127.0.0.1', () => console.log(`port ${server.ws.address().port}`))
-EOT
-(cd "$REF" && exec taskset -c "$SERVER_CPU" node .throughput-server.mjs) >"$WORK/npm.out" 2>&1 &
-SERVER_PID=$!
-PORT=''
-for _ in $(seq 100); do
-    PORT=$(sed -n 's/^port //p' "$WORK/npm.out") || true
-    [[ -n $PORT ]] && break
-    sleep 0.1
-done
+start_npm_tracker "$REF" "$WORK" "$SERVER_CPU" || PORT=''
 [[ -n $PORT ]] || die "npm tracker did not start"
 read -r _ N_JSON N_CPU < <(measure npm "ws://127.0.0.1:$PORT")
 
