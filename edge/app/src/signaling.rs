@@ -41,7 +41,6 @@ pub(crate) fn mounts(
         max_swarms: s.max_swarms,
         ..TrackerConfig::default()
     };
-    let tracker = Arc::new(Tracker::new(tracker_cfg.clone(), &metrics));
     let hub_cfg = SignalingConfig {
         max_queued,
         max_streams: s.max_swarms,
@@ -53,13 +52,17 @@ pub(crate) fn mounts(
         node_id: node_id.clone(),
         ..SignalingConfig::default()
     };
-    let hub = match redis {
-        Some(store) => Hub::clustered(
-            hub_cfg,
-            &metrics,
-            Arc::new(Cluster::new(store.clone(), node_id.clone())),
+    // One cluster for both protocols: one subscription and one keep-alive per node.
+    let (hub, tracker) = match redis {
+        Some(store) => {
+            let cluster = Arc::new(Cluster::new(store.clone(), node_id.clone()));
+            let tracker = Tracker::clustered(tracker_cfg.clone(), &metrics, cluster.clone());
+            (Hub::clustered(hub_cfg, &metrics, cluster), tracker)
+        }
+        None => (
+            Arc::new(Hub::new(hub_cfg, &metrics)),
+            Arc::new(Tracker::new(tracker_cfg.clone(), &metrics)),
         ),
-        None => Arc::new(Hub::new(hub_cfg, &metrics)),
     };
     tracing::info!(node_id, clustered = redis.is_some(), "signaling node");
     hub.spawn_sweeper();

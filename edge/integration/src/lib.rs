@@ -170,3 +170,45 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// The JWT secret of the edges [`clustered`] starts.
+pub const CLUSTER_SECRET: &str = "two-edges-share-this-secret-32-bytes!";
+
+/// An edge with the signaling role in the cluster on the redis-server at `redis_port`, as node
+/// `node`, once its `/health` says it is clustered.
+pub async fn clustered(redis_port: u16, node: &str) -> TestEdge {
+    let port = redis_port.to_string();
+    let edge = TestEdge::start_with_env(
+        &repo_root().join("policies/default.toml"),
+        "",
+        &[
+            ("EDGE_ROLES", "edge,signaling"),
+            ("JWT_SECRET_KEY", CLUSTER_SECRET),
+            ("REDIS_HOST", "127.0.0.1"),
+            ("REDIS_PORT", &port),
+            ("NODE_ID", node),
+        ],
+    )
+    .await
+    .expect("edge starts");
+    // It says who it is and that it is clustered (once subscribed).
+    let url = format!("http://{}/health", edge.edge.addrs().http[0]);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let body = client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["nodeId"], node, "{health}");
+        if health["signaling"] == "clustered" {
+            return edge;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{health}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

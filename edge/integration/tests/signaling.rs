@@ -3,7 +3,7 @@
 //! server as the reference for every reply, the handshake's checks, hostile clients cut off
 //! without hurting the others, and "going away" when the edge drains.
 
-use edge_integration::{TestEdge, repo_root};
+use edge_integration::{CLUSTER_SECRET, TestEdge, clustered, jwt, repo_root};
 use futures::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio_tungstenite::{
@@ -37,10 +37,8 @@ fn announce(peer: &str) -> Message {
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_tracker_answers_as_the_npm_bittorrent_tracker_server_does() {
-    let edge = edge("").await;
-    let url = url(&edge, Some(&edge.dev_jwt("viewer-1")));
+/// Runs `compare.mjs` against `urls` (one edge, or two of one cluster); its report.
+async fn compare(urls: &[String]) -> serde_json::Value {
     let dir = repo_root().join("edge/signaling/tests/reference");
     assert!(
         dir.join("node_modules/bittorrent-tracker").is_dir(),
@@ -50,7 +48,7 @@ async fn the_tracker_answers_as_the_npm_bittorrent_tracker_server_does() {
         Duration::from_secs(60),
         tokio::process::Command::new("node")
             .arg("compare.mjs")
-            .arg(&url)
+            .args(urls)
             .current_dir(&dir)
             .kill_on_drop(true)
             .output(),
@@ -67,12 +65,40 @@ async fn the_tracker_answers_as_the_npm_bittorrent_tracker_server_does() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["same"], true);
     assert!(report["messages"].as_u64().unwrap() >= 17, "{report}");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tracker_answers_as_the_npm_bittorrent_tracker_server_does() {
+    let edge = edge("").await;
+    compare(&[url(&edge, Some(&edge.dev_jwt("viewer-1")))]).await;
     let metrics = edge.metrics().await;
     assert!(
         metrics.contains(r#"edge_signaling_relays_total{kind="offer",protocol="tracker"} 1"#),
         "{metrics}"
     );
     assert!(metrics.contains(r#"edge_signaling_relays_total{kind="answer",protocol="tracker"} 1"#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edges_sharing_redis_answer_as_one_npm_bittorrent_tracker_server() {
+    let redis = edge_testinfra::Redis::start();
+    let (a, b) = (
+        clustered(redis.port(), "edge-a").await,
+        clustered(redis.port(), "edge-b").await,
+    );
+    let token = jwt(CLUSTER_SECRET, "viewer-1", 600);
+    // Sockets a and c on edge a, b on edge b: counts, offers, answers, scrapes and the stop of
+    // a closed socket all cross the two nodes.
+    compare(&[url(&a, Some(&token)), url(&b, Some(&token))]).await;
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    // b's offer to a's peer went through Redis, and a's answer back.
+    for (m, name) in [(&ma, "a"), (&mb, "b")] {
+        for event in ["relay_out", "relay_in"] {
+            let line = format!(r#"edge_signaling_cluster_total{{event="{event}"}} 1"#);
+            assert!(m.contains(&line), "edge {name}: {line}\n{m}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

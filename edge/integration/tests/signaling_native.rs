@@ -3,7 +3,7 @@
 //! between two viewers, a watch room controlled by its host, kept across a reconnect, and two
 //! edges sharing a real redis-server.
 
-use edge_integration::{TestEdge, repo_root};
+use edge_integration::{CLUSTER_SECRET as SECRET, TestEdge, clustered, repo_root};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -426,46 +426,6 @@ async fn the_host_runs_the_room_and_keeps_it_across_a_reconnect() {
         .await
         .expect("the drain ends")
         .unwrap();
-}
-
-const SECRET: &str = "two-edges-share-this-secret-32-bytes!";
-
-/// An edge of a cluster on the redis-server at `redis_port`, once it says it is clustered.
-async fn clustered(redis_port: u16, node: &str) -> TestEdge {
-    let port = redis_port.to_string();
-    let edge = TestEdge::start_with_env(
-        &repo_root().join("policies/default.toml"),
-        "",
-        &[
-            ("EDGE_ROLES", "edge,signaling"),
-            ("JWT_SECRET_KEY", SECRET),
-            ("REDIS_HOST", "127.0.0.1"),
-            ("REDIS_PORT", &port),
-            ("NODE_ID", node),
-        ],
-    )
-    .await
-    .expect("edge starts");
-    // It says who it is and that it is clustered (once subscribed).
-    let url = format!("http://{}/health", edge.edge.addrs().http[0]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let body = edge_integration::client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let health: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(health["nodeId"], node, "{health}");
-        if health["signaling"] == "clustered" {
-            return edge;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{health}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

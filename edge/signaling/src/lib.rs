@@ -35,10 +35,10 @@
 //!   rate per connection, and an outbox per connection in messages and bytes (a connection
 //!   that does not read is cut, and its peers leave their swarms at once).
 //!
-//! The tracker's swarms are local to the process. The native protocol ([`Hub`], at
-//! `/ws/signaling`: streams, relays, watch rooms) spans the edges sharing a Redis through its
-//! [`Cluster`]; both protocols share the endpoint ([`WsService`]), the session and the
-//! outbox.
+//! Both the tracker and the native protocol ([`Hub`], at `/ws/signaling`: streams, relays,
+//! watch rooms) span the edges sharing a Redis through one [`Cluster`] per node; both share
+//! the endpoint ([`WsService`]), the session and the outbox. Across nodes a swarm's bound
+//! (`swarm full`) counts every node's peers; the other bounds are per node.
 
 mod burst;
 mod echo;
@@ -302,6 +302,18 @@ impl ProtocolMetrics {
 
     fn drop(&self, reason: &str) {
         self.drops.with_label_values(&[self.protocol, reason]).inc();
+    }
+
+    fn relay_n(&self, kind: &str, n: u64) {
+        self.relays
+            .with_label_values(&[self.protocol, kind])
+            .inc_by(n);
+    }
+
+    fn drop_n(&self, reason: &str, n: u64) {
+        self.drops
+            .with_label_values(&[self.protocol, reason])
+            .inc_by(n);
     }
 
     fn cluster(&self, event: &str) {

@@ -12,6 +12,15 @@ fn tracker() -> Tracker {
     Tracker::new(TrackerConfig::default(), &Metrics::unregistered().unwrap())
 }
 
+/// The tracker without a cluster never waits: its futures finish at the first poll.
+fn handle(t: &Tracker, conn: ConnId, text: &str) {
+    futures::executor::block_on(t.handle(conn, text));
+}
+
+fn disconnect(t: &Tracker, conn: ConnId) {
+    futures::executor::block_on(t.disconnect(conn));
+}
+
 fn drain(rx: &mut Outbox) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(m) = rx.try_recv() {
@@ -26,29 +35,34 @@ fn announce_offer_answer_scrape_and_close_as_the_reference_answers_them() {
     let (a, mut ra) = t.connect();
     let (b, mut rb) = t.connect();
     // Raw text: the offers and answers are relayed as sent, key order included.
-    t.handle(
+    handle(
+        &t,
         a,
         r#"{"action":"announce","info_hash":"aaaaaaaaaaaaaaaaaaaa","peer_id":"11111111111111111111","numwant":5,"uploaded":0,"downloaded":0,"left":100,"event":"started","offers":[{"offer_id":"oooooooooooooooooooo","offer":{"type":"offer","sdp":"v=0 a"}}]}"#,
     );
-    t.handle(
+    handle(
+        &t,
         b,
         r#"{"action":"announce","info_hash":"aaaaaaaaaaaaaaaaaaaa","peer_id":"22222222222222222222","numwant":5,"uploaded":0,"downloaded":0,"left":0,"event":"started","offers":[{"offer_id":"pppppppppppppppppppp","offer":{"type":"offer","sdp":"v=0 b"}}]}"#,
     );
-    t.handle(
+    handle(
+        &t,
         a,
         r#"{"action":"announce","info_hash":"aaaaaaaaaaaaaaaaaaaa","peer_id":"11111111111111111111","to_peer_id":"22222222222222222222","answer":{"type":"answer","sdp":"v=0 ans"},"offer_id":"pppppppppppppppppppp"}"#,
     );
-    t.handle(b, &json!({"action":"scrape","info_hash":H}).to_string());
-    t.handle(
+    handle(&t, b, &json!({"action":"scrape","info_hash":H}).to_string());
+    handle(
+        &t,
         b,
         &json!({"action":"scrape","info_hash":[H,"bbbbbbbbbbbbbbbbbbbb"]}).to_string(),
     );
-    t.handle(b, &json!({"action":"scrape"}).to_string());
-    t.handle(
+    handle(&t, b, &json!({"action":"scrape"}).to_string());
+    handle(
+        &t,
         b,
         &json!({"action":"announce","info_hash":"short","peer_id":P2}).to_string(),
     );
-    t.handle(b, &json!({"action":"nope"}).to_string());
+    handle(&t, b, &json!({"action":"nope"}).to_string());
     assert_eq!(
         drain(&mut ra),
         [
@@ -69,15 +83,15 @@ fn announce_offer_answer_scrape_and_close_as_the_reference_answers_them() {
         ]
     );
     // a's socket closes: a synthetic `stopped` in its swarm, nothing sent.
-    t.disconnect(a);
-    t.handle(b, &json!({"action":"scrape","info_hash":H}).to_string());
+    disconnect(&t, a);
+    handle(&t, b, &json!({"action":"scrape","info_hash":H}).to_string());
     assert_eq!(
         drain(&mut rb),
         [
             r#"{"action":"scrape","files":{"aaaaaaaaaaaaaaaaaaaa":{"complete":1,"incomplete":0,"downloaded":1}},"flags":{"min_request_interval":600}}"#
         ]
     );
-    t.disconnect(b);
+    disconnect(&t, b);
     assert_eq!(t.stats(), (0, 0), "empty swarms go");
 }
 
@@ -128,11 +142,11 @@ fn every_field_is_checked_and_a_bad_message_harms_nobody_else() {
         ),
     ];
     for (msg, want) in cases {
-        t.handle(a, &msg.to_string());
+        handle(&t, a, &msg.to_string());
         assert_eq!(drain(&mut ra), [*want], "{msg}");
     }
     for garbage in ["not json", "null", "5", "[1,2]", "{\"action\":"] {
-        t.handle(a, garbage);
+        handle(&t, a, garbage);
         let got = drain(&mut ra);
         assert_eq!(got.len(), 1, "{garbage}");
         assert!(
@@ -162,27 +176,27 @@ fn counts_follow_the_events_and_a_peer_id_belongs_to_its_connection() {
             v["incomplete"].as_u64().unwrap(),
         )
     };
-    t.handle(a, &announce(P1, "started", json!(5)));
+    handle(&t, a, &announce(P1, "started", json!(5)));
     assert_eq!(counts(last(&mut ra)), (0, 1));
-    t.handle(a, &announce(P1, "update", json!("0")));
+    handle(&t, a, &announce(P1, "update", json!("0")));
     assert_eq!(counts(last(&mut ra)), (1, 0), "left \"0\" is complete");
-    t.handle(a, &announce(P1, "update", json!(10)));
+    handle(&t, a, &announce(P1, "update", json!(10)));
     assert_eq!(counts(last(&mut ra)), (1, 0), "never back to incomplete");
-    t.handle(a, &announce(P2, "started", json!(null)));
+    handle(&t, a, &announce(P2, "started", json!(null)));
     assert_eq!(
         counts(last(&mut ra)),
         (2, 0),
         "left null is 0 in JavaScript"
     );
-    t.handle(a, &announce(P2, "stopped", json!(null)));
+    handle(&t, a, &announce(P2, "stopped", json!(null)));
     assert_eq!(counts(last(&mut ra)), (1, 0));
     // Another connection can neither take P1 (its offers and answers) nor stop it.
-    t.handle(b, &announce(P1, "update", json!(0)));
+    handle(&t, b, &announce(P1, "update", json!(0)));
     assert_eq!(
         last(&mut rb)["failure reason"],
         "peer_id in use by another connection"
     );
-    t.handle(
+    handle(&t,
         b,
         &json!({"action":"announce","info_hash":H,"peer_id":P1,"to_peer_id":P2,"answer":{"type":"answer"},"offer_id":P2}).to_string(),
     );
@@ -190,15 +204,15 @@ fn counts_follow_the_events_and_a_peer_id_belongs_to_its_connection() {
         last(&mut rb)["failure reason"],
         "peer_id in use by another connection"
     );
-    t.handle(b, &announce(P1, "stopped", json!(0)));
+    handle(&t, b, &announce(P1, "stopped", json!(0)));
     assert_eq!(counts(last(&mut rb)), (1, 0), "not stopped by b");
     assert_eq!(t.stats(), (1, 1));
     // Once a's connection is gone, the id is free.
-    t.disconnect(a);
+    disconnect(&t, a);
     assert_eq!(t.stats(), (0, 0));
-    t.handle(b, &announce(P1, "started", json!(0)));
+    handle(&t, b, &announce(P1, "started", json!(0)));
     assert_eq!(counts(last(&mut rb)), (1, 0));
-    t.handle(b, &announce(P1, "stopped", json!(0)));
+    handle(&t, b, &announce(P1, "stopped", json!(0)));
     assert_eq!(counts(last(&mut rb)), (0, 0));
     assert_eq!(t.stats(), (0, 0));
 }
@@ -213,7 +227,8 @@ fn one_connection_cannot_fill_the_tracker() {
     let (a, mut ra) = t.connect();
     for i in 0..5 {
         let hash = format!("{i}").repeat(20);
-        t.handle(
+        handle(
+            &t,
             a,
             &json!({"action":"announce","info_hash":hash,"peer_id":P1}).to_string(),
         );
@@ -227,12 +242,14 @@ fn one_connection_cannot_fill_the_tracker() {
             .all(|m| m.contains("too many swarms on this connection"))
     );
     // Stopping one frees a place.
-    t.handle(
+    handle(
+        &t,
         a,
         &json!({"action":"announce","info_hash":"0".repeat(20),"peer_id":P1,"event":"stopped"})
             .to_string(),
     );
-    t.handle(
+    handle(
+        &t,
         a,
         &json!({"action":"announce","info_hash":"9".repeat(20),"peer_id":P1}).to_string(),
     );
@@ -254,7 +271,8 @@ fn bounds_refuse_with_a_reason_and_a_slow_connection_is_cut() {
     let (a, mut ra) = t.connect();
     for peer in ["a", "b", "c"] {
         let id = peer.repeat(20);
-        t.handle(
+        handle(
+            &t,
             a,
             &json!({"action":"announce","info_hash":H,"peer_id":id,"event":"started"}).to_string(),
         );
@@ -264,7 +282,8 @@ fn bounds_refuse_with_a_reason_and_a_slow_connection_is_cut() {
         got[2],
         r#"{"action":"announce","failure reason":"swarm full","info_hash":"aaaaaaaaaaaaaaaaaaaa"}"#
     );
-    t.handle(
+    handle(
+        &t,
         a,
         &json!({"action":"announce","info_hash":"bbbbbbbbbbbbbbbbbbbb","peer_id":P1}).to_string(),
     );
@@ -284,18 +303,19 @@ fn bounds_refuse_with_a_reason_and_a_slow_connection_is_cut() {
     // told to stop, and its peers leave their swarms at once.
     assert_eq!(t.stats(), (1, 2));
     for _ in 0..6 {
-        t.handle(a, &json!({"action":"scrape"}).to_string());
+        handle(&t, a, &json!({"action":"scrape"}).to_string());
     }
     assert!(ra.cut.try_recv().is_ok(), "the session is told to stop");
     assert_eq!(t.stats(), (0, 0));
     // Frames its session still hands over before it stops change nothing (no peer left behind
     // by a connection the tracker no longer knows).
-    t.handle(
+    handle(
+        &t,
         a,
         &json!({"action":"announce","info_hash":H,"peer_id":P1,"event":"started"}).to_string(),
     );
     assert_eq!(t.stats(), (0, 0));
-    t.disconnect(a);
+    disconnect(&t, a);
     // The same by bytes: 1 KiB queued at most.
     let t = Tracker::new(
         TrackerConfig {
@@ -308,7 +328,8 @@ fn bounds_refuse_with_a_reason_and_a_slow_connection_is_cut() {
     let long = "l".repeat(20);
     let mut cut = false;
     for _ in 0..20 {
-        t.handle(
+        handle(
+            &t,
             b,
             &json!({"action":"scrape","info_hash":[H, long]}).to_string(),
         );
@@ -329,7 +350,8 @@ fn offers_go_to_distinct_other_peers_one_each() {
     let peers: Vec<(ConnId, Outbox)> = (0..5).map(|_| t.connect()).collect();
     for (i, (conn, _)) in peers.iter().enumerate() {
         let id = format!("{i}").repeat(20);
-        t.handle(
+        handle(
+            &t,
             *conn,
             &json!({"action":"announce","info_hash":H,"peer_id":id,"event":"started"}).to_string(),
         );
@@ -338,7 +360,7 @@ fn offers_go_to_distinct_other_peers_one_each() {
     let offers: Vec<serde_json::Value> = (0..3)
         .map(|i| json!({"offer_id": format!("{i}").repeat(20), "offer": {"type":"offer","sdp":i}}))
         .collect();
-    t.handle(
+    handle(&t,
         x,
         &json!({"action":"announce","info_hash":H,"peer_id":"x".repeat(20),"event":"started","offers":offers}).to_string(),
     );

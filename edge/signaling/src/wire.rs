@@ -32,6 +32,18 @@ impl Id {
     pub fn to_binary(self) -> String {
         self.0.iter().map(|&b| char::from(b)).collect()
     }
+
+    /// Lower-case hex (40 digits): how Redis keys and the cluster's messages name it.
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// An id from its [`to_hex`](Self::to_hex) form.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 20];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Self(out))
+    }
 }
 
 impl Serialize for Id {

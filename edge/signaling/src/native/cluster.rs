@@ -37,26 +37,27 @@
 
 use super::Hub;
 use super::room::{self, Change, Live, Op, Refusal, Room};
+use crate::Tracker;
 use crate::tracker::ConnId;
 use edge_kv::{KvError, RedisStore};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::{
     sync::{
-        Arc, Weak,
+        Arc, OnceLock, Weak,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
 /// The zset of live nodes.
-const NODES: &str = "signaling:nodes";
+pub(crate) const NODES: &str = "signaling:nodes";
 /// How often a node says it is alive.
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// Redis's clock in ms: liveness is judged by one clock, not by each node's.
 /// (In every script below, a node seen within ARGV `node_ttl` ms of it is alive.)
-const NOW: &str = "local t = redis.call('TIME')
+pub(crate) const NOW: &str = "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
@@ -178,12 +179,15 @@ pub(crate) struct Envelope {
 
 /// This node's view of the cluster.
 pub struct Cluster {
-    store: Arc<RedisStore>,
-    node: String,
-    /// TTL of a stream's peer hash.
-    ttl: Duration,
+    pub(crate) store: Arc<RedisStore>,
+    pub(crate) node: String,
+    /// TTL of a stream's peer hash (and of a tracker swarm's keys).
+    pub(crate) ttl: Duration,
     /// A node silent for this long is dead.
-    node_ttl: Duration,
+    pub(crate) node_ttl: Duration,
+    /// The tracker sharing this cluster, once attached.
+    tracker: OnceLock<Weak<Tracker>>,
+    pub(crate) tracker_scripts: crate::tracker::cluster::Scripts,
     join: redis::Script,
     leave: redis::Script,
     renew: redis::Script,
@@ -193,6 +197,9 @@ pub struct Cluster {
     subscribed: AtomicBool,
     /// The last call got an answer.
     answering: AtomicBool,
+    /// A renewal Redis did not answer (it had just come back, say): the keep-alive's next
+    /// tick renews, not the next period.
+    owed: AtomicBool,
 }
 
 /// Why a join through the cluster failed.
@@ -203,7 +210,7 @@ pub(crate) enum JoinError {
     Unavailable(KvError),
 }
 
-fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -222,7 +229,20 @@ impl Cluster {
             commit_room: redis::Script::new(COMMIT_ROOM),
             subscribed: AtomicBool::new(false),
             answering: AtomicBool::new(true),
+            owed: AtomicBool::new(false),
+            tracker: OnceLock::new(),
+            tracker_scripts: crate::tracker::cluster::Scripts::new(),
         }
+    }
+
+    /// Shares this cluster with `tracker`: relays for its peers are delivered to it, and its
+    /// swarms renewed with the keep-alive. One tracker per cluster; false if one is already.
+    pub(crate) fn attach_tracker(&self, tracker: Weak<Tracker>) -> bool {
+        self.tracker.set(tracker).is_ok()
+    }
+
+    fn tracker(&self) -> Option<Arc<Tracker>> {
+        self.tracker.get().and_then(Weak::upgrade)
     }
 
     /// This node's id.
@@ -243,7 +263,7 @@ impl Cluster {
         format!("signaling:node:{node}")
     }
 
-    fn answered<T>(&self, r: Result<T, KvError>) -> Result<T, KvError> {
+    pub(crate) fn answered<T>(&self, r: Result<T, KvError>) -> Result<T, KvError> {
         match &r {
             Ok(_) => {
                 if !self.answering.swap(true, Ordering::Relaxed) {
@@ -425,12 +445,20 @@ impl Cluster {
         Ok(taken)
     }
 
-    /// Renews `hub`'s peers; evicts those another node holds now.
-    async fn renew_for(&self, hub: &Weak<Hub>) {
+    /// Renews `hub`'s peers (evicting those another node holds now), then the tracker's
+    /// swarms: after the keep-alive, which makes this node alive again after a Redis restart
+    /// (the other nodes drop the counts of a node they do not see alive).
+    /// Whether every write was answered (else the keep-alive tries again at its next tick).
+    async fn renew_for(&self, hub: &Weak<Hub>) -> bool {
         let Some(peers) = hub.upgrade().map(|h| h.local_peers()) else {
-            return;
+            return true;
         };
-        if let Ok(taken) = self.renew(&peers).await
+        let renewed = self.renew(&peers).await;
+        let mut answered = renewed.is_ok();
+        if answered && let Some(tracker) = self.tracker() {
+            answered = tracker.renew(self).await;
+        }
+        if let Ok(taken) = renewed
             && let Some(h) = hub.upgrade()
         {
             for (stream, peer) in taken {
@@ -448,6 +476,7 @@ impl Cluster {
                 self.leave(&stream, &peer, token).await;
             }
         }
+        answered
     }
 
     /// Starts the node's tasks for `hub`: the subscriber of its channel (relays from other
@@ -467,6 +496,7 @@ impl Cluster {
     async fn subscribe(self: Arc<Self>, hub: Weak<Hub>) {
         use futures::StreamExt;
         let mut backoff = Duration::from_millis(250);
+        let tracker_channel = crate::tracker::cluster::channel(&self.node);
         loop {
             if hub.strong_count() == 0 {
                 return;
@@ -475,6 +505,8 @@ impl Cluster {
                 Ok(mut ps) => {
                     let subscribe = async {
                         ps.subscribe(Self::channel(&self.node)).await?;
+                        ps.subscribe(crate::tracker::cluster::channel(&self.node))
+                            .await?;
                         ps.subscribe(ROOMS).await
                     };
                     match tokio::time::timeout(Duration::from_secs(5), subscribe).await {
@@ -491,8 +523,11 @@ impl Cluster {
                     if !self.subscribed.swap(true, Ordering::Relaxed) {
                         tracing::info!(node = %self.node, "signaling cluster: subscribed");
                     }
-                    // Peers joined while Redis was away are written now.
-                    self.renew_for(&hub).await;
+                    // Peers joined while Redis was away are written now (or at the next
+                    // keep-alive, if Redis does not answer yet).
+                    if !self.renew_for(&hub).await {
+                        self.owed.store(true, Ordering::Relaxed);
+                    }
                     let mut messages = ps.into_on_message();
                     // The keep-alive publishes to this channel every 5 s: a subscription that
                     // hears nothing for three of them is dead (a half-open connection) and is
@@ -501,6 +536,14 @@ impl Cluster {
                         tokio::time::timeout(KEEPALIVE * 3, messages.next()).await
                     {
                         let Some(h) = hub.upgrade() else { return };
+                        if msg.get_channel_name() == tracker_channel {
+                            match (self.tracker(), msg.get_payload::<String>().ok()) {
+                                (Some(t), Some(p)) => t.deliver(&p),
+                                (None, _) => {}
+                                (Some(t), None) => t.count_drop_cluster("bad_envelope"),
+                            }
+                            continue;
+                        }
                         if msg.get_channel_name() == ROOMS {
                             match msg
                                 .get_payload::<String>()
@@ -546,10 +589,14 @@ impl Cluster {
             let Some(h) = hub.upgrade() else { return };
             h.cluster_up();
             drop(h);
-            if ticks.is_multiple_of(renew_every) {
-                self.renew_for(&hub).await;
-            } else {
-                let _ = self.renew(&[]).await;
+            if self.owed.swap(false, Ordering::Relaxed) || ticks.is_multiple_of(renew_every) {
+                if !self.renew_for(&hub).await {
+                    self.owed.store(true, Ordering::Relaxed);
+                }
+            } else if self.renew(&[]).await.is_err() {
+                // Redis may come back without what this node wrote (a restart), or without
+                // a leave it missed meanwhile: the next tick renews.
+                self.owed.store(true, Ordering::Relaxed);
             }
             ticks += 1;
         }

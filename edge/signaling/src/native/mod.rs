@@ -18,7 +18,7 @@
 //! - only the host plays, pauses, seeks and sets the URL; every change is sent to every online
 //!   member as a `room-state` with the server's time, so clients correct their drift.
 
-mod cluster;
+pub(crate) mod cluster;
 mod room;
 mod rooms;
 mod swarms;

@@ -2,7 +2,10 @@
 // 127.0.0.1, port 0) and against the tracker at the URL given, and compares what every socket
 // received, message for message. Exit 0 when they match; otherwise prints both and exits 1.
 //
-//   node compare.mjs ws://127.0.0.1:PORT/ws/tracker?access_token=JWT
+//   node compare.mjs ws://127.0.0.1:PORT/ws/tracker?access_token=JWT [SECOND_URL]
+//
+// With a second URL (another edge of the same cluster), socket b talks to it and a and c to the
+// first: the same replies mean the counts, offers, answers and the synthetic stop cross nodes.
 //
 // The sequence: three sockets, two swarms; announces with and without offers (each offer has a
 // single possible receiver, so the reference's random choice does not matter), an answer, a
@@ -14,15 +17,16 @@ import Server from 'bittorrent-tracker/server'
 import WebSocket from 'ws'
 
 const target = process.argv[2]
+const second = process.argv[3]
 if (!target) {
-  console.error('usage: node compare.mjs <ws url of the tracker under test>')
+  console.error('usage: node compare.mjs <ws url of the tracker under test> [<ws url of another node>]')
   process.exit(2)
 }
 
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
 
-async function session (url) {
-  const open = () => new Promise((resolve, reject) => {
+async function session (url, urlOfB = url) {
+  const open = (url) => new Promise((resolve, reject) => {
     const ws = new WebSocket(url)
     ws.got = []
     ws.on('message', m => ws.got.push(m.toString()))
@@ -36,9 +40,9 @@ async function session (url) {
   const P3 = '\u00e9\u00ff3333333333333333\u0001\u001f'
   const offer = (id, sdp) => [{ offer: { type: 'offer', sdp }, offer_id: id }]
   const steps = []
-  const a = await open()
-  const b = await open()
-  const c = await open()
+  const a = await open(url)
+  const b = await open(urlOfB)
+  const c = await open(url)
   const send = async (ws, msg) => {
     ws.send(typeof msg === 'string' ? msg : JSON.stringify(msg))
     await sleep(60)
@@ -73,7 +77,7 @@ server.on('error', e => { console.error('reference server error', e); process.ex
 await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
 const reference = await session(`ws://127.0.0.1:${server.ws.address().port}`)
 server.close()
-const edge = await session(target)
+const edge = await session(target, second)
 
 const same = JSON.stringify(reference) === JSON.stringify(edge)
 console.log(JSON.stringify({ same, messages: Object.values(reference).flat().length, reference, edge }, null, 1))
