@@ -74,7 +74,9 @@ local function counts(key)
 end
 local function write_counts(key, seq, c, i)
   local cur = redis.call('HGET', key, node)
-  if cur and tonumber(string.match(cur, '^(%d+)')) > tonumber(seq) then return false end
+  if cur and (tonumber(string.match(cur, '^(%d+)') or '') or 0) > tonumber(seq) then
+    return false
+  end
   redis.call('HSET', key, node, seq .. '\t' .. c .. '\t' .. i)
   redis.call('PEXPIRE', key, ttl)
   return true
