@@ -3,7 +3,6 @@
 use crate::policies::PolicyControl;
 use bytes::Bytes;
 use edge_contract::{EdgeRequest, EdgeResponse, Handler};
-use edge_origin::Origin;
 use edge_pipeline::Pipeline;
 use http::{HeaderValue, StatusCode, header};
 use prometheus::{Encoder as _, Registry, TextEncoder};
@@ -24,7 +23,6 @@ use std::sync::{
 pub(crate) struct Admin {
     pub(crate) registry: Registry,
     pub(crate) ready: Arc<AtomicBool>,
-    pub(crate) origin: Arc<dyn Origin>,
     pub(crate) policies: Arc<PolicyControl>,
     pub(crate) pipeline: Option<Arc<Pipeline>>,
     pub(crate) seeder: Option<Arc<edge_seeder::Seeder>>,
@@ -162,8 +160,8 @@ impl Admin {
     async fn health(&self) -> EdgeResponse {
         let ready = self.ready.load(Ordering::SeqCst);
         let (report, deps) = self.health.detailed().await;
-        let origin = &report.origin;
-        let healthy = ready && origin.is_ok();
+        let origin = report.origin.as_ref();
+        let healthy = ready && origin.is_none_or(Result::is_ok);
         let mut policies = self.policies.summary();
         policies["status"] = "ok".into();
         let body = serde_json::json!({
@@ -175,11 +173,11 @@ impl Admin {
             "kafka": deps["kafka"],
             "events": deps["events"],
             "components": {
-                "origin": {
-                    "status": if origin.is_ok() { "ok" } else { "down" },
-                    "kind": self.origin.describe(),
-                    "error": origin.as_ref().err(),
-                },
+                "origin": origin.map(|o| serde_json::json!({
+                    "status": if o.is_ok() { "ok" } else { "down" },
+                    "kind": deps["origin"],
+                    "error": o.as_ref().err(),
+                })),
                 "policies": policies,
                 "cache": { "status": "ok", "edge": self.pipeline.is_some() },
                 "seeders": self.routing.as_ref().map(|r| r.seeders()).map(|s| serde_json::json!(s)),

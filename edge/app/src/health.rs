@@ -27,8 +27,9 @@ const ORIGIN_CHECK: Duration = Duration::from_secs(3);
 /// One check of every dependency: each `Ok(word)` or `Err(why)`.
 #[derive(Debug, Clone)]
 pub(crate) struct Report {
-    /// The origin (`s3` in the replaced service's shape, whatever the origin kind).
-    pub(crate) origin: Result<(), String>,
+    /// The origin (`s3` in the replaced service's shape, whatever the origin kind); `None` in a
+    /// process that reads no origin (the signaling role alone).
+    pub(crate) origin: Option<Result<(), String>>,
     /// `None`: no Redis configured.
     pub(crate) redis: Option<Result<(), String>>,
     /// `None`: no Kafka configured.
@@ -40,7 +41,7 @@ pub(crate) struct Report {
 
 impl Report {
     pub(crate) fn healthy(&self) -> bool {
-        self.origin.is_ok()
+        self.origin.as_ref().is_none_or(Result::is_ok)
             && self.redis.as_ref().is_none_or(Result::is_ok)
             && self.kafka.as_ref().is_none_or(Result::is_ok)
     }
@@ -60,7 +61,7 @@ impl Report {
         };
         let mut v = serde_json::json!({
             "status": if self.healthy() { "healthy" } else { "degraded" },
-            "s3": word(&self.origin, "ok", "error"),
+            "s3": optional(&self.origin, "ok", "error"),
             "redis": optional(&self.redis, "ok", "error"),
             "kafka": optional(&self.kafka, "enabled", "unavailable"),
         });
@@ -81,7 +82,7 @@ impl Report {
 
 /// The dependencies and the latest [`Report`].
 pub(crate) struct Monitor {
-    origin: Arc<dyn Origin>,
+    origin: Option<Arc<dyn Origin>>,
     redis: Option<Arc<RedisStore>>,
     kafka: Option<Arc<KafkaSink>>,
     spool: Option<Spool>,
@@ -97,7 +98,7 @@ pub(crate) struct Monitor {
 
 impl Monitor {
     pub(crate) fn new(
-        origin: Arc<dyn Origin>,
+        origin: Option<Arc<dyn Origin>>,
         redis: Option<Arc<RedisStore>>,
         kafka: Option<Arc<KafkaSink>>,
         spool: Option<Spool>,
@@ -125,11 +126,14 @@ impl Monitor {
     pub(crate) async fn check(&self) -> Arc<Report> {
         let started = Instant::now();
         let origin = async {
-            match tokio::time::timeout(ORIGIN_CHECK, self.origin.check()).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("timed out".to_owned()),
-            }
+            let origin = self.origin.as_ref()?;
+            Some(
+                match tokio::time::timeout(ORIGIN_CHECK, origin.check()).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("timed out".to_owned()),
+                },
+            )
         };
         let redis = async {
             let r = self.redis.as_ref()?;
@@ -201,7 +205,9 @@ impl Monitor {
     pub(crate) async fn detailed(&self) -> (Arc<Report>, serde_json::Value) {
         let report = self.check().await;
         let mut v = report.json(true);
-        v["origin"] = self.origin.describe().into();
+        if let Some(origin) = &self.origin {
+            v["origin"] = origin.describe().into();
+        }
         if let Some(spool) = &self.spool {
             let st = spool.stats();
             v["events"] = serde_json::json!({
@@ -296,7 +302,7 @@ mod tests {
             slow: Some(MAX_AGE + Duration::from_millis(300)),
             ..Checked::default()
         });
-        let monitor = Arc::new(Monitor::new(origin.clone(), None, None, None, None));
+        let monitor = Arc::new(Monitor::new(Some(origin.clone()), None, None, None, None));
         viewers_all_see_healthy(&monitor, 50).await;
         assert_eq!(origin.checks.load(Ordering::SeqCst), 1);
     }
@@ -304,7 +310,7 @@ mod tests {
     #[tokio::test]
     async fn a_flood_of_viewer_checks_costs_one_check() {
         let origin = Arc::new(Checked::default());
-        let monitor = Arc::new(Monitor::new(origin.clone(), None, None, None, None));
+        let monitor = Arc::new(Monitor::new(Some(origin.clone()), None, None, None, None));
         assert_eq!(
             origin.checks.load(Ordering::SeqCst),
             0,

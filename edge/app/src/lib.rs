@@ -31,7 +31,7 @@ use edge_http::{BoundListener, HttpApp, Listeners};
 use edge_origin::Origin;
 use edge_policy::Router;
 use policies::PolicyControl;
-use roles::{edge::EdgeRole, seeder::SeederRole};
+use roles::{edge::EdgeRole, seeder::SeederRole, signaling::SignalingRole};
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -194,25 +194,26 @@ impl Edge {
             .runs(Role::Seeder)
             .then(|| SeederRole::bind(&cfg))
             .transpose()?;
+        let signaling_sockets = cfg
+            .runs(Role::Signaling)
+            .then(|| SignalingRole::bind(&cfg))
+            .transpose()?;
+        let viewer = match (&edge_sockets, &signaling_sockets) {
+            (Some(e), _) => (e.http.clone(), e.https.clone()),
+            (None, Some(s)) => s.viewer.clone(),
+            (None, None) => Default::default(),
+        };
+        let own = signaling_sockets
+            .as_ref()
+            .map(|s| s.own.clone())
+            .unwrap_or_default();
         let addrs = Addrs {
-            http: edge_sockets
-                .as_ref()
-                .map(|s| s.http.clone())
-                .unwrap_or_default(),
-            https: edge_sockets
-                .as_ref()
-                .map(|s| s.https.clone())
-                .unwrap_or_default(),
+            http: viewer.0,
+            https: viewer.1,
             admin: admin_socket.local_addr(),
             seeder: seeder_socket.as_ref().map(BoundListener::local_addr),
-            signaling_http: edge_sockets
-                .as_ref()
-                .map(|s| s.signaling_addrs.0.clone())
-                .unwrap_or_default(),
-            signaling_https: edge_sockets
-                .as_ref()
-                .map(|s| s.signaling_addrs.1.clone())
-                .unwrap_or_default(),
+            signaling_http: own.0,
+            signaling_https: own.1,
         };
 
         // Then every role is built: everything that can fail comes before anything serves.
@@ -228,30 +229,38 @@ impl Edge {
             .map(|s| SeederRole::build(&shared, s))
             .transpose()?;
         let control = Arc::new(loaded.policies);
+        let policies = roles::edge::Policies {
+            router: loaded.router,
+            control: control.clone(),
+            secret: loaded.secret.clone(),
+            jwt: loaded.jwt,
+        };
+        let mut signaling = signaling_sockets
+            .map(|s| SignalingRole::build(&shared, s))
+            .transpose()?;
+        // The viewer-facing pipeline is the edge role's when it runs (the signaling endpoints
+        // mounted on it), else the signaling role's own.
         let edge = match edge_sockets {
-            Some(sockets) => Some(
-                EdgeRole::build(
-                    &shared,
-                    sockets,
-                    roles::edge::Policies {
-                        router: loaded.router,
-                        control: control.clone(),
-                        secret: loaded.secret.clone(),
-                        jwt: loaded.jwt,
-                    },
-                )
-                .await?,
-            ),
-            None => None,
+            Some(sockets) => {
+                let shared_signaling = signaling.as_mut().map(SignalingRole::share);
+                let edge = EdgeRole::build(&shared, sockets, policies, shared_signaling).await?;
+                if let Some(s) = &mut signaling {
+                    s.attach(&cfg, edge.pipeline.clone(), edge.streaming.analytics(&cfg))?;
+                }
+                Some(edge)
+            }
+            None => {
+                if let Some(s) = &mut signaling {
+                    s.alone(&shared, policies).await?;
+                }
+                None
+            }
         };
 
         let ready = Arc::new(AtomicBool::new(false));
         let admin = admin::Admin {
             registry: registry.clone(),
             ready: ready.clone(),
-            origin: edge
-                .as_ref()
-                .map_or_else(|| loaded.origin.clone(), |e| e.upstream.clone()),
             policies: control,
             pipeline: edge.as_ref().map(|e| e.pipeline.clone()),
             seeder: seeder.as_ref().map(|s| s.seeder.clone()),
@@ -259,18 +268,17 @@ impl Edge {
             token: cfg.server.admin_token.clone(),
             roles: cfg.roles.iter().map(Role::name).collect(),
             started: std::time::Instant::now(),
-            health: edge.as_ref().map_or_else(
-                || {
-                    Arc::new(health::Monitor::new(
-                        loaded.origin.clone(),
-                        loaded.redis.clone(),
-                        None,
-                        None,
-                        None,
-                    ))
-                },
-                |e| e.health.clone(),
-            ),
+            health: match (&edge, signaling.as_ref().and_then(|s| s.health.clone())) {
+                (Some(e), _) => e.health.clone(),
+                (None, Some(alone)) => alone,
+                (None, None) => Arc::new(health::Monitor::new(
+                    Some(loaded.origin.clone()),
+                    loaded.redis.clone(),
+                    None,
+                    None,
+                    None,
+                )),
+            },
         };
         let spool = edge.as_ref().map(|e| e.streaming.spool.clone());
         let demo_url = edge
@@ -282,6 +290,9 @@ impl Edge {
             started.push(Box::new(e));
         }
         if let Some(s) = seeder {
+            started.push(Box::new(s));
+        }
+        if let Some(s) = signaling {
             started.push(Box::new(s));
         }
         let mut listeners = Listeners::new(

@@ -85,6 +85,21 @@ impl Streaming {
         signing_secret: &str,
         registry: &prometheus::Registry,
     ) -> anyhow::Result<Self> {
+        let mut events = Self::events(cfg, registry).await?;
+        if cfg.stream_api.enabled {
+            let (mount, tasks) = stream_api(cfg, &events, origin, redis, jwt, signing_secret)?;
+            events.mounts.push(mount);
+            events.tasks.extend(tasks);
+        }
+        Ok(events)
+    }
+
+    /// The spool and its shipping to Kafka alone (no streaming API): the events of a process
+    /// that serves no media (the signaling role alone).
+    pub(crate) async fn events(
+        cfg: &EdgeConfig,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
         let spool = Spool::open(spool_config(cfg), Some(registry)).await?;
         let kafka = kafka(cfg)?;
         let (stop, stop_rx) = watch::channel(false);
@@ -106,73 +121,10 @@ impl Streaming {
         } else {
             tracing::info!(spool = %cfg.spool_dir().display(), "events: no Kafka configured; the spool is the event log (`edge events tail`)");
         }
-        let mut mounts = Vec::new();
-        let api = &cfg.stream_api;
-        if api.enabled {
-            let ttl = Duration::from_secs(api.progress_ttl);
-            let store: Arc<dyn edge_stream::ProgressStore> = match redis {
-                Some(r) => Arc::new(RedisProgress::new(r.clone(), ttl)),
-                None => Arc::new(LocalProgress::open(
-                    cfg.resolve(&cfg.server.data_dir).join("progress.json"),
-                    ttl,
-                )?),
-            };
-            let p = Arc::new(Progress::new(
-                store,
-                spool.clone(),
-                api.progress_min_interval,
-            ));
-            tasks.push(
-                p.clone()
-                    .spawn_applier(spool.cursor("progress")?, stop_rx.clone()),
-            );
-            tasks.push(p.clone().spawn_trailing(stop_rx.clone()));
-            let kv = match redis {
-                Some(r) => edge_kv::Kv::with_redis_store(cfg.wasm.kv_max_entries, r.clone()),
-                None => edge_kv::Kv::memory(cfg.wasm.kv_max_entries),
-            };
-            let urls = match api.manifest_urls {
-                edge_config::ManifestUrls::Edge => ManifestUrls::Edge {
-                    secret: signing_secret.to_owned(),
-                    param: cfg.signed_url.param.clone(),
-                    public_url: cfg.server.public_url.clone(),
-                },
-                edge_config::ManifestUrls::Origin => ManifestUrls::Origin(Arc::new(origin.clone())),
-            };
-            let settings = edge_stream::Settings {
-                prefix: api.prefix.clone(),
-                manifest_hls: api.manifest_hls.clone(),
-                manifest_dash: api.manifest_dash.clone(),
-                urls,
-                expiration: Duration::from_secs(cfg.signed_url.expiration),
-                max_position: api.max_position,
-                max_body: usize::try_from(api.max_body.as_u64()).unwrap_or(usize::MAX),
-            };
-            mounts.push(Mount {
-                path: api.prefix.clone(),
-                subtree: true,
-                open: false,
-                service: Arc::new(StreamApi::new(
-                    settings,
-                    spool.clone(),
-                    Sessions::new(kv, ttl),
-                    p.clone(),
-                )),
-            });
-            if jwt.1 {
-                match secrets::dev_token(&jwt.0) {
-                    Ok(t) => tracing::warn!(
-                        token = t,
-                        "JWT_SECRET_KEY unset: the streaming API accepts tokens signed with a generated development secret; this development token (sub = dev-user, 24 h) works: Authorization: Bearer <token>"
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "cannot mint a development token"),
-                }
-            }
-        }
         Ok(Self {
             spool,
             kafka,
-            mounts,
+            mounts: Vec::new(),
             stop,
             tasks,
         })
@@ -200,4 +152,80 @@ impl Streaming {
             tracing::error!(error = %e, "cannot sync the event spool");
         }
     }
+}
+
+/// The streaming API's mount (`stream_api.prefix`) over `events`' spool, and its background
+/// tasks (the progress applier, the trailing writer).
+fn stream_api(
+    cfg: &EdgeConfig,
+    events: &Streaming,
+    origin: &StoreOrigin,
+    redis: Option<&Arc<RedisStore>>,
+    jwt: &(String, bool),
+    signing_secret: &str,
+) -> anyhow::Result<(Mount, Vec<JoinHandle<()>>)> {
+    let api = &cfg.stream_api;
+    let spool = &events.spool;
+    let stop_rx = events.stop.subscribe();
+    let mut tasks = Vec::new();
+    let ttl = Duration::from_secs(api.progress_ttl);
+    let store: Arc<dyn edge_stream::ProgressStore> = match redis {
+        Some(r) => Arc::new(RedisProgress::new(r.clone(), ttl)),
+        None => Arc::new(LocalProgress::open(
+            cfg.resolve(&cfg.server.data_dir).join("progress.json"),
+            ttl,
+        )?),
+    };
+    let p = Arc::new(Progress::new(
+        store,
+        spool.clone(),
+        api.progress_min_interval,
+    ));
+    tasks.push(
+        p.clone()
+            .spawn_applier(spool.cursor("progress")?, stop_rx.clone()),
+    );
+    tasks.push(p.clone().spawn_trailing(stop_rx.clone()));
+    let kv = match redis {
+        Some(r) => edge_kv::Kv::with_redis_store(cfg.wasm.kv_max_entries, r.clone()),
+        None => edge_kv::Kv::memory(cfg.wasm.kv_max_entries),
+    };
+    let urls = match api.manifest_urls {
+        edge_config::ManifestUrls::Edge => ManifestUrls::Edge {
+            secret: signing_secret.to_owned(),
+            param: cfg.signed_url.param.clone(),
+            public_url: cfg.server.public_url.clone(),
+        },
+        edge_config::ManifestUrls::Origin => ManifestUrls::Origin(Arc::new(origin.clone())),
+    };
+    let settings = edge_stream::Settings {
+        prefix: api.prefix.clone(),
+        manifest_hls: api.manifest_hls.clone(),
+        manifest_dash: api.manifest_dash.clone(),
+        urls,
+        expiration: Duration::from_secs(cfg.signed_url.expiration),
+        max_position: api.max_position,
+        max_body: usize::try_from(api.max_body.as_u64()).unwrap_or(usize::MAX),
+    };
+    let mount = Mount {
+        path: api.prefix.clone(),
+        subtree: true,
+        open: false,
+        service: Arc::new(StreamApi::new(
+            settings,
+            spool.clone(),
+            Sessions::new(kv, ttl),
+            p.clone(),
+        )),
+    };
+    if jwt.1 {
+        match secrets::dev_token(&jwt.0) {
+            Ok(t) => tracing::warn!(
+                token = t,
+                "JWT_SECRET_KEY unset: the streaming API accepts tokens signed with a generated development secret; this development token (sub = dev-user, 24 h) works: Authorization: Bearer <token>"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot mint a development token"),
+        }
+    }
+    Ok((mount, tasks))
 }

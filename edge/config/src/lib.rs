@@ -114,13 +114,18 @@ mod tests {
     }
 
     #[test]
-    fn signaling_runs_beside_the_edge_role_on_a_valid_path() {
+    fn signaling_runs_beside_the_edge_role_or_alone_on_a_valid_path() {
         let none = MapEnv::default();
         let cfg = EdgeConfig::from_toml_str("e.toml", "roles = [\"all\"]\n", &none).unwrap();
         assert!(cfg.runs(Role::Signaling));
         assert_eq!(cfg.signaling.tracker_path, "/ws/tracker");
         assert_eq!(cfg.signaling.path, "/ws/signaling");
-        let text = "roles = [\"signaling\"]\n[signaling]\ntracker_path = \"/ws/../x\"\n\
+        let alone =
+            EdgeConfig::from_toml_str("e.toml", "roles = [\"signaling\"]\n", &none).unwrap();
+        assert!(alone.runs(Role::Signaling) && !alone.runs(Role::Edge));
+        // Alone, it needs a listener of its own.
+        let text = "roles = [\"signaling\"]\n[server]\nlisten = []\ntls_listen = []\n\
+                    [signaling]\ntracker_path = \"/ws/../x\"\n\
                     max_offers = 0\npath = \"/ws/../x\"\ntoken_protocol_prefix = \"a b\"\n\
                     room_grace = \"0s\"\n";
         let errs = EdgeConfig::from_toml_str("e.toml", text, &none).unwrap_err();

@@ -12,8 +12,10 @@ pub enum Role {
     /// Serves `seeder.cache_path` to edges on `seeder.listen` and publishes it in the Redis
     /// directory.
     Seeder,
-    /// The WebTorrent tracker on the viewer listeners (`signaling.tracker_path`), for
-    /// P2P-assisted delivery. Runs with the edge role (its listeners and policy chains).
+    /// WebSocket signaling for P2P-assisted delivery and watch rooms: the WebTorrent tracker
+    /// (`signaling.tracker_path`) and the native protocol (`signaling.path`), behind the policy
+    /// chains of their routes. With the edge role on its viewer listeners beside the media;
+    /// alone, the viewer listeners serve only the endpoints and `/health`.
     Signaling,
 }
 

@@ -110,13 +110,20 @@ impl Default for SignalingConfig {
     }
 }
 
-/// Checks `[signaling]` (and that the role has the edge role's listeners).
+/// Checks `[signaling]` (and that the role has a listener).
 pub(crate) fn validate(cfg: &EdgeConfig, bad: &mut dyn FnMut(&str, &str)) {
     let s = &cfg.signaling;
-    if cfg.roles.has(Role::Signaling) && !cfg.roles.has(Role::Edge) {
+    let srv = &cfg.server;
+    if cfg.roles.has(Role::Signaling)
+        && !cfg.roles.has(Role::Edge)
+        && [&srv.listen, &srv.tls_listen, &s.listen, &s.tls_listen]
+            .iter()
+            .all(|l| l.is_empty())
+    {
         bad(
             "roles",
-            "\"signaling\" serves on the edge role's viewer listeners and policy chains: add \"edge\"",
+            "\"signaling\" without \"edge\" serves on `server.listen` / `server.tls_listen` and \
+             `signaling.listen` / `signaling.tls_listen`: set one of them",
         );
     }
     let echo = s.echo_path.as_ref();

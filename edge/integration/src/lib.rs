@@ -177,12 +177,17 @@ pub const CLUSTER_SECRET: &str = "two-edges-share-this-secret-32-bytes!";
 /// An edge with the signaling role in the cluster on the redis-server at `redis_port`, as node
 /// `node`, once its `/health` says it is clustered.
 pub async fn clustered(redis_port: u16, node: &str) -> TestEdge {
+    clustered_as(redis_port, node, "edge,signaling").await
+}
+
+/// Like [`clustered`], running `roles` (`EDGE_ROLES`: `signaling` alone, for one).
+pub async fn clustered_as(redis_port: u16, node: &str, roles: &str) -> TestEdge {
     let port = redis_port.to_string();
     let edge = TestEdge::start_with_env(
         &repo_root().join("policies/default.toml"),
         "",
         &[
-            ("EDGE_ROLES", "edge,signaling"),
+            ("EDGE_ROLES", roles),
             ("JWT_SECRET_KEY", CLUSTER_SECRET),
             ("REDIS_HOST", "127.0.0.1"),
             ("REDIS_PORT", &port),

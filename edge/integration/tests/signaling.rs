@@ -3,7 +3,7 @@
 //! server as the reference for every reply, the handshake's checks, hostile clients cut off
 //! without hurting the others, and "going away" when the edge drains.
 
-use edge_integration::{CLUSTER_SECRET, TestEdge, clustered, jwt, repo_root};
+use edge_integration::{CLUSTER_SECRET, TestEdge, clustered, clustered_as, jwt, repo_root};
 use futures::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio_tungstenite::{
@@ -81,14 +81,15 @@ async fn the_tracker_answers_as_the_npm_bittorrent_tracker_server_does() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_edges_sharing_redis_answer_as_one_npm_bittorrent_tracker_server() {
+async fn an_edge_and_a_signaling_node_sharing_redis_answer_as_one_npm_bittorrent_tracker_server() {
     let redis = edge_testinfra::Redis::start();
+    // b runs the signaling role alone (`roles = ["signaling"]`), on its viewer listener.
     let (a, b) = (
         clustered(redis.port(), "edge-a").await,
-        clustered(redis.port(), "edge-b").await,
+        clustered_as(redis.port(), "signaling-b", "signaling").await,
     );
     let token = jwt(CLUSTER_SECRET, "viewer-1", 600);
-    // Sockets a and c on edge a, b on edge b: counts, offers, answers, scrapes and the stop of
+    // Sockets a and c on edge a, b on node b: counts, offers, answers, scrapes and the stop of
     // a closed socket all cross the two nodes.
     compare(&[url(&a, Some(&token)), url(&b, Some(&token))]).await;
     let (ma, mb) = (a.metrics().await, b.metrics().await);

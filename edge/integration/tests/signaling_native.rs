@@ -3,7 +3,7 @@
 //! between two viewers, a watch room controlled by its host, kept across a reconnect, and two
 //! edges sharing a real redis-server.
 
-use edge_integration::{CLUSTER_SECRET as SECRET, TestEdge, clustered, repo_root};
+use edge_integration::{CLUSTER_SECRET as SECRET, TestEdge, clustered, clustered_as, repo_root};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -423,6 +423,81 @@ async fn the_host_runs_the_room_and_keeps_it_across_a_reconnect() {
     drop(guest);
     drop(again);
     tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("the drain ends")
+        .unwrap();
+}
+
+/// `roles = ["signaling"]`: the viewer listeners serve the endpoints behind their policies and
+/// `/health` (no origin in it), nothing else; the node's peers are in the edges' swarms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signaling_node_serves_the_endpoints_alone_in_the_cluster() {
+    let redis = edge_testinfra::Redis::start();
+    let (edge, node) = (
+        clustered(redis.port(), "edge-a").await,
+        clustered_as(redis.port(), "signaling-s", "signaling").await,
+    );
+    let get = |url: String| async move {
+        let r = edge_integration::client().get(url).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let (status, body) = get(format!("{}/health", node.http())).await;
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&health["status"], &health["s3"], &health["nodeId"]),
+        (&json!("healthy"), &json!("disabled"), &json!("signaling-s")),
+        "{health}"
+    );
+    for path in ["/vod/demo/index.m3u8", "/api/v1/stream/demo", "/"] {
+        assert_eq!(get(format!("{}{path}", node.http())).await.0, 404, "{path}");
+    }
+    let url = format!("ws://{}/ws/signaling", node.edge.addrs().http[0]);
+    match connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 401, "the route's policies apply")
+        }
+        other => panic!("{other:?}"),
+    }
+    let token = |sub| edge_integration::jwt(SECRET, sub, 600);
+    let mut on_edge = connect_with(&edge, &token("alice")).await;
+    let mut on_node = connect_with(&node, &token("bob")).await;
+    send(
+        &mut on_edge,
+        json!({"type":"join","streamId":"demo","peerId":"pa"}),
+    )
+    .await;
+    assert_eq!(recv(&mut on_edge).await["peers"], json!([]));
+    send(
+        &mut on_node,
+        json!({"type":"join","streamId":"demo","peerId":"pb"}),
+    )
+    .await;
+    assert_eq!(recv(&mut on_node).await["peers"], json!([{"peerId":"pa"}]));
+    send(
+        &mut on_node,
+        json!({"type":"offer","streamId":"demo","to":"pa","sdp":{"type":"offer","sdp":"v=0"}}),
+    )
+    .await;
+    assert_eq!(recv(&mut on_edge).await["from"], "pb");
+    // The admin listener: healthy without an origin, the node's status.
+    let (status, body) = get(format!("{}/health", node.admin())).await;
+    assert_eq!(status, 200, "{body}");
+    let admin: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(admin["roles"], json!(["signaling"]), "{admin}");
+    assert_eq!(admin["components"]["origin"], Value::Null, "{admin}");
+    let (_, body) = get(format!("{}/status", node.admin())).await;
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&status["nodeId"], &status["localConnections"]),
+        (&json!("signaling-s"), &json!(1)),
+        "{status}"
+    );
+    // A drain closes the node's sockets with 1001 (clients go to another node).
+    let drained = tokio::spawn(node.edge.shutdown());
+    assert_eq!(close_frame(&mut on_node).await.code, CloseCode::Away);
+    drop(on_node);
+    tokio::time::timeout(Duration::from_secs(10), drained)
         .await
         .expect("the drain ends")
         .unwrap();

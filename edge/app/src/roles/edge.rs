@@ -4,24 +4,19 @@
 
 use super::{Role, Shared};
 use crate::{health, policies::PolicyControl, streaming::Streaming};
-use anyhow::Context as _;
 use edge_config::EdgeConfig;
 use edge_http::{BoundListener, HttpApp, Listeners};
-use edge_origin::Origin;
 use edge_pipeline::{Mount, Pipeline, PipelineConfig, PipelineMetrics};
 use edge_policy::Router;
 use edge_upstream::SeederOrigin;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::task::JoinHandle;
 
-/// The viewer listeners, bound, and the signaling role's own ones.
+/// The viewer listeners, bound.
 pub(crate) struct Sockets {
     listeners: Vec<BoundListener>,
     pub(crate) http: Vec<SocketAddr>,
     pub(crate) https: Vec<SocketAddr>,
-    signaling: Vec<BoundListener>,
-    /// `signaling.listen` and `signaling.tls_listen` as bound (plain, TLS).
-    pub(crate) signaling_addrs: (Vec<SocketAddr>, Vec<SocketAddr>),
 }
 
 /// What the edge role takes from the policies loaded for the process.
@@ -34,88 +29,39 @@ pub(crate) struct Policies {
 
 pub(crate) struct EdgeRole {
     sockets: Vec<BoundListener>,
-    /// The signaling role's own listeners, and the paths they serve.
-    signaling_sockets: Vec<BoundListener>,
-    signaling_paths: Vec<String>,
     pub(crate) pipeline: Arc<Pipeline>,
-    /// What the caches fill from (seeders in front of the origin when routing to them).
-    pub(crate) upstream: Arc<dyn Origin>,
     pub(crate) routing: Option<Arc<SeederOrigin>>,
     pub(crate) streaming: Streaming,
     pub(crate) health: Arc<health::Monitor>,
     control: Arc<PolicyControl>,
-    /// The signaling role's event tasks (Kafka stream events in, peer counts out).
-    signaling_tasks: Vec<JoinHandle<()>>,
     cfg: EdgeConfig,
 }
 
 impl EdgeRole {
     /// Binds every viewer listener (TLS ones with the configured or development certificate).
     pub(crate) fn bind(cfg: &EdgeConfig) -> anyhow::Result<Sockets> {
-        let signaling = cfg.runs(edge_config::Role::Signaling);
-        let own_tls = signaling && !cfg.signaling.tls_listen.is_empty();
-        let tls_pem = if cfg.server.tls_listen.is_empty() && !own_tls {
-            None
-        } else {
-            Some(crate::secrets::tls_pem(cfg)?)
-        };
-        let bind = |addr: &SocketAddr, tls: bool| -> anyhow::Result<BoundListener> {
-            let settings = match (&tls_pem, tls) {
-                (Some((cert, key)), true) => Some(edge_http::tls_settings(cert, key)?),
-                _ => None,
-            };
-            BoundListener::bind(*addr, settings).with_context(|| format!("cannot listen on {addr}"))
-        };
-        let mut listeners = Vec::new();
-        for addr in &cfg.server.listen {
-            listeners.push(bind(addr, false)?);
-        }
-        for addr in &cfg.server.tls_listen {
-            listeners.push(bind(addr, true)?);
-        }
+        let listeners = super::bind_viewer(cfg, &cfg.server.listen, &cfg.server.tls_listen)?;
         anyhow::ensure!(
             !listeners.is_empty(),
             "{}: the edge role has no listener: set `server.listen` or `server.tls_listen` (or \
              pass --listen), or run without the edge role",
             cfg.source.display()
         );
-        let addrs = |tls: bool| {
-            listeners
-                .iter()
-                .filter(|l| l.is_tls() == tls)
-                .map(BoundListener::local_addr)
-                .collect()
-        };
-        let mut own = Vec::new();
-        if signaling {
-            for addr in &cfg.signaling.listen {
-                own.push(bind(addr, false)?);
-            }
-            for addr in &cfg.signaling.tls_listen {
-                own.push(bind(addr, true)?);
-            }
-        }
-        let own_addrs = |tls: bool| {
-            own.iter()
-                .filter(|l| l.is_tls() == tls)
-                .map(BoundListener::local_addr)
-                .collect()
-        };
         Ok(Sockets {
-            http: addrs(false),
-            https: addrs(true),
-            signaling_addrs: (own_addrs(false), own_addrs(true)),
-            signaling: own,
+            http: super::addrs_of(&listeners, false),
+            https: super::addrs_of(&listeners, true),
             listeners,
         })
     }
 
     /// Opens the disk tier and the event spool, builds the upstream and the pipeline, mounts the
-    /// streaming API and `/health`. Nothing serves yet.
+    /// streaming API, `/health` and the signaling role's endpoints when it runs too (with its
+    /// hub for health). Nothing serves yet.
     pub(crate) async fn build(
         shared: &Shared<'_>,
         sockets: Sockets,
         policies: Policies,
+        signaling: Option<(Vec<Mount>, Arc<edge_signaling::Hub>)>,
     ) -> anyhow::Result<Self> {
         let cfg = shared.cfg;
         let disk = crate::delivery::disk(cfg, shared.registry).await?;
@@ -145,16 +91,9 @@ impl EdgeRole {
             pipeline = pipeline.with_events(sink);
         }
         let pipeline = Arc::new(pipeline);
-        let (signaling, hub, signaling_tasks) = if cfg.runs(edge_config::Role::Signaling) {
-            let (mounts, hub) =
-                crate::signaling::mounts(cfg, shared.redis.as_ref(), shared.registry)?;
-            let tasks = crate::signaling::event_tasks(cfg, &hub, streaming.analytics(cfg))?;
-            (mounts, Some(hub), tasks)
-        } else {
-            (Vec::new(), None, Vec::new())
-        };
+        let (signaling, hub) = signaling.map_or((Vec::new(), None), |(m, h)| (m, Some(h)));
         let health = Arc::new(health::Monitor::new(
-            upstream.clone(),
+            Some(upstream.clone()),
             shared.redis.clone(),
             streaming.kafka.clone(),
             Some(streaming.spool.clone()),
@@ -170,30 +109,19 @@ impl EdgeRole {
         mounts.extend(signaling);
         pipeline.mount(mounts);
         policies.control.attach(pipeline.clone());
-        let s = &cfg.signaling;
-        let signaling_paths = [Some(&s.tracker_path), Some(&s.path), s.echo_path.as_ref()]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .chain(["/health".to_owned()])
-            .collect();
         Ok(Self {
             sockets: sockets.listeners,
-            signaling_sockets: sockets.signaling,
-            signaling_paths,
             pipeline,
-            upstream,
             routing,
             streaming,
             health,
             control: policies.control,
-            signaling_tasks,
             cfg: cfg.clone(),
         })
     }
 }
 
-fn pipeline_config(cfg: &EdgeConfig) -> PipelineConfig {
+pub(crate) fn pipeline_config(cfg: &EdgeConfig) -> PipelineConfig {
     PipelineConfig {
         cache: edge_cache::CacheConfig {
             capacity: usize::try_from(cfg.cache.memory.as_u64()).unwrap_or(usize::MAX),
@@ -221,19 +149,6 @@ impl Role for EdgeRole {
             HttpApp::new(self.pipeline.clone()),
             std::mem::take(&mut self.sockets),
         );
-        let own = std::mem::take(&mut self.signaling_sockets);
-        if !own.is_empty() {
-            let only = crate::signaling::Only::new(
-                self.pipeline.clone(),
-                std::mem::take(&mut self.signaling_paths),
-            );
-            listeners.serve_with(
-                "signaling",
-                HttpApp::new(Arc::new(only)),
-                own,
-                edge_http::Buffers::WEBSOCKET,
-            );
-        }
         let mut tasks = Vec::new();
         if let Some(r) = &self.routing {
             tasks.extend(r.spawn());
@@ -241,7 +156,6 @@ impl Role for EdgeRole {
         if !self.cfg.policies.watch_interval.is_zero() {
             tasks.push(self.control.clone().watch(self.cfg.policies.watch_interval));
         }
-        tasks.append(&mut self.signaling_tasks);
         tasks
     }
 
