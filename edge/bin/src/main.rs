@@ -21,7 +21,8 @@ struct Cli {
 enum Command {
     /// Run the configured roles (`roles`, default the edge) until SIGTERM/SIGINT, then drain.
     Serve {
-        /// A role to run: edge, seeder, or all (repeatable; replaces `roles` of the config).
+        /// A role to run: edge, seeder, signaling, or all (repeatable; replaces `roles` of the
+        /// config).
         #[arg(long = "role", value_name = "ROLE")]
         roles: Vec<String>,
         /// Plain HTTP/1.1 + h2c listener (repeatable; replaces `server.listen`; port 0 = any free port).

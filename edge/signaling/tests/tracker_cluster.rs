@@ -215,6 +215,11 @@ async fn a_dead_node_leaves_the_counts_and_redis_back_gets_every_peer_back() {
     recv(&mut ra1).await;
     send(&b, b1, announce(P2, 1000, Some("started"), None)).await;
     assert_eq!(counts(&recv(&mut rb1).await), (0, 2));
+    // A swarm of b's alone.
+    let mut other = announce(P2, 1000, Some("started"), None);
+    other["info_hash"] = json!(H2);
+    send(&b, b1, other).await;
+    assert_eq!(counts(&recv(&mut rb1).await), (0, 1));
 
     // Node b dies (its tasks end with it) and was last seen long ago: a counts it out, and
     // offers go to nobody of b's.
@@ -235,6 +240,27 @@ async fn a_dead_node_leaves_the_counts_and_redis_back_gets_every_peer_back() {
     )
     .await;
     assert_eq!(counts(&recv(&mut ra1).await), (0, 1));
+    // b's own swarm leaves the cluster's swarm list (node a's sweep), unasked.
+    until("b's swarm swept", async || {
+        redis::cmd("ZSCORE")
+            .arg("tracker:swarms")
+            .arg(hex(H2))
+            .query_async::<Option<f64>>(&mut c)
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+    assert!(
+        redis::cmd("ZSCORE")
+            .arg("tracker:swarms")
+            .arg(hex(H))
+            .query_async::<Option<f64>>(&mut c)
+            .await
+            .unwrap()
+            .is_some(),
+        "a's swarm stays"
+    );
 
     // Redis goes: node a goes on with its own peers.
     redis.stop();

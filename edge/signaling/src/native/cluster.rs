@@ -481,7 +481,8 @@ impl Cluster {
 
     /// Starts the node's tasks for `hub`: the subscriber of its channel (relays from other
     /// nodes), the keep-alive that proves the node alive and renews its peers, and the upkeep
-    /// of its rooms. All end when the hub is dropped. The rooms' upkeep has a task of its own:
+    /// of its rooms (and the tracker's sweep of the swarm list). All end when the hub is
+    /// dropped. The rooms' upkeep has a task of its own:
     /// sweeping many rooms through a slow Redis must never delay the keep-alive (the other
     /// nodes would take this one for dead).
     pub(crate) fn spawn(self: &Arc<Self>, hub: Weak<Hub>) {
@@ -610,6 +611,10 @@ impl Cluster {
             every.tick().await;
             let Some(h) = hub.upgrade() else { return };
             h.room_upkeep(&self).await;
+            drop(h);
+            if let Some(tracker) = self.tracker() {
+                tracker.sweep(&self).await;
+            }
         }
     }
 }

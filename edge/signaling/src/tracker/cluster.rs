@@ -7,7 +7,10 @@
 //!                         each node writes its own field: its peers of the swarm; a swarm's
 //!                         counts are the sum over the live nodes (a dead node's field goes)
 //!  tracker:swarms         ZSET hash (hex) → first announce (Redis's clock): a scrape of every
-//!                         swarm, in creation order; a swarm whose counts reach 0 leaves it
+//!                         swarm, in creation order; a swarm whose counts reach 0 leaves it;
+//!                         every node sweeps SWEEP_BATCH entries of it per keep-alive
+//!                         (ZSCAN, its cursor in tracker:swarms:sweep), so the swarms of a
+//!                         node that died go too
 //!  tracker:node:<n>       pub/sub channel of node n: offers and answers for its peers
 //! ```
 //!
@@ -33,6 +36,10 @@ use serde::{Deserialize, Serialize};
 
 /// Swarms by first announce, for a scrape of every swarm.
 const SWARMS: &str = "tracker:swarms";
+/// The cursor of the sweep of [`SWARMS`].
+const SWEEP_CURSOR: &str = "tracker:swarms:sweep";
+/// Entries of [`SWARMS`] a node checks per sweep (one script; a few hundred small reads).
+const SWEEP_BATCH: usize = 200;
 
 /// The Lua helpers every script below starts with: `alive(node)` (seen within `node_ttl`,
 /// ARGV[3]), `own(value)` (the entry's owner and token), `counts(key)` (the swarm's counts
@@ -202,12 +209,31 @@ for k = 3, #KEYS do
 end
 return out";
 
+/// KEYS: nodes, swarms, the sweep's cursor. ARGV: node, ttl, node ttl, boot, batch. Checks the
+/// next `batch` swarms of the ZSCAN (from the stored cursor): one whose counts on the live
+/// nodes are 0 leaves the swarms. Returns how many left.
+const SWEEP: &str = r"
+local cursor = redis.call('GET', KEYS[3]) or '0'
+local r = redis.call('ZSCAN', KEYS[2], cursor, 'COUNT', tonumber(ARGV[5]))
+local items, gone = r[2], 0
+for k = 1, #items, 2 do
+  local hash = items[k]
+  local c, i = counts('tracker:' .. hash .. ':counts')
+  if c + i == 0 then
+    redis.call('ZREM', KEYS[2], hash)
+    gone = gone + 1
+  end
+end
+redis.call('SET', KEYS[3], r[1])
+return gone";
+
 /// The tracker's scripts, built once.
 pub(crate) struct Scripts {
     announce: redis::Script,
     leave: redis::Script,
     renew: redis::Script,
     scrape: redis::Script,
+    sweep: redis::Script,
 }
 
 impl Scripts {
@@ -218,6 +244,7 @@ impl Scripts {
             leave: script(LEAVE),
             renew: script(RENEW),
             scrape: script(SCRAPE),
+            sweep: script(SWEEP),
         }
     }
 }
@@ -481,6 +508,18 @@ impl Cluster {
         }
         out.truncate(max);
         Ok(out)
+    }
+
+    /// Checks the next [`SWEEP_BATCH`] entries of the swarms (all nodes share one cursor):
+    /// those with no peer on a live node leave. How many left.
+    pub(crate) async fn tracker_sweep(&self, boot: u64) -> Result<u64, KvError> {
+        let mut call = self.tracker_call(&self.tracker_scripts.sweep, boot);
+        call.key(SWEEP_CURSOR).arg(SWEEP_BATCH);
+        let r = self
+            .store
+            .run(async |mut c| call.invoke_async::<u64>(&mut c).await)
+            .await;
+        self.answered(r)
     }
 
     /// The node holding peer `peer` of swarm `info_hash`, if another one.

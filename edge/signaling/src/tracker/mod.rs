@@ -703,6 +703,15 @@ impl Tracker {
         }
     }
 
+    /// One step of the sweep of the cluster's swarm list (the swarms of dead nodes leave it).
+    pub(crate) async fn sweep(&self, cluster: &Cluster) {
+        match cluster.tracker_sweep(self.boot).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(swarms = n, "tracker: empty swarms swept"),
+            Err(_) => self.metrics.cluster("unavailable"),
+        }
+    }
+
     /// Writes this node's swarms to the cluster again (the keep-alive's renewal); whether
     /// Redis answered.
     pub(crate) async fn renew(&self, cluster: &Cluster) -> bool {
